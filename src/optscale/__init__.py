@@ -1,0 +1,11 @@
+"""optscale: probabilistically optimal inference-time scaling.
+
+Choose, per problem, how many LLM samples Best-of-N needs: verifier scores are modelled as a
+normal truncated to [0, 1], its parameters are estimated from a few samples, and the least N
+that beats a target score with probability ``alpha`` follows in closed form.
+"""
+
+from .stats import min_samples
+
+__version__ = "0.1.0"
+__all__ = ["min_samples", "__version__"]

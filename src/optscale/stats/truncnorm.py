@@ -1,0 +1,154 @@
+"""The normal distribution truncated to [0, 1], vectorised and computed in log space.
+
+Verifier scores live in [0, 1]; OptScale models one problem's scores as i.i.d. draws of
+``TN(mu, sigma)`` truncated to that interval. ``mu`` and ``sigma`` are the parameters of the
+*untruncated* normal, so ``mu`` may lie outside [0, 1] (scores piled up against 1 have
+``mu > 1``). Everything here broadcasts over arrays and stays finite for extreme parameters
+(``mu = 60``, ``sigma = 1e-6``) because probabilities are handled as logarithms of normal
+CDF differences (:func:`scipy.special.log_ndtr`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+__all__ = [
+    "log_ndtr_diff",
+    "log_normalizer",
+    "logpdf",
+    "pdf",
+    "logcdf",
+    "logsf",
+    "cdf",
+    "sf",
+    "ppf",
+    "sample",
+    "mean_std",
+    "mills_ratios",
+]
+
+
+def _f(x) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def log_ndtr_diff(lo, hi) -> np.ndarray:
+    """``log(Phi(hi) - Phi(lo))`` for ``lo <= hi``, accurate in both tails.
+
+    The difference is taken on the side of the mode where it does not cancel: for intervals
+    in the upper tail the identity ``Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi)`` moves it into
+    the lower tail, where ``log_ndtr`` keeps full relative precision.
+    """
+    lo, hi = np.broadcast_arrays(_f(lo), _f(hi))
+    flip = lo > 0
+    a = np.where(flip, -hi, lo)
+    b = np.where(flip, -lo, hi)
+    la = special.log_ndtr(a)
+    lb = special.log_ndtr(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = lb + np.log(-np.expm1(la - lb))
+    return np.where(hi <= lo, -np.inf, out)
+
+
+def log_normalizer(mu, sigma) -> np.ndarray:
+    """``log Z`` with ``Z = Phi((1 - mu)/sigma) - Phi(-mu/sigma)``, the mass the normal puts on [0, 1]."""
+    mu, sigma = _f(mu), _f(sigma)
+    return log_ndtr_diff(-mu / sigma, (1.0 - mu) / sigma)
+
+
+def logpdf(x, mu, sigma) -> np.ndarray:
+    """Log density on [0, 1]; ``-inf`` outside."""
+    x, mu, sigma = _f(x), _f(mu), _f(sigma)
+    z = (x - mu) / sigma
+    out = -0.5 * z * z - _LOG_SQRT_2PI - np.log(sigma) - log_normalizer(mu, sigma)
+    return np.where((x < 0) | (x > 1), -np.inf, out)
+
+
+def pdf(x, mu, sigma) -> np.ndarray:
+    """Density on [0, 1]."""
+    return np.exp(logpdf(x, mu, sigma))
+
+
+def _log_mass(lo, hi, mu, sigma) -> np.ndarray:
+    """``log P(lo <= X <= hi)`` for ``0 <= lo <= hi <= 1``."""
+    return log_ndtr_diff((lo - mu) / sigma, (hi - mu) / sigma) - log_normalizer(mu, sigma)
+
+
+def logcdf(x, mu, sigma) -> np.ndarray:
+    """``log F(x)``; exact to full precision also when ``F(x)`` is close to 1."""
+    x, mu, sigma = np.broadcast_arrays(_f(x), _f(mu), _f(sigma))
+    xc = np.clip(x, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = _log_mass(0.0, xc, mu, sigma)
+        # Near F = 1 use log F = log1p(-S): the survival S keeps its precision.
+        via_sf = np.log1p(-np.exp(_log_mass(xc, 1.0, mu, sigma)))
+    out = np.where(direct > -np.log(2.0), via_sf, direct)
+    out = np.where(x <= 0, -np.inf, out)
+    return np.where(x >= 1, 0.0, out)
+
+
+def logsf(x, mu, sigma) -> np.ndarray:
+    """``log(1 - F(x))``."""
+    x, mu, sigma = np.broadcast_arrays(_f(x), _f(mu), _f(sigma))
+    xc = np.clip(x, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = _log_mass(xc, 1.0, mu, sigma)
+        via_cdf = np.log1p(-np.exp(_log_mass(0.0, xc, mu, sigma)))
+    out = np.where(direct > -np.log(2.0), via_cdf, direct)
+    out = np.where(x <= 0, 0.0, out)
+    return np.where(x >= 1, -np.inf, out)
+
+
+def cdf(x, mu, sigma) -> np.ndarray:
+    """``F(x)`` on [0, 1] (0 below, 1 above)."""
+    return np.exp(logcdf(x, mu, sigma))
+
+
+def sf(x, mu, sigma) -> np.ndarray:
+    """``1 - F(x)``."""
+    return np.exp(logsf(x, mu, sigma))
+
+
+def ppf(q, mu, sigma) -> np.ndarray:
+    """Quantile function (scipy's tail-accurate truncated-normal ppf)."""
+    mu, sigma = _f(mu), _f(sigma)
+    return stats.truncnorm.ppf(q, -mu / sigma, (1.0 - mu) / sigma, loc=mu, scale=sigma)
+
+
+def sample(mu, sigma, size=None, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Draw scores; ``size`` follows numpy broadcasting rules against ``mu`` and ``sigma``."""
+    rng = np.random.default_rng(rng)
+    mu, sigma = _f(mu), _f(sigma)
+    return stats.truncnorm.rvs(
+        -mu / sigma, (1.0 - mu) / sigma, loc=mu, scale=sigma, size=size, random_state=rng
+    )
+
+
+def mills_ratios(mu, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Standardised bounds ``a, b`` and the ratios ``phi(a)/Z``, ``phi(b)/Z``.
+
+    These four numbers drive every moment and derivative of the truncated normal; the
+    ratios are formed as differences of logarithms so they never overflow.
+    """
+    mu, sigma = _f(mu), _f(sigma)
+    a = -mu / sigma
+    b = (1.0 - mu) / sigma
+    log_z = log_ndtr_diff(a, b)
+    pa = np.exp(-0.5 * a * a - _LOG_SQRT_2PI - log_z)
+    pb = np.exp(-0.5 * b * b - _LOG_SQRT_2PI - log_z)
+    return a, b, pa, pb
+
+
+def mean_std(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the truncated distribution (the scores' moments)."""
+    mu, sigma = _f(mu), _f(sigma)
+    a, b, pa, pb = mills_ratios(mu, sigma)
+    mean = mu + sigma * (pa - pb)
+    var = sigma**2 * (1.0 + a * pa - b * pb - (pa - pb) ** 2)
+    # Cancellation can leave a tiny negative variance for extreme truncation; the true
+    # variance is positive and below that of the uniform on [0, 1].
+    var = np.clip(var, 0.0, 1.0 / 12.0)
+    return np.clip(mean, 0.0, 1.0), np.sqrt(var)
