@@ -11,7 +11,7 @@ CDF differences (:func:`scipy.special.log_ndtr`).
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
@@ -114,12 +114,16 @@ def sf(x, mu, sigma) -> np.ndarray:
 
 def ppf(q, mu, sigma) -> np.ndarray:
     """Quantile function (scipy's tail-accurate truncated-normal ppf)."""
+    from scipy import stats  # imported lazily: scipy.stats costs a second at CLI start-up
+
     mu, sigma = _f(mu), _f(sigma)
     return stats.truncnorm.ppf(q, -mu / sigma, (1.0 - mu) / sigma, loc=mu, scale=sigma)
 
 
 def sample(mu, sigma, size=None, rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Draw scores; ``size`` follows numpy broadcasting rules against ``mu`` and ``sigma``."""
+    from scipy import stats
+
     rng = np.random.default_rng(rng)
     mu, sigma = _f(mu), _f(sigma)
     return stats.truncnorm.rvs(

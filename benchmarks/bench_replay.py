@@ -1,0 +1,58 @@
+"""Replay of 500 problems x 64 samples x 20 orders over a 48-point (s_min, alpha) grid and
+4 budgets, for OptScale^0 and OptScale^t: wall time (target under 30 s on 2 cores).
+
+Every grid point is a full replay with statistics (accuracy, bootstrap interval, tokens,
+BoN-curve comparison). Usage: python benchmarks/bench_replay.py [--problems 500] [--orders 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from optscale.cli.offline import DEFAULT_ALPHA, DEFAULT_S_MIN
+from optscale.policies import ConstantPriors, make_policy
+from optscale.pools import PoolProblem
+from optscale.replay import bon_curve, build_batch, evaluate
+from optscale.simulate import simulate_pool
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--problems", type=int, default=500)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--orders", type=int, default=20)
+    args = ap.parse_args()
+    s_mins = [float(x) for x in DEFAULT_S_MIN.split(",")]
+    alphas = [float(x) for x in DEFAULT_ALPHA.split(",")]
+    budgets = (8, 16, 32, 64)
+    pool = [p if isinstance(p, PoolProblem) else PoolProblem.model_validate(p)
+            for p in simulate_pool(args.problems, args.samples, seed=0)]
+    t0 = time.perf_counter()
+    batch = build_batch(pool, orders=args.orders, seed=0)
+    curve = bon_curve(batch)
+    t_batch = time.perf_counter() - t0
+    priors = ConstantPriors(1.0, 0.1, 0.1, 0.1)
+    total = t_batch
+    for name, extra in (("optscale0", {}), ("optscale-t", {"priors": priors})):
+        t0 = time.perf_counter()
+        best = None
+        for b in budgets:
+            for s in s_mins:
+                for a in alphas:
+                    pol = make_policy(name, b, s_min=s, alpha=a, **extra)
+                    st = evaluate(batch, pol.replay(batch), pol, curve)
+                    if best is None or st.gain_vs_bon_curve > best.gain_vs_bon_curve:
+                        best = st
+        dt = time.perf_counter() - t0
+        total += dt
+        print(f"{name}: {len(budgets) * len(s_mins) * len(alphas)} replays of {args.problems} problems x "
+              f"{args.orders} orders in {dt:.1f} s")
+    print(f"batch layout and BoN curve: {t_batch:.1f} s; total wall time {total:.1f} s (target < 30 s)")
+    print(f"rows per replay: {np.prod(batch.shape[:2]):,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m optscale`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""The list of CLI command modules; each exposes ``register(app)``."""
+
+from __future__ import annotations
+
+from . import live, offline, pools
+
+MODULES: list = [offline, pools, live]

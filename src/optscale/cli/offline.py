@@ -1,0 +1,193 @@
+"""Offline commands: replay, sweep, demo and nstar."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import InputError
+
+console = Console()
+
+DEFAULT_S_MIN = "0.8,0.85,0.9,0.925,0.95,0.975"
+DEFAULT_ALPHA = "0.5,0.6,0.7,0.8,0.9,0.95,0.99,0.999"
+
+PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help="bon, optscale0, optscale, optscale-t, sc, esc or asc")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="policy setting key=value, repeatable (e.g. s_min=0.9, alpha=0.8, peek=5)")]
+OrdersOpt = Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem; order 1 is the pool's own, the others seeded shuffles")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the shuffled orders, bootstrap and splits")]
+
+
+@contextmanager
+def progress_bar(quiet: bool = False):
+    """A rich progress bar on stderr (hidden with --json so stdout stays machine-readable)."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), disable=quiet, transient=quiet) as bar:
+        yield bar
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"expected comma-separated numbers, got {text!r}", flag) from None
+    if not values:
+        raise InputError("needs at least one value", flag)
+    return values
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    values = _floats(text, flag)
+    if any(v != int(v) or v < 1 for v in values):
+        raise InputError(f"expected comma-separated integers >= 1, got {text!r}", flag)
+    return [int(v) for v in values]
+
+
+def load_batch(pool: Path, orders: int, seed: int):
+    """Read, validate (and grade where needed) a pool, then lay out its replay batch."""
+    from ..pools import read_pool
+    from ..replay import build_batch
+
+    problems = read_pool(pool)
+    return build_batch(problems, orders=orders, seed=seed)
+
+
+def stats_table(rows, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "accuracy (95% CI)", "samples", "tokens", "saved vs BoN@N", "BoN curve @ tokens", "gain",
+                "Pr(best≥s_min)/α"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for s in rows:
+        calib = "-"
+        if s.promised_alpha is not None and s.achieved_uncapped is not None:
+            calib = f"{s.achieved_uncapped:.3f}/{s.promised_alpha:g}"
+        same = s.bon_accuracy_same_tokens
+        t.add_row(s.label, f"{100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]",
+                  f"{s.mean_samples:.2f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.1f}%",
+                  "-" if same != same else f"{100 * same:.1f}",
+                  "-" if same != same else f"{100 * s.gain_vs_bon_curve:+.1f}", calib)
+    return t
+
+
+def replay(
+    pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines, one problem per line)")],
+    policy: PolicyOpt = "optscale0",
+    n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem")] = 16,
+    settings: SetOpt = None,
+    orders: OrdersOpt = 10,
+    seed: SeedOpt = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write a report folder (tables, plots)")] = None,
+) -> None:
+    """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN."""
+    from ..policies import make_policy, parse_settings
+    from ..replay import replay_policies
+
+    pol = make_policy(policy, n_max, **parse_settings(settings))
+    batch = load_batch(pool, orders, seed)
+    result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
+    stats = result.stats[0]
+    if out is not None:
+        from ..report import write_replay_report
+
+        write_replay_report(out, [result], s_min=getattr(pol, "s_min", 0.95), alpha=getattr(pol, "alpha", 0.9))
+    if as_json:
+        typer.echo(json.dumps({**stats.as_dict(), "dataset": result.dataset, "bon_curve": result.curve.rows()},
+                              default=float))
+        return
+    console.print(stats_table([stats], f"{pool.name}: {batch.shape[0]} problems x {orders} orders"))
+    if out is not None:
+        console.print(f"report written to {out}")
+
+
+def sweep(
+    pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines)")],
+    policy: PolicyOpt = "optscale0",
+    n_max: Annotated[str, typer.Option("--n-max", "-n", help="budgets, comma-separated")] = "8,16,32,64",
+    s_min: Annotated[str, typer.Option("--s-min", help="grid of target scores, comma-separated")] = DEFAULT_S_MIN,
+    alpha: Annotated[str, typer.Option("--alpha", help="grid of probabilities, comma-separated")] = DEFAULT_ALPHA,
+    settings: SetOpt = None,
+    orders: OrdersOpt = 10,
+    seed: SeedOpt = 0,
+    calib_fraction: Annotated[float, typer.Option("--calib-fraction", help="share of problems used to choose settings")] = 0.5,
+    objective: Annotated[str, typer.Option("--objective", help="match-bon: cheapest setting matching BoN@N on calibration; gain: largest gain over the BoN curve")] = "match-bon",
+    out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("sweep-report"),
+) -> None:
+    """Grid-search (s_min, alpha) per budget on a calibration split; report the choice on held-out problems."""
+    from ..policies import make_policy, parse_settings
+    from ..replay import sweep as run_sweep
+    from ..report import write_sweep_report
+
+    budgets = _ints(n_max, "--n-max")
+    s_mins, alphas = _floats(s_min, "--s-min"), _floats(alpha, "--alpha")
+    extra = parse_settings(settings)
+    for b in budgets:  # validate every grid value before the long run starts
+        for s in s_mins:
+            for a in alphas:
+                make_policy(policy, b, **{**extra, "s_min": s, "alpha": a})
+    batch = load_batch(pool, orders, seed)
+    total = len(budgets) * len(s_mins) * len(alphas)
+    with progress_bar() as bar:
+        task = bar.add_task(f"sweep {policy}", total=total)
+        result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
+                           on_point=lambda: bar.advance(task))
+    write_sweep_report(out, result, pool.stem)
+    console.print(stats_table([s["held_out"] for s in result.selected],
+                              f"{pool.name}: settings chosen on {result.calib_problems} calibration problems, "
+                              f"reported on {result.test_problems} held-out problems"))
+    console.print(f"grid, Pareto front and plots written to {out}")
+
+
+def nstar(
+    mu: Annotated[float, typer.Option(help="untruncated mean of the score distribution")],
+    sigma: Annotated[float, typer.Option(help="untruncated standard deviation (> 0)")],
+    s_min: Annotated[float, typer.Option("--s-min", help="target score")] = 0.95,
+    alpha: Annotated[float, typer.Option(help="required probability that the best sample reaches s_min")] = 0.9,
+    n_max: Annotated[Optional[int], typer.Option("--n-max", help="cap on N")] = None,
+) -> None:
+    """Print the least N with Pr(best of N >= s_min) >= alpha for one (mu, sigma)."""
+    from ..stats import UNBOUNDED, min_samples_detail, prob_best_at_least
+
+    if not sigma > 0:
+        raise InputError(f"must be positive, got {sigma}", "--sigma")
+    n, capped = min_samples_detail(mu, sigma, s_min, alpha, n_max)
+    n = int(n)
+    if n == UNBOUNDED:
+        typer.echo("N* = unbounded (the target score is unreachable)")
+        return
+    note = " (capped: the target needs more)" if bool(capped) else ""
+    typer.echo(f"N* = {n}{note}; Pr(best of {n} >= {s_min}) = {float(prob_best_at_least(s_min, mu, sigma, n)):.4f}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("optscale-demo"),
+    problems: Annotated[int, typer.Option("--problems", help="simulated problems")] = 300,
+    samples: Annotated[int, typer.Option("--samples", help="samples per problem in the pool")] = 64,
+    orders: OrdersOpt = 5,
+    seed: SeedOpt = 0,
+) -> None:
+    """Simulate a pool from real PRM score statistics, replay every policy, write a report."""
+    from ..demo import run_demo
+
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        summary = run_demo(out, problems=problems, samples=samples, orders=orders, seed=seed, progress=bar)
+    for title, rows in summary.tables:
+        console.print(stats_table(rows, title))
+    console.print(f"report written to {out}/ in {time.perf_counter() - start:.1f} s: "
+                  + ", ".join(p.name for p in summary.files))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(replay)
+    app.command()(sweep)
+    app.command()(demo)
+    app.command()(nstar)

@@ -1,0 +1,347 @@
+"""The live adaptive sampler: generate, score, ask the policy, cancel what is no longer needed.
+
+Each problem runs as one task. It keeps up to ``in_flight`` samples under way (never more than
+its episode still plans), all problems share ``concurrency`` generation requests, and every
+scored sample is logged durably *before* the policy sees it. When the policy stops, requests
+still under way are cancelled (their streams closed) and what they had already cost is
+logged. A failing request is retried inside the generator and, if it still fails, logged and
+replaced; it never holds up other problems. Errors that no retry can fix (a wrong model name,
+a scorer that cannot work) stop the whole run, after everything in flight has been accounted.
+
+The same policy objects as offline replay decide, so a live run and a replay of its pool can
+be compared sample for sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..answers import extract_answer, grade
+from ..errors import InputError
+from ..policies.base import Decision, Policy, Problem, Sample
+from .datasets import LiveProblem
+from .generators import Completion, OpenAIGenerator, RequestFailed, TokenMeter
+from .prompts import PromptTemplate
+from .runs import MemoryStore, RunState
+from .scorers import BatchingScorer, Score, Scorer, ScoreRequest
+
+__all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "sample_problems", "summarize"]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How hard to push the servers.
+
+    ``concurrency`` caps generation requests under way across all problems; ``in_flight``
+    caps samples under way for one problem (the wave size); ``problems_in_flight`` caps the
+    problems worked on at once (default: ``concurrency``). ``max_failures`` failed requests
+    make a problem give up for this session (it stays unfinished and resumable).
+    ``zero_unanswered`` gives score 0 (flag ``no_answer``) to a response without a final
+    answer, which Best-of-N could otherwise return.
+    """
+
+    concurrency: int = 8
+    in_flight: int = 4
+    problems_in_flight: int | None = None
+    n_per_request: int = 1
+    max_failures: int = 3
+    answer_style: str = "auto"
+    zero_unanswered: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "in_flight", "n_per_request", "max_failures"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", f"--{name.replace('_', '-')}")
+        if self.problems_in_flight is not None and self.problems_in_flight < 1:
+            raise InputError(f"must be >= 1, got {self.problems_in_flight}", "--problems-in-flight")
+
+
+class Store(Protocol):
+    """Where the sampler logs events: a :class:`~optscale.live.runs.RunStore` or :class:`MemoryStore`."""
+
+    def load(self) -> RunState: ...
+
+    def append(self, record: dict[str, Any]) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class Listener:
+    """Progress hooks (all optional): override what you need."""
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        """A sample, cancellation or failure was logged."""
+
+    def on_problem(self, result: ProblemResult) -> None:
+        """A problem finished (or gave up for this session, with ``error`` set)."""
+
+
+@dataclass
+class ProblemResult:
+    """One problem's outcome and its full record."""
+
+    id: str
+    answer: str | None
+    correct: bool | None
+    n_samples: int
+    tokens: int
+    stop_reason: str
+    estimates: dict[str, Any] = field(default_factory=dict)
+    chosen: str | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python ones, so estimates can go into JSON."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], outcome, policy: str) -> dict[str, Any]:
+    """The ``problems.jsonl`` line of a finished problem; all token totals come from the log."""
+    chosen = samples[outcome.chosen] if outcome.chosen is not None else None
+    sample_tokens = sum(int(s["tokens"]) + int(s.get("wasted_tokens") or 0) for s in samples)
+    cancelled = [e for e in events if e["type"] == "cancelled"]
+    failed = [e for e in events if e["type"] == "failed"]
+    cancelled_tokens = sum(int(e["tokens"]) for e in cancelled)
+    failed_tokens = sum(int(e["tokens"]) for e in failed)
+    correct = None if problem.answer is None else grade(problem.answer, outcome.answer)
+    return {
+        "id": problem.id,
+        "gold": problem.answer,
+        "answer": outcome.answer,
+        "correct": correct,
+        "n_samples": outcome.n_samples,
+        "tokens": sample_tokens + cancelled_tokens + failed_tokens,
+        "sample_tokens": sample_tokens,
+        "cancelled_tokens": cancelled_tokens,
+        "failed_tokens": failed_tokens,
+        "prompt_tokens": sum(int(s.get("prompt_tokens") or 0) for s in samples),
+        "n_cancelled": len(cancelled),
+        "n_failed": len(failed),
+        "n_flagged": sum(1 for s in samples if s.get("flag")),
+        "stop_reason": outcome.stop_reason,
+        "chosen": chosen["id"] if chosen else None,
+        "score": chosen["score"] if chosen else None,
+        "estimates": {k: _plain(v) for k, v in outcome.estimates.items()},
+        "policy": policy,
+    }
+
+
+class _GiveUp(Exception):
+    """Too many failed requests for one problem in this session."""
+
+
+@dataclass
+class _Slot:
+    """One request under way: the sample indices it will fill and what it has cost so far."""
+
+    indices: list[int]
+    meter: TokenMeter = field(default_factory=TokenMeter)
+    stage: str = "queued"
+    completions: list[Completion] | None = None
+    scores: list[Score] | None = None
+    done_at: int = 0
+
+    def cost(self) -> int:
+        if self.completions is not None:
+            return sum(c.tokens for c in self.completions) + self.meter.wasted
+        return self.meter.total
+
+
+class _Sampler:
+    def __init__(self, generator: OpenAIGenerator, scorer: Scorer, policy: Policy, template: PromptTemplate,
+                 settings: SamplerSettings, store: Store, listener: Listener):
+        self.generator = generator
+        self.scorer = BatchingScorer(scorer)
+        self.policy = policy
+        self.template = template
+        self.settings = settings
+        self.store = store
+        self.listener = listener
+        gen = generator.settings
+        self.gen_settings = dataclasses.replace(gen, logprobs=True) if scorer.needs_logprobs else gen
+        self._requests = asyncio.Semaphore(settings.concurrency)
+        self._problems = asyncio.Semaphore(settings.problems_in_flight or settings.concurrency)
+        self._clock = itertools.count(1)
+        self._describe = getattr(policy, "describe", lambda: policy.name)()
+
+    # -- one request ---------------------------------------------------------------------
+    async def _request(self, problem: LiveProblem, slot: _Slot) -> None:
+        try:
+            async with self._requests:
+                slot.stage = "generating"
+                slot.completions = await self.generator.generate(
+                    self.template.render(problem.question), n=len(slot.indices), meter=slot.meter,
+                    settings=self.gen_settings)
+            slot.stage = "scoring"
+            slot.scores = await self.scorer.score([
+                ScoreRequest(problem.question, c.text, tuple(c.logprobs) if c.logprobs else None)
+                for c in slot.completions])
+        finally:
+            slot.done_at = next(self._clock)
+
+    def _log(self, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
+        self.store.append(record)
+        into.append(record)
+        self.listener.on_record(record)
+
+    def _sample_record(self, problem: LiveProblem, index: int, c: Completion, score: Score, first: bool) -> dict:
+        answer = extract_answer(c.text, self.settings.answer_style) if c.text else None
+        value, flag = score.value, score.flag
+        if flag is None and answer is None and self.settings.zero_unanswered:
+            value, flag = 0.0, "no_answer"
+        return {
+            "type": "sample", "id": f"{problem.id}#{index}", "problem": problem.id, "index": index,
+            "score": value, "raw_score": score.value, "flag": flag, "answer": answer,
+            "correct": None if problem.answer is None else grade(problem.answer, answer),
+            "step_scores": list(score.steps) if score.steps is not None else None,
+            "tokens": c.tokens, "tokens_source": c.tokens_source,
+            "wasted_tokens": c.wasted_tokens if first else 0, "prompt_tokens": c.prompt_tokens,
+            "finish_reason": c.finish_reason, "endpoint": c.endpoint, "attempts": c.attempts,
+            "latency_s": round(c.latency_s, 3), "text": c.text,
+        }
+
+    def _event(self, kind: str, problem: LiveProblem, index: int, tokens: int, **extra: Any) -> dict[str, Any]:
+        source = "stream" if self.gen_settings.stream else "unknown"
+        return {"type": kind, "id": f"{problem.id}#{index}", "problem": problem.id, "index": index,
+                "tokens": tokens, "tokens_source": source, **extra}
+
+    async def _cancel(self, problem: LiveProblem, slots: dict[asyncio.Task, _Slot], events: list[dict]) -> None:
+        """Cancel every request still under way and log what each one had cost."""
+        for task in slots:
+            task.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
+        for slot in sorted(slots.values(), key=lambda s: s.indices[0]):
+            if slot.stage != "queued":
+                self._log(self._event("cancelled", problem, slot.indices[0], slot.cost(), stage=slot.stage), events)
+        slots.clear()
+
+    # -- one problem ---------------------------------------------------------------------
+    async def problem(self, problem: LiveProblem, state: RunState) -> ProblemResult:
+        log = state.log(problem.id)
+        samples, events = list(log.samples), list(log.events)
+        episode = self.policy.start(Problem(id=problem.id, question=problem.question))
+        stopped = False
+        for record in samples:
+            if stopped:
+                raise InputError(f"problem {problem.id!r} has samples logged after its policy stopped; "
+                                 "was the run folder written with other settings?", "--out")
+            stopped = episode.observe(Sample(record["score"], record["answer"], record["tokens"])) is Decision.STOP
+        if problem.id in state.finished:
+            result = self._result(problem, episode, samples, events, state.finished[problem.id])
+            self.listener.on_problem(result)
+            return result
+        async with self._problems:
+            error = await self._sample(problem, episode, stopped, log.next_index, samples, events)
+        if error is not None:
+            result = ProblemResult(problem.id, None, None, len(samples), 0, "unfinished", samples=samples,
+                                   events=events, error=error)
+        else:
+            summary = summarize(problem, samples, events, episode.result(), self._describe)
+            self.store.finish(summary)
+            result = self._result(problem, episode, samples, events, summary)
+        self.listener.on_problem(result)
+        return result
+
+    @staticmethod
+    def _result(problem: LiveProblem, episode, samples, events, summary: dict) -> ProblemResult:
+        return ProblemResult(
+            id=problem.id, answer=summary["answer"], correct=summary["correct"], n_samples=summary["n_samples"],
+            tokens=summary["tokens"], stop_reason=summary["stop_reason"], estimates=summary["estimates"],
+            chosen=summary["chosen"], samples=samples, events=events, summary=summary)
+
+    async def _sample(self, problem: LiveProblem, episode, stopped: bool, next_index: int,
+                      samples: list[dict], events: list[dict]) -> str | None:
+        """Draw samples until the episode stops; returns an error message if it had to give up."""
+        slots: dict[asyncio.Task, _Slot] = {}
+        failures = 0
+        try:
+            while not stopped:
+                under_way = sum(len(s.indices) for s in slots.values())
+                want = min(episode.planned - len(samples), self.settings.in_flight) - under_way
+                if not slots:
+                    want = max(want, 1)
+                while want > 0:
+                    k = min(want, self.settings.n_per_request)
+                    slot = _Slot(list(range(next_index, next_index + k)))
+                    next_index += k
+                    want -= k
+                    slots[asyncio.create_task(self._request(problem, slot))] = slot
+                done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: slots[t].done_at):
+                    slot = slots.pop(task)
+                    exc = task.exception()
+                    if isinstance(exc, RequestFailed):
+                        failures += 1
+                        self._log(self._event("failed", problem, slot.indices[0], slot.cost(), error=str(exc)),
+                                  events)
+                        if failures >= self.settings.max_failures and not stopped:
+                            raise _GiveUp(f"{failures} requests failed; last: {exc}")
+                        continue
+                    if exc is not None:
+                        raise exc
+                    assert slot.completions is not None and slot.scores is not None
+                    for k, (index, c, score) in enumerate(zip(slot.indices, slot.completions, slot.scores)):
+                        if stopped:
+                            self._log(self._event("cancelled", problem, index, c.tokens + (slot.meter.wasted if k == 0
+                                                  else 0), stage="after_stop"), events)
+                            continue
+                        record = self._sample_record(problem, index, c, score, first=k == 0)
+                        self._log(record, samples)
+                        decision = episode.observe(Sample(record["score"], record["answer"], record["tokens"]))
+                        stopped = decision is Decision.STOP
+        except _GiveUp as exc:
+            return f"problem {problem.id!r}: {exc}"
+        finally:
+            await self._cancel(problem, slots, events)
+        return None
+
+
+async def _supervise(tasks: list[asyncio.Task]) -> None:
+    """Wait for all tasks; on the first error cancel the others (they log their cancellations) and raise it."""
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def sample_problems(
+    problems: Sequence[LiveProblem],
+    generator: OpenAIGenerator,
+    scorer: Scorer,
+    policy: Policy,
+    *,
+    template: PromptTemplate | None = None,
+    settings: SamplerSettings | None = None,
+    store: Store | None = None,
+    listener: Listener | None = None,
+) -> list[ProblemResult]:
+    """Sample every problem adaptively under ``policy``; results in the order of ``problems``.
+
+    With a :class:`~optscale.live.runs.RunStore` the run is durable and resumable: problems it
+    has finished are returned from the log, unfinished ones continue where they stopped.
+    Problems that give up after repeated request failures come back with ``error`` set.
+    """
+    sampler = _Sampler(generator, scorer, policy, template or PromptTemplate(), settings or SamplerSettings(),
+                       store if store is not None else MemoryStore(), listener or Listener())
+    state = sampler.store.load()
+    tasks = [asyncio.create_task(sampler.problem(p, state)) for p in problems]
+    try:
+        await _supervise(tasks)
+    finally:
+        await sampler.scorer.aclose()
+    return [task.result() for task in tasks]

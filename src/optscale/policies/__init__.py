@@ -1,0 +1,17 @@
+"""Stopping-and-selection policies, one interface for offline replay and live sampling."""
+
+from .base import Decision, Episode, Outcome, Policy, Prior, Problem, ReplayBatch, ReplayDecisions, Sample
+from .common import PolicyBase
+from .consistency import AdaptiveSC, EarlyStoppingSC
+from .fixed import BestOfN, SelfConsistency
+from .optscale import OptScale0, OptScaleT, SequentialOptScale, paper_peek
+from .priors import ConstantPriors, FilePriors, PriorArrays, PriorSource
+from .registry import POLICIES, make_policy, parse_settings
+from .selection import Selection, select
+
+__all__ = [
+    "Decision", "Episode", "Outcome", "Policy", "Prior", "Problem", "ReplayBatch", "ReplayDecisions", "Sample",
+    "PolicyBase", "AdaptiveSC", "EarlyStoppingSC", "BestOfN", "SelfConsistency", "OptScale0", "OptScaleT",
+    "SequentialOptScale", "paper_peek", "ConstantPriors", "FilePriors", "PriorArrays", "PriorSource",
+    "POLICIES", "make_policy", "parse_settings", "Selection", "select",
+]

@@ -1,0 +1,77 @@
+"""Shared pieces of the policies: the configuration base class and prefix statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..fit import SufficientStats
+from .base import Problem, ReplayBatch, ReplayDecisions
+from .episode import SequentialEpisode, Step
+from .selection import Selection, select
+
+
+def prefix_stats(score: np.ndarray, n: np.ndarray) -> SufficientStats:
+    """Count, mean and exact (two-pass) variance of the first ``n[b]`` scores of each row."""
+    score = np.asarray(score, dtype=float)
+    n = np.asarray(n, dtype=np.int64)
+    used = np.arange(score.shape[1])[None, :] < n[:, None]
+    safe = np.maximum(n, 1)
+    mean = np.where(used, score, 0.0).sum(axis=1) / safe
+    var = np.where(used, (score - mean[:, None]) ** 2, 0.0).sum(axis=1) / safe
+    return SufficientStats(n.copy(), mean, var)
+
+
+class PolicyBase(BaseModel):
+    """Configuration of a policy; validated once, immutable, cheap to copy with new settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: ClassVar[str] = ""
+    n_max: int = Field(ge=1, description="most samples ever drawn for one problem")
+    select: Selection = Field(Selection.BEST, description="how the returned sample is chosen: best, majority or weighted")
+
+    # -- live ----------------------------------------------------------------------------
+    def start(self, problem: Problem | None = None) -> SequentialEpisode:
+        return SequentialEpisode(self, problem, self.episode_context(problem or Problem()))
+
+    def episode_context(self, problem: Problem) -> Any:
+        """Per-problem state an episode needs before sampling (e.g. its prior)."""
+        return {}
+
+    def initial_plan(self) -> int:
+        """Samples the policy intends before seeing any."""
+        return self.n_max
+
+    def decide(self, episode: SequentialEpisode) -> Step:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- offline -------------------------------------------------------------------------
+    def replay(self, batch: ReplayBatch) -> ReplayDecisions:
+        n_used, estimates = self.replay_stops(batch)
+        return self.finish(batch, n_used, estimates)
+
+    def replay_stops(self, batch: ReplayBatch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Samples used per flattened (problem, order) row, and any estimates."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def finish(self, batch: ReplayBatch, n_used: np.ndarray, estimates: dict[str, np.ndarray]) -> ReplayDecisions:
+        p, r, _ = batch.shape
+        n_used = np.minimum(n_used, batch.flat_available())
+        chosen = select(self.select, batch.flat("score"), batch.flat("answer"), n_used)
+        return ReplayDecisions(
+            n_used=n_used.reshape(p, r),
+            chosen=chosen.reshape(p, r),
+            estimates={k: np.asarray(v).reshape(p, r) for k, v in estimates.items()},
+        )
+
+    def describe(self) -> str:
+        """``name(key=value, ...)`` with the settings that differ from the defaults."""
+        fields = self.model_dump(exclude_defaults=True, exclude={"n_max", "priors"})
+        if getattr(self, "priors", None) is not None:
+            fields["priors"] = str(self.priors) if isinstance(self.priors, (str, Path)) else type(self.priors).__name__
+        inner = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in fields.items())
+        return f"{self.name}@{self.n_max}" + (f"({inner})" if inner else "")

@@ -1,0 +1,30 @@
+"""Fixed budgets: Best-of-N and self-consistency draw exactly ``n_max`` samples."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from .common import PolicyBase
+from .episode import Step
+from .selection import Selection
+
+
+class BestOfN(PolicyBase):
+    """Draw ``n_max`` samples and return the one with the best verifier score."""
+
+    name: ClassVar[str] = "bon"
+
+    def decide(self, episode) -> Step:
+        return Step(episode.n >= self.n_max, self.n_max, "n_max")
+
+    def replay_stops(self, batch):
+        return np.full(batch.flat_available().shape, self.n_max), {}
+
+
+class SelfConsistency(BestOfN):
+    """Draw ``n_max`` samples and return the majority answer (Wang et al., 2023)."""
+
+    name: ClassVar[str] = "sc"
+    select: Selection = Selection.MAJORITY

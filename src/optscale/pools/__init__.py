@@ -1,0 +1,22 @@
+"""Completion pools: stored samples of many problems, the input of offline replay.
+
+A pool is a JSON Lines file with one problem per line (see ``pool.schema.json``);
+:func:`convert_flat` builds one from a flat table with one sample per row.
+"""
+
+from .convert import FLAT_COLUMNS, convert_flat, detect_format
+from .io import iter_pool, read_pool, write_pool
+from .schema import SCHEMA_PATH, PoolProblem, PoolSample, json_schema
+
+__all__ = [
+    "PoolSample",
+    "PoolProblem",
+    "SCHEMA_PATH",
+    "json_schema",
+    "iter_pool",
+    "read_pool",
+    "write_pool",
+    "FLAT_COLUMNS",
+    "convert_flat",
+    "detect_format",
+]

@@ -1,0 +1,165 @@
+"""Read and write completion pools (JSON Lines).
+
+Pools can hold many thousands of long responses, so reading streams one line at a time,
+and every problem in the file is reported as ``file:LINE field NAME`` so that it can be
+found and fixed. Writing goes through a temporary file in the same folder and
+``os.replace``, so an interrupted or failed write never leaves a half-written pool behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..answers import grade
+from ..errors import InputError
+from .schema import PoolProblem
+
+__all__ = ["iter_pool", "read_pool", "write_pool", "format_loc", "validation_message"]
+
+StrPath = str | os.PathLike[str]
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    """``("samples", 3, "score")`` -> ``samples[3].score``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def validation_message(error: ValidationError) -> tuple[str, str]:
+    """The field and a short message for the first error of ``error`` (its count if several)."""
+    first = error.errors(include_url=False)[0]
+    if first["type"] == "missing":
+        message = "missing"
+    else:
+        value = repr(first["input"])
+        value = value if len(value) <= 40 else value[:37] + "..."
+        message = f"{first['msg']} (got {value})"
+    if error.error_count() > 1:
+        message += f"; and {error.error_count() - 1} more error(s)"
+    return format_loc(first["loc"]), message
+
+
+def _nonfinite_field(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where ``value`` holds NaN or Infinity, which ``json.loads`` accepts but JSON forbids."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else loc
+    if isinstance(value, dict):
+        items: Iterable[tuple[str | int, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _nonfinite_field(item, (*loc, key))
+        if found is not None:
+            return found
+    return None
+
+
+def _lines(path: StrPath) -> Iterator[tuple[int, str]]:
+    """Numbered lines, decoded one at a time so a bad byte is reported on its own line."""
+    name = os.fspath(path)
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", where=name) from None
+    with handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise InputError("not UTF-8 text", where=f"{name}:{lineno}") from None
+            yield lineno, line
+
+
+def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem]:
+    """Validated problems of the pool at ``path``, one line at a time.
+
+    Raises :class:`InputError` naming ``path:LINE`` and the field for malformed JSON, a
+    line that is not an object, NaN or Infinity, missing fields, wrong types, scores outside
+    [0, 1], an empty ``samples`` list, a repeated id (naming the first line too) and a file
+    with no problems. Blank lines are skipped. Samples without ``correct`` are graded
+    against the gold answer when ``grade_missing``.
+    """
+    name = os.fspath(path)
+    first_line: dict[str, int] = {}
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            message = f"malformed JSON: {exc.msg} (column {exc.colno})"
+            raise InputError(message, where=where) from None
+        if not isinstance(obj, dict):
+            message = f"expected a JSON object (one problem per line), got {type(obj).__name__}"
+            raise InputError(message, where=where)
+        bad = _nonfinite_field(obj)
+        if bad is not None:
+            message = "NaN and Infinity are not valid JSON numbers"
+            raise InputError(message, where=f"{where} field {format_loc(bad)}")
+        try:
+            problem = PoolProblem.model_validate(obj)
+        except ValidationError as exc:
+            field, message = validation_message(exc)
+            raise InputError(message, where=f"{where} field {field}") from None
+        if problem.id in first_line:
+            raise InputError(
+                f"duplicate id {problem.id!r} (first on line {first_line[problem.id]})",
+                where=f"{where} field id",
+            )
+        first_line[problem.id] = lineno
+        if grade_missing:
+            for sample in problem.samples:
+                if sample.correct is None:
+                    sample.correct = grade(problem.answer, sample.answer)
+        yield problem
+    if not first_line:
+        raise InputError("empty pool: no problems", where=name)
+
+
+def read_pool(path: StrPath, grade_missing: bool = True) -> list[PoolProblem]:
+    """All problems of a pool; see :func:`iter_pool`."""
+    return list(iter_pool(path, grade_missing=grade_missing))
+
+
+def write_pool(path: StrPath, problems: Iterable[PoolProblem]) -> int:
+    """Write ``problems`` as a pool at ``path`` atomically and return how many were written.
+
+    The lines go to a temporary file next to ``path`` that replaces it only once complete
+    and synced; on any failure (an unserialisable value, NaN, a full disk) the temporary file
+    is removed and an existing pool is left untouched. An existing file's permissions are kept.
+    """
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    count = 0
+    try:
+        with open(temporary, "x", encoding="utf-8", newline="\n") as handle:
+            for problem in problems:
+                # Python mode: pydantic's JSON mode would quietly turn NaN into null.
+                data = problem.model_dump()
+                handle.write(json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        if target.exists():
+            shutil.copymode(target, temporary)
+        os.replace(temporary, target)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write: {exc.strerror or exc}", where=os.fspath(path)) from exc
+        raise
+    return count

@@ -1,0 +1,74 @@
+"""Turn a completion pool into the padded arrays that policies replay, in R seeded orders."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..policies.base import ReplayBatch
+
+__all__ = ["build_batch", "order_indices", "subset"]
+
+
+def build_batch(problems: Sequence, orders: int = 1, seed: int = 0) -> ReplayBatch:
+    """Arrays of shape ``(P, R, N)`` for ``problems`` (pool records with scored samples).
+
+    Order 0 is the pool's own order; orders 1..R-1 are independent random permutations of
+    each problem's samples drawn from ``seed``, so every policy sees identical sequences.
+    Answers become per-problem integer codes of their normalised form (``-1`` for none).
+    """
+    from ..answers import normalize_answer
+
+    if orders < 1:
+        raise InputError(f"must be at least 1, got {orders}", "--orders")
+    if not problems:
+        raise InputError("the pool has no problems", "pool")
+    p = len(problems)
+    available = np.array([len(pr.samples) for pr in problems], dtype=np.int64)
+    n = int(available.max())
+    score = np.zeros((p, n))
+    tokens = np.zeros((p, n))
+    correct = np.zeros((p, n), dtype=bool)
+    code = np.full((p, n), -1, dtype=np.int64)
+    answer_text: list[tuple[str, ...]] = []
+    for i, pr in enumerate(problems):
+        keys: dict[str, int] = {}
+        for j, s in enumerate(pr.samples):
+            score[i, j] = s.score
+            tokens[i, j] = s.tokens
+            correct[i, j] = bool(s.correct)
+            key = normalize_answer(s.answer)
+            if key is not None:
+                code[i, j] = keys.setdefault(key, len(keys))
+        answer_text.append(tuple(keys))
+    perm = order_indices(available, n, orders, seed)
+    take = lambda a: np.take_along_axis(a[:, None, :].repeat(orders, 1), perm, axis=2)  # noqa: E731
+    return ReplayBatch(
+        score=take(score), answer=take(code), tokens=take(tokens), correct=take(correct),
+        available=available, ids=tuple(str(pr.id) for pr in problems),
+        questions=tuple(getattr(pr, "question", None) for pr in problems), answer_text=tuple(answer_text),
+    )
+
+
+def order_indices(available: np.ndarray, n: int, orders: int, seed: int) -> np.ndarray:
+    """Index arrays ``(P, R, N)``: identity first, then seeded shuffles that keep padding last."""
+    p = available.size
+    rng = np.random.default_rng(seed)
+    keys = rng.random((p, orders, n))
+    keys[:, 0, :] = np.arange(n)
+    pad = np.arange(n)[None, None, :] >= available[:, None, None]
+    keys = np.where(pad, np.inf, keys)
+    return np.argsort(keys, axis=2, kind="stable")
+
+
+def subset(batch: ReplayBatch, rows: Iterable[int]) -> ReplayBatch:
+    """The same batch restricted to some problems (e.g. a calibration split)."""
+    idx = np.asarray(list(rows), dtype=np.int64)
+    return ReplayBatch(
+        score=batch.score[idx], answer=batch.answer[idx], tokens=batch.tokens[idx], correct=batch.correct[idx],
+        available=batch.available[idx], ids=tuple(batch.ids[i] for i in idx),
+        questions=tuple(batch.questions[i] for i in idx),
+        answer_text=tuple(batch.answer_text[i] for i in idx) if batch.answer_text else (),
+    )

@@ -1,0 +1,91 @@
+"""Matplotlib figures: accuracy vs tokens against the BoN curve, and N* over (mu, sigma)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["pareto_plot", "nstar_plot"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_plot(
+    curve_rows: Sequence[Mapping],
+    policy_rows: Sequence[Mapping],
+    path: str | Path,
+    title: str = "",
+    grid_rows: Sequence[Mapping] = (),
+) -> Path:
+    """Accuracy vs mean tokens: the fixed-N BoN curve, each policy with its 95% interval,
+    and optionally every grid point of a sweep with the Pareto front of all of them."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    tok = np.array([r["mean_tokens"] for r in curve_rows])
+    acc = np.array([r["accuracy"] for r in curve_rows])
+    ax.plot(tok, 100 * acc, "k.-", lw=1.2, label="fixed-N Best-of-N")
+    for r in curve_rows:
+        if r["n"] in (1, 2, 4, 8, 16, 32, 64):
+            ax.annotate(f"N={r['n']}", (r["mean_tokens"], 100 * r["accuracy"]), textcoords="offset points",
+                        xytext=(2, -10), fontsize=7, color="0.35")
+    if grid_rows:
+        g_tok = np.array([r["mean_tokens"] for r in grid_rows])
+        g_acc = np.array([r["accuracy"] for r in grid_rows])
+        ax.scatter(g_tok, 100 * g_acc, s=10, c="0.7", label="sweep grid", zorder=1)
+        from ..replay.sweep import pareto_mask
+
+        front = pareto_mask(g_tok, g_acc)
+        if front.any():
+            order = np.argsort(g_tok[front])
+            ax.plot(g_tok[front][order], 100 * g_acc[front][order], "--", color="tab:red", lw=1, label="grid Pareto front")
+    markers = "osD^v<>ph*"
+    for i, r in enumerate(policy_rows):
+        err = [[100 * (r["accuracy"] - r["ci_low"])], [100 * (r["ci_high"] - r["accuracy"])]]
+        ax.errorbar(r["mean_tokens"], 100 * r["accuracy"], yerr=err, fmt=markers[i % len(markers)], ms=6,
+                    capsize=2, label=r["label"], zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean tokens per problem (log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "Accuracy vs cost")
+    ax.grid(True, which="both", ls=":", alpha=0.5)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def nstar_plot(path: str | Path, s_min: float = 0.95, alpha: float = 0.9, n_max: int = 64) -> Path:
+    """Heat map of N* (capped at ``n_max``) over a grid of (mu, sigma)."""
+    from ..stats import min_samples
+
+    plt = _pyplot()
+    mu = np.linspace(0.4, 1.4, 201)
+    sigma = np.geomspace(0.005, 0.5, 200)
+    n = min_samples(mu[None, :], sigma[:, None], s_min, alpha, n_max)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    mesh = ax.pcolormesh(mu, sigma, n, shading="auto", cmap="viridis",
+                         norm=__import__("matplotlib.colors", fromlist=["LogNorm"]).LogNorm(vmin=1, vmax=n_max))
+    ax.contour(mu, sigma, n, levels=[1.5, 4.5, 8.5, 16.5, 32.5], colors="w", linewidths=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$\mu$")
+    ax.set_ylabel(r"$\sigma$")
+    ax.set_title(rf"$N^*$ for $s_{{min}}={s_min}$, $\alpha={alpha}$ (capped at {n_max})")
+    fig.colorbar(mesh, ax=ax, label="N*")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -1,0 +1,161 @@
+"""Result tables: CSV and Parquet for machines, Markdown and LaTeX shaped like the paper's table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from ..errors import InputError
+
+__all__ = ["METHOD_NAMES", "write_rows", "paper_table", "baseline_table"]
+
+#: Row labels of the paper's main table.
+METHOD_NAMES = {
+    "bon": "Best-of-N (BoN)",
+    "sc": "Self-Consistency",
+    "esc": "Early-stopping SC (ESC)",
+    "asc": "Adaptive SC (ASC)",
+    "optscale0": "OptScale$^0$ (MLE)",
+    "optscale-t": "OptScale$^t$ (MAP)",
+    "optscale": "OptScale (sequential)",
+}
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder so a failure never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cell(value):
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def write_rows(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Write dict rows to ``.csv`` or ``.parquet`` (chosen by suffix), atomically."""
+    path = Path(path)
+    rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    if path.suffix == ".csv":
+        def write(fh):
+            import io
+
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            w = csv.DictWriter(text, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+            text.flush()
+            text.detach()
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows)
+
+        def write(fh):
+            pq.write_table(table, fh)
+    else:
+        raise InputError("results must end in .csv or .parquet", str(path))
+    _atomic_write(path, write)
+    return path
+
+
+def _fmt_tokens(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.0f}"
+
+
+def _fmt_acc(x: float, lo: float | None = None, hi: float | None = None) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    if lo is None:
+        return f"{100 * x:.1f}"
+    return f"{100 * x:.1f} ± {100 * (hi - lo) / 2:.1f}"
+
+
+def _grid(rows: Iterable[Mapping]):
+    """{(method, n_max): {dataset: row}} and the dataset order."""
+    cells: dict[tuple[str, int], dict[str, Mapping]] = {}
+    datasets: list[str] = []
+    for r in rows:
+        ds = r["dataset"]
+        if ds not in datasets:
+            datasets.append(ds)
+        cells.setdefault((r["policy"], int(r["n_max"])), {})[ds] = r
+    order = {name: i for i, name in enumerate(METHOD_NAMES)}
+    keys = sorted(cells, key=lambda k: (k[1], order.get(k[0], 99), k[0]))
+    return keys, cells, datasets
+
+
+def paper_table(rows: Iterable[Mapping], fmt: str = "markdown") -> str:
+    """Method x budget rows, accuracy (%) and mean tokens per dataset, like the paper's Table 1.
+
+    Accuracy carries its 95% bootstrap half-width in Markdown; LaTeX follows the paper's layout.
+    """
+    keys, cells, datasets = _grid(rows)
+    if fmt == "markdown":
+        head = "| Method | N | " + " | ".join(f"{d} acc. | {d} tokens" for d in datasets) + " |"
+        sep = "|---|---:|" + "---:|---:|" * len(datasets)
+        lines = [head, sep]
+        for method, n in keys:
+            parts = []
+            for d in datasets:
+                r = cells[(method, n)].get(d)
+                parts += ([_fmt_acc(r["accuracy"], r["ci_low"], r["ci_high"]), _fmt_tokens(r["mean_tokens"])]
+                          if r else ["-", "-"])
+            lines.append(f"| {METHOD_NAMES.get(method, method)} | {n} | " + " | ".join(parts) + " |")
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        cols = "l" + "rr" * len(datasets)
+        lines = [r"\begin{tabular}{" + cols + "}", r"\toprule",
+                 " & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{d}}}" for d in datasets) + r" \\",
+                 "Method & " + " & ".join("acc. & token." for _ in datasets) + r" \\", r"\midrule"]
+        last_n = None
+        for method, n in keys:
+            if last_n is not None and n != last_n:
+                lines.append(r"\midrule")
+            last_n = n
+            parts = []
+            for d in datasets:
+                r = cells[(method, n)].get(d)
+                parts += [_fmt_acc(r["accuracy"]), _fmt_tokens(r["mean_tokens"]).replace(",", "")] if r else ["-", "-"]
+            label = METHOD_NAMES.get(method, method)
+            lines.append(f"{label} ($N={n}$) & " + " & ".join(parts) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise InputError(f"unknown table format {fmt!r}", "format")
+
+
+def baseline_table(rows: Iterable[Mapping]) -> str:
+    """The honest comparison: each policy against the fixed-N BoN curve at its own token cost."""
+    lines = [
+        "| Dataset | Policy | Accuracy | Tokens | Saved vs BoN@N | BoN curve at same tokens | Gain | Best fixed N within tokens | Pr(best ≥ s_min) vs α |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        calib = "-"
+        if r.get("promised_alpha") is not None:
+            got = r.get("achieved_uncapped")
+            calib = f"{got:.3f} vs {r['promised_alpha']:.2f}" if got is not None else f"- vs {r['promised_alpha']:.2f}"
+        best = f"N={r['best_fixed_n']}: {_fmt_acc(r['best_fixed_accuracy'])}" if r["best_fixed_n"] else "-"
+        gain = r["gain_vs_bon_curve"]
+        lines.append(
+            f"| {r['dataset']} | {r['label']} | {_fmt_acc(r['accuracy'], r['ci_low'], r['ci_high'])} | "
+            f"{_fmt_tokens(r['mean_tokens'])} | {100 * r['token_savings']:.1f}% | "
+            f"{_fmt_acc(r['bon_accuracy_same_tokens'])} | "
+            f"{'-' if math.isnan(gain) else f'{100 * gain:+.1f}'} | {best} | {calib} |"
+        )
+    return "\n".join(lines) + "\n"

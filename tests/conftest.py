@@ -1,0 +1,50 @@
+"""Shared fixtures: small generated pools (no shared data needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from optscale.stats import truncnorm
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def toy_pool(problems=40, samples=16, seed=0, ragged=False, none_rate=0.1):
+    """Problems with truncated-normal scores, score-dependent correctness and a few answers."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(problems):
+        n = int(rng.integers(max(2, samples // 2), samples + 1)) if ragged else samples
+        mu, sigma = rng.uniform(0.5, 1.2), rng.uniform(0.02, 0.3)
+        scores = truncnorm.sample(mu, sigma, n, rng=rng)
+        correct = rng.random(n) < 1 / (1 + np.exp(-(1 + 10 * (scores - 0.8))))
+        answers = []
+        for c in correct:
+            if rng.random() < none_rate:
+                answers.append(None)
+            else:
+                answers.append("42" if c else str(rng.choice(["7", "8", "9"])))
+        correct = [bool(c and a is not None) for c, a in zip(correct, answers)]
+        out.append(SimpleNamespace(
+            id=f"toy/{i}", question=f"question {i}", answer="42",
+            samples=[SimpleNamespace(score=float(s), answer=a, tokens=int(rng.integers(50, 500)), correct=c)
+                     for s, a, c in zip(scores, answers, correct)],
+        ))
+    return out
+
+
+@pytest.fixture
+def pool():
+    return toy_pool()
+
+
+def shared_data(*parts: str) -> Path:
+    """Path inside ../shared/data, skipping the test where a clone has no shared data."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the shared data set at {path} (not part of a user's clone)")
+    return path

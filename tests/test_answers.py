@@ -1,0 +1,284 @@
+"""Answer extraction, vote keys and math-verify grading."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optscale.answers import (
+    extract_answer,
+    extract_boxed,
+    extract_final_number,
+    grade,
+    grade_many,
+    normalize_answer,
+)
+from optscale.errors import InputError
+
+# The package's ``grade`` function hides its ``grade`` module, which holds the cache.
+grade_module = importlib.import_module("optscale.answers.grade")
+
+# --- extract_boxed ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+        (r"first \boxed{1}, then \boxed{2}", "2"),
+        (r"\boxed {3}", "3"),
+        (r"\fbox{4}", "4"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        (r"\boxed{\left\{ 1 \right\}}", r"\left\{ 1 \right\}"),
+        (r"\boxed{\boxed{5}} end", r"\boxed{5}"),
+        (r"\boxed{}", ""),
+        ("no box here", None),
+        (r"\boxed{\frac{1}{2}", None),
+        (r"\boxed{1} and a truncated \boxed{\frac{1}{", None),
+    ],
+)
+def test_extract_boxed(text: str, expected: str | None) -> None:
+    assert extract_boxed(text) == expected
+
+
+LATEXISH = st.text(alphabet=list("{}\\boxed fracx=0123456789.,-$#^"), max_size=40)
+
+
+@given(LATEXISH)
+def test_extract_boxed_returns_balanced_content_or_none(text: str) -> None:
+    content = extract_boxed(text)
+    if content is not None:
+        assert content + "}" in text
+        assert extract_boxed(rf"\boxed{{{content}}}") == content  # the content is balanced
+
+
+@given(LATEXISH)
+def test_extractors_and_normalizer_never_raise(text: str) -> None:
+    for value in (extract_answer(text), extract_final_number(text), normalize_answer(text)):
+        assert value is None or isinstance(value, str)
+    assert normalize_answer(text) != ""
+
+
+# --- extract_final_number --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 1,234", "1234"),
+        ("#### -5", "-5"),
+        ("5 apples, 3 pears\n#### 8\nthanks 9", "8"),
+        ("It costs $18.", "18"),
+        ("It is 18.00 dollars", "18.00"),
+        ("The temperature drops to -3.5 degrees", "-3.5"),
+        ("Read pages 10-12", "12"),
+        ("1,234,567 people", "1234567"),
+        ("The total is 5-3=2.", "2"),
+        ("#### seventy", None),
+        ("no digits", None),
+        ("H2O", None),
+    ],
+)
+def test_extract_final_number(text: str, expected: str | None) -> None:
+    assert extract_final_number(text) == expected
+
+
+# --- extract_answer --------------------------------------------------------------------------
+
+
+def test_extract_answer_looks_after_think() -> None:
+    assert extract_answer(r"<think>maybe \boxed{3}</think>The answer is \boxed{4}.") == "4"
+    assert extract_answer(r"<think>maybe \boxed{3}</think> so 4") == "4"
+    assert extract_answer("<think>the answer is 7</think>") is None
+
+
+def test_extract_answer_styles() -> None:
+    text = r"We get \boxed{\frac{1}{2}} after 3 steps"
+    assert extract_answer(text, "auto") == r"\frac{1}{2}"
+    assert extract_answer(text, "boxed") == r"\frac{1}{2}"
+    assert extract_answer(text, "number") == "3"
+    assert extract_answer("about 42 of them", "auto") == "42"
+    assert extract_answer("about 42 of them", "boxed") is None
+
+
+def test_extract_answer_no_answer_cases() -> None:
+    assert extract_answer(None) is None
+    assert extract_answer(r"\boxed{ }") is None
+    # A truncated box is no answer, not the number inside it.
+    assert extract_answer(r"so \boxed{\frac{1}{2") is None
+
+
+def test_extract_answer_rejects_unknown_style() -> None:
+    with pytest.raises(InputError, match="style"):
+        extract_answer("1", "latex")  # type: ignore[arg-type]
+
+
+# --- normalize_answer ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variants", "key"),
+    [
+        (["18", " 18 ", "18.0", "18.00", "$18$", r"\$18", "18.", "1\\!8"], "18"),
+        (["1,234", r"1\,234", "1234"], "1234"),
+        (
+            [
+                r"\frac{1}{2}",
+                r"\dfrac{1}{2}",
+                r"\tfrac{1}{2}",
+                r"\frac12",
+                "1/2",
+                r"\boxed{\frac12}",
+            ],
+            r"\frac{1}{2}",
+        ),
+        ([r"10\text{ cm}", "10", r"10 \mbox{cm}"], "10"),
+        (["90^\\circ", "90^{\\circ}", "90°", "90"], "90"),
+        (["x=3", "x = 3", "3"], "3"),
+        ([r"\left( 1, 2 \right)", "(1, 2)", "(1,2)"], "(1,2)"),
+        ([r"\text{Monday}", "Monday"], "Monday"),
+        (["-0.0", "0"], "0"),
+    ],
+)
+def test_normalize_answer_merges_notations(variants: list[str], key: str) -> None:
+    assert {normalize_answer(v) for v in variants} == {key}
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("(0,1]", "(0,1)"),
+        ("2", "3"),
+        ("18", "1.8"),
+        (r"\frac{1}{2}", r"\frac{1}{3}"),
+        ("1,2", "12"),
+    ],
+)
+def test_normalize_answer_keeps_different_answers_apart(a: str, b: str) -> None:
+    assert normalize_answer(a) != normalize_answer(b)
+
+
+@pytest.mark.parametrize("blank", [None, "", "   ", "$ $", "."])
+def test_normalize_answer_keeps_no_answer_as_none(blank: str | None) -> None:
+    assert normalize_answer(blank) is None
+
+
+def test_normalize_answer_is_idempotent() -> None:
+    for answer in [r"\dfrac{1}{2}", "18.0", r"10\text{ cm}", r"\left[2, 5\right)", "x=3"]:
+        key = normalize_answer(answer)
+        assert normalize_answer(key) == key
+
+
+# --- grade -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gold", "prediction"),
+    [
+        (r"\frac{1}{2}", "0.5"),
+        (r"\frac{1}{2}", "1/2"),
+        (r"\frac{1}{2}", r"\dfrac{1}{2}"),
+        (r"\boxed{\frac{1}{2}}", r"\frac12"),
+        ("10", r"10\text{ cm}"),
+        ("[2,5)", "[2,5)"),
+        ("90^\\circ", "90"),
+        ("3", "x=3"),
+        ("1234", "1,234"),
+        ("18", "18.00"),
+        (r"\{1,2\}", r"\{2,1\}"),
+        (r"(3, \frac{\pi}{2})", r"\left( 3, \frac{\pi}{2} \right)"),
+        ("x^2+2x+1", "(x+1)^2"),
+        (r"2\sqrt{3}", r"\sqrt{12}"),
+    ],
+)
+def test_grade_accepts_equal_answers(gold: str, prediction: str) -> None:
+    assert grade(gold, prediction) is True
+
+
+@pytest.mark.parametrize(
+    ("gold", "prediction"),
+    [
+        ("(0,1]", "(0,1)"),
+        ("2", "3"),
+        ("x=3", "y=3"),
+        ("A", "B"),
+    ],
+)
+def test_grade_rejects_different_answers(gold: str, prediction: str) -> None:
+    assert grade(gold, prediction) is False
+
+
+def test_grade_passes_gold_first() -> None:
+    # math-verify only turns a relation into a set on the gold side: these two orders differ,
+    # so the pair proves which argument is taken as the gold answer.
+    assert grade("1 < x < 2", "(1,2)") is True
+    assert grade("(1,2)", "1 < x < 2") is False
+
+
+def test_grade_calls_verify_with_gold_then_prediction(monkeypatch: pytest.MonkeyPatch) -> None:
+    import math_verify
+
+    calls: list[tuple[object, object]] = []
+    real_verify = math_verify.verify
+
+    def spy(gold: object, target: object, **kwargs: object) -> bool:
+        calls.append((gold, target))
+        return real_verify(gold, target, **kwargs)
+
+    monkeypatch.setattr(math_verify, "verify", spy)
+    grade_module._grade_cached.cache_clear()
+    assert grade("7", "7.0") is True
+    ((gold, target),) = calls
+    assert "7" in [str(item) for item in gold]  # type: ignore[attr-defined]
+    assert "7.0" in [str(item) for item in target]  # type: ignore[attr-defined]
+    grade_module._grade_cached.cache_clear()
+
+
+@pytest.mark.parametrize("prediction", [None, "", "   "])
+def test_grade_no_answer_is_wrong(prediction: str | None) -> None:
+    assert grade("1", prediction) is False
+
+
+def test_grade_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise RuntimeError("grader bug")
+
+    def timed_out(*args: object, **kwargs: object) -> list[object]:
+        raise TimeoutException("Operation timed out!")  # a BaseException, not an Exception
+
+    grade_module._grade_cached.cache_clear()
+    monkeypatch.setattr(math_verify, "verify", broken)
+    assert grade("1", "1") is False
+    monkeypatch.setattr(math_verify, "parse", timed_out)
+    assert grade("2", "2") is False
+    grade_module._grade_cached.cache_clear()
+
+
+def test_grade_caches_pairs() -> None:
+    grade_module._grade_cached.cache_clear()
+    grade("5", "5")
+    grade("5", "5")
+    info = grade_module._grade_cached.cache_info()
+    assert (info.hits, info.misses) == (1, 1)
+
+
+def test_grade_works_outside_the_main_thread() -> None:
+    grade_module._grade_cached.cache_clear()
+    results: list[bool] = []
+    worker = threading.Thread(target=lambda: results.append(grade(r"\frac{1}{4}", "0.25")))
+    worker.start()
+    worker.join()
+    assert results == [True]
+
+
+def test_grade_many() -> None:
+    assert grade_many(["1", "2", "3"], ["1", "3", None]) == [True, False, False]
+    with pytest.raises(InputError, match="2 gold answers but 1 predictions"):
+        grade_many(["1", "2"], ["1"])

@@ -1,0 +1,144 @@
+"""Policies: live episodes and vectorised replay agree; selection and stopping rules are right."""
+
+import numpy as np
+import pytest
+
+from conftest import toy_pool
+from optscale.errors import InputError
+from optscale.policies import (ConstantPriors, Decision, Prior, Problem, Sample, Selection, make_policy,
+                               parse_settings, select)
+from optscale.replay import build_batch
+from optscale.replay.batch import order_indices
+
+PRIORS = ConstantPriors(0.9, 0.1, 0.1, 0.05)
+
+CASES = [
+    ("bon", {}), ("sc", {}), ("bon", {"select": "weighted"}),
+    ("optscale0", {}), ("optscale0", {"s_min": 0.8, "alpha": 0.5, "peek": 2}),
+    ("optscale0", {"over_budget": "stop"}),
+    ("optscale-t", {"priors": PRIORS}), ("optscale-t", {"priors": PRIORS, "prior_width": 0.02, "s_min": 0.9}),
+    ("optscale", {}), ("optscale", {"estimator": "map", "priors": PRIORS, "s_min": 0.85}),
+    ("optscale", {"over_budget": "stop", "peek": 2}),
+    ("esc", {}), ("esc", {"window": 2}), ("asc", {}), ("asc", {"threshold": 0.8}),
+]
+
+
+def drive(policy, problem, order):
+    """Feed one problem's samples in the given order to a live episode."""
+    ep = policy.start(Problem(id=problem.id, question=problem.question))
+    used = 0
+    for j in order:
+        s = problem.samples[j]
+        used += 1
+        assert ep.planned >= used or ep.planned == used - 1
+        if ep.observe(Sample(s.score, s.answer, s.tokens)) is Decision.STOP:
+            break
+    return used, ep.result()
+
+
+@pytest.mark.parametrize("name,settings", CASES)
+@pytest.mark.parametrize("n_max", [4, 8, 16])
+def test_live_episodes_equal_vectorised_replay(name, settings, n_max):
+    problems = toy_pool(problems=25, samples=16, seed=n_max, ragged=True)
+    policy = make_policy(name, n_max, **settings)
+    orders = 3
+    batch = build_batch(problems, orders=orders, seed=7)
+    decisions = policy.replay(batch)
+    idx = order_indices(batch.available, batch.shape[2], orders, 7)
+    for p, problem in enumerate(problems):
+        for r in range(orders):
+            order = [int(j) for j in idx[p, r, : batch.available[p]]]
+            used, outcome = drive(policy, problem, order)
+            assert used == decisions.n_used[p, r], (problem.id, r)
+            want = decisions.chosen[p, r]
+            assert (outcome.chosen if outcome.chosen is not None else -1) == want
+            if "n_star" in decisions.estimates and outcome.estimates:
+                assert outcome.estimates["n_star"] == decisions.estimates["n_star"][p, r]
+
+
+def test_fixed_bon_replay_equals_direct_computation(pool):
+    batch = build_batch(pool, orders=5, seed=3)
+    for n in (1, 3, 8, 16):
+        d = make_policy("bon", n).replay(batch)
+        direct = np.argmax(batch.score[:, :, :n], axis=2)
+        np.testing.assert_array_equal(d.chosen, direct)
+        assert (d.n_used == n).all()
+
+
+def test_selection_rules_and_no_answer_never_wins():
+    score = np.array([[0.9, 0.1, 0.2, 0.3, 0.95]])
+    code = np.array([[-1, 1, 1, -1, 0]])
+    n = np.array([5])
+    assert select(Selection.BEST, score, code, n)[0] == 4
+    # majority: code 1 (two votes) beats 0 (one vote); the two "no answer" samples never vote
+    assert select(Selection.MAJORITY, score, code, n)[0] == 2  # best-scoring sample of answer 1
+    # weighted: 0.95 for answer 0 beats 0.3 for answer 1
+    assert select(Selection.WEIGHTED, score, code, n)[0] == 4
+    # only "no answer": nothing to return
+    assert select(Selection.MAJORITY, score[:, :1], code[:, :1], np.array([1]))[0] == -1
+    # tie goes to the answer seen first
+    assert select(Selection.MAJORITY, np.array([[0.1, 0.9]]), np.array([[0, 1]]), np.array([2]))[0] == 0
+
+
+def test_esc_stops_on_agreeing_window_and_asc_on_confidence():
+    esc = make_policy("esc", 16, window=3).start()
+    decisions = [esc.observe(Sample(0.5, a)) for a in ["1", "2", "1", "1", "1", "1"]]
+    assert decisions[:5] == [Decision.CONTINUE] * 5 and decisions[5] is Decision.STOP
+    asc = make_policy("asc", 16).start()
+    seen = [asc.observe(Sample(0.5, "7")) for _ in range(4)]
+    assert seen[-1] is Decision.STOP and seen[-2] is Decision.CONTINUE  # Beta(5,1): 0.969 >= 0.95
+    assert asc.result().stop_reason == "confident"
+
+
+def test_optscale0_peeks_then_commits():
+    pol = make_policy("optscale0", 16, s_min=0.9, alpha=0.9, peek=3)
+    ep = pol.start()
+    assert ep.planned == 3
+    for s in (0.95, 0.97, 0.96):
+        d = ep.observe(Sample(s, "1"))
+    # high scores: the target is already met, stop right after the peek
+    assert d is Decision.STOP and ep.result().estimates["n_star"] <= 3
+    ep = pol.start()
+    for s in (0.3, 0.5, 0.4):
+        d = ep.observe(Sample(s, "1"))
+    out = ep.result()
+    assert d is Decision.CONTINUE and ep.planned == 16 and out.estimates["capped"]
+    with pytest.raises(RuntimeError):
+        stopped = pol.start()
+        for s in (0.95, 0.97, 0.96, 0.9):
+            stopped.observe(Sample(s, "1"))
+
+
+def test_problem_prior_overrides_source():
+    pol = make_policy("optscale-t", 8, priors=PRIORS)
+    ep = pol.start(Problem(id="x", prior=Prior(0.3, 0.05, 0.01, 0.01)))
+    for s in (0.9, 0.92, 0.91):
+        ep.observe(Sample(s, "1"))
+    assert ep.result().estimates["mu"] < 0.5  # a tight prior at 0.3 dominates three samples
+
+
+def test_settings_errors_name_the_flag():
+    with pytest.raises(InputError, match="--policy"):
+        make_policy("nope", 8)
+    with pytest.raises(InputError, match="--set alpha"):
+        make_policy("optscale0", 8, alpha=1.0)
+    with pytest.raises(InputError, match="--set windw"):
+        make_policy("esc", 8, windw=3)
+    with pytest.raises(InputError, match="--n-max"):
+        make_policy("bon", 0)
+    with pytest.raises(InputError, match="--set"):
+        parse_settings(["alpha"])
+    assert parse_settings(["alpha=0.8", "peek = 4"]) == {"alpha": "0.8", "peek": "4"}
+    assert make_policy("optscale0", 8, **parse_settings(["alpha=0.8", "peek=4"])).peek == 4
+
+
+def test_sample_scores_outside_range_rejected():
+    ep = make_policy("bon", 4).start(Problem(id="p1"))
+    with pytest.raises(InputError, match="p1"):
+        ep.observe(Sample(1.5, "1"))
+
+
+def test_paper_peek_sizes():
+    from optscale.policies import paper_peek
+
+    assert [paper_peek(n) for n in (8, 16, 32, 64)] == [3, 5, 10, 20]
