@@ -6,5 +6,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# llama-cpp-python (extra `local`, the live tests' real server) compiles from source; a native
+# build can segfault on the first decode, so build it for portable AVX2 CPUs.
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+.venv/bin/python -m pip install -q -e ".[test,live,local]"
 exec .venv/bin/python -m pytest "$@"

@@ -73,6 +73,7 @@ class FakeConfig:
     usage_in_stream: bool = True
     honor_n: bool = True
     prm_shape: str = "steps"  # or "tokens": one output per token instead of per step
+    fail_keys: tuple[str, ...] = ()  # problems whose every generation request gets a 500
     seed: int = 0
 
 
@@ -150,6 +151,8 @@ class FakeServer:
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         if chat and "Is this solution correct?" in prompt:
             return self._judge(prompt, body)
+        if _key(prompt) in cfg.fail_keys:
+            return self._error(500, "this problem always fails")
         with self._lock:
             fault = cfg.faults.pop(0) if cfg.faults else None
         if fault == "429":
@@ -282,3 +285,24 @@ class FakeServer:
 
     def sent_tokens(self) -> int:
         return sum(r.sent for r in self.served)
+
+
+def main() -> None:
+    """Serve in the foreground (benchmarks run the server in its own process): prints the base URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token-latency", type=float, default=0.0)
+    parser.add_argument("--min-tokens", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    config = FakeConfig(token_latency=args.token_latency, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+                        seed=args.seed)
+    with FakeServer(config) as server:
+        print(server.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -85,3 +85,16 @@ def test_nstar_and_help():
     res = run("--help")
     for cmd in ("replay", "sweep", "demo", "nstar", "convert", "validate"):
         assert cmd in res.stdout
+
+
+def test_table_combines_result_files(pool_file, tmp_path):
+    for name in ("a", "b"):
+        res = run("replay", pool_file, "--policy", "bon", "--n-max", 4, "--orders", 2, "--out", tmp_path / name)
+        assert res.returncode == 0, res.stderr
+    res = run("table", tmp_path / "a" / "results.csv", tmp_path / "b" / "results.csv", "--format", "latex")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count(r"\multicolumn{2}{c}{toy}") == 1 and "Best-of-N (BoN) ($N=4$)" in res.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dataset,policy\nx,bon\n")
+    res = run("table", bad)
+    assert res.returncode != 0 and f"{bad}:2" in res.stderr

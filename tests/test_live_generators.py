@@ -55,10 +55,18 @@ def test_tokens_come_from_the_server_usage(kind, stream):
     assert len(c.logprobs) == c.tokens and c.prompt_tokens is not None
 
 
-def test_without_usage_the_streamed_tokens_are_counted():
+@pytest.mark.parametrize("logprobs, source", [(True, "logprobs"), (False, "chunks")])
+def test_without_usage_the_streamed_tokens_are_counted(logprobs, source):
     with FakeServer(FakeConfig(usage_in_stream=False)) as server:
-        [c], meter = generate(server)
-    assert c.tokens_source == "stream" and c.tokens == server.served[0].sent == meter.streamed
+        [c], meter = generate(server, logprobs=logprobs)
+    assert c.tokens_source == source and c.tokens == server.served[0].sent == meter.streamed
+    assert meter.by_chunks is (not logprobs)
+
+
+def test_a_seed_is_sent_only_when_set():
+    gen = OpenAIGenerator("http://x/v1", MODEL)
+    assert "seed" not in gen._body(PROMPT, 1, GenerationSettings())[1]
+    assert gen._body(PROMPT, 1, GenerationSettings(seed=7))[1]["seed"] == 7
 
 
 def test_n_choices_and_servers_that_ignore_n():
@@ -195,3 +203,22 @@ def test_reasoning_content_is_kept_before_the_answer():
     choice.reasoning.append("think hard")
     choice.content.append("\\boxed{3}")
     assert choice.text() == "<think>think hard</think>\\boxed{3}"
+
+
+def test_a_refused_api_key_is_rejected_at_once_naming_the_flag():
+    import httpx
+
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(401, json={"error": {"message": "Incorrect API key provided"}})
+
+    async def go():
+        async with OpenAIGenerator("http://server/v1", MODEL, client=FAST,
+                                   transport=httpx.MockTransport(handler)) as gen:
+            await gen.generate(PROMPT)
+
+    with pytest.raises(RequestRejected, match="Incorrect API key") as info:
+        asyncio.run(go())
+    assert info.value.where == "--api-key" and len(calls) == 1  # no retries

@@ -117,3 +117,20 @@ def test_paper_table_shapes():
     tex = paper_table(rows, "latex")
     assert r"\multicolumn{2}{c}{A}" in tex and "Best-of-N (BoN) ($N=8$)" in tex
     assert baseline_table([]).count("\n") == 2
+
+
+def test_run_report_from_a_run_folder(tmp_path):
+    from optscale.errors import InputError
+    from optscale.report import write_run_report
+
+    (tmp_path / "config.json").write_text(json.dumps({"policy": {"name": "optscale", "n_max": 8}}))
+    rows = [{"id": f"p{i}", "answer": "1", "correct": i % 2 == 0, "n_samples": 2 + i % 3, "tokens": 100 * (i + 1),
+             "stop_reason": "n_star" if i % 3 else "n_max"} for i in range(6)]
+    (tmp_path / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = write_run_report(tmp_path)
+    summary = json.loads(files[0].read_text())
+    assert summary["problems"] == 6 and summary["accuracy"] == 0.5 and summary["n_max"] == 8
+    assert summary["samples_saved_vs_budget"] == pytest.approx(1 - 3.0 / 8)
+    assert summary["stop_reasons"] == {"n_max": 2, "n_star": 4}
+    with pytest.raises(InputError, match="problems.jsonl"):
+        write_run_report(tmp_path / "missing")

@@ -5,7 +5,8 @@ normal truncated to [0, 1], its parameters are estimated from a few samples, and
 that beats a target score with probability ``alpha`` follows in closed form.
 """
 
+from .fit import FitFlag, FitResult, fit_map, fit_mle, moments_to_params
 from .stats import min_samples
 
 __version__ = "0.1.0"
-__all__ = ["min_samples", "__version__"]
+__all__ = ["FitFlag", "FitResult", "fit_map", "fit_mle", "min_samples", "moments_to_params", "__version__"]

@@ -45,7 +45,7 @@ def _priors_file(problems, path: Path, seed: int) -> Path:
     return path
 
 
-def run_demo(out: Path, problems: int = 300, samples: int = 64, orders: int = 5, seed: int = 0, progress=None) -> DemoSummary:
+def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = 8, seed: int = 0, progress=None) -> DemoSummary:
     from .pools import PoolProblem, write_pool
     from .report import write_replay_report, write_rows
     from .simulate import simulate_pool
@@ -53,7 +53,8 @@ def run_demo(out: Path, problems: int = 300, samples: int = 64, orders: int = 5,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = DemoSummary()
-    task = progress.add_task("demo", total=3 + len(TUNED) * len(BUDGETS)) if progress else None
+    grid_points = len(S_MIN_GRID) * len(ALPHA_GRID) * sum(b <= samples for b in BUDGETS)
+    task = progress.add_task("demo", total=3 + len(TUNED) * grid_points) if progress else None
     step = (lambda: progress.advance(task)) if progress else (lambda: None)
 
     pool = [p if isinstance(p, PoolProblem) else PoolProblem.model_validate(p)
@@ -70,14 +71,14 @@ def run_demo(out: Path, problems: int = 300, samples: int = 64, orders: int = 5,
     selections = []
     for name in TUNED:
         extra = {"priors": str(priors)} if name == "optscale-t" else {}
-        for b in budgets:
-            res = sweep(batch, name, [b], S_MIN_GRID, ALPHA_GRID, extra, 0.5, seed)
-            sel = res.selected[0]
+        # One sweep per policy: its fits are cached across budgets and grid points.
+        res = sweep(batch, name, budgets, S_MIN_GRID, ALPHA_GRID, extra, 0.5, seed, on_point=step)
+        for sel in res.selected:
+            b = sel["budget"]
             chosen[(name, b)] = {**extra, "s_min": sel["s_min"], "alpha": sel["alpha"]}
             selections.append({"policy": name, "budget": b, "s_min": sel["s_min"], "alpha": sel["alpha"],
                                "calibration_accuracy": sel["calibration"].accuracy,
                                "calibration_tokens": sel["calibration"].mean_tokens})
-            step()
     summary.files.append(write_rows(selections, out / "selected_settings.csv"))
 
     policies = []

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import live, offline, pools
+from . import live, offline, pools, simulate
 
-MODULES: list = [offline, pools, live]
+MODULES: list = [offline, pools, live, simulate]

@@ -9,8 +9,9 @@ problem, producing a pool that offline replay can evaluate every policy on.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,11 +20,27 @@ from rich.table import Table
 
 from ..errors import InputError, OptscaleError
 from ..policies import parse_settings
-from ..live.config import build_config, load_config_file, scorer_settings_help
-from ..live.runner import RunOutcome, run_live
-from ..live.sampler import Listener, ProblemResult
+
+if TYPE_CHECKING:
+    from ..live.config import RunConfig
+    from ..live.runner import RunOutcome
+    from ..live.sampler import ProblemResult
 
 console = Console(stderr=True)
+
+SCORER_SETTINGS_HELP = (
+    "judge: base_url, model, prompt, concurrency; prm: base_url, model, aggregate, separator, step_tag, system, "
+    "markup, path, max_steps; prm-local: model, aggregate, separator, step_tag, system, device, batch_size, dtype, "
+    "max_steps; confidence: none"
+)
+"""Kept in step with :func:`optscale.live.config.scorer_settings_help` by a test; written out so
+that ``optscale --help`` works without the ``live`` extra."""
+
+
+def _live_extra() -> None:
+    """The live commands need httpx (the ``live`` extra); say so instead of failing on import."""
+    if importlib.util.find_spec("httpx") is None:
+        raise InputError("live sampling needs the live extra: pip install 'optscale[live]'", "optscale run")
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +64,7 @@ _Endpoint = Annotated[str | None, typer.Option("--endpoint", help="chat (default
 _Scorer = Annotated[str | None, typer.Option("--scorer", help="prm (vLLM pooling API), prm-local "
                                              "(transformers), judge (LLM-as-judge) or confidence (own logprobs).")]
 _ScorerSet = Annotated[list[str] | None, typer.Option("--scorer-set", help="Scorer setting key=value, "
-                                                      f"repeatable. {scorer_settings_help()}.")]
+                                                      f"repeatable. {SCORER_SETTINGS_HELP}.")]
 _Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder; an existing one is resumed.")]
 _System = Annotated[str | None, typer.Option("--system", help="System prompt (or @FILE).")]
 _Template = Annotated[str | None, typer.Option("--template", help="User message with {question} (or @FILE); "
@@ -60,6 +77,8 @@ _MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Most token
 _Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence, repeatable.")]
 _Stream = Annotated[bool | None, typer.Option("--stream/--no-stream", help="Stream responses (needed to count "
                                               "the tokens of cancelled requests) [stream].")]
+_Seed = Annotated[int | None, typer.Option("--seed", help="Run seed; each sample gets its own seed derived from "
+                                         "it, so a re-drawn sample repeats (where the server honours seeds).")]
 _Concurrency = Annotated[int | None, typer.Option("--concurrency", help="Generation requests under way at "
                                                   "once, all problems together [8].")]
 _InFlight = Annotated[int | None, typer.Option("--in-flight", help="Samples under way per problem [4].")]
@@ -67,6 +86,8 @@ _ProblemsInFlight = Annotated[int | None, typer.Option("--problems-in-flight",
                                                        help="Problems worked on at once [= --concurrency].")]
 _NPerRequest = Annotated[int | None, typer.Option("--n-per-request", help="Samples asked per request with the "
                                                   "OpenAI n parameter [1].")]
+_MaxFailures = Annotated[int | None, typer.Option("--max-failures", help="Failed requests (after retries) before "
+                                                  "a problem is left for the next run [3].")]
 _Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds one request may take [600].")]
 _IdleTimeout = Annotated[float | None, typer.Option("--idle-timeout", help="Seconds a stream may stay silent "
                                                     "[60].")]
@@ -92,7 +113,10 @@ def _text_or_file(value: str | None, flag: str) -> str | None:
 
 
 def _config(flags: dict[str, Any], config_file: Path | None, policy_pairs: list[str] | None,
-            scorer_pairs: list[str] | None):
+            scorer_pairs: list[str] | None) -> RunConfig:
+    _live_extra()
+    from ..live.config import build_config, load_config_file
+
     file_values = load_config_file(config_file) if config_file else {}
     flags["out"] = str(flags["out"]) if flags.get("out") is not None else None
     flags["system"] = _text_or_file(flags.get("system"), "--system")
@@ -105,7 +129,7 @@ def _config(flags: dict[str, Any], config_file: Path | None, policy_pairs: list[
     return build_config(file_values, flags)
 
 
-class _ProgressListener(Listener):
+class _ProgressListener:
     """Problems done, samples used, tokens, running accuracy and the budget share saved.
 
     Finished problems count with their logged totals (including earlier sessions'); problems
@@ -116,6 +140,9 @@ class _ProgressListener(Listener):
         self.progress, self.task, self.n_max = progress, task, n_max
         self.done = self.samples = self.tokens = self.graded = self.right = 0
         self.under_way: dict[str, list[int]] = {}
+
+    def on_start(self, problems: int) -> None:
+        self.progress.update(self.task, total=problems, stats="")
 
     def on_record(self, record: dict[str, Any]) -> None:
         counts = self.under_way.setdefault(record["problem"], [0, 0])
@@ -168,16 +195,18 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
     return table
 
 
-def _execute(config, show_progress: bool, report: bool) -> None:
+def _execute(config: RunConfig, show_progress: bool, report: bool) -> None:
+    from ..live.runner import run_live
+
     out = Path(config.out)
     progress = Progress(SpinnerColumn(), TextColumn("[bold]problems"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
-                        disable=not show_progress)
+                        disable=not show_progress, transient=True)
     with progress:
         task = progress.add_task("run", total=None, stats="checking servers")
         listener = _ProgressListener(progress, task, config.n_max)
         try:
-            outcome = asyncio.run(_run_with_total(config, listener, progress, task))
+            outcome = asyncio.run(run_live(config, listener))
         except KeyboardInterrupt:
             progress.stop()
             console.print(f"interrupted; everything logged so far is kept in {out} - run the same command to "
@@ -187,32 +216,26 @@ def _execute(config, show_progress: bool, report: bool) -> None:
     if outcome.pool:
         console.print(f"pool: {outcome.pool}", highlight=False)
     if report:
-        _report(out)
+        _report(out, config.n_max)
     if outcome.unfinished:
         first = outcome.unfinished[0].error
         raise OptscaleError(f"{len(outcome.unfinished)} problem(s) did not finish ({first}); run the same "
                             "command again to resume them")
 
 
-async def _run_with_total(config, listener: _ProgressListener, progress: Progress, task) -> RunOutcome:
-    from ..live.datasets import load_problems
-
-    progress.update(task, total=len(load_problems(config.dataset_spec())))
-    return await run_live(config, listener)
-
-
-def _report(out: Path) -> None:
+def _report(out: Path, n_max: int) -> None:
+    """The offline tools' report of the run folder, when this installation has them."""
     try:
         from ..report import write_run_report
     except ImportError:
         console.print("report skipped: optscale.report is not available in this installation", highlight=False)
         return
     try:
-        written = write_run_report(out)
+        written = write_run_report(out, n_max=n_max)
     except OptscaleError as exc:
         console.print(f"[yellow]report skipped:[/] {exc}", highlight=False)
         return
-    console.print(f"report: {written if written else out}", highlight=False)
+    console.print(f"report: {', '.join(str(p) for p in written)}", highlight=False)
 
 
 def run(
@@ -238,10 +261,12 @@ def run(
     max_tokens: _MaxTokens = None,
     stop: _Stop = None,
     stream: _Stream = None,
+    seed: _Seed = None,
     concurrency: _Concurrency = None,
     in_flight: _InFlight = None,
     problems_in_flight: _ProblemsInFlight = None,
     n_per_request: _NPerRequest = None,
+    max_failures: _MaxFailures = None,
     timeout: _Timeout = None,
     idle_timeout: _IdleTimeout = None,
     retries: _Retries = None,
@@ -283,10 +308,12 @@ def pool(
     max_tokens: _MaxTokens = None,
     stop: _Stop = None,
     stream: _Stream = None,
+    seed: _Seed = None,
     concurrency: _Concurrency = None,
     in_flight: _InFlight = None,
     problems_in_flight: _ProblemsInFlight = None,
     n_per_request: _NPerRequest = None,
+    max_failures: _MaxFailures = None,
     timeout: _Timeout = None,
     idle_timeout: _IdleTimeout = None,
     retries: _Retries = None,

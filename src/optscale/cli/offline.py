@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,8 @@ from rich.table import Table
 
 from ..errors import InputError
 
-console = Console()
+# Wide enough for the comparison table when output goes to a file or pipe (rich assumes 80).
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 DEFAULT_S_MIN = "0.8,0.85,0.9,0.925,0.95,0.975"
 DEFAULT_ALPHA = "0.5,0.6,0.7,0.8,0.9,0.95,0.99,0.999"
@@ -60,20 +62,30 @@ def load_batch(pool: Path, orders: int, seed: int):
     return build_batch(problems, orders=orders, seed=seed)
 
 
+def _short_settings(stats) -> str:
+    keys = ("s_min", "alpha", "peek", "window", "threshold", "estimator")
+    parts = [f"{k}={stats.settings[k]}" for k in keys if stats.settings.get(k) is not None and k in stats.label]
+    return " ".join(parts)
+
+
 def stats_table(rows, title: str) -> Table:
+    """One line per policy: accuracy with its 95% interval, cost, and the honest BoN comparison."""
     t = Table(title=title, title_justify="left")
-    for col in ("policy", "accuracy (95% CI)", "samples", "tokens", "saved vs BoN@N", "BoN curve @ tokens", "gain",
-                "Pr(best≥s_min)/α"):
-        t.add_column(col, justify="left" if col == "policy" else "right")
+    for col in ("policy", "settings", "acc. %", "samples", "tokens", "saved", "BoN@tokens", "gain", "hit/α"):
+        t.add_column(col, justify="left" if col in ("policy", "settings") else "right")
     for s in rows:
         calib = "-"
         if s.promised_alpha is not None and s.achieved_uncapped is not None:
-            calib = f"{s.achieved_uncapped:.3f}/{s.promised_alpha:g}"
+            calib = f"{s.achieved_uncapped:.2f}/{s.promised_alpha:g}"
         same = s.bon_accuracy_same_tokens
-        t.add_row(s.label, f"{100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]",
-                  f"{s.mean_samples:.2f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.1f}%",
+        t.add_row(f"{s.policy}@{s.n_max}", _short_settings(s),
+                  f"{100 * s.accuracy:.1f}±{50 * (s.ci_high - s.ci_low):.1f}",
+                  f"{s.mean_samples:.1f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.0f}%",
                   "-" if same != same else f"{100 * same:.1f}",
                   "-" if same != same else f"{100 * s.gain_vs_bon_curve:+.1f}", calib)
+    t.caption = ("acc. ± half-width of the 95% bootstrap interval over problems; saved: tokens vs fixed BoN at the "
+                 "same N; BoN@tokens: fixed-N BoN curve at the same mean tokens; gain: accuracy minus that; "
+                 "hit/α: share whose best score reached s_min vs the promised α")
     return t
 
 
@@ -169,9 +181,9 @@ def nstar(
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("optscale-demo"),
-    problems: Annotated[int, typer.Option("--problems", help="simulated problems")] = 300,
+    problems: Annotated[int, typer.Option("--problems", help="simulated problems")] = 600,
     samples: Annotated[int, typer.Option("--samples", help="samples per problem in the pool")] = 64,
-    orders: OrdersOpt = 5,
+    orders: OrdersOpt = 8,
     seed: SeedOpt = 0,
 ) -> None:
     """Simulate a pool from real PRM score statistics, replay every policy, write a report."""
@@ -186,8 +198,41 @@ def demo(
                   + ", ".join(p.name for p in summary.files))
 
 
+def table(
+    results: Annotated[list[Path], typer.Argument(help="results.csv of replays or selected.csv of sweeps, one per dataset")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="markdown or latex")] = "markdown",
+    out: Annotated[Optional[Path], typer.Option("--out", help="write the table to this file instead of printing it")] = None,
+) -> None:
+    """Combine result files into one table shaped like the paper's (method x budget, per dataset)."""
+    import csv
+
+    from ..report import paper_table
+
+    rows = []
+    for path in results:
+        if not path.exists():
+            raise InputError("no such results file", str(path))
+        with path.open(encoding="utf-8", newline="") as fh:
+            for lineno, row in enumerate(csv.DictReader(fh), 2):
+                if row.get("split", "held_out") != "held_out":
+                    continue  # sweeps: report held-out numbers only
+                try:
+                    rows.append({"dataset": row["dataset"], "policy": row["policy"], "n_max": int(row["n_max"]),
+                                 **{k: float(row[k]) for k in ("accuracy", "ci_low", "ci_high", "mean_tokens")}})
+                except (KeyError, ValueError) as exc:
+                    raise InputError(f"not a results row ({exc})", f"{path}:{lineno}") from None
+    if fmt not in ("markdown", "latex"):
+        raise InputError(f"unknown format {fmt!r}; use markdown or latex", "--format")
+    text = paper_table(rows, fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(replay)
     app.command()(sweep)
     app.command()(demo)
     app.command()(nstar)
+    app.command()(table)

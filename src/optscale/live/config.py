@@ -105,6 +105,7 @@ class RunConfig(BaseModel):
     max_tokens: int = Field(1024, ge=1)
     stop: list[str] = Field(default_factory=list)
     stream: bool = True
+    seed: int | None = None
     answer_style: Literal["auto", "boxed", "number"] = "auto"
     zero_unanswered: bool = True
     concurrency: int = Field(8, ge=1)
@@ -133,7 +134,7 @@ class RunConfig(BaseModel):
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                                  stop=tuple(self.stop), stream=self.stream)
+                                  stop=tuple(self.stop), stream=self.stream, seed=self.seed)
 
     def client(self) -> ClientSettings:
         return ClientSettings(timeout=self.timeout, idle_timeout=self.idle_timeout, retries=self.retries,
@@ -184,7 +185,8 @@ class RunConfig(BaseModel):
             "model": self.model, "endpoint": self.endpoint, "system": self.system, "template": self.template,
             "chat_markup": self.chat_markup if self.endpoint == "completion" else None,
             "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-            "stop": list(self.stop), "answer_style": self.answer_style, "zero_unanswered": self.zero_unanswered,
+            "stop": list(self.stop), "seed": self.seed, "answer_style": self.answer_style,
+            "zero_unanswered": self.zero_unanswered,
             "scorer": self.scorer, "scorer_settings": scorer_identity,
             "policy": self.policy, "n_max": self.n_max, "policy_settings": dict(sorted(self.policy_settings.items())),
         }

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -89,6 +89,7 @@ class GenerationSettings:
     logprobs: bool = False
     top_logprobs: int = 0
     stream: bool = True
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,13 @@ class TokenMeter:
 
     ``streamed`` counts the current attempt; ``wasted`` those of earlier attempts that
     failed mid-way (their tokens were generated and are paid for, but gave no sample).
+    ``by_chunks`` is set once a token was counted from a content chunk rather than a logprob
+    entry (servers may merge tokens into one chunk, so such counts can fall short).
     """
 
     streamed: int = 0
     wasted: int = 0
+    by_chunks: bool = False
 
     @property
     def total(self) -> int:
@@ -142,8 +146,10 @@ class TokenMeter:
 class Completion:
     """One generated choice and what it cost.
 
-    ``tokens_source`` says where ``tokens`` came from: ``usage`` (the server's report) or
-    ``stream`` (one per streamed token when the server sent no usage for this choice).
+    ``tokens_source`` says where ``tokens`` came from: ``usage`` (the server's report),
+    ``usage_split`` (one reported total for several choices, split evenly), ``logprobs`` (one
+    per streamed logprob entry: exact) or ``chunks`` (one per streamed content chunk, when the
+    server sent neither usage nor logprobs: a lower bound if it merged tokens).
     """
 
     text: str
@@ -227,6 +233,7 @@ class _Choice:
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.counted = 0
+        self.by_chunks = False
         self.logprobs: list[float] | None = None
         self.top: list[dict[str, float]] | None = None
         self.finish_reason: str | None = None
@@ -328,6 +335,22 @@ class OpenAIGenerator:
     # -- checks before a run -------------------------------------------------------------
     async def check(self, need_logprobs: bool = False, why: str = "--scorer") -> None:
         """Fail fast, with the flag to fix, on an unreachable server, a wrong model or missing logprobs."""
+        await self.check_servers()
+        probe = GenerationSettings(temperature=0.0, max_tokens=2, logprobs=need_logprobs, stream=self.settings.stream)
+        messages = ({"role": "user", "content": "Say OK."},)
+        try:
+            [completion, *_] = await self.generate(Prompt(messages=messages, text="Say OK."), settings=probe)
+        except RequestRejected as exc:
+            raise InputError(str(exc).split(": ", 1)[-1], exc.where) from None
+        except RequestFailed as exc:
+            raise InputError(f"test request failed: {exc}", "--base-url") from None
+        if need_logprobs and completion.logprobs is None and completion.tokens > 0:
+            raise InputError(
+                f"the server returned no token logprobs, which {why} needs (llama-cpp-python: start it with "
+                "--logits_all true; hosted APIs: check that the model supports logprobs)", why)
+
+    async def check_servers(self) -> None:
+        """Every endpoint answers and lists the model (servers without ``/models`` are let through)."""
         for endpoint in self.pool.endpoints:
             try:
                 response = await self._http.get(f"{endpoint.url}/models")
@@ -345,18 +368,6 @@ class OpenAIGenerator:
                 if served and self.model not in served:
                     raise InputError(f"{endpoint.url} does not serve {self.model!r}; it serves {', '.join(served)}",
                                      "--model")
-        probe = GenerationSettings(temperature=0.0, max_tokens=2, logprobs=need_logprobs, stream=self.settings.stream)
-        messages = ({"role": "user", "content": "Say OK."},)
-        try:
-            [completion, *_] = await self.generate(Prompt(messages=messages, text="Say OK."), settings=probe)
-        except RequestRejected as exc:
-            raise InputError(str(exc).split(": ", 1)[-1], exc.where) from None
-        except RequestFailed as exc:
-            raise InputError(f"test request failed: {exc}", "--base-url") from None
-        if need_logprobs and completion.logprobs is None and completion.tokens > 0:
-            raise InputError(
-                f"the server returned no token logprobs, which {why} needs (llama-cpp-python: start it with "
-                "--logits_all true; hosted APIs: check that the model supports logprobs)", why)
 
     # -- generation ----------------------------------------------------------------------
     async def generate(
@@ -446,6 +457,8 @@ class OpenAIGenerator:
             body["n"] = n
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
         if s.stream and self.client_settings.stream_usage:
             body["stream_options"] = {"include_usage": True}
         if self.kind == "chat":
@@ -453,9 +466,9 @@ class OpenAIGenerator:
                 raise InputError("the chat endpoint needs messages; use a chat prompt template", "--endpoint")
             body["messages"] = list(prompt.messages)
             if s.logprobs or s.top_logprobs:
+                # llama.cpp's server returns chat logprobs only when top_logprobs is set too
                 body["logprobs"] = True
-                if s.top_logprobs:
-                    body["top_logprobs"] = s.top_logprobs
+                body["top_logprobs"] = max(1, s.top_logprobs)
             return "/chat/completions", body
         if prompt.text is None:
             raise InputError("the completion endpoint needs a text prompt", "--endpoint")
@@ -484,13 +497,14 @@ class OpenAIGenerator:
                     raise _Transient("response without choices")
             else:
                 done = False
+                # Read on to the end of the body after [DONE], so the connection can be reused.
                 async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+                    if done or not line.startswith("data:"):
                         continue
                     payload = line[5:].strip()
                     if payload == "[DONE]":
                         done = True
-                        break
+                        continue
                     try:
                         data = json.loads(payload)
                     except ValueError:
@@ -534,6 +548,8 @@ class OpenAIGenerator:
             seen = choice.add_logprobs(raw.get("logprobs"), self.kind)
             if streamed:
                 tokens = seen or (1 if (text or reasoning) else 0)
+                if tokens and not seen:
+                    choice.by_chunks = meter.by_chunks = True
                 choice.counted += tokens
                 meter.streamed += tokens
             else:
@@ -556,7 +572,7 @@ class OpenAIGenerator:
             share, extra = divmod(used, len(ordered))
             tokens, source = [share + (i < extra) for i in range(len(ordered))], "usage_split"
         else:
-            tokens, source = counted, "stream"
+            tokens, source = counted, "chunks" if any(c.by_chunks for c in ordered) else "logprobs"
         out = []
         for c, t in zip(ordered, tokens):
             out.append(Completion(

@@ -43,19 +43,20 @@ async def run_live(config: RunConfig, listener: Listener | None = None) -> RunOu
     template = config.template_obj()
     identity = config.identity()
     store = RunStore(config.out)
-    store.compatible(identity)
+    done = store.compatible(identity) and {p.id for p in problems} <= store.finished_ids()
     generator = build_generator(config)
     scorer = build_scorer(config)
     try:
-        await generator.check(need_logprobs=scorer.needs_logprobs, why=f"--scorer {config.scorer}")
-        await scorer.check()
+        if not done:  # a finished run needs no server: its pool and report are rebuilt from the log
+            await generator.check(need_logprobs=scorer.needs_logprobs, why=f"--scorer {config.scorer}")
+            await scorer.check()
         resumed = store.prepare(identity, config.runtime())
         store.open()
         try:
             results = await sample_problems(problems, generator, scorer, policy, template=template,
                                             settings=config.sampler(), store=store, listener=listener)
         finally:
-            store.close()
+            await store.aclose()
     finally:
         await generator.aclose()
         await scorer.aclose()

@@ -16,6 +16,7 @@ unknown, because the server never reported them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field
@@ -65,10 +66,10 @@ class MemoryStore:
     def load(self) -> RunState:
         return self.state
 
-    def append(self, record: dict[str, Any]) -> None:
+    async def append(self, record: dict[str, Any]) -> None:
         self.state.log(record["problem"]).add(record)
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    async def finish(self, summary: dict[str, Any]) -> None:
         self.state.finished[summary["id"]] = summary
 
 
@@ -98,13 +99,65 @@ def _read_lines(path: Path, repair: bool) -> list[dict[str, Any]]:
     return records
 
 
+class _DurableLog:
+    """An append-only JSON Lines file whose appends return once they are on disk.
+
+    Each line goes out in one ``write`` on an ``O_APPEND`` descriptor; the ``fsync`` runs in
+    a worker thread so the event loop keeps streaming, and is shared (group commit): appends
+    that arrive while one ``fsync`` runs wait for the next, which covers all of them. A
+    cancelled waiter does not cancel the ``fsync`` others wait on.
+    """
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._running: asyncio.Future | None = None
+        self._next: asyncio.Future | None = None
+
+    async def append(self, record: dict[str, Any]) -> None:
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(self.fd, data):]
+        waiter = self._next
+        if waiter is None:
+            waiter = self._next = asyncio.get_running_loop().create_future()
+            if self._running is None:
+                self._sync()
+        await asyncio.shield(waiter)
+
+    def _sync(self) -> None:
+        waiters, self._next = self._next, None
+        self._running = asyncio.ensure_future(asyncio.to_thread(os.fsync, self.fd))
+
+        def done(task: asyncio.Future) -> None:
+            self._running = None
+            if task.cancelled():
+                waiters.cancel()
+            elif task.exception() is not None:
+                waiters.set_exception(task.exception())
+            else:
+                waiters.set_result(None)
+            if self._next is not None:
+                self._sync()
+
+        self._running.add_done_callback(done)
+
+    async def settle(self) -> None:
+        """Wait for every ``fsync`` under way, including those of cancelled waiters."""
+        while self._running is not None:
+            await asyncio.wait([self._running])
+
+    def close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
 class RunStore:
     """A run folder on disk; one writer at a time (a lock file refuses a second live run)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._samples = None
-        self._problems = None
+        self._samples: _DurableLog | None = None
+        self._problems: _DurableLog | None = None
         self._lock: Path | None = None
 
     # -- configuration -------------------------------------------------------------------
@@ -164,50 +217,57 @@ class RunStore:
             state.finished[str(record["id"])] = record
         return state
 
+    def finished_ids(self) -> set[str]:
+        """Ids in ``problems.jsonl`` (read only; a torn tail is ignored, not repaired)."""
+        return {str(r["id"]) for r in _read_lines(self.path / PROBLEMS, repair=False)}
+
     def open(self) -> None:
         lock = self.path / ".lock"
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = lock.read_text().strip()
             if pid.isdigit() and _alive(int(pid)):
                 raise InputError(f"another optscale process (pid {pid}) is writing this run folder",
                                  str(self.path)) from None
             lock.unlink(missing_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         self._lock = lock
-        self._samples = (self.path / SAMPLES).open("ab")
-        self._problems = (self.path / PROBLEMS).open("ab")
+        self._samples = _DurableLog(self.path / SAMPLES)
+        self._problems = _DurableLog(self.path / PROBLEMS)
+
+    async def aclose(self) -> None:
+        """:meth:`close` from inside the event loop, once no ``fsync`` is still under way."""
+        for log in (self._samples, self._problems):
+            if log is not None:
+                await log.settle()
+        self.close()
 
     def close(self) -> None:
-        for f in (self._samples, self._problems):
-            if f is not None:
-                f.close()
+        for log in (self._samples, self._problems):
+            if log is not None:
+                log.close()
         self._samples = self._problems = None
         if self._lock is not None:
             self._lock.unlink(missing_ok=True)
             self._lock = None
 
-    @staticmethod
-    def _append(f, record: dict[str, Any]) -> None:
-        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
+    async def append(self, record: dict[str, Any]) -> None:
+        """Durably log one event; returns once it is on disk, before anyone acts on it."""
+        await self._samples.append(record)
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Durably log one event before anyone acts on it."""
-        self._append(self._samples, record)
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        self._append(self._problems, summary)
+    async def finish(self, summary: dict[str, Any]) -> None:
+        await self._problems.append(summary)
 
     def write_pool(self, problems, results) -> Path | None:
         """``pool.jsonl``: every graded problem's samples in the pool format of offline replay.
 
-        Problems without a gold answer or without samples are left out (a pool needs both).
+        Samples are graded here, once, rather than while streaming (grading is slow enough to
+        hold up the event loop). Problems without a gold answer or samples are left out.
         """
+        from ..answers import grade
         from ..pools import PoolProblem, PoolSample, write_pool
 
         lines = []
@@ -217,7 +277,8 @@ class RunStore:
             extra = {k: v for k, v in problem.extra.items() if isinstance(v, (int, float, bool))
                      or (isinstance(v, str) and len(v) <= 64)}
             samples = [PoolSample(answer=s["answer"], score=float(s["score"]), tokens=int(s["tokens"]),
-                                  correct=s["correct"], text=s["text"], step_scores=s["step_scores"])
+                                  correct=grade(problem.answer, s["answer"]), text=s["text"],
+                                  step_scores=s["step_scores"])
                        for s in result.samples]
             lines.append(PoolProblem(id=problem.id, question=problem.question, answer=problem.answer,
                                      samples=samples, **extra))

@@ -17,20 +17,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..answers import extract_answer, grade
 from ..errors import InputError
-from ..policies.base import Decision, Policy, Problem, Sample
+from ..policies.base import Decision, Episode, Outcome, Policy, Problem, Sample
 from .datasets import LiveProblem
 from .generators import Completion, OpenAIGenerator, RequestFailed, TokenMeter
 from .prompts import PromptTemplate
 from .runs import MemoryStore, RunState
 from .scorers import BatchingScorer, Score, Scorer, ScoreRequest
 
-__all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "sample_problems", "summarize"]
+__all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "sample_problems", "sample_seed", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,16 @@ class Store(Protocol):
 
     def load(self) -> RunState: ...
 
-    def append(self, record: dict[str, Any]) -> None: ...
+    async def append(self, record: dict[str, Any]) -> None: ...
 
-    def finish(self, summary: dict[str, Any]) -> None: ...
+    async def finish(self, summary: dict[str, Any]) -> None: ...
 
 
 class Listener:
     """Progress hooks (all optional): override what you need."""
+
+    def on_start(self, problems: int) -> None:
+        """Sampling begins (the servers passed their checks) for this many problems."""
 
     def on_record(self, record: dict[str, Any]) -> None:
         """A sample, cancellation or failure was logged."""
@@ -105,7 +109,8 @@ def _plain(value: Any) -> Any:
     return item() if callable(item) else value
 
 
-def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], outcome, policy: str) -> dict[str, Any]:
+def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], outcome: Outcome,
+              policy: str) -> dict[str, Any]:
     """The ``problems.jsonl`` line of a finished problem; all token totals come from the log."""
     chosen = samples[outcome.chosen] if outcome.chosen is not None else None
     sample_tokens = sum(int(s["tokens"]) + int(s.get("wasted_tokens") or 0) for s in samples)
@@ -134,6 +139,11 @@ def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], out
         "estimates": {k: _plain(v) for k, v in outcome.estimates.items()},
         "policy": policy,
     }
+
+
+def sample_seed(run_seed: int, problem_id: str, index: int) -> int:
+    """The seed sent with sample ``index`` of a problem when the run has a seed."""
+    return (run_seed * 1_000_003 + zlib.crc32(problem_id.encode()) * 65_537 + index) % 2**31
 
 
 class _GiveUp(Exception):
@@ -175,13 +185,20 @@ class _Sampler:
         self._describe = getattr(policy, "describe", lambda: policy.name)()
 
     # -- one request ---------------------------------------------------------------------
+    def _seeded(self, problem: LiveProblem, index: int):
+        """Per-sample seed from the run's seed, so a re-drawn sample is the same sample."""
+        base = self.gen_settings.seed
+        if base is None:
+            return self.gen_settings
+        return dataclasses.replace(self.gen_settings, seed=sample_seed(base, problem.id, index))
+
     async def _request(self, problem: LiveProblem, slot: _Slot) -> None:
         try:
             async with self._requests:
                 slot.stage = "generating"
                 slot.completions = await self.generator.generate(
                     self.template.render(problem.question), n=len(slot.indices), meter=slot.meter,
-                    settings=self.gen_settings)
+                    settings=self._seeded(problem, slot.indices[0]))
             slot.stage = "scoring"
             slot.scores = await self.scorer.score([
                 ScoreRequest(problem.question, c.text, tuple(c.logprobs) if c.logprobs else None)
@@ -189,8 +206,8 @@ class _Sampler:
         finally:
             slot.done_at = next(self._clock)
 
-    def _log(self, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
-        self.store.append(record)
+    async def _log(self, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
+        await self.store.append(record)
         into.append(record)
         self.listener.on_record(record)
 
@@ -202,7 +219,6 @@ class _Sampler:
         return {
             "type": "sample", "id": f"{problem.id}#{index}", "problem": problem.id, "index": index,
             "score": value, "raw_score": score.value, "flag": flag, "answer": answer,
-            "correct": None if problem.answer is None else grade(problem.answer, answer),
             "step_scores": list(score.steps) if score.steps is not None else None,
             "tokens": c.tokens, "tokens_source": c.tokens_source,
             "wasted_tokens": c.wasted_tokens if first else 0, "prompt_tokens": c.prompt_tokens,
@@ -210,8 +226,15 @@ class _Sampler:
             "latency_s": round(c.latency_s, 3), "text": c.text,
         }
 
-    def _event(self, kind: str, problem: LiveProblem, index: int, tokens: int, **extra: Any) -> dict[str, Any]:
-        source = "stream" if self.gen_settings.stream else "unknown"
+    def _event(self, kind: str, problem: LiveProblem, slot: _Slot, index: int, tokens: int,
+               **extra: Any) -> dict[str, Any]:
+        """A cancellation or failure, with how its tokens were counted (unknown without streaming)."""
+        if slot.completions:
+            source = slot.completions[0].tokens_source
+        elif not self.gen_settings.stream:
+            source = "unknown"
+        else:
+            source = "chunks" if slot.meter.by_chunks else "logprobs"
         return {"type": kind, "id": f"{problem.id}#{index}", "problem": problem.id, "index": index,
                 "tokens": tokens, "tokens_source": source, **extra}
 
@@ -222,7 +245,8 @@ class _Sampler:
         await asyncio.gather(*slots, return_exceptions=True)
         for slot in sorted(slots.values(), key=lambda s: s.indices[0]):
             if slot.stage != "queued":
-                self._log(self._event("cancelled", problem, slot.indices[0], slot.cost(), stage=slot.stage), events)
+                event = self._event("cancelled", problem, slot, slot.indices[0], slot.cost(), stage=slot.stage)
+                await self._log(event, events)
         slots.clear()
 
     # -- one problem ---------------------------------------------------------------------
@@ -237,29 +261,30 @@ class _Sampler:
                                  "was the run folder written with other settings?", "--out")
             stopped = episode.observe(Sample(record["score"], record["answer"], record["tokens"])) is Decision.STOP
         if problem.id in state.finished:
-            result = self._result(problem, episode, samples, events, state.finished[problem.id])
+            result = self._result(samples, events, state.finished[problem.id])
             self.listener.on_problem(result)
             return result
         async with self._problems:
             error = await self._sample(problem, episode, stopped, log.next_index, samples, events)
         if error is not None:
-            result = ProblemResult(problem.id, None, None, len(samples), 0, "unfinished", samples=samples,
+            spent = sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in samples + events)
+            result = ProblemResult(problem.id, None, None, len(samples), spent, "unfinished", samples=samples,
                                    events=events, error=error)
         else:
             summary = summarize(problem, samples, events, episode.result(), self._describe)
-            self.store.finish(summary)
-            result = self._result(problem, episode, samples, events, summary)
+            await self.store.finish(summary)
+            result = self._result(samples, events, summary)
         self.listener.on_problem(result)
         return result
 
     @staticmethod
-    def _result(problem: LiveProblem, episode, samples, events, summary: dict) -> ProblemResult:
+    def _result(samples: list[dict], events: list[dict], summary: dict) -> ProblemResult:
         return ProblemResult(
-            id=problem.id, answer=summary["answer"], correct=summary["correct"], n_samples=summary["n_samples"],
+            id=summary["id"], answer=summary["answer"], correct=summary["correct"], n_samples=summary["n_samples"],
             tokens=summary["tokens"], stop_reason=summary["stop_reason"], estimates=summary["estimates"],
             chosen=summary["chosen"], samples=samples, events=events, summary=summary)
 
-    async def _sample(self, problem: LiveProblem, episode, stopped: bool, next_index: int,
+    async def _sample(self, problem: LiveProblem, episode: Episode, stopped: bool, next_index: int,
                       samples: list[dict], events: list[dict]) -> str | None:
         """Draw samples until the episode stops; returns an error message if it had to give up."""
         slots: dict[asyncio.Task, _Slot] = {}
@@ -277,28 +302,31 @@ class _Sampler:
                     want -= k
                     slots[asyncio.create_task(self._request(problem, slot))] = slot
                 done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_COMPLETED)
+                last_failure = None
                 for task in sorted(done, key=lambda t: slots[t].done_at):
                     slot = slots.pop(task)
                     exc = task.exception()
                     if isinstance(exc, RequestFailed):
                         failures += 1
-                        self._log(self._event("failed", problem, slot.indices[0], slot.cost(), error=str(exc)),
-                                  events)
-                        if failures >= self.settings.max_failures and not stopped:
-                            raise _GiveUp(f"{failures} requests failed; last: {exc}")
+                        last_failure = exc
+                        event = self._event("failed", problem, slot, slot.indices[0], slot.cost(), error=str(exc))
+                        await self._log(event, events)
                         continue
                     if exc is not None:
                         raise exc
                     assert slot.completions is not None and slot.scores is not None
                     for k, (index, c, score) in enumerate(zip(slot.indices, slot.completions, slot.scores)):
                         if stopped:
-                            self._log(self._event("cancelled", problem, index, c.tokens + (slot.meter.wasted if k == 0
-                                                  else 0), stage="after_stop"), events)
+                            tokens = c.tokens + (slot.meter.wasted if k == 0 else 0)
+                            await self._log(self._event("cancelled", problem, slot, index, tokens,
+                                                        stage="after_stop"), events)
                             continue
                         record = self._sample_record(problem, index, c, score, first=k == 0)
-                        self._log(record, samples)
+                        await self._log(record, samples)
                         decision = episode.observe(Sample(record["score"], record["answer"], record["tokens"]))
                         stopped = decision is Decision.STOP
+                if last_failure is not None and failures >= self.settings.max_failures and not stopped:
+                    raise _GiveUp(f"{failures} requests failed; last: {last_failure}")
         except _GiveUp as exc:
             return f"problem {problem.id!r}: {exc}"
         finally:
@@ -339,6 +367,9 @@ async def sample_problems(
     sampler = _Sampler(generator, scorer, policy, template or PromptTemplate(), settings or SamplerSettings(),
                        store if store is not None else MemoryStore(), listener or Listener())
     state = sampler.store.load()
+    if any(p.answer is not None for p in problems):
+        grade("1", "1")  # imports the grader now rather than in the middle of streaming
+    sampler.listener.on_start(len(problems))
     tasks = [asyncio.create_task(sampler.problem(p, state)) for p in problems]
     try:
         await _supervise(tasks)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ..errors import InputError
-from .generators import ClientSettings, GenerationSettings, OpenAIGenerator, Prompt
+from .generators import GenerationSettings, OpenAIGenerator, Prompt
 from .prompts import BOXED_INSTRUCTION, render_markup
 
 __all__ = [
@@ -98,7 +98,7 @@ def aggregate_steps(steps: Sequence[float], how: Aggregate) -> float:
         return float(steps[-1])
     if how == "product":
         return float(math.prod(steps))
-    raise InputError(f"unknown aggregate {how!r}; choose from mean, min, last, product", "--set aggregate")
+    raise InputError(f"unknown aggregate {how!r}; choose from mean, min, last, product", "--scorer-set aggregate")
 
 
 def _clip(value: float) -> float:
@@ -169,10 +169,10 @@ class JudgeScorer:
     def __init__(self, judge: OpenAIGenerator, prompt: str = JUDGE_PROMPT, max_chars: int = 12000,
                  concurrency: int = 8):
         if judge.kind != "chat":
-            raise InputError("the judge needs a chat endpoint", "--set judge_endpoint")
+            raise InputError("the judge needs a chat endpoint", "--scorer-set base_url")
         for key in ("{question}", "{solution}"):
             if key not in prompt:
-                raise InputError(f"the judge prompt must contain {key}", "--set judge_prompt")
+                raise InputError(f"the judge prompt must contain {key}", "--scorer-set prompt")
         self.judge = judge
         self.prompt = prompt
         self.max_chars = max_chars
@@ -283,9 +283,10 @@ class VllmPrmScorer(_PrmBase):
 
     async def check(self) -> None:
         try:
-            await self.client.check()
+            await self.client.check_servers()
         except InputError as exc:
-            raise InputError(exc.detail, f"{exc.where} (PRM)") from None
+            where = {"--base-url": "base_url", "--model": "model"}.get(exc.where or "", exc.where)
+            raise InputError(exc.detail, f"--scorer-set {where}") from None
         [score] = await self.score([ScoreRequest("What is 1 + 1?", "1 + 1 = 2.\n\nSo the answer is \\boxed{2}.")])
         if score.flag:
             raise InputError(
@@ -321,7 +322,7 @@ class VllmPrmScorer(_PrmBase):
 
 
 class LocalPrmScorer(_PrmBase):
-    """The PRM run in this process with ``transformers`` (``pip install 'optscale[prm]'``-style extra).
+    """The PRM run in this process with ``transformers`` and ``torch`` (installed separately).
 
     Follows the Qwen2.5-Math-PRM model card: the model's two-class logits at each step tag give
     the step's probability of being correct. Batches run in a worker thread so the event
@@ -344,20 +345,27 @@ class LocalPrmScorer(_PrmBase):
     def _load(self) -> None:
         try:
             import torch
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer
         except ImportError:
             raise InputError("the local PRM needs torch and transformers (pip install torch transformers)",
                              "--scorer prm-local") from None
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=True)
-            model = AutoModel.from_pretrained(self.model_name, trust_remote_code=True, dtype=self.dtype)
+            config = AutoConfig.from_pretrained(self.model_name, trust_remote_code=True)
+            # Qwen's PRMs bring their own class (auto_map); other PRMs are token classifiers.
+            auto = AutoModel if "AutoModel" in (getattr(config, "auto_map", None) or {}) \
+                else AutoModelForTokenClassification
+            model = auto.from_pretrained(self.model_name, trust_remote_code=True, dtype=self.dtype)
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load the PRM: {exc}", "--set prm_model") from None
+            raise InputError(f"cannot load the PRM: {exc}", "--scorer-set model") from None
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model = model.to(device).eval()
         ids = self._tokenizer.encode(self.step_tag, add_special_tokens=False)
         if len(ids) != 1:
-            raise InputError(f"the step tag {self.step_tag!r} is not one token of this tokenizer", "--set step_tag")
+            raise InputError(f"the step tag {self.step_tag!r} is not one token of this tokenizer",
+                             "--scorer-set step_tag")
         self._tag_id = ids[0]
 
     def _text(self, item: ScoreRequest, steps: list[str]) -> str:
@@ -382,7 +390,7 @@ class LocalPrmScorer(_PrmBase):
                     logits = self._model(**enc)[0]
                 if logits.ndim != 3 or logits.shape[-1] != 2:
                     raise InputError(f"expected two-class logits per token, got shape {tuple(logits.shape)}",
-                                     "--set prm_model")
+                                     "--scorer-set model")
                 probs = torch.softmax(logits.float(), dim=-1)[..., 1]
                 mask = (enc["input_ids"] == self._tag_id) & enc["attention_mask"].bool()
                 for row, k in enumerate(live):

@@ -72,6 +72,6 @@ class PolicyBase(BaseModel):
         """``name(key=value, ...)`` with the settings that differ from the defaults."""
         fields = self.model_dump(exclude_defaults=True, exclude={"n_max", "priors"})
         if getattr(self, "priors", None) is not None:
-            fields["priors"] = str(self.priors) if isinstance(self.priors, (str, Path)) else type(self.priors).__name__
+            fields["priors"] = Path(self.priors).name if isinstance(self.priors, (str, Path)) else type(self.priors).__name__
         inner = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in fields.items())
         return f"{self.name}@{self.n_max}" + (f"({inner})" if inner else "")

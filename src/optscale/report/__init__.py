@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .plots import nstar_plot, pareto_plot
+from .run import write_run_report
 from .tables import METHOD_NAMES, baseline_table, paper_table, write_rows
 
 __all__ = ["METHOD_NAMES", "baseline_table", "paper_table", "write_rows", "nstar_plot", "pareto_plot",
-           "write_replay_report", "write_sweep_report"]
+           "write_replay_report", "write_run_report", "write_sweep_report"]
 
 
 def _policy_rows(results) -> list[dict]:
