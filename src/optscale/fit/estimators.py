@@ -172,7 +172,7 @@ def _newton_direction(g, h_mm, h_mt, h_tt, free):
     both = free[:, 0] & free[:, 1]
     det = h_mm * h_tt - h_mt * h_mt
     negdef = (h_mm < 0) & (det > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d_mu = -(h_tt * g[:, 0] - h_mt * g[:, 1]) / det
         d_tau = -(-h_mt * g[:, 0] + h_mm * g[:, 1]) / det
         single_mu = np.where(h_mm < 0, -g[:, 0] / h_mm, g[:, 0] / (np.abs(h_mm) + 1.0))

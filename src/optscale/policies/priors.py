@@ -8,7 +8,6 @@ directly is a known flaw of the original research code.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fit import moments_to_params
+from ..jsonl import iter_objects
 
 __all__ = ["PriorArrays", "PriorSource", "ConstantPriors", "FilePriors", "priors_from_moments"]
 
@@ -88,48 +88,36 @@ class FilePriors:
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
-            raise InputError("priors file not found", str(self.path))
         moments: list[tuple[str, float, float, float, float]] = []
         seen: set[str] = set()
-        with self.path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"not valid JSON ({exc.msg})", where) from None
-                if not isinstance(row, dict) or "id" not in row:
-                    raise InputError("each line needs an 'id'", where)
-                key = str(row["id"])
-                if key in seen:
-                    raise InputError(f"duplicate id {key!r}", where)
-                seen.add(key)
-                wm = _number(row.get("width_mu", self.width), where, "width_mu")
-                ws = _number(row.get("width_sigma", self.width), where, "width_sigma")
-                if "mu" in row and "sigma" in row:
-                    mu = _number(row["mu"], where, "mu")
-                    sigma = _number(row["sigma"], where, "sigma")
-                    if sigma <= 0:
-                        raise InputError("sigma must be positive", f"{where} field sigma")
-                    self._rows[key] = (mu, sigma, wm, ws)
-                    continue
-                for mean_key, std_key in (("score_mean", "score_std"), ("prior_mean", "prior_std")):
-                    if mean_key in row and std_key in row:
-                        mean = _number(row[mean_key], where, mean_key)
-                        std = _number(row[std_key], where, std_key)
-                        if not (0 <= mean <= 1):
-                            raise InputError(f"{mean_key} must lie in [0, 1], got {mean!r}", where)
-                        if std < 0:
-                            # The paper's published predictor emits a few negative stds.
-                            self.repairs.append(f"{where}: {std_key} {std!r} < 0 clipped to 0")
-                            std = 0.0
-                        moments.append((key, mean, std, wm, ws))
-                        break
-                else:
-                    raise InputError("needs mu and sigma, score_mean and score_std, or prior_mean and prior_std", where)
+        for where, row in iter_objects(self.path, require=("id",)):
+            key = str(row["id"])
+            if key in seen:
+                raise InputError(f"duplicate id {key!r}", where)
+            seen.add(key)
+            wm = _number(row.get("width_mu", self.width), where, "width_mu")
+            ws = _number(row.get("width_sigma", self.width), where, "width_sigma")
+            if "mu" in row and "sigma" in row:
+                mu = _number(row["mu"], where, "mu")
+                sigma = _number(row["sigma"], where, "sigma")
+                if sigma <= 0:
+                    raise InputError("sigma must be positive", f"{where} field sigma")
+                self._rows[key] = (mu, sigma, wm, ws)
+                continue
+            for mean_key, std_key in (("score_mean", "score_std"), ("prior_mean", "prior_std")):
+                if mean_key in row and std_key in row:
+                    mean = _number(row[mean_key], where, mean_key)
+                    std = _number(row[std_key], where, std_key)
+                    if not (0 <= mean <= 1):
+                        raise InputError(f"{mean_key} must lie in [0, 1], got {mean!r}", where)
+                    if std < 0:
+                        # The paper's published predictor emits a few negative stds.
+                        self.repairs.append(f"{where}: {std_key} {std!r} < 0 clipped to 0")
+                        std = 0.0
+                    moments.append((key, mean, std, wm, ws))
+                    break
+            else:
+                raise InputError("needs mu and sigma, score_mean and score_std, or prior_mean and prior_std", where)
         if moments:
             keys = [m[0] for m in moments]
             conv = priors_from_moments([m[1] for m in moments], [m[2] for m in moments],

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ..answers import grade
 from ..errors import InputError
+from ..jsonl import numbered_lines
 from .schema import PoolProblem
 
 __all__ = ["iter_pool", "read_pool", "write_pool", "format_loc", "validation_message"]
@@ -67,22 +68,6 @@ def _nonfinite_field(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[str |
     return None
 
 
-def _lines(path: StrPath) -> Iterator[tuple[int, str]]:
-    """Numbered lines, decoded one at a time so a bad byte is reported on its own line."""
-    name = os.fspath(path)
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", where=name) from None
-    with handle:
-        for lineno, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise InputError("not UTF-8 text", where=f"{name}:{lineno}") from None
-            yield lineno, line
-
-
 def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem]:
     """Validated problems of the pool at ``path``, one line at a time.
 
@@ -94,7 +79,7 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
     """
     name = os.fspath(path)
     first_line: dict[str, int] = {}
-    for lineno, line in _lines(path):
+    for lineno, line in numbered_lines(path):
         if not line.strip():
             continue
         where = f"{name}:{lineno}"

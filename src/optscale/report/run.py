@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..jsonl import iter_objects
 from .plots import _pyplot
 
 __all__ = ["write_run_report"]
@@ -28,13 +29,7 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
     path = run_dir / "problems.jsonl"
     if not path.exists():
         raise InputError("no problems.jsonl: the run has not finished any problem", str(run_dir))
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise InputError("malformed JSON", f"{path}:{lineno}") from None
+    rows = [row for _, row in iter_objects(path)]
     if not rows:
         raise InputError("no finished problems", str(path))
     config_path = run_dir / "config.json"

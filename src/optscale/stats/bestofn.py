@@ -49,7 +49,7 @@ def min_samples_detail(mu, sigma, s_min, alpha, n_max=None) -> tuple[np.ndarray,
     Returns ``(n, capped)``. Edge cases are defined, never NaN: ``F(s_min) = 0`` (any sample
     beats the target) gives 1; ``F(s_min) = 1`` (the target is unreachable) and any N above
     ``n_max`` give ``n_max`` with ``capped = True``; without ``n_max`` they give
-    :data:`UNBOUNDED`. The returned N satisfies the defining inequality exactly in floating
+    :data:`UNBOUNDED` (so does any N beyond 2**52, where float64 stops counting exactly). The returned N satisfies the defining inequality exactly in floating
     point: ``N * ln F <= ln(1 - alpha) < (N - 1) * ln F``.
     """
     alpha = _check_alpha(alpha)
@@ -59,7 +59,8 @@ def min_samples_detail(mu, sigma, s_min, alpha, n_max=None) -> tuple[np.ndarray,
     log_f, log_miss = np.broadcast_arrays(log_f, log_miss)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = log_miss / log_f  # log_f = 0 gives +inf; log_f = -inf gives +0
-    hopeless = ~(ratio < 2.0**62)  # also catches NaN, which cannot arise but must not pass
+    # Beyond 2**52 samples integers stop being exact in float64; no budget is that large.
+    hopeless = ~(ratio < 2.0**52)  # also catches NaN, which cannot arise but must not pass
     n = np.ceil(np.where(hopeless, 1.0, ratio)).astype(np.int64)
     n = np.maximum(n, 1)
     # One exact correction step: floating division can land just above an integer.
