@@ -89,8 +89,9 @@ def main() -> None:
     print(f"   judge scores of the best-of-N samples: mean {statistics.mean(scores):.2f}, sd "
           f"{statistics.pstdev(scores):.2f}, max {max(scores):.2f}")
     print("replayed on the best-of-N samples (same policy objects, offline):")
-    for label, settings in (("paper s_min=0.95", {}), (f"s_min={args.s_min:g}", {"s_min": args.s_min})):
-        s, t, acc = replay(bon, args.n_max, **settings)
+    for s_min in sorted({0.95, 0.8, args.s_min, 0.5}, reverse=True):
+        s, t, acc = replay(bon, args.n_max, s_min=s_min)
+        label = f"s_min={s_min:g}" + (" (paper)" if s_min == 0.95 else "")
         print(f"   optscale {label:17s} samples {s:4d} (x{s / b[0]:.2f})  tokens {t:7d} (x{t / b[1]:.2f})  "
               f"accuracy {acc:5.1f}%")
     (out / "summary.json").write_text(json.dumps({"bon": b, "optscale": o}) + "\n")

@@ -9,5 +9,8 @@ PY=${PYTHON:-python3}
 # llama-cpp-python (extra `local`, the live tests' real server) compiles from source; a native
 # build can segfault on the first decode, so build it for portable AVX2 CPUs.
 export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-.venv/bin/python -m pip install -q -e ".[test,live,local]"
+# The predictor extra needs torch: take the CPU build first so nothing pulls a CUDA one
+# (on these machines pip finds torch 2.13.0 for Python 3.11 on local disk).
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test,live,local,predictor]"
 exec .venv/bin/python -m pytest "$@"

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy import optimize
 
 from optscale.errors import InputError
-from optscale.fit import MU_BOUNDS, SIGMA_BOUNDS, FitFlag, fit_map, fit_mle, loglik, moments_to_params
+from optscale.fit import MU_BOUNDS, SIGMA_BOUNDS, FitFlag, fit_map, fit_mle, moments_to_params
 from optscale.fit.estimators import _objective
 from optscale.stats import truncnorm
 

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from . import live, offline, pools, simulate
+from . import predictor
 
-MODULES: list = [offline, pools, live, simulate]
+MODULES: list = [offline, pools, live, simulate, predictor]

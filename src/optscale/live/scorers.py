@@ -263,9 +263,10 @@ class _PrmBase:
 class VllmPrmScorer(_PrmBase):
     """A PRM behind vLLM's pooling API (``POST /pooling``).
 
-    Serve it so that one output comes back per step tag, e.g. ``vllm serve
-    Qwen/Qwen2.5-Math-PRM-7B --task reward`` (vLLM applies STEP pooling on ``<extra_0>`` for
-    that model). Each request carries a batch of conversations written out in ``markup``.
+    Serve it so that one output comes back per step tag: STEP pooling on the id of
+    ``<extra_0>`` (``--override-pooler-config '{"pooling_type": "STEP", "step_tag_id": ID}'``);
+    without it vLLM returns one output per token, which :meth:`check` refuses. Each request
+    carries a batch of conversations written out in ``markup``.
     """
 
     kind = "prm"

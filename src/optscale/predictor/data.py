@@ -10,17 +10,16 @@ defect is one :class:`~optscale.errors.InputError` naming ``file:line``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..errors import InputError
+from ..jsonl import iter_objects
 
 __all__ = ["Problems", "TrainingSet", "load_problems", "load_training", "shared_data_dir"]
 
@@ -75,23 +74,6 @@ def shared_data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def _rows(path: Path) -> Iterator[tuple[str, dict]]:
-    if not path.is_file():
-        raise InputError("file not found", str(path))
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"not valid JSON ({exc.msg})", where) from None
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object", where)
-            yield where, row
-
-
 def _level(value, where: str) -> int | None:
     """MATH levels come as ``3`` or ``"Level 3"``; anything else (e.g. ``"Level ?"``) is unknown."""
     if value is None or isinstance(value, bool):
@@ -122,7 +104,7 @@ def load_problems(path: str | Path) -> Problems:
     path = Path(path)
     out: tuple[list, ...] = ([], [], [], [])
     seen: set[str] = set()
-    for where, row in _rows(path):
+    for where, row in iter_objects(path):
         fields = _problem(row, where, None)
         if fields[0] in seen:
             raise InputError(f"duplicate id {fields[0]!r}", where)
@@ -167,7 +149,7 @@ def load_training(path: str | Path) -> TrainingSet:
     out: tuple[list, ...] = ([], [], [], [])
     means: list[float] = []
     stds: list[float] = []
-    for where, row in _rows(path):
+    for where, row in iter_objects(path):
         fields = _problem(row, where, f"{path.name}:{where.rsplit(':', 1)[1]}")
         if "score_mean" in row or "score_std" in row:
             mean, std = _label(row, "score_mean", where), _label(row, "score_std", where)

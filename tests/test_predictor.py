@@ -1,0 +1,269 @@
+"""The prior predictor without any embedding model: data, baselines, calibration, folders, priors, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+
+from optscale.errors import InputError  # noqa: E402
+from optscale.policies.priors import FilePriors, PriorSource  # noqa: E402
+from optscale.predictor import (  # noqa: E402
+    ConstantPredictor, EmbeddingPredictor, MetadataPredictor, Prediction, Predictor, PredictorPriors, Problems,
+    load, load_problems, load_training,
+)
+
+SUBJECTS = ["Algebra", "Geometry", "Number Theory"]
+WORDS = ["easy", "simple", "basic", "tricky", "hard"]
+
+
+def _rows(n: int = 150, seed: int = 0) -> list[dict]:
+    """Synthetic MATH-like rows whose difficulty shows in level, subject and wording."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        level = int(rng.integers(1, 6))
+        subject = SUBJECTS[i % 3]
+        mean = float(np.clip(0.99 - 0.035 * level - 0.02 * (subject == "Geometry") + rng.normal(0, 0.01), 0.5, 0.999))
+        std = float(np.clip(0.01 + 0.02 * level + rng.normal(0, 0.005), 0.001, 0.3))
+        question = f"{WORDS[level - 1]} problem {i} about {subject.lower()}: compute {rng.integers(1000)} plus x"
+        rows.append({"id": f"p{i}", "question": question, "subject": subject, "level": level,
+                     "score_mean": mean, "score_std": std})
+    return rows
+
+
+def _write(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    _write(path, _rows())
+    return path
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_loads_moments_and_raw_samples(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    _write(path, [
+        {"question": "q one", "score_mean": 0.9, "score_std": 0.1, "level": "Level 3"},
+        {"id": "x", "question": "q two", "samples": [{"score": 0.2}, {"score": 0.6}], "subject": "Algebra"},
+        {"question": "q three", "scores": [1.0, 1.0, 0.7]},
+    ])
+    data = load_training(path)
+    assert data.problems.ids == ["mixed.jsonl:1", "x", "mixed.jsonl:3"]
+    assert data.problems.levels == [3, None, None] and data.problems.subjects == [None, "Algebra", None]
+    np.testing.assert_allclose(data.mean, [0.9, 0.4, 0.9])
+    np.testing.assert_allclose(data.std, [0.1, 0.2, np.std([1.0, 1.0, 0.7])])
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"question": "q", "score_mean": 0.9}, "missing label 'score_std'"),
+    ({"question": "q", "score_mean": "high", "score_std": 0.1}, "field score_mean"),
+    ({"question": "q", "score_mean": 0.9, "score_std": -0.01}, "score_std must be >= 0"),
+    ({"question": "  ", "score_mean": 0.9, "score_std": 0.1}, "non-empty 'question'"),
+    ({"question": "q", "score_mean": 1.2, "score_std": 0.1}, r"must lie in \[0, 1\]"),
+    ({"question": "q", "samples": []}, "non-empty list"),
+    ({"question": "q", "samples": [{"score": 2}]}, r"samples\[0\]"),
+    ({"question": "q"}, "needs labels"),
+])
+def test_bad_training_rows_name_file_and_line(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    _write(path, [{"question": "fine", "score_mean": 0.5, "score_std": 0.1}, row])
+    with pytest.raises(InputError, match=message) as info:
+        load_training(path)
+    assert info.value.where.startswith(f"{path}:2")
+
+
+def test_bad_benchmark_files(tmp_path):
+    path = tmp_path / "bench.jsonl"
+    _write(path, [{"id": "a", "question": "q"}, {"question": "no id"}])
+    with pytest.raises(InputError, match="needs an 'id'") as info:
+        load_problems(path)
+    assert info.value.where == f"{path}:2"
+    _write(path, [{"id": "a", "question": "q"}, {"id": "a", "question": "q2"}])
+    with pytest.raises(InputError, match="duplicate id"):
+        load_problems(path)
+    path.write_text('{"id": "a", "question": "q"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(InputError, match="malformed JSON") as info:
+        load_problems(path)
+    assert info.value.where == f"{path}:2"
+    with pytest.raises(InputError, match="file not found"):
+        load_problems(tmp_path / "missing.jsonl")
+
+
+# ----------------------------------------------------------------------------- predictive distribution
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.0, 1.0), st.floats(0.0, 0.6), st.floats(0.0, 1.5), st.floats(0.0, 1.5))
+def test_prediction_stays_in_range(mean, std, s_mean, s_std):
+    pred = Prediction.around(np.array([[mean, std]]), [s_mean, s_std])
+    assert 0 < pred.mean[0] < 1 and 0 < pred.std[0] <= 0.5
+    assert pred.mean_sd[0] >= 0 and pred.std_sd[0] >= 0
+    m_lo, m_hi, s_lo, s_hi = pred.interval(0.9)
+    tol = 1e-12  # expit(logit(x)) round trip
+    assert 0 <= m_lo[0] <= pred.mean[0] + tol and pred.mean[0] - tol <= m_hi[0] <= 1
+    assert 0 < s_lo[0] <= pred.std[0] + tol and pred.std[0] - tol <= s_hi[0]
+
+
+def test_predictive_sd_matches_monte_carlo():
+    pred = Prediction.around(np.array([[0.93, 0.06]]), [0.7, 0.5])
+    rng = np.random.default_rng(0)
+    z = pred.loc[0] + pred.scale[0] * rng.standard_normal((400_000, 2))
+    assert pred.mean_sd[0] == pytest.approx(np.std(1 / (1 + np.exp(-z[:, 0]))), rel=0.01)
+    assert pred.std_sd[0] == pytest.approx(np.std(np.exp(z[:, 1])), rel=0.02)
+
+
+# ----------------------------------------------------------------------------- kinds
+
+
+def test_metadata_beats_constant_and_is_calibrated(train_file):
+    data = load_training(train_file)
+    const = ConstantPredictor().fit(data)
+    meta = MetadataPredictor().fit(data)
+    for moment in ("mean", "std"):
+        assert meta.metrics["validation"][moment]["rmse"] < 0.6 * const.metrics["validation"][moment]["rmse"]
+    assert 0.75 <= meta.metrics["validation"]["coverage"]["mean"]["0.9"] <= 1.0
+    assert all(w > 0 for w in meta.widths) and meta.widths[0] < const.widths[0]
+    # Problems without metadata fall back to the average effect, not a reference category.
+    bare = meta.predict(Problems.from_texts(["anything"]))
+    assert bare.mean[0] == pytest.approx(np.mean(meta.predict(data.problems).mean), abs=0.01)
+
+
+def test_repeated_questions_share_a_fold(tmp_path):
+    rows = _rows(40)
+    rows += [dict(r, id=r["id"] + "-again") for r in rows[:10]]
+    path = tmp_path / "dup.jsonl"
+    _write(path, rows)
+    data = load_training(path)
+    from optscale.predictor.base import group_folds
+
+    for train, test in group_folds(data.problems, 5, 0):
+        assert not {data.problems.questions[i] for i in train} & {data.problems.questions[i] for i in test}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MetadataPredictor(),
+    lambda: EmbeddingPredictor(block_weights={"tfidf": 1.0, "meta": 1.0}),
+    lambda: EmbeddingPredictor(block_weights={"tfidf": 1.0}, target="logit"),
+])
+def test_save_load_round_trip(train_file, tmp_path, make):
+    data = load_training(train_file)
+    model = make().fit(data)
+    folder = model.save(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format_version"] == 1 and config["kind"] == model.kind
+    again = load(folder)
+    a, b = model.predict(data.problems), again.predict(data.problems)
+    np.testing.assert_allclose(a.mean, b.mean, atol=1e-6)
+    np.testing.assert_allclose(a.std_sd, b.std_sd, atol=1e-6)
+    assert again.widths == pytest.approx(model.widths) and again.metrics == model.metrics
+
+
+def test_tfidf_features_beat_metadata_alone(train_file):
+    data = load_training(train_file)
+    meta = MetadataPredictor().fit(data)
+    text = EmbeddingPredictor(block_weights={"tfidf": 1.0}).fit(data)
+    # The wording carries the level here; TF-IDF alone recovers most of what metadata knows.
+    assert text.metrics["validation"]["mean"]["rmse"] < 1.5 * meta.metrics["validation"]["mean"]["rmse"]
+
+
+def test_folder_errors(train_file, tmp_path):
+    model = MetadataPredictor().fit(load_training(train_file))
+    folder = model.save(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    with pytest.raises(InputError, match="kind 'metadata', expected one of \\['constant'\\]"):
+        ConstantPredictor.load(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(InputError, match="format version 99") as info:
+        load(folder)
+    assert info.value.where == str(folder / "config.json")
+    (folder / "config.json").write_text(json.dumps({**config, "kind": "oracle"}))
+    with pytest.raises(InputError, match="kind 'oracle'"):
+        load(folder)
+    with pytest.raises(InputError, match="no config.json"):
+        load(tmp_path / "empty")
+    with pytest.raises(InputError, match="unknown parameter"):
+        MetadataPredictor(depth=3)
+
+
+# ----------------------------------------------------------------------------- priors
+
+
+def test_predictor_priors_use_validation_widths(train_file):
+    model = MetadataPredictor().fit(load_training(train_file))
+    source = PredictorPriors(model)
+    assert isinstance(source, PriorSource)
+    arrays = source.priors(["a", "b"], ["easy problem", "hard problem"])
+    assert np.all(arrays.width_mu == model.widths[0]) and np.all(arrays.width_sigma == model.widths[1])
+    assert np.all(arrays.sigma > 0)
+    fixed = PredictorPriors(model, width=(0.2, 0.05)).priors(["a"], ["q"])
+    assert fixed.width_mu[0] == 0.2 and fixed.width_sigma[0] == 0.05
+    with pytest.raises(InputError, match="non-empty string"):
+        source.priors(["a"], [None])
+    with pytest.raises(InputError, match="width"):
+        PredictorPriors(model, width=-1)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_predict_evaluate(train_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from optscale.cli.app import app
+
+    runner = CliRunner()
+    model_dir = tmp_path / "model"
+    res = runner.invoke(app, ["predictor", "train", "--kind", "embedding", "--data", str(train_file), "--out", str(model_dir),
+                              "--param", 'block_weights={"tfidf": 1, "meta": 1}'])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["training_data"]["rows"] == 150
+    res = runner.invoke(app, ["predictor", "train", "--kind", "metadata", "--data", str(train_file), "--out", str(model_dir)])
+    assert res.exit_code != 0 and "--force" in str(res.exception)
+
+    bench = tmp_path / "bench.jsonl"
+    _write(bench, [{"id": r["id"], "question": r["question"], "level": r["level"], "subject": r["subject"]} for r in _rows(20)])
+    priors = tmp_path / "priors.jsonl"
+    res = runner.invoke(app, ["predictor", "predict", str(bench), "--model", str(model_dir), "--out", str(priors)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in priors.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"p{i}" for i in range(20)]
+    assert {"score_mean", "score_std", "mu", "sigma", "width_mu", "width_sigma"} <= set(rows[0])
+    loaded = FilePriors(priors).priors(["p0"], [None])
+    assert loaded.mu[0] == pytest.approx(rows[0]["mu"]) and loaded.width_mu[0] == pytest.approx(rows[0]["width_mu"])
+
+    plot, report = tmp_path / "calib.png", tmp_path / "report.json"
+    res = runner.invoke(app, ["predictor", "evaluate", "--data", str(train_file), "--model", str(model_dir), "--folds", "3",
+                              "--priors", str(priors), "--plot", str(plot), "--json", str(report)])
+    assert res.exit_code == 0, res.output
+    assert plot.stat().st_size > 10_000
+    out = json.loads(report.read_text())
+    assert out["model"]["mean"]["rmse"] < out["constant"]["mean"]["rmse"]
+    assert out["priors_files"][0]["labelled_matches"] == 20 and "errors" in out["priors_files"][0]
+
+    res = runner.invoke(app, ["predictor", "evaluate", "--data", str(train_file), "--model", str(model_dir), "--fitted",
+                              "--json", str(report)])
+    assert res.exit_code == 0, res.output
+    fitted = json.loads(report.read_text())
+    assert fitted["mode"] == "fitted" and fitted["model"]["mean"]["rmse"] <= out["model"]["mean"]["rmse"]
+
+    no_ids = tmp_path / "noids.jsonl"
+    _write(no_ids, [{"question": "q"}])
+    res = runner.invoke(app, ["predictor", "predict", str(no_ids), "--model", str(model_dir), "--out", str(priors)])
+    assert isinstance(res.exception, InputError) and res.exception.where == f"{no_ids}:1"
+
+
+def test_predictor_is_abstract():
+    with pytest.raises(TypeError):
+        Predictor()
