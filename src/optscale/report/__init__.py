@@ -8,10 +8,10 @@ from typing import Sequence
 
 from .plots import nstar_plot, pareto_plot
 from .run import write_run_report
-from .tables import METHOD_NAMES, baseline_table, paper_table, write_rows
+from .tables import METHOD_NAMES, baseline_table, paper_table, write_rows, write_text
 
 __all__ = ["METHOD_NAMES", "baseline_table", "paper_table", "write_rows", "nstar_plot", "pareto_plot",
-           "write_replay_report", "write_run_report", "write_sweep_report"]
+           "write_replay_report", "write_run_report", "write_sweep_report", "write_text"]
 
 
 def _policy_rows(results) -> list[dict]:
@@ -26,10 +26,9 @@ def write_replay_report(out: str | Path, results: Sequence, s_min: float = 0.95,
     curves = [{"dataset": res.dataset, **c} for res in results for c in res.curve.rows()]
     written = [write_rows(rows, out / "results.csv"), write_rows(rows, out / "results.parquet"),
                write_rows(curves, out / "bon_curve.csv")]
-    (out / "table.md").write_text(
-        "## Accuracy (%) and mean tokens per problem\n\n" + paper_table(rows)
-        + "\n## Against the whole fixed-N Best-of-N curve\n\n" + baseline_table(rows), encoding="utf-8")
-    (out / "table.tex").write_text(paper_table(rows, "latex"), encoding="utf-8")
+    write_text(out / "table.md", "## Accuracy (%) and mean tokens per problem\n\n" + paper_table(rows)
+               + "\n## Against the whole fixed-N Best-of-N curve\n\n" + baseline_table(rows))
+    write_text(out / "table.tex", paper_table(rows, "latex"))
     written += [out / "table.md", out / "table.tex"]
     for res in results:
         for n_max in sorted({s.n_max for s in res.stats}):
@@ -38,7 +37,7 @@ def write_replay_report(out: str | Path, results: Sequence, s_min: float = 0.95,
             written.append(pareto_plot(curve, rows_n, out / f"pareto_{_slug(res.dataset)}_N{n_max}.png",
                                        title=f"{res.dataset}, N_max = {n_max}: accuracy vs tokens"))
     written.append(nstar_plot(out / "nstar.png", s_min=s_min, alpha=alpha))
-    (out / "summary.json").write_text(json.dumps([r.to_json() for r in results], indent=2, default=float), encoding="utf-8")
+    write_text(out / "summary.json", json.dumps([r.to_json() for r in results], indent=2, default=float))
     written.append(out / "summary.json")
     return written
 
@@ -55,10 +54,11 @@ def write_sweep_report(out: str | Path, result, dataset: str) -> list[Path]:
     written = [write_rows(result.grid, out / "grid.csv"), write_rows(result.grid, out / "grid.parquet"),
                write_rows(selected_rows, out / "selected.csv")]
     held = [r for r in selected_rows if r["split"] == "held_out"]
-    (out / "table.md").write_text(
+    write_text(
+        out / "table.md",
         f"## {result.policy} on {dataset}: settings chosen on {result.calib_problems} calibration problems "
         f"({result.objective}), reported on {result.test_problems} held-out problems\n\n"
-        + paper_table(held) + "\n" + baseline_table(held), encoding="utf-8")
+        + paper_table(held) + "\n" + baseline_table(held))
     written.append(out / "table.md")
     test_grid = [r for r in result.grid if r["split"] == "held_out"]
     written.append(pareto_plot(result.test_curve.rows(), held, out / "pareto_held_out.png",

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 from ..errors import InputError
 
-__all__ = ["METHOD_NAMES", "write_rows", "paper_table", "baseline_table"]
+__all__ = ["METHOD_NAMES", "write_rows", "write_text", "paper_table", "baseline_table"]
 
 #: Row labels of the paper's main table.
 METHOD_NAMES = {
@@ -37,6 +37,13 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (a report being rewritten is never left half-written)."""
+    path = Path(path)
+    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return path
 
 
 def _cell(value):
