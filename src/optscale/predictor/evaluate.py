@@ -104,10 +104,9 @@ def compare_file(path: str | Path, data: TrainingSet) -> dict:
 
 def calibration_plot(pred: Prediction, mean, std, path: str | Path, title: str) -> Path:
     """PNG: predicted vs true mean and std, and empirical vs nominal interval coverage."""
-    import matplotlib
+    from ..report.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     for ax, p, t, name in ((axes[0], pred.mean, mean, "score mean"), (axes[1], pred.std, std, "score std")):
@@ -127,9 +126,4 @@ def calibration_plot(pred: Prediction, mean, std, path: str | Path, title: str) 
     axes[2].set(xlabel="nominal coverage", ylabel="empirical coverage", title="central predictive intervals")
     axes[2].legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -7,16 +7,27 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pareto_plot", "nstar_plot"]
+__all__ = ["pareto_plot", "nstar_plot", "pyplot", "save_figure"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers and CI)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def pareto_plot(
@@ -28,7 +39,7 @@ def pareto_plot(
 ) -> Path:
     """Accuracy vs mean tokens: the fixed-N BoN curve, each policy with its 95% interval,
     and optionally every grid point of a sweep with the Pareto front of all of them."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     tok = np.array([r["mean_tokens"] for r in curve_rows])
     acc = np.array([r["accuracy"] for r in curve_rows])
@@ -58,34 +69,26 @@ def pareto_plot(
     ax.set_title(title or "Accuracy vs cost")
     ax.grid(True, which="both", ls=":", alpha=0.5)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def nstar_plot(path: str | Path, s_min: float = 0.95, alpha: float = 0.9, n_max: int = 64) -> Path:
     """Heat map of N* (capped at ``n_max``) over a grid of (mu, sigma)."""
+    from matplotlib.colors import LogNorm
+
     from ..stats import min_samples
 
-    plt = _pyplot()
+    plt = pyplot()
     mu = np.linspace(0.4, 1.4, 201)
     sigma = np.geomspace(0.005, 0.5, 200)
     n = min_samples(mu[None, :], sigma[:, None], s_min, alpha, n_max)
     fig, ax = plt.subplots(figsize=(7, 5))
     mesh = ax.pcolormesh(mu, sigma, n, shading="auto", cmap="viridis",
-                         norm=__import__("matplotlib.colors", fromlist=["LogNorm"]).LogNorm(vmin=1, vmax=n_max))
+                         norm=LogNorm(vmin=1, vmax=n_max))
     ax.contour(mu, sigma, n, levels=[1.5, 4.5, 8.5, 16.5, 32.5], colors="w", linewidths=0.6)
     ax.set_yscale("log")
     ax.set_xlabel(r"$\mu$")
     ax.set_ylabel(r"$\sigma$")
     ax.set_title(rf"$N^*$ for $s_{{min}}={s_min}$, $\alpha={alpha}$ (capped at {n_max})")
     fig.colorbar(mesh, ax=ax, label="N*")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

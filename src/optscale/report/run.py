@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jsonl import iter_objects
-from .plots import _pyplot
+from .plots import pyplot, save_figure
 
 __all__ = ["write_run_report"]
 
@@ -62,14 +62,12 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
         "|---:|---:|---:|---:|---:|---|\n"
         f"| {len(rows)} | {acc} | {samples.mean():.2f} | {tokens.mean():,.0f} | {saved} | {reasons} |\n",
         encoding="utf-8")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     top = int(max(samples.max(), n_max or 0))
     ax.hist(samples, bins=np.arange(0.5, top + 1.5), color="tab:blue")
     ax.set_xlabel("samples drawn per problem")
     ax.set_ylabel("problems")
     ax.set_title("How many samples each problem needed")
-    fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "samples.png", dpi=120)
     return [out / "summary.json", out / "table.md", out / "samples.png"]
