@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,3 +49,17 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs the shared data set at {path} (not part of a user's clone)")
     return path
+
+
+def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run the real entry point (``optscale.cli.main``) in-process: exit code, stdout, stderr."""
+    from optscale.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["optscale", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

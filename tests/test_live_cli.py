@@ -14,8 +14,8 @@ import pytest
 
 fakes = pytest.importorskip("live_fakes", reason="the fake server needs fastapi and uvicorn (pip install '.[local]')")
 
-from optscale.cli.app import main  # noqa: E402
 from optscale.pools import iter_pool  # noqa: E402
+from conftest import run_cli
 
 
 def dataset(tmp_path: Path, k: int = 4) -> Path:
@@ -27,15 +27,6 @@ def dataset(tmp_path: Path, k: int = 4) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
-
-def cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["optscale", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, capsys.readouterr().err
 
 
 def lines(path: Path) -> list[dict]:
@@ -50,11 +41,11 @@ def run_args(data, server, out, *extra):
 def test_run_writes_a_consistent_run_folder_and_resumes_without_new_requests(tmp_path, monkeypatch, capsys):
     data, out = dataset(tmp_path), tmp_path / "run"
     with fakes.FakeServer() as server:
-        code, err = cli(run_args(data, server, out, "--policy", "optscale", "--n-max", "8", "--set", "s_min=0.9",
+        code, _, err = run_cli(run_args(data, server, out, "--policy", "optscale", "--n-max", "8", "--set", "s_min=0.9",
                                  "--api-key", "sk-not-stored", "--seed", "5"), monkeypatch, capsys)
         assert code == 0, err
         requests = len(server.served)
-        code, err2 = cli(run_args(data, server, out, "--policy", "optscale", "--n-max", "8", "--set", "s_min=0.9",
+        code, _, err2 = run_cli(run_args(data, server, out, "--policy", "optscale", "--n-max", "8", "--set", "s_min=0.9",
                                   "--seed", "5", "--concurrency", "2"), monkeypatch, capsys)
         assert code == 0 and len(server.served) == requests and "resumed" in err2
     assert "problems finished" in err and "4 / 4" in err and "pool:" in err
@@ -78,7 +69,7 @@ def test_pool_draws_the_full_budget_for_offline_replay(tmp_path, monkeypatch, ca
     with fakes.FakeServer() as server:
         args = ["pool", data, "--base-url", server.base_url, "--model", fakes.MODEL, "--scorer", "judge",
                 "--n", "5", "--out", out, "--no-progress", "--n-per-request", "2"]
-        code, err = cli(args, monkeypatch, capsys)
+        code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     pool = list(iter_pool(out / "pool.jsonl"))
     assert [len(p.samples) for p in pool] == [5, 5, 5]
@@ -114,9 +105,9 @@ def test_bad_input_gives_one_clear_line_and_leaves_no_run_folder(case, expected,
             i = args.index("--model")
             del args[i:i + 2]
         if case != "unreachable":
-            code, err = cli(args, monkeypatch, capsys)
+            code, _, err = run_cli(args, monkeypatch, capsys)
     if case == "unreachable":  # the server is gone now
-        code, err = cli(args, monkeypatch, capsys)
+        code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 2 and expected in err and "Traceback" not in err
     assert not (out / "samples.jsonl").exists() and not (out / "config.json").exists()
 
@@ -124,20 +115,20 @@ def test_bad_input_gives_one_clear_line_and_leaves_no_run_folder(case, expected,
 def test_a_different_run_in_an_existing_folder_is_refused(tmp_path, monkeypatch, capsys):
     data, out = dataset(tmp_path, 2), tmp_path / "run"
     with fakes.FakeServer() as server:
-        assert cli(run_args(data, server, out, "--policy", "bon", "--n-max", "2"), monkeypatch, capsys)[0] == 0
-        code, err = cli(run_args(data, server, out, "--policy", "optscale"), monkeypatch, capsys)
+        assert run_cli(run_args(data, server, out, "--policy", "bon", "--n-max", "2"), monkeypatch, capsys)[0] == 0
+        code, _, err = run_cli(run_args(data, server, out, "--policy", "optscale"), monkeypatch, capsys)
     assert code == 2 and "holds a different run" in err and "policy: 'bon' stored, 'optscale' now" in err
 
 
 def test_unfinished_problems_exit_non_zero_and_finish_on_the_next_run(tmp_path, monkeypatch, capsys):
     data, out = dataset(tmp_path, 3), tmp_path / "run"
     with fakes.FakeServer(fakes.FakeConfig(fail_keys=("c1",))) as server:
-        code, err = cli(run_args(data, server, out, "--policy", "bon", "--n-max", "2", "--max-failures", "1",
+        code, _, err = run_cli(run_args(data, server, out, "--policy", "bon", "--n-max", "2", "--max-failures", "1",
                                  "--retries", "0"), monkeypatch, capsys)
         assert code == 2 and "1 problem(s) did not finish" in err and "run the same command again" in err
         assert sorted(p["id"] for p in lines(out / "problems.jsonl")) == ["c0", "c2"]
         server.config.fail_keys = ()
-        code, err = cli(run_args(data, server, out, "--policy", "bon", "--n-max", "2", "--max-failures", "1",
+        code, _, err = run_cli(run_args(data, server, out, "--policy", "bon", "--n-max", "2", "--max-failures", "1",
                                  "--retries", "0"), monkeypatch, capsys)
     assert code == 0, err
     problems = lines(out / "problems.jsonl")
@@ -165,7 +156,7 @@ def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path, mo
         proc.wait()
         before = lines(samples)
         assert (out / ".lock").exists()  # left behind by the killed process; the next run takes it over
-        code, err = cli(args, monkeypatch, capsys)
+        code, _, err = run_cli(args, monkeypatch, capsys)
         assert code == 0, err
     after = lines(samples)
     assert after[: len(before)] == before  # nothing rewritten
@@ -182,7 +173,7 @@ def test_the_report_and_progress_bar_are_written(tmp_path, monkeypatch, capsys):
     with fakes.FakeServer() as server:
         args = [a for a in run_args(data, server, out, "--policy", "bon", "--n-max", "2")
                 if a not in ("--no-progress", "--no-report")]
-        code, err = cli(args, monkeypatch, capsys)
+        code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     assert "problems" in err and "saved" in err  # the progress bar's last frame
     assert (out / "report" / "summary.json").exists() and "report:" in err
@@ -196,7 +187,7 @@ def test_the_completion_endpoint_with_a_config_file(tmp_path, monkeypatch, capsy
         config.write_text(f"dataset: {data}\nbase_url: {server.base_url}\nmodel: {fakes.MODEL}\nscorer: confidence\n"
                           "policy: bon\nn_max: 3\nendpoint: completion\nchat_markup: llama3\n"
                           "system: You are careful.\n")
-        code, err = cli(["run", "--config", config, "--out", out, "--no-progress", "--no-report"], monkeypatch, capsys)
+        code, _, err = run_cli(["run", "--config", config, "--out", out, "--no-progress", "--no-report"], monkeypatch, capsys)
     assert code == 0, err
     identity = json.loads((out / "config.json").read_text())["identity"]
     assert identity["endpoint"] == "completion" and identity["chat_markup"] == "llama3"

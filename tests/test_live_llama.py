@@ -20,11 +20,11 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[local]')")
 
-from optscale.cli.app import main  # noqa: E402
 from optscale.live import GenerationSettings, OpenAIGenerator, PromptTemplate  # noqa: E402
 from optscale.live.local import MODEL_ALIAS, LocalServer  # noqa: E402
 from optscale.live.sampler import sample_seed  # noqa: E402
 from optscale.pools import iter_pool  # noqa: E402
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -61,15 +61,6 @@ def gsm8k(tmp_path_factory) -> Path:
     return path
 
 
-def cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["optscale", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, capsys.readouterr().err
-
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -83,7 +74,7 @@ def run_args(data, server, out, *extra):
 
 def test_optscale_run_with_the_confidence_scorer(llama, gsm8k, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    code, err = cli(run_args(gsm8k, llama, out, "--scorer", "confidence", "--policy", "optscale", "--n-max", "4",
+    code, _, err = run_cli(run_args(gsm8k, llama, out, "--scorer", "confidence", "--policy", "optscale", "--n-max", "4",
                              "--set", "peek=2"), monkeypatch, capsys)
     assert code == 0, err
     problems = lines(out / "problems.jsonl")
@@ -124,7 +115,7 @@ def test_optscale_run_with_the_confidence_scorer(llama, gsm8k, tmp_path, monkeyp
 
 def test_optscale_run_with_the_judge_scorer(llama, gsm8k, tmp_path, monkeypatch, capsys):
     out = tmp_path / "judge"
-    code, err = cli(run_args(gsm8k, llama, out, "--scorer", "judge", "--policy", "bon", "--n-max", "2",
+    code, _, err = run_cli(run_args(gsm8k, llama, out, "--scorer", "judge", "--policy", "bon", "--n-max", "2",
                              "--limit", "1", "--no-stream"), monkeypatch, capsys)
     assert code == 0, err
     [problem] = lines(out / "problems.jsonl")
@@ -151,7 +142,7 @@ def test_kill_9_and_resume_against_the_real_server(llama, gsm8k, tmp_path, monke
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = lines(samples)
-    code, err = cli(args, monkeypatch, capsys)
+    code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     after = lines(samples)
     assert after[: len(before)] == before

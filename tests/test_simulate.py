@@ -7,18 +7,17 @@ standard errors computed from the simulated sample itself, so they hold for any 
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from optscale.cli.app import main
 from optscale.errors import InputError
 from optscale.fit import MU_BOUNDS, fit_mle
 from optscale.pools import read_pool
 from optscale.simulate import MODEL_KEYS, Population, simulate_arrays, simulate_pool
 from optscale.stats import truncnorm
+from conftest import run_cli
 
 CURVE_N = (1, 2, 4, 8, 16, 32, 64)
 
@@ -243,22 +242,12 @@ def test_population_files_are_validated(tmp_path, population):
         Population.load(path)
 
 
-def cli(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["optscale", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
 
 def test_cli_writes_a_valid_pool(tmp_path, monkeypatch, capsys):
     out = tmp_path / "pool.jsonl"
     args = ["simulate", "--out", out, "--problems", 25, "--samples", 8, "--seed", 2, "--discrimination", 2,
             "--no-answer-rate", 0.2, "--set", "wrong_concentration=0.3", "--level", 4, "--level", 5]
-    code, stdout, err = cli(args, monkeypatch, capsys)
+    code, stdout, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     assert "wrote 25 problems x 8 samples" in stdout
     pool = read_pool(out, grade_missing=False)
@@ -286,7 +275,7 @@ def test_cli_writes_a_valid_pool(tmp_path, monkeypatch, capsys):
 def test_cli_rejects_bad_flags_with_one_clear_line(tmp_path, monkeypatch, capsys, extra, flag):
     out = tmp_path / "pool.jsonl"
     out.write_text("keep me\n")
-    code, _, err = cli(["simulate", "--out", out, *extra], monkeypatch, capsys)
+    code, _, err = run_cli(["simulate", "--out", out, *extra], monkeypatch, capsys)
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("error: ") and f"{flag}:" in err
     assert out.read_text() == "keep me\n"
