@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from optscale.predictor import EmbeddingPredictor, MetadataPredictor, load_training, shared_data_dir
+from optscale.predictor import EmbeddingPredictor, KernelPredictor, MetadataPredictor, load_training, shared_data_dir
 from optscale.predictor.evaluate import cross_validated
 
 VARIANTS = {
@@ -30,7 +30,8 @@ VARIANTS = {
     "static embedding ridge": lambda: EmbeddingPredictor(block_weights={"embedding": 1.0}),
     "contextual embedding + tfidf + metadata ridge": lambda: EmbeddingPredictor(embedding="contextual"),
     "static embedding + tfidf + metadata, logit/log targets": lambda: EmbeddingPredictor(target="logit"),
-    "static embedding + tfidf + metadata ridge (default)": lambda: EmbeddingPredictor(),
+    "static embedding + tfidf + metadata ridge": lambda: EmbeddingPredictor(),
+    "static embedding + tfidf + metadata kernel ridge (default)": lambda: KernelPredictor(),
 }
 
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     data_path = args.data or (shared_data_dir() or Path(".")) / "score-moments" / "math_train.jsonl"
     data = load_training(data_path)
     print(f"{data_path}: {len(data)} problems, {args.folds}-fold grouped cross-validation, seed {args.seed}")
-    header = f"{'variant':56s} {'mean RMSE':>10s} {'vs const':>9s} {'std RMSE':>10s} {'vs const':>9s} {'cov90 m/s':>10s} {'s':>6s}"
+    header = f"{'variant':60s} {'mean RMSE':>10s} {'vs const':>9s} {'std RMSE':>10s} {'vs const':>9s} {'cov90 m/s':>10s} {'s':>6s}"
     print(header)
     results = {}
     for name, make in VARIANTS.items():
@@ -53,11 +54,11 @@ def main(argv=None) -> int:
         elapsed = time.perf_counter() - start
         if not results:
             const = report["constant"]
-            print(f"{'constant (training mean)':56s} {const['mean']['rmse']:10.5f} {'':9s} {const['std']['rmse']:10.5f}")
+            print(f"{'constant (training mean)':60s} {const['mean']['rmse']:10.5f} {'':9s} {const['std']['rmse']:10.5f}")
             results["constant"] = const
         model, red = report["model"], report["rmse_reduction_vs_constant"]
         cover = model["coverage"]
-        print(f"{name:56s} {model['mean']['rmse']:10.5f} {100 * red['mean']:8.1f}% {model['std']['rmse']:10.5f} "
+        print(f"{name:60s} {model['mean']['rmse']:10.5f} {100 * red['mean']:8.1f}% {model['std']['rmse']:10.5f} "
               f"{100 * red['std']:8.1f}% {cover['mean']['0.9']:5.2f}/{cover['std']['0.9']:4.2f} {elapsed:6.1f}")
         results[name] = {**model, "rmse_reduction_vs_constant": red, "seconds": elapsed}
     if args.json:

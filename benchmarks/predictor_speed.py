@@ -1,6 +1,6 @@
-"""Prediction throughput of the packaged embedding predictor on CPU, from question text to priors.
+"""Prediction throughput of the packaged predictor on CPU, from question text to priors.
 
-Times ``PredictorPriors.priors`` (embedding, regression, moment matching) on the MATH-500
+Times ``PredictorPriors.priors`` (embedding, regression or kernel, moment matching) on the MATH-500
 questions, with the embedding model loaded before the clock starts and a fresh cache folder:
 
 - ``cold``: no static token vector is known yet, so every new token goes through the model
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
         encoder._memo.clear()
         warm.append(_timed(source, problems))
     params = source.predictor.params
-    print(f"{path.name}: {len(problems)} problems; model {args.model.name} ({params.get('embedding')} embedding); "
+    print(f"{path.name}: {len(problems)} problems; model {args.model.name} ({source.predictor.kind} kind, "
+          f"{params.get('embedding', 'static')} embedding); "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
     print(f"cold cache: {cold:.1f} problems/s")
     print(f"warm cache: {statistics.median(warm):.1f} problems/s (median of {args.repeats}: "

@@ -14,9 +14,10 @@ pytest.importorskip("sklearn", reason="the predictor extra is not installed")
 from optscale.errors import InputError  # noqa: E402
 from optscale.policies.priors import FilePriors, PriorSource  # noqa: E402
 from optscale.predictor import (  # noqa: E402
-    ConstantPredictor, EmbeddingPredictor, MetadataPredictor, Prediction, Predictor, PredictorPriors, Problems,
-    load, load_problems, load_training,
+    ConstantPredictor, EmbeddingPredictor, KernelPredictor, MetadataPredictor, Prediction, Predictor, PredictorPriors,
+    Problems, load, load_problems, load_training,
 )
+from optscale.predictor.kernel import loo_select  # noqa: E402
 
 SUBJECTS = ["Algebra", "Geometry", "Number Theory"]
 WORDS = ["easy", "simple", "basic", "tricky", "hard"]
@@ -155,6 +156,8 @@ def test_repeated_questions_share_a_fold(tmp_path):
     lambda: MetadataPredictor(),
     lambda: EmbeddingPredictor(block_weights={"tfidf": 1.0, "meta": 1.0}),
     lambda: EmbeddingPredictor(block_weights={"tfidf": 1.0}, target="logit"),
+    lambda: KernelPredictor(block_weights={"tfidf": 0.5, "meta": 0.1}),
+    lambda: KernelPredictor(block_weights={"meta": 1.0}),
 ])
 def test_save_load_round_trip(train_file, tmp_path, make):
     data = load_training(train_file)
@@ -175,6 +178,68 @@ def test_tfidf_features_beat_metadata_alone(train_file):
     text = EmbeddingPredictor(block_weights={"tfidf": 1.0}).fit(data)
     # The wording carries the level here; TF-IDF alone recovers most of what metadata knows.
     assert text.metrics["validation"]["mean"]["rmse"] < 1.5 * meta.metrics["validation"]["mean"]["rmse"]
+
+
+def test_loo_select_matches_refitting_without_each_row():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(25, 3))
+    y = np.stack([np.sin(x[:, 0]) + 0.1 * rng.normal(size=25), x[:, 1] ** 2], -1)
+    y = y - y.mean(0)
+    dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+    gammas, alphas = [0.1, 1.0], np.array([0.01, 0.3, 3.0])
+
+    def brute(k, a, j):  # leave each row out, refit kernel ridge, predict it
+        errs = []
+        for i in range(len(x)):
+            keep = np.arange(len(x)) != i
+            dual = np.linalg.solve(k[np.ix_(keep, keep)] + a * np.eye(keep.sum()), y[keep, j])
+            errs.append((y[i, j] - k[i, keep] @ dual) ** 2)
+        return np.mean(errs)
+
+    kernels = [np.exp(-g * dist) for g in gammas]
+    errors = {(g, a, j): brute(kernels[g], a, j) for g in range(2) for a in alphas for j in range(2)}
+    for j, (g, a, dual) in enumerate(loo_select(kernels, y, alphas)):
+        assert errors[(g, a, j)] == pytest.approx(min(v for (_, _, jj), v in errors.items() if jj == j), rel=1e-9)
+        np.testing.assert_allclose(dual, np.linalg.solve(kernels[g] + a * np.eye(len(x)), y[:, j]), rtol=1e-6, atol=1e-9)
+
+
+def test_kernel_finds_what_no_additive_model_can(tmp_path):
+    """Score means set by an interaction of two words (an XOR): linear ridge cannot, neighbours can."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(160):
+        colour, shape = rng.integers(2), rng.integers(2)
+        rows.append({"id": f"p{i}", "question": f"{['red', 'blue'][colour]} {['round', 'square'][shape]} item {i}",
+                     "score_mean": float((0.95 if colour == shape else 0.8) + rng.normal(0, 0.01)),
+                     "score_std": float((0.03 if colour == shape else 0.12) + rng.normal(0, 0.003))})
+    path = tmp_path / "xor.jsonl"
+    _write(path, rows)
+    data = load_training(path)
+    words = {"block_weights": {"tfidf": 1.0}, "ngram_range": [1, 1]}  # bigrams would spell out the interaction
+    linear = EmbeddingPredictor(**words).fit(data).metrics["validation"]
+    kernel = KernelPredictor(**words).fit(data).metrics["validation"]
+    for moment in ("mean", "std"):
+        assert kernel[moment]["rmse"] < 0.3 * linear[moment]["rmse"]
+        assert kernel[moment]["r2"] > 0.95
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"block_weights": {"tfidf": 0, "meta": 0}}, "at least one positive"),
+    ({"block_weights": {"tfidf": -1, "meta": 1}}, "at least one positive"),
+    ({"block_weights": {"words": 1}}, "unknown feature block"),
+    ({"gammas": []}, "gammas"),
+    ({"gammas": [1, -1]}, "gammas"),
+])
+def test_kernel_rejects_bad_parameters(params, message):
+    with pytest.raises(InputError, match=message):
+        KernelPredictor(**params)
+
+
+def test_kernel_without_usable_blocks(tmp_path):
+    path = tmp_path / "bare.jsonl"
+    _write(path, [{"question": f"q{i}", "score_mean": 0.9, "score_std": 0.1} for i in range(12)])
+    with pytest.raises(InputError, match="no feature block is usable"):
+        KernelPredictor(block_weights={"meta": 1.0}).fit(load_training(path))
 
 
 def test_folder_errors(train_file, tmp_path):
@@ -224,8 +289,8 @@ def test_cli_train_predict_evaluate(train_file, tmp_path):
 
     runner = CliRunner()
     model_dir = tmp_path / "model"
-    res = runner.invoke(app, ["predictor", "train", "--kind", "embedding", "--data", str(train_file), "--out", str(model_dir),
-                              "--param", 'block_weights={"tfidf": 1, "meta": 1}'])
+    res = runner.invoke(app, ["predictor", "train", "--kind", "kernel", "--data", str(train_file), "--out", str(model_dir),
+                              "--param", 'block_weights={"tfidf": 0.5, "meta": 0.1}'])
     assert res.exit_code == 0, res.output
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["training_data"]["rows"] == 150

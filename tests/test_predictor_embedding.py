@@ -13,7 +13,7 @@ pytest.importorskip("sentence_transformers", reason="the predictor extra is not 
 from optscale.errors import InputError  # noqa: E402
 from optscale.policies.priors import PriorSource  # noqa: E402
 from optscale.predictor import (  # noqa: E402
-    EmbeddingPredictor, PredictorPriors, Problems, load, load_default, load_training, shared_data_dir,
+    EmbeddingPredictor, KernelPredictor, PredictorPriors, Problems, load, load_default, load_training, shared_data_dir,
 )
 from optscale.predictor.encoder import embed, model_dir, static_embed  # noqa: E402
 
@@ -66,11 +66,23 @@ def test_embedding_predictor_round_trip(math_subset, tmp_path):
     np.testing.assert_allclose(again.predict(problems).mean, model.predict(problems).mean, atol=1e-5)
 
 
+def test_kernel_predictor_round_trip(math_subset, tmp_path):
+    model = KernelPredictor(embedding_dims=16).fit(math_subset, folds=3)
+    assert model.train["embedding"].shape == (120, 16) and model.dual.shape == (120, 2)
+    again = load(model.save(tmp_path / "m"))
+    problems = Problems.from_texts(QUESTIONS)
+    for a, b in zip(again.predict(problems).loc.T, model.predict(problems).loc.T):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # A training question is predicted from its own row mostly: nearer its label than the mean is.
+    own = model.predict(math_subset.problems.subset(range(20))).mean
+    assert np.mean(np.abs(own - math_subset.mean[:20])) < np.mean(np.abs(math_subset.mean.mean() - math_subset.mean[:20]))
+
+
 def test_default_model_is_small_and_sensible():
     model = load_default()
-    assert model.kind == "embedding"
+    assert model.kind == "kernel"
     folder_bytes = sum(p.stat().st_size for p in model_folder().iterdir())
-    assert folder_bytes < 1_000_000
+    assert folder_bytes < 2_000_000
     val = model.metrics["validation"]
     assert val["rows"] > 4000 and val["mean"]["r2"] > 0.3
     pred = model.predict(Problems.from_texts(QUESTIONS))
@@ -105,5 +117,5 @@ def model_folder():
 
 def test_default_model_config_records_format():
     config = json.loads((model_folder() / "config.json").read_text())
-    assert config["format_version"] == 1 and config["kind"] == "embedding"
+    assert config["format_version"] == 1 and config["kind"] == "kernel"
     assert config["params"]["embedding_model"] == "all-MiniLM-L6-v2"

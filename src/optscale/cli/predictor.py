@@ -68,7 +68,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write (config.json, weights, metrics.json).")],
     data: Annotated[Path | None, typer.Option(help="Training JSONL: question + score_mean/score_std, or samples with scores. "
                                                    "Default: the shared MATH score moments.")] = None,
-    kind: Annotated[str, typer.Option(help=f"Predictor kind: {', '.join(KINDS)}.")] = "embedding",
+    kind: Annotated[str, typer.Option(help=f"Predictor kind: {', '.join(KINDS)}.")] = "kernel",
     param: Annotated[list[str], typer.Option("--param", help="Hyper-parameter NAME=VALUE (VALUE as JSON), repeatable.")] = [],  # noqa: B006
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the held-out error (>= 2).")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
@@ -96,7 +96,7 @@ def train(
 def predict(
     benchmark: Annotated[Path, typer.Argument(help="Benchmark JSONL with an id and a question per line.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Priors JSONL to write (readable by OptScale^t's FilePriors).")],
-    model: Annotated[Path | None, typer.Option(help="Model folder (default: the packaged embedding predictor).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder (default: the packaged predictor).")] = None,
 ) -> None:
     """Write per-problem priors: predicted score moments, their uncertainty, and (mu, sigma) priors."""
     problems = load_problems(benchmark)

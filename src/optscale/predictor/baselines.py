@@ -1,13 +1,14 @@
-"""Baselines every learned predictor must beat: the training mean, and MATH level/subject.
+"""Baselines every learned predictor must beat (the training mean, MATH level/subject), and
+the feature encoders the learned CPU predictors share.
 
-:class:`MetadataEncoder` is shared with the embedding predictor: one-hot level and subject,
-where a problem without them (or with a value unseen in training) gets the training
-frequencies, so its prediction falls back to the average effect instead of the reference
+:class:`MetadataEncoder` is one-hot level and subject, where a problem without them (or with
+a value unseen in training) gets the training frequencies, so its prediction falls back to the average effect instead of the reference
 category's.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from ..errors import InputError
 from .base import Predictor
 from .data import Problems
 
-__all__ = ["ConstantPredictor", "MetadataPredictor", "MetadataEncoder", "ridge_cv"]
+__all__ = ["ConstantPredictor", "MetadataPredictor", "MetadataEncoder", "ridge_cv", "tfidf_vectorizer", "save_tfidf", "load_tfidf"]
 
 
 def ridge_cv(x: np.ndarray, y: np.ndarray, alphas):
@@ -24,6 +25,28 @@ def ridge_cv(x: np.ndarray, y: np.ndarray, alphas):
     from sklearn.linear_model import RidgeCV
 
     return RidgeCV(alphas=np.logspace(*alphas), alpha_per_target=True).fit(x, y)
+
+
+def tfidf_vectorizer(params: dict, vocabulary=None):
+    """The TF-IDF of question words both CPU predictors share (``vocabulary`` rebuilds a saved one)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=tuple(params["ngram_range"]), min_df=1 if vocabulary else params["min_df"],
+                           sublinear_tf=True, vocabulary=vocabulary, dtype=np.float32)
+
+
+def save_tfidf(folder: Path, vectorizer) -> dict[str, np.ndarray]:
+    """Write the vocabulary (JSON, in column order); return the IDF weights to store with the arrays."""
+    vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+    (folder / "vocabulary.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+    return {"idf": vectorizer.idf_}
+
+
+def load_tfidf(folder: Path, params: dict, idf: np.ndarray):
+    """The vectorizer :func:`save_tfidf` wrote, ready to transform."""
+    vectorizer = tfidf_vectorizer(params, json.loads((folder / "vocabulary.json").read_text(encoding="utf-8")))
+    vectorizer.idf_ = idf
+    return vectorizer
 
 
 class MetadataEncoder:

@@ -14,7 +14,7 @@ from .data import Problems
 
 __all__ = ["DEFAULT_MODEL", "PredictorPriors", "load_default", "prior_rows"]
 
-#: The packaged embedding predictor, trained on the MATH score moments.
+#: The packaged default predictor (kernel kind), trained on the MATH score moments.
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "predictor" / "default"
 
 
