@@ -223,6 +223,17 @@ def test_kernel_finds_what_no_additive_model_can(tmp_path):
         assert kernel[moment]["r2"] > 0.95
 
 
+def test_kernel_predicts_in_chunks_as_in_one_piece(train_file, monkeypatch):
+    import optscale.predictor.kernel as kernel
+
+    data = load_training(train_file)
+    model = KernelPredictor(block_weights={"tfidf": 0.5, "meta": 0.1}).fit(data, folds=3)
+    whole = model.predict(data.problems).loc
+    monkeypatch.setattr(kernel, "CHUNK", 7)
+    np.testing.assert_allclose(model.predict(data.problems).loc, whole, atol=1e-12)
+    assert len(model.predict(Problems.from_texts([]))) == 0
+
+
 @pytest.mark.parametrize("params, message", [
     ({"block_weights": {"tfidf": 0, "meta": 0}}, "at least one positive"),
     ({"block_weights": {"tfidf": -1, "meta": 1}}, "at least one positive"),

@@ -43,6 +43,8 @@ from .encoder import MODEL_NAME, static_embed
 __all__ = ["KernelPredictor"]
 
 BLOCKS = ("embedding", "tfidf", "meta")
+#: Questions predicted at once: 2,048 x 4,501 float64 distances are 74 MB.
+CHUNK = 2048
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -166,10 +168,12 @@ class KernelPredictor(Predictor):
         self.dual = np.stack([dual for _, _, dual in chosen], -1)
 
     def _predict(self, problems):
-        distance = self._distance(self._features(problems)) if len(problems) else np.zeros((0, len(self.dual)))
         out = np.empty((len(problems), 2))
-        for j in range(2):
-            out[:, j] = np.exp(-self.gamma[j] * distance) @ self.dual[:, j] + self.intercept[j]
+        for start in range(0, len(problems), CHUNK):  # bounds the distance matrix at CHUNK x n
+            rows = slice(start, start + CHUNK)
+            distance = self._distance(self._features(problems.subset(range(len(problems))[rows])))
+            for j in range(2):
+                out[rows, j] = np.exp(-self.gamma[j] * distance) @ self.dual[:, j] + self.intercept[j]
         return out
 
     def _save_weights(self, folder: Path) -> dict:
