@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,3 +69,39 @@ def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
         code = exc.code or 0
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def lines(path: Path) -> list[dict]:
+    """The JSON objects of a JSON Lines file."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def kill_cli_after(args, samples: Path, count: int) -> list[dict]:
+    """Run the CLI in a subprocess, SIGKILL it once ``samples`` holds ``count`` lines; return those lines.
+
+    The process must still be running when the lines appear, or the kill would test nothing.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", "from optscale.cli import main; main()", *map(str, args)],
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_text().count("\n") >= count:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return lines(samples)
+
+
+def score_with(make_scorer, items):
+    """Build a scorer inside a fresh event loop, check it, score ``items``, and always close it."""
+    async def go():
+        scorer = make_scorer()
+        try:
+            await scorer.check()
+            return await scorer.score(items)
+        finally:
+            await scorer.aclose()
+
+    return asyncio.run(go())

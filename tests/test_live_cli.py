@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +10,7 @@ import pytest
 fakes = pytest.importorskip("live_fakes", reason="the fake server needs fastapi and uvicorn (pip install '.[local]')")
 
 from optscale.pools import iter_pool  # noqa: E402
-from conftest import run_cli
+from conftest import kill_cli_after, lines, run_cli
 
 
 def dataset(tmp_path: Path, k: int = 4) -> Path:
@@ -27,10 +22,6 @@ def dataset(tmp_path: Path, k: int = 4) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def run_args(data, server, out, *extra):
@@ -142,19 +133,8 @@ def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path, mo
     config = fakes.FakeConfig(token_latency=0.01, min_tokens=10, max_tokens=40)
     with fakes.FakeServer(config) as server:
         args = run_args(data, server, out, "--policy", "bon", "--n-max", "6", "--concurrency", "3")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-c", "from optscale.cli import main; main()", *map(str, args[0:])],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         samples = out / "samples.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if samples.exists() and samples.read_text().count("\n") >= 7:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        before = lines(samples)
+        before = kill_cli_after(args, samples, 7)
         assert (out / ".lock").exists()  # left behind by the killed process; the next run takes it over
         code, _, err = run_cli(args, monkeypatch, capsys)
         assert code == 0, err

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +19,7 @@ from optscale.live import GenerationSettings, OpenAIGenerator, PromptTemplate  #
 from optscale.live.local import MODEL_ALIAS, LocalServer  # noqa: E402
 from optscale.live.sampler import sample_seed  # noqa: E402
 from optscale.pools import iter_pool  # noqa: E402
-from conftest import run_cli
+from conftest import kill_cli_after, lines, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -60,10 +55,6 @@ def gsm8k(tmp_path_factory) -> Path:
     path.write_text("".join(json.dumps({k: r[k] for k in ("id", "question", "answer")}) + "\n" for r in rows))
     return path
 
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def run_args(data, server, out, *extra):
@@ -130,18 +121,8 @@ def test_optscale_run_with_the_judge_scorer(llama, gsm8k, tmp_path, monkeypatch,
 def test_kill_9_and_resume_against_the_real_server(llama, gsm8k, tmp_path, monkeypatch, capsys):
     out = tmp_path / "killed"
     args = run_args(gsm8k, llama, out, "--scorer", "confidence", "--policy", "bon", "--n-max", "2", "--limit", "2")
-    proc = subprocess.Popen([sys.executable, "-c", "from optscale.cli import main; main()", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     samples = out / "samples.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if samples.exists() and samples.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = lines(samples)
+    before = kill_cli_after(args, samples, 1)
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     after = lines(samples)

@@ -7,7 +7,6 @@ plumbing: one probability per step, aggregation, batching with padding, flags.
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
@@ -17,6 +16,7 @@ tokenizers = pytest.importorskip("tokenizers", reason="the local PRM needs torch
 
 from optscale.errors import InputError  # noqa: E402
 from optscale.live.scorers import LocalPrmScorer, ScoreRequest  # noqa: E402
+from conftest import score_with  # noqa: E402
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -47,15 +47,7 @@ def tiny_prm(tmp_path_factory):
 
 
 def score(path, items, **kwargs):
-    async def go():
-        scorer = LocalPrmScorer(str(path), device="cpu", batch_size=2, **kwargs)
-        try:
-            await scorer.check()
-            return await scorer.score(items)
-        finally:
-            await scorer.aclose()
-
-    return asyncio.run(go())
+    return score_with(lambda: LocalPrmScorer(str(path), device="cpu", batch_size=2, **kwargs), items)
 
 
 def test_one_probability_per_step_aggregated_and_batched(tiny_prm):

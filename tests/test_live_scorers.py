@@ -108,21 +108,14 @@ fakes = pytest.importorskip("live_fakes", reason="the fake server needs fastapi 
 
 from optscale.live.generators import ClientSettings, OpenAIGenerator  # noqa: E402
 from optscale.live.scorers import JudgeScorer, VllmPrmScorer  # noqa: E402
+from conftest import score_with  # noqa: E402
 
 FAST = ClientSettings(backoff=0.01, backoff_max=0.05, idle_timeout=2, timeout=5, retries=2)
 SOLUTION = "q=0.8000\n\nstep two\n\nThe answer is \\boxed{3}."
 
 
 def judge_scores(url, items, **kwargs):
-    async def go():
-        scorer = JudgeScorer(OpenAIGenerator(url, fakes.MODEL, client=FAST), **kwargs)
-        try:
-            await scorer.check()
-            return await scorer.score(items)
-        finally:
-            await scorer.aclose()
-
-    return asyncio.run(go())
+    return score_with(lambda: JudgeScorer(OpenAIGenerator(url, fakes.MODEL, client=FAST), **kwargs), items)
 
 
 def test_judge_reads_p_yes_from_top_logprobs():
@@ -145,15 +138,7 @@ def test_judge_prompt_must_have_both_placeholders():
 
 
 def prm_scores(url, items, aggregate="mean"):
-    async def go():
-        scorer = VllmPrmScorer(OpenAIGenerator(url, fakes.MODEL, client=FAST), aggregate=aggregate)
-        try:
-            await scorer.check()
-            return await scorer.score(items)
-        finally:
-            await scorer.aclose()
-
-    return asyncio.run(go())
+    return score_with(lambda: VllmPrmScorer(OpenAIGenerator(url, fakes.MODEL, client=FAST), aggregate=aggregate), items)
 
 
 def test_vllm_prm_scores_each_step_in_one_batched_request():
