@@ -1,10 +1,17 @@
-"""User-facing errors.
+"""User-facing errors, named in the library's own terms.
 
-Every problem caused by input (a file, a field, a flag) raises :class:`InputError`
-with the place it came from, so the CLI can print one clear line instead of a traceback.
+Every problem caused by input raises :class:`InputError` with the place it came from:
+``file:line field NAME`` for data, or the *library's* name of the argument or setting
+(``n_max``, ``settings.alpha``, ``scorer.base_url``) for values passed in code. A
+notebook user sees the names they passed; the CLI translates those names to its flags in
+one table per command (:meth:`InputError.renamed`), so renaming a flag touches one file.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["OptscaleError", "InputError"]
 
 
 class OptscaleError(Exception):
@@ -12,9 +19,30 @@ class OptscaleError(Exception):
 
 
 class InputError(OptscaleError, ValueError):
-    """Bad input, with the place it came from (``file:line field``, a flag, an argument)."""
+    """Bad input, with the place it came from (``file:line field``, an argument or setting name)."""
 
     def __init__(self, message: str, where: str | None = None):
         self.where = where
         self.detail = message
         super().__init__(f"{where}: {message}" if where else message)
+
+    def renamed(self, names: Mapping[str, str]) -> "InputError":
+        """The same error with its place translated by ``names``.
+
+        A key matches the whole place (``"n_max" -> "--n-max"``) or, when it ends with ``.``,
+        its start (``"settings." -> "--set "`` turns ``settings.alpha`` into ``--set alpha``).
+        Places that match nothing (file positions) are kept.
+        """
+        where = self.where
+        if where is None:
+            return self
+        if where in names:
+            new = names[where]
+        else:
+            new = next((names[k] + where[len(k):] for k in sorted(names, key=len, reverse=True)
+                        if k.endswith(".") and where.startswith(k)), where)
+        if new == where:
+            return self
+        err = type(self).__new__(type(self))
+        InputError.__init__(err, self.detail, new)
+        return err

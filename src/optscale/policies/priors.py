@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fit import moments_to_params
-from ..jsonl import iter_objects
+from ..io import iter_objects
 
 __all__ = ["PriorArrays", "PriorSource", "ConstantPriors", "FilePriors", "priors_from_moments"]
 

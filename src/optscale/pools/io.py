@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..answers import grade
 from ..errors import InputError
-from ..jsonl import numbered_lines
+from ..io import numbered_lines
 from .schema import PoolProblem
 
 __all__ = ["iter_pool", "read_pool", "write_pool", "format_loc", "validation_message"]

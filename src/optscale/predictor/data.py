@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..jsonl import iter_objects
+from ..io import iter_objects
 
 __all__ = ["Problems", "TrainingSet", "load_problems", "load_training", "shared_data_dir"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..jsonl import iter_objects
+from ..io import iter_objects
 from ..stats import truncnorm
 from .base import Prediction, Predictor, calibrated, cross_validate
 from .baselines import ConstantPredictor

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..jsonl import iter_objects
+from ..io import iter_objects
 from .plots import pyplot, save_figure
 
 __all__ = ["write_run_report"]
