@@ -20,6 +20,18 @@ from optscale.stats import truncnorm
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Caches (the embedding model's extraction, token caches) go to a fresh folder, never the user's."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 def toy_pool(problems=40, samples=16, seed=0, ragged=False, none_rate=0.1):
     """Problems with truncated-normal scores, score-dependent correctness and a few answers."""
     rng = np.random.default_rng(seed)
