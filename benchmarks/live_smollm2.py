@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
 from optscale.answers import grade
-from optscale.live.config import RunConfig
+from optscale.io import iter_objects, write_json
+from optscale.live.config import build_config
 from optscale.live.local import MODEL_ALIAS, LocalServer
 from optscale.live.runner import run_live
 from optscale.policies import Decision, Problem, Sample, make_policy
@@ -55,6 +55,11 @@ def replay(outcome, n_max: int, **settings) -> tuple[int, int, float]:
     return samples, tokens, 100 * right / len(outcome.results)
 
 
+def texts(folder: Path) -> dict[str, str]:
+    """Sample id -> response text, from the run's log (results keep no texts in memory)."""
+    return {r["id"]: r["text"] for _, r in iter_objects(folder / "samples.jsonl") if r["type"] == "sample"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(GSM8K))
@@ -73,16 +78,17 @@ def main() -> None:
         common = dict(dataset=args.data, limit=args.problems, base_url=[server.base_url], model=MODEL_ALIAS,
                       scorer="judge", n_max=args.n_max, max_tokens=args.max_tokens, seed=args.seed,
                       concurrency=2, in_flight=2)
-        bon = asyncio.run(run_live(RunConfig(out=str(out / "bon"), policy="bon", **common)))
-        opt = asyncio.run(run_live(RunConfig(out=str(out / "optscale"), policy="optscale",
-                                             policy_settings={"s_min": args.s_min}, **common)))
+        bon = asyncio.run(run_live(build_config({}, dict(common, out=str(out / "bon"), policy="bon"))))
+        opt = asyncio.run(run_live(build_config({}, dict(common, out=str(out / "optscale"), policy="optscale",
+                                                         policy_settings={"s_min": args.s_min}))))
     print("live runs:")
     b = summarise("best-of-N", bon)
     o = summarise(f"optscale s_min={args.s_min:g}", opt)
     print(f"   optscale / best-of-N: samples x{o[0] / b[0]:.2f} ({100 * (1 - o[0] / b[0]):.0f}% saved), "
           f"tokens x{o[1] / b[1]:.2f} ({100 * (1 - o[1] / b[1]):.0f}% saved), wall x{o[2] / b[2]:.2f}")
-    same = sum(1 for p, q in zip(bon.results, opt.results)
-               for a, c in zip(p.samples, q.samples) if a["index"] == c["index"] and a["text"] == c["text"])
+    bon_texts, opt_texts = texts(out / "bon"), texts(out / "optscale")
+    same = sum(1 for p, q in zip(bon.results, opt.results) for a, c in zip(p.samples, q.samples)
+               if a["index"] == c["index"] and bon_texts[a["id"]] == opt_texts[c["id"]])
     print(f"   responses identical at the same (problem, index) in both runs: {same} of "
           f"{sum(min(len(p.samples), len(q.samples)) for p, q in zip(bon.results, opt.results))}")
     scores = [s["raw_score"] for r in bon.results for s in r.samples]
@@ -94,7 +100,7 @@ def main() -> None:
         label = f"s_min={s_min:g}" + (" (paper)" if s_min == 0.95 else "")
         print(f"   optscale {label:17s} samples {s:4d} (x{s / b[0]:.2f})  tokens {t:7d} (x{t / b[1]:.2f})  "
               f"accuracy {acc:5.1f}%")
-    (out / "summary.json").write_text(json.dumps({"bon": b, "optscale": o}) + "\n")
+    write_json(out / "summary.json", {"bon": b, "optscale": o}, indent=None)
 
 
 if __name__ == "__main__":

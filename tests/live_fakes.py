@@ -7,14 +7,19 @@ judge's P(Yes) and the PRM's step scores all equal ``q``, so every scorer sees t
 score distribution. The final answer is right (``fake_gold(question)``) with probability
 ``q``. Faults are queued per generation request: ``429``, ``500``, ``drop`` (connection cut
 mid-stream), ``truncate`` (stream ends without finishing), ``malformed`` (a bad JSON chunk),
-``hang`` (stops sending mid-stream), ``hang_start`` (never answers) and ``empty`` (an empty
-completion). The server logs what it sent for each request so tests can check the client's
-token accounting against it.
+``hang`` (stops sending mid-stream), ``hang_start`` (never answers), ``empty`` (an empty
+completion), ``bad_index`` (a choice whose index is not a number), ``negative_usage``,
+``huge_usage`` (10**30 tokens), ``float_usage`` (a fractional count), ``echo_key`` (a 401
+whose message repeats the Authorization header it got) and ``echo_key_500`` (the same as a
+transient 500). The server logs what it sent for each request, and the Authorization header
+of every request it received (``auth``), so tests can check the client's token accounting
+and where keys go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import math
@@ -85,8 +90,10 @@ class FakeServer:
         self.served: list[Served] = []
         self.judged = 0
         self.pooled = 0
+        self.auth: list[tuple[str, str | None]] = []  # (path, Authorization header) of every request
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
+        self._streams = threading.Condition()
         self.app = self._build()
 
     # -- content -------------------------------------------------------------------------
@@ -112,6 +119,11 @@ class FakeServer:
     def _build(self) -> FastAPI:
         app = FastAPI()
         cfg = self.config
+
+        @app.middleware("http")
+        async def record_auth(request: Request, call_next):
+            self.auth.append((request.url.path, request.headers.get("authorization")))
+            return await call_next(request)
 
         @app.get("/v1/models")
         async def models():
@@ -159,6 +171,9 @@ class FakeServer:
             return self._error(429, "rate limited", {"retry-after": "0"})
         if fault == "500":
             return self._error(500, "internal error")
+        if fault in ("echo_key", "echo_key_500"):
+            return self._error(401 if fault == "echo_key" else 500,
+                               f"Incorrect API key provided: {self.auth[-1][1]}")
         n = int(body.get("n") or 1) if cfg.honor_n else 1
         limit = int(body.get("max_tokens") or 10**6)
         want_logprobs = bool(body.get("logprobs")) and cfg.logprobs
@@ -171,11 +186,12 @@ class FakeServer:
             await asyncio.sleep(cfg.first_token_latency + cfg.token_latency * max(len(t) for t, _ in outs))
             record.sent = record.usage = sum(len(t) for t, _ in outs)
             record.finished = True
+            choices = [self._choice(i, "".join(t), [math.log(q)] * len(t), t, limit, chat, want_logprobs,
+                                    stream=False) for i, (t, q) in enumerate(outs)]
+            if fault == "bad_index":
+                choices[0]["index"] = "x"
             return {"id": "x", "object": "chat.completion" if chat else "text_completion", "model": body["model"],
-                    "choices": [self._choice(i, "".join(t), [math.log(q)] * len(t), t, limit, chat, want_logprobs,
-                                             stream=False) for i, (t, q) in enumerate(outs)],
-                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": record.usage,
-                              "total_tokens": record.usage + len(prompt.split())}}
+                    "choices": choices, "usage": self._usage(fault, record.usage, prompt)}
         return StreamingResponse(self._stream(body, outs, record, fault, chat, want_logprobs, limit, prompt),
                                  media_type="text/event-stream")
 
@@ -197,6 +213,13 @@ class FakeServer:
             choice["finish_reason"] = None
         return choice
 
+    @staticmethod
+    def _usage(fault: str | None, tokens: int, prompt: str) -> dict[str, Any]:
+        """The usage report, true or (by fault) impossible."""
+        reported = {"negative_usage": -5, "huge_usage": 10**30, "float_usage": tokens + 0.5}.get(fault or "", tokens)
+        return {"prompt_tokens": len(prompt.split()), "completion_tokens": reported,
+                "total_tokens": len(prompt.split()) + (tokens if fault else reported)}
+
     async def _stream(self, body, outs, record: Served, fault, chat, want_logprobs, limit, prompt):
         cfg = self.config
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -212,6 +235,9 @@ class FakeServer:
             longest = max((len(t) for t, _ in outs), default=0)
             cut = max(1, longest // 2)
             for step in range(longest):
+                if fault == "bad_index" and step == cut:
+                    yield chunk([{"index": "x", "delta": {"content": " oops"}, "text": " oops"}])
+                    return
                 if fault in ("drop", "truncate", "malformed", "hang") and step == cut:
                     if fault == "drop":
                         raise ConnectionResetError("fake server drops the connection")
@@ -235,13 +261,28 @@ class FakeServer:
             usage = sum(len(t) for t, _ in outs)
             record.usage = usage
             if (body.get("stream_options") or {}).get("include_usage") and cfg.usage_in_stream:
-                yield chunk([], {"prompt_tokens": len(prompt.split()), "completion_tokens": usage,
-                                 "total_tokens": usage + len(prompt.split())})
+                yield chunk([], self._usage(fault, usage, prompt))
             yield "data: [DONE]\n\n"
             record.finished = True
         except (asyncio.CancelledError, GeneratorExit):
             record.disconnected = True
+            with self._streams:
+                self._streams.notify_all()
             raise
+
+    def wait_disconnected(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Block until the server has noticed ``count`` clients leave mid-stream (a deadline, not a delay).
+
+        A stream abandoned between two writes is closed when it is collected, hence the collections.
+        """
+        deadline = time.monotonic() + timeout
+        with self._streams:
+            while sum(r.disconnected for r in self.served) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"the server noticed fewer than {count} disconnections in {timeout:g} s")
+                if not self._streams.wait(min(left, 0.2)):
+                    gc.collect()
 
     def _judge(self, prompt: str, body: dict[str, Any]) -> JSONResponse | dict:
         self.judged += 1

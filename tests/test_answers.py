@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
 import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -230,12 +233,11 @@ def test_grade_calls_verify_with_gold_then_prediction(monkeypatch: pytest.Monkey
         return real_verify(gold, target, **kwargs)
 
     monkeypatch.setattr(math_verify, "verify", spy)
-    grade_module._grade_cached.cache_clear()
-    assert grade("7", "7.0") is True
+    # What the grading process runs for each pair, here in-process so the spy sees it.
+    assert grade_module._verify("7", "7.0") == grade_module.Grade(True)
     ((gold, target),) = calls
     assert "7" in [str(item) for item in gold]  # type: ignore[attr-defined]
     assert "7.0" in [str(item) for item in target]  # type: ignore[attr-defined]
-    grade_module._grade_cached.cache_clear()
 
 
 @pytest.mark.parametrize("prediction", [None, "", "   "])
@@ -245,20 +247,58 @@ def test_grade_no_answer_is_wrong(prediction: str | None) -> None:
 
 def test_grade_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     import math_verify
-    from math_verify.errors import TimeoutException
 
     def broken(*args: object, **kwargs: object) -> bool:
         raise RuntimeError("grader bug")
 
-    def timed_out(*args: object, **kwargs: object) -> list[object]:
-        raise TimeoutException("Operation timed out!")  # a BaseException, not an Exception
-
-    grade_module._grade_cached.cache_clear()
     monkeypatch.setattr(math_verify, "verify", broken)
-    assert grade("1", "1") is False
-    monkeypatch.setattr(math_verify, "parse", timed_out)
-    assert grade("2", "2") is False
+    assert grade_module._verify("1", "1") == grade_module.Grade(False, "error")
+
+
+#: Seconds of sympy big-integer arithmetic (far beyond any limit here) that no signal interrupts.
+HOSTILE = r"9^{9^{9^{9}}}"
+
+
+def test_hostile_answer_times_out_in_the_worker_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     grade_module._grade_cached.cache_clear()
+    assert grade("1/2", "0.5") is True  # the worker is up
+    before = grade_module.COUNTS["timeouts"]
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="optscale.answers.grade"):
+        result = grade_module.grade_detail("2", HOSTILE, timeout=1.0)
+    assert time.monotonic() - start < 4
+    assert result == grade_module.Grade(False, "timeout")
+    assert grade_module.COUNTS["timeouts"] == before + 1
+    assert any("timeout" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    # Cached as a timeout (not as a silent "wrong"), so the same answer costs its time once.
+    start = time.monotonic()
+    assert grade_module.grade_detail("2", HOSTILE, timeout=1.0).status == "timeout"
+    assert time.monotonic() - start < 0.5
+    # A fresh worker grades the next answer.
+    assert grade(r"\frac{1}{3}", "1/3") is True
+
+
+def test_grade_async_leaves_the_event_loop_free() -> None:
+    grade_module._grade_cached.cache_clear()
+
+    async def main() -> tuple[grade_module.Grade, int, grade_module.Grade]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        slow = await grade_module.grade_async("3", "9^{9^{9^{8}}}", timeout=1.0)
+        fast = await grade_module.grade_async("1/4", "0.25")
+        task.cancel()
+        return slow, ticks, fast
+
+    slow, ticks, fast = asyncio.run(main())
+    assert slow.status == "timeout" and fast == grade_module.Grade(True)
+    assert ticks >= 20  # the loop kept running while the answer was graded
 
 
 def test_grade_caches_pairs() -> None:

@@ -1,18 +1,18 @@
-"""The offline CLI end to end, through the real entry point (no traceback on bad input)."""
+"""The offline CLI end to end, through the real entry point in-process (no traceback on bad input)."""
 
 import json
-import subprocess
-import sys
+import math
 
 import pytest
 
-from conftest import toy_pool
+from conftest import run_cli, toy_pool
 from optscale.pools import PoolProblem, write_pool
 
 
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "optscale", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``cli(*args) -> (exit code, stdout, stderr)`` of ``optscale *args``."""
+    return lambda *args: run_cli(args, monkeypatch, capsys)
 
 
 @pytest.fixture
@@ -26,18 +26,27 @@ def pool_file(tmp_path):
     return path
 
 
-def test_replay_json(pool_file):
-    res = run("replay", pool_file, "--policy", "optscale0", "--n-max", 8, "--orders", 3, "--set", "alpha=0.8", "--json")
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
-    assert {"accuracy", "mean_samples", "mean_tokens", "bon_curve", "ci_low", "bon_accuracy_same_tokens"} <= set(out)
-    assert 3 <= out["mean_samples"] <= 8 and out["settings"]["alpha"] == 0.8
+def one_error(code, err, place):
+    """Exit 2 and exactly one line, ``error: PLACE: ...``."""
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.strip().startswith(f"error: {place}: "), err
 
 
-def test_replay_table_and_report(pool_file, tmp_path):
-    res = run("replay", pool_file, "--policy", "esc", "--n-max", 16, "--out", tmp_path / "rep")
-    assert res.returncode == 0, res.stderr
-    assert "esc@16" in res.stdout and (tmp_path / "rep" / "table.md").exists()
+def test_replay_json(pool_file, cli):
+    code, out, err = cli("replay", pool_file, "--policy", "optscale0", "--n-max", 8, "--orders", 3, "--set", "alpha=0.8",
+                         "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert {"accuracy", "mean_samples", "mean_tokens", "bon_curve", "ci_low", "bon_accuracy_same_tokens"} <= set(res)
+    assert 3 <= res["mean_samples"] <= 8 and res["settings"]["alpha"] == 0.8
+
+
+def test_replay_table_and_report(pool_file, tmp_path, cli):
+    code, out, err = cli("replay", pool_file, "--policy", "esc", "--n-max", 16, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "esc@16" in out and (tmp_path / "rep" / "table.md").exists()
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())  # strict JSON: no NaN
+    assert summary[0]["dataset"] == "toy"
 
 
 @pytest.mark.parametrize("args,place", [
@@ -46,55 +55,104 @@ def test_replay_table_and_report(pool_file, tmp_path):
     (("--set", "alpha"), "--set"),
     (("--set", "bogus=1"), "--set bogus"),
     (("--n-max", "0"), "--n-max"),
+    (("--n-max", "99999999999999999999"), "--n-max"),
     (("--orders", "0"), "--orders"),
+    (("--orders", "99999999999999999999"), "--orders"),
+    (("--seed", "-1"), "--seed"),
 ])
-def test_bad_flags_name_the_flag(pool_file, args, place):
-    res = run("replay", pool_file, *args)
-    assert res.returncode != 0
-    assert place in res.stderr and "Traceback" not in res.stderr
+def test_bad_flags_name_the_flag(pool_file, cli, args, place):
+    one_error(*cli("replay", pool_file, *args)[::2], place)
 
 
-def test_bad_pool_names_file_and_line(tmp_path, pool_file):
+def test_bad_pool_names_file_and_line(tmp_path, pool_file, cli):
     lines = pool_file.read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(lines[0] + "\n" + lines[1].replace('"score": ', '"score": 1', 1) + "\n")
-    res = run("replay", bad)
-    assert res.returncode != 0 and f"{bad}:2" in res.stderr and "score" in res.stderr
-    assert "Traceback" not in res.stderr
-    res = run("replay", tmp_path / "missing.jsonl")
-    assert res.returncode != 0 and "Traceback" not in res.stderr
+    code, _, err = cli("replay", bad)
+    one_error(code, err, f"{bad}:2 field samples[0].score")
+    one_error(*cli("replay", tmp_path / "missing.jsonl")[::2], tmp_path / "missing.jsonl")
 
 
-def test_sweep_writes_front_and_keeps_existing_outputs_on_error(pool_file, tmp_path):
+def test_unreadable_and_unbounded_pools_give_one_located_line(tmp_path, cli):
+    # A 401-digit token count passed validation and crashed replay; /proc/self/mem tracebacked.
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({"id": "a", "answer": "1", "samples": [{"answer": "1", "score": 0.5,
+                                                                       "tokens": int("9" * 401)}]}) + "\n")
+    one_error(*cli("replay", huge)[::2], f"{huge}:1 field samples[0].tokens")
+    one_error(*cli("replay", tmp_path)[::2], tmp_path)
+    one_error(*cli("replay", "/proc/self/mem")[::2], "/proc/self/mem:1")
+
+
+@pytest.mark.parametrize("command", [("replay",), ("sweep", "--n-max", "8")])
+def test_unwritable_out_fails_before_any_work(tmp_path, cli, command):
+    # The pool does not exist: an error naming --out proves --out was checked before reading it.
+    missing = tmp_path / "missing.jsonl"
+    for out in ("/proc/optscale-test", tmp_path / "file"):
+        (tmp_path / "file").write_text("keep")
+        one_error(*cli(command[0], missing, *command[1:], "--out", out)[::2], "--out")
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_demo_checks_its_arguments_before_simulating(tmp_path, cli, monkeypatch):
+    import optscale.simulate
+
+    monkeypatch.setattr(optscale.simulate, "simulate_pool", lambda *a, **k: pytest.fail("simulated anyway"))
+    (tmp_path / "file").write_text("keep")
+    for args, place in [(("--out", "/proc/optscale-test"), "--out"), (("--out", tmp_path / "file"), "--out"),
+                        (("--seed", "-1"), "--seed"), (("--orders", "0"), "--orders"), (("--samples", "4"), "--samples"),
+                        (("--problems", "99999999999999999999"), "--problems")]:
+        one_error(*cli("demo", "--out", tmp_path / "d", *args)[::2], place)
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_sweep_writes_front_and_keeps_existing_outputs_on_error(pool_file, tmp_path, cli):
     out = tmp_path / "sw"
-    res = run("sweep", pool_file, "--n-max", "8", "--s-min", "0.8,0.9", "--alpha", "0.5,0.9", "--orders", 2, "--out", out)
-    assert res.returncode == 0, res.stderr
+    code, _, err = cli("sweep", pool_file, "--n-max", "8", "--s-min", "0.8,0.9", "--alpha", "0.5,0.9", "--orders", 2,
+                       "--out", out)
+    assert code == 0, err
     grid = (out / "grid.csv").read_text()
     assert grid.count("\n") == 1 + 2 * 4 and "pareto" in grid.splitlines()[0]
-    before = (out / "grid.csv").read_bytes()
-    res = run("sweep", pool_file, "--n-max", "8", "--alpha", "0.5,1.5", "--out", out)
-    assert res.returncode != 0 and "--set alpha" in res.stderr
-    assert (out / "grid.csv").read_bytes() == before
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for args, place in [(("--alpha", "0.5,1.5"), "--alpha"), (("--s-min", "0.9,x"), "--s-min"),
+                        (("--n-max", "8,99999999999999999999"), "--n-max"), (("--calib-fraction", "1"), "--calib-fraction"),
+                        (("--objective", "best"), "--objective"), (("--seed", "-1"), "--seed")]:
+        one_error(*cli("sweep", pool_file, "--n-max", "8", "--s-min", "0.9", "--alpha", "0.5", "--out", out, *args)[::2],
+                  place)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_nstar_and_help():
-    res = run("nstar", "--mu", "0.8", "--sigma", "0.1", "--s-min", "0.9", "--alpha", "0.9")
-    assert res.returncode == 0 and res.stdout.startswith("N* = ")
-    res = run("nstar", "--mu", "0.8", "--sigma", "0", "--s-min", "0.9")
-    assert res.returncode != 0 and "--sigma" in res.stderr
-    res = run("--help")
+def test_nstar_and_help(cli):
+    code, out, err = cli("nstar", "--mu", "0.8", "--sigma", "0.1", "--s-min", "0.9", "--alpha", "0.9")
+    assert code == 0 and out.startswith("N* = "), err
+    one_error(*cli("nstar", "--mu", "0.8", "--sigma", "0", "--s-min", "0.9")[::2], "--sigma")
+    code, out, _ = cli("--help")
     for cmd in ("replay", "sweep", "demo", "nstar", "convert", "validate"):
-        assert cmd in res.stdout
+        assert cmd in out
 
 
-def test_table_combines_result_files(pool_file, tmp_path):
+def test_nstar_limits(cli):
+    # s_min = 1 is unreachable: it used to print "N* = 2" with a RuntimeWarning.
+    code, out, err = cli("nstar", "--mu", "0.9", "--sigma", "0.1", "--s-min", "1")
+    assert code == 0 and out.startswith("N* = unbounded") and not err, err
+    code, out, err = cli("nstar", "--mu", "0.9", "--sigma", "0.1", "--s-min", "1", "--n-max", "16")
+    assert code == 0 and out.startswith("N* = 16 (capped"), err
+    # sigma = inf: uniform scores, Pr(best of N >= 0.5) = 1 - 0.5**N
+    code, out, err = cli("nstar", "--mu", "0.9", "--sigma", "inf", "--s-min", "0.5", "--alpha", "0.9")
+    assert code == 0 and out.startswith(f"N* = {math.ceil(math.log(0.1) / math.log(0.5))};"), err
+    for args, place in [(("--mu", "nan"), "--mu"), (("--sigma", "-1"), "--sigma"), (("--sigma", "nan"), "--sigma"),
+                        (("--s-min", "nan"), "--s-min"), (("--alpha", "1"), "--alpha"),
+                        (("--n-max", "99999999999999999999"), "--n-max")]:
+        base = {"--mu": "0.9", "--sigma": "0.1", "--s-min": "0.95"} | dict([args])
+        one_error(*cli("nstar", *(x for kv in base.items() for x in kv))[::2], place)
+
+
+def test_table_combines_result_files(pool_file, tmp_path, cli):
     for name in ("a", "b"):
-        res = run("replay", pool_file, "--policy", "bon", "--n-max", 4, "--orders", 2, "--out", tmp_path / name)
-        assert res.returncode == 0, res.stderr
-    res = run("table", tmp_path / "a" / "results.csv", tmp_path / "b" / "results.csv", "--format", "latex")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.count(r"\multicolumn{2}{c}{toy}") == 1 and "Best-of-N (BoN) ($N=4$)" in res.stdout
+        code, _, err = cli("replay", pool_file, "--policy", "bon", "--n-max", 4, "--orders", 2, "--out", tmp_path / name)
+        assert code == 0, err
+    code, out, err = cli("table", tmp_path / "a" / "results.csv", tmp_path / "b" / "results.csv", "--format", "latex")
+    assert code == 0, err
+    assert out.count(r"\multicolumn{2}{c}{toy}") == 1 and "Best-of-N (BoN) ($N=4$)" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("dataset,policy\nx,bon\n")
-    res = run("table", bad)
-    assert res.returncode != 0 and f"{bad}:2" in res.stderr
+    one_error(*cli("table", bad)[::2], f"{bad}:2")

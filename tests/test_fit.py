@@ -167,3 +167,11 @@ def test_moments_to_params_round_trip():
     assert edge.flag & FitFlag.MU_AT_BOUND
     with pytest.raises(InputError, match="moments"):
         moments_to_params(1.2, 0.1)
+
+
+def test_flag_names_of_scalar_and_shaped_fits():
+    # A scalar fit (moments_to_params of two numbers) used to raise "iteration over a 0-d array".
+    assert moments_to_params(0.79, 0.19).flag_names() == ["mu_at_bound"]
+    assert moments_to_params(0.7, 0.1).flag_names() == ["ok"]
+    grid = moments_to_params(np.full((2, 3), 0.7), 0.1)
+    assert grid.flag_names() == ["ok"] * 6 and len(grid) == 6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -9,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from optscale.errors import InputError
-from optscale.live.config import build_config, load_config_file
+from optscale.live.config import build_config, build_run_scorer, load_config_file
 from optscale.live.datasets import DatasetSpec, load_problems
 from optscale.live.prompts import PromptTemplate, render_markup
+from optscale.live.sampler import SamplerSettings
+from optscale.live.types import GenerationSettings
 
 SHARED_GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "gsm8k.jsonl"
 
@@ -57,7 +61,7 @@ def test_repeated_ids_bad_json_and_missing_files_are_reported(tmp_path):
         load_problems(DatasetSpec(str(dup)))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "question": "q"}\n{oops\n')
-    with pytest.raises(InputError, match="not valid JSON") as info:
+    with pytest.raises(InputError, match="malformed JSON") as info:
         load_problems(DatasetSpec(str(bad)))
     assert info.value.where.endswith("bad.jsonl:2")
     with pytest.raises(InputError, match="not found"):
@@ -110,45 +114,110 @@ def test_config_files_and_flags_merge_flags_winning(tmp_path):
         config = build_config(values, {"dataset": "d.jsonl", "out": "o", "base_url": ["http://h/v1"],
                                        "model": "flag-model", "policy_settings": {"peek": "4"}})
         assert config.model == "flag-model" and config.n_max == 8 and config.scorer == "judge"
-        assert config.policy_settings == {"alpha": 0.8, "peek": "4"}
+        assert config.policy_settings == {"alpha": 0.8, "peek": "4"} and config.policy_config() == {"alpha": 0.8, "peek": 4}
     assert build_config(load_config_file(toml), base_flags(scorer=None)).scorer_config().model == "judge-model"
 
 
-def test_config_errors_name_the_flag(tmp_path):
+def test_config_errors_name_the_setting(tmp_path):
     with pytest.raises(InputError) as info:
         build_config({}, {"dataset": "d", "out": "o", "base_url": ["u"], "scorer": "judge"})
-    assert info.value.where == "--model"
+    assert info.value.where == "model"
     with pytest.raises(InputError) as info:
         build_config({}, base_flags(scorer="oracle"))
-    assert info.value.where == "--scorer"
+    assert info.value.where == "scorer" and "choose from prm, prm-local, judge, confidence" in info.value.detail
     with pytest.raises(InputError, match="unknown setting 'colour'"):
         build_config({"colour": "red"}, base_flags())
     with pytest.raises(InputError, match="needs base_url") as info:
-        build_config({}, base_flags(scorer="prm")).scorer_config()
-    assert info.value.where == "--scorer-set"
-    with pytest.raises(InputError, match="has no setting 'temp'"):
-        build_config({}, base_flags(scorer="judge", scorer_settings={"temp": "1"})).scorer_config()
+        build_config({}, base_flags(scorer="prm"))
+    assert info.value.where == "scorer_settings.base_url"
+    with pytest.raises(InputError, match="has no setting 'temp'") as info:
+        build_config({}, base_flags(scorer="judge", scorer_settings={"temp": "1"}))
+    assert info.value.where == "scorer_settings.temp"
+    with pytest.raises(InputError, match="less than 1") as info:
+        build_config({}, base_flags(policy_settings={"alpha": "2"}))
+    assert info.value.where == "policy_settings.alpha"
+    for values, where in [({"limit": 0}, "limit"), ({"temperature": -1}, "temperature"),
+                          ({"concurrency": 0}, "concurrency"), ({"n_max": 0}, "n_max"), ({"policy": "x"}, "policy"),
+                          ({"client": {"backoff": -1}}, "client.backoff")]:
+        with pytest.raises(InputError) as info:
+            build_config(values, base_flags())
+        assert info.value.where == where
     bad = tmp_path / "c.toml"
     bad.write_text("model = \n")
     with pytest.raises(InputError, match="cannot parse"):
         load_config_file(bad)
 
 
-def test_identity_ignores_runtime_settings_and_never_holds_the_api_key():
+def test_flat_and_nested_config_files_build_the_same_settings_models(tmp_path):
+    flat = build_config({"temperature": 0.2, "timeout": 30, "concurrency": 3, "limit": 5, "split": "train"},
+                        base_flags())
+    nested = build_config({"generation": {"temperature": 0.2}, "client": {"timeout": 30},
+                           "sampler": {"concurrency": 3}, "dataset": {"limit": 5, "split": "train"}},
+                          base_flags())
+    assert flat == nested
+    assert flat.generation.temperature == 0.2 and flat.client.timeout == 30 and flat.sampler.concurrency == 3
+    assert flat.dataset.limit == 5 and flat.dataset.source == "d.jsonl"
+    defaults = build_config({}, base_flags())
+    assert defaults.generation == GenerationSettings() and defaults.sampler == SamplerSettings()
+    assert build_config({"temperature": 0.2}, base_flags(temperature=0.9)).generation.temperature == 0.9
+
+
+def test_identity_is_computed_from_normalised_settings():
+    a = build_config({}, base_flags(policy_settings={"s_min": "0.9", "peek": "3"}))
+    b = build_config({"policy_settings": {"s_min": 0.90, "peek": 3}}, base_flags())
+    c = build_config({}, base_flags(policy_settings={"s_min": "9e-1", "peek": "3.0"}))
+    assert a.identity() == b.identity() == c.identity()
+    assert a.identity()["policy_settings"] == {"peek": 3, "s_min": 0.9}
+    assert build_config({}, base_flags(policy_settings={"s_min": "0.91"})).identity() != a.identity()
+    judge = build_config({}, base_flags(scorer="judge", scorer_settings={"concurrency": "4"}))
+    assert judge.identity() == build_config({}, base_flags(scorer="judge")).identity()
+
+
+def test_identity_ignores_runtime_settings_and_never_holds_a_key_or_url_credentials():
     a = build_config({}, base_flags(concurrency=2, api_key="sk-secret"))
-    b = build_config({}, base_flags(concurrency=9, base_url=["http://other/v1"]))
+    b = build_config({}, base_flags(concurrency=9, base_url=["http://user:PASSWORD9@other/v1"]))
     assert a.identity() == b.identity()
     assert build_config({}, base_flags(temperature=0.1)).identity() != a.identity()
-    assert "sk-secret" not in json.dumps(a.runtime()) + json.dumps(a.identity())
-    prm = build_config({}, base_flags(scorer="prm", scorer_settings={"base_url": "http://a/v1,http://b/v1",
-                                                                     "model": "prm", "separator": "\\n"}))
+    stored = json.dumps(a.runtime()) + json.dumps(a.identity()) + json.dumps(b.runtime()) + json.dumps(b.identity())
+    assert "sk-secret" not in stored and "PASSWORD9" not in stored and "user" not in stored
+    assert b.runtime()["base_url"] == ["http://***@other/v1"] and "PASSWORD9" in b.secrets()
+    prm = build_config({}, base_flags(scorer="prm", scorer_settings={
+        "base_url": "http://a/v1,http://k:PRMPASS@b/v1", "model": "prm", "separator": "\\n", "api_key": "sk-prm"}))
     settings = prm.scorer_config()
-    assert settings.base_url == ["http://a/v1", "http://b/v1"] and settings.separator == "\n"
+    assert settings.base_url == ["http://a/v1", "http://k:PRMPASS@b/v1"] and settings.separator == "\n"
     assert "base_url" not in prm.identity()["scorer_settings"]
+    stored = json.dumps(prm.runtime()) + json.dumps(prm.identity())
+    assert "PRMPASS" not in stored and "sk-prm" not in stored and {"sk-prm", "PRMPASS"} <= set(prm.secrets())
 
 
-def test_the_cli_help_lists_every_scorer_setting():
-    from optscale.cli.live import SCORER_SETTINGS_HELP
-    from optscale.live.config import scorer_settings_help
+def test_the_generator_key_is_the_generators_only():
+    config = build_config({}, base_flags(scorer="judge", api_key="sk-gen"))
+    assert config.client.api_key.get_secret_value() == "sk-gen"
+    assert config.scorer_config().api_key is None
+    scorer = build_run_scorer(config)
+    try:
+        assert scorer.judge.client_settings.api_key is None
+    finally:
+        asyncio.run(scorer.aclose())
 
-    assert SCORER_SETTINGS_HELP == scorer_settings_help()
+
+@pytest.mark.parametrize("value, expected", [(0, "0"), ("0", "0"), (False, "false"), (7, "7"), ("", "ids/1"),
+                                             (None, "ids/1")])
+def test_ids_keep_their_value(value, expected, tmp_path):
+    """An id 0 (or "0", or false) used to be taken for a missing id and renamed ``<stem>/<row>``."""
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"id": "x", "question": "q"}, {"id": value, "question": "q"}])
+    assert [p.id for p in load_problems(DatasetSpec(str(path)))] == ["x", expected]
+
+
+def test_non_utf8_and_gzip_datasets(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"id,question\na,fine\nb,caf\xe9\n")
+    with pytest.raises(InputError, match="not UTF-8") as info:
+        load_problems(DatasetSpec(str(bad)))
+    assert info.value.where == f"{bad}:3"
+    rows = [{"id": "a", "question": "1+1?", "answer": "2"}]
+    packed = tmp_path / "p.jsonl.gz"
+    packed.write_bytes(gzip.compress(json.dumps(rows[0]).encode() + b"\n"))
+    [p] = load_problems(DatasetSpec(str(packed)))
+    assert (p.id, p.answer) == ("a", "2")
+    assert load_problems(DatasetSpec(str(write_jsonl(tmp_path / "nums.jsonl", [{"question": "q"}]))))[0].id == "nums/0"

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
 
+import httpx
 import pytest
+from live_fakes import MODEL, FakeConfig, FakeServer
 
-pytest.importorskip("fastapi", reason="the fake server needs fastapi and uvicorn (pip install '.[local]')")
-pytest.importorskip("uvicorn", reason="the fake server needs fastapi and uvicorn (pip install '.[local]')")
-
-from live_fakes import MODEL, FakeConfig, FakeServer  # noqa: E402
-
-from optscale.errors import InputError  # noqa: E402
-from optscale.live.generators import (  # noqa: E402
+from optscale.errors import InputError
+from optscale.live.openai import OpenAIGenerator, _Choice
+from optscale.live.transport import EndpointPool
+from optscale.live.types import (
     ClientSettings,
-    EndpointPool,
     GenerationSettings,
-    OpenAIGenerator,
     Prompt,
     RequestFailed,
     RequestRejected,
@@ -34,12 +33,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def generate(server: FakeServer, n: int = 1, kind: str = "chat", client: ClientSettings = FAST, **settings):
+def generate(server: FakeServer, n: int = 1, kind: str = "chat", client: ClientSettings = FAST, url: str | None = None,
+             **settings):
     async def go():
-        async with OpenAIGenerator(server.base_url, MODEL, GenerationSettings(**settings), kind=kind,
+        async with OpenAIGenerator(url or server.base_url, MODEL, GenerationSettings(**settings), kind=kind,
                                    client=client) as gen:
             meter = TokenMeter()
             return await gen.generate(PROMPT, n=n, meter=meter), meter
+
+    return asyncio.run(go())
+
+
+def run_with(make, work):
+    """``work(generator)`` in a fresh event loop with a generator that is always closed; returns both."""
+    async def go():
+        async with make() as gen:
+            return await work(gen), gen
 
     return asyncio.run(go())
 
@@ -64,9 +73,19 @@ def test_without_usage_the_streamed_tokens_are_counted(logprobs, source):
 
 
 def test_a_seed_is_sent_only_when_set():
-    gen = OpenAIGenerator("http://x/v1", MODEL)
-    assert "seed" not in gen._body(PROMPT, 1, GenerationSettings())[1]
-    assert gen._body(PROMPT, 1, GenerationSettings(seed=7))[1]["seed"] == 7
+    async def bodies(gen):
+        return gen._body(PROMPT, 1, GenerationSettings())[1], gen._body(PROMPT, 1, GenerationSettings(seed=7))[1]
+
+    (plain, seeded), _ = run_with(lambda: OpenAIGenerator("http://x/v1", MODEL), bodies)
+    assert "seed" not in plain and seeded["seed"] == 7
+
+
+def test_streams_ask_for_a_usage_report():
+    async def body(gen):
+        return gen._body(PROMPT, 1, GenerationSettings(stream=True))[1]
+
+    got, _ = run_with(lambda: OpenAIGenerator("http://x/v1", MODEL), body)
+    assert got["stream_options"] == {"include_usage": True}
 
 
 def test_n_choices_and_servers_that_ignore_n():
@@ -118,13 +137,13 @@ def test_a_wrong_model_is_rejected_at_once_naming_the_flag():
     with FakeServer() as server:
         with pytest.raises(RequestRejected) as info:
             asyncio.run(go(server.base_url))
-    assert info.value.status == 404 and info.value.where == "--model"
+    assert info.value.status == 404 and info.value.where == "model"
 
 
 def check(url: str, model: str = MODEL, logprobs: bool = False):
     async def go():
         async with OpenAIGenerator(url, model, client=FAST) as gen:
-            await gen.check(need_logprobs=logprobs, why="--scorer confidence")
+            await gen.check(need_logprobs=logprobs, why="scorer")
 
     asyncio.run(go())
 
@@ -132,14 +151,14 @@ def check(url: str, model: str = MODEL, logprobs: bool = False):
 def test_check_names_the_flag_for_each_setup_error():
     with pytest.raises(InputError, match="cannot reach") as info:
         check(f"http://127.0.0.1:{free_port()}/v1")
-    assert info.value.where == "--base-url"
+    assert info.value.where == "base_url"
     with FakeServer(FakeConfig(logprobs=False)) as server:
         with pytest.raises(InputError, match="serves fake-model") as info:
             check(server.base_url, model="gpt-9")
-        assert info.value.where == "--model"
+        assert info.value.where == "model"
         with pytest.raises(InputError, match="no token logprobs") as info:
             check(server.base_url, logprobs=True)
-        assert info.value.where == "--scorer confidence"
+        assert info.value.where == "scorer"
         check(server.base_url)
 
 
@@ -148,8 +167,9 @@ def test_cancelling_closes_the_stream_and_keeps_the_tokens_so_far():
         async with OpenAIGenerator(url, MODEL, client=FAST) as gen:
             meter = TokenMeter()
             task = asyncio.create_task(gen.generate(PROMPT, meter=meter))
-            while meter.streamed < 5:
-                await asyncio.sleep(0.005)
+            async with asyncio.timeout(10):  # a deadline, not a timing bound
+                while meter.streamed < 5:
+                    await asyncio.sleep(0.005)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -157,10 +177,7 @@ def test_cancelling_closes_the_stream_and_keeps_the_tokens_so_far():
 
     with FakeServer(FakeConfig(token_latency=0.02, min_tokens=200, max_tokens=200)) as server:
         meter = asyncio.run(go(server.base_url))
-        for _ in range(100):
-            if server.served[0].disconnected:
-                break
-            asyncio.run(asyncio.sleep(0.02))
+        server.wait_disconnected()
     served = server.served[0]
     assert served.disconnected and not served.finished
     assert 5 <= meter.streamed <= served.sent <= meter.streamed + 2
@@ -197,8 +214,6 @@ def test_endpoint_pool_rests_after_repeated_failures_and_recovers():
 
 
 def test_reasoning_content_is_kept_before_the_answer():
-    from optscale.live.generators import _Choice
-
     choice = _Choice()
     choice.reasoning.append("think hard")
     choice.content.append("\\boxed{3}")
@@ -206,8 +221,6 @@ def test_reasoning_content_is_kept_before_the_answer():
 
 
 def test_a_refused_api_key_is_rejected_at_once_naming_the_flag():
-    import httpx
-
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -221,4 +234,123 @@ def test_a_refused_api_key_is_rejected_at_once_naming_the_flag():
 
     with pytest.raises(RequestRejected, match="Incorrect API key") as info:
         asyncio.run(go())
-    assert info.value.where == "--api-key" and len(calls) == 1  # no retries
+    assert info.value.where == "api_key" and len(calls) == 1  # no retries
+
+
+# -- regressions of issue 9 ----------------------------------------------------------------
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("fault", ["negative_usage", "huge_usage", "float_usage"])
+def test_impossible_usage_is_refused_flagged_and_logged_never_stored(fault, stream, caplog):
+    """Issue 9 defect 4: negative, 1e30 and fractional usage fall back to the counted tokens."""
+    with FakeServer(FakeConfig(faults=[fault])) as server:
+        with caplog.at_level(logging.WARNING, logger="optscale.live.openai"):
+            [c], gen = run_with(lambda: OpenAIGenerator(server.base_url, MODEL, GenerationSettings(
+                stream=stream, logprobs=True), client=FAST), lambda g: g.generate(PROMPT))
+    served = server.served[0]
+    assert c.tokens == served.sent == len(c.logprobs) and c.tokens_source == "logprobs"
+    assert c.usage_invalid and "completion_tokens" in c.usage_invalid and c.attempts == 1
+    assert gen.stats.usage_invalid == 1
+    assert any("invalid usage report" in r.getMessage() for r in caplog.records)
+
+
+def test_usage_above_what_was_streamed_is_refused():
+    """A usage report far above the exactly counted (logprob) tokens is not believed."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        chunks = [{"choices": [{"index": 0, "delta": {"content": f" t{i}"}, "logprobs": {
+            "content": [{"token": f" t{i}", "logprob": -0.1}]}}]} for i in range(3)]
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        chunks.append({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 900}})
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    [c], _ = run_with(lambda: OpenAIGenerator("http://server/v1", MODEL, GenerationSettings(logprobs=True),
+                                              client=FAST, transport=httpx.MockTransport(handler)),
+                      lambda g: g.generate(PROMPT))
+    assert c.tokens == 3 and c.tokens_source == "logprobs" and "exceeds" in c.usage_invalid
+    assert c.prompt_tokens == 4
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_malformed_choice_is_retried_like_any_transient_fault(stream):
+    """Issue 9 defect 5: a choice with "index": "x" used to raise a ValueError outside the retry path."""
+    with FakeServer(FakeConfig(faults=["bad_index"])) as server:
+        [c], gen = run_with(lambda: OpenAIGenerator(server.base_url, MODEL, GenerationSettings(stream=stream),
+                                                    client=FAST), lambda g: g.generate(PROMPT))
+    assert c.attempts == 2 and server.served[-1].finished and gen.stats.malformed == 1
+    with FakeServer(FakeConfig(faults=["bad_index"] * 10)) as server:
+        with pytest.raises(RequestFailed, match="4 attempts failed; last: malformed choice"):
+            generate(server, stream=stream)
+
+
+def test_credentials_in_the_url_are_sent_but_never_shown(caplog):
+    """Issue 9 defect 2: userinfo goes to the server as Basic auth, and nowhere else."""
+    with FakeServer(FakeConfig(faults=["500", "500", "500", "500"])) as server:
+        url = server.base_url.replace("http://", "http://alice:S3CRET-PASS@")
+        with caplog.at_level(logging.INFO, logger="optscale.live"):
+            [c], _ = generate(server, url=url, client=FAST.model_copy(update={"retries": 5}))
+        path, auth = server.auth[-1]
+        assert auth.startswith("Basic ") and path == "/v1/chat/completions"
+        assert "S3CRET-PASS" not in c.endpoint and c.endpoint.startswith("http://***@127.0.0.1")
+        with pytest.raises(InputError) as info:
+            run_with(lambda: OpenAIGenerator(url, "other-model", client=FAST), lambda g: g.check_servers())
+    assert "S3CRET-PASS" not in str(info.value) and "***@" in str(info.value)
+    assert caplog.records and not any("S3CRET-PASS" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("fault", ["echo_key", "echo_key_500"])
+def test_a_key_echoed_in_an_error_body_is_masked(fault, caplog):
+    """Issue 9 defect 2: servers that repeat the key in their error message never get it printed."""
+    key = "sk-very-secret-key-1234"
+    client = ClientSettings(**{**FAST.model_dump(), "api_key": key, "retries": 1})
+    with FakeServer(FakeConfig(faults=[fault] * 5)) as server:
+        with caplog.at_level(logging.INFO, logger="optscale.live"), pytest.raises((RequestRejected, RequestFailed)) \
+                as info:
+            generate(server, client=client)
+        assert server.auth[-1][1] == f"Bearer {key}"  # the key did go to its own server
+    assert "Incorrect API key provided" in str(info.value) and key not in str(info.value)
+    assert not any(key in r.getMessage() for r in caplog.records)
+    assert key not in repr(client) and "api_key" not in client.model_dump()
+
+
+def test_the_client_reads_no_key_from_the_environment(monkeypatch):
+    """Only the application decides whose key goes where: OPENAI_API_KEY is not sent by the client itself."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    with FakeServer() as server:
+        generate(server)
+    assert server.auth and all(auth is None for _, auth in server.auth)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_response_larger_than_the_request_allows_is_refused_not_buffered(stream):
+    """A server that streams without end (or without a newline) cannot fill the client's memory."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, content=b"data: " + b"x" * (3 * 1024 * 1024),
+                              headers={"content-type": "text/event-stream"})
+
+    with pytest.raises(RequestFailed, match="response larger than"):
+        run_with(lambda: OpenAIGenerator("http://server/v1", MODEL, GenerationSettings(max_tokens=4, stream=stream),
+                                         client=FAST, transport=httpx.MockTransport(handler)),
+                 lambda g: g.generate(PROMPT))
+    assert len(calls) == FAST.retries + 1
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://host/v1", "http://", "http://[::1/v1"])
+def test_a_server_url_that_is_not_http_is_refused_up_front(url):
+    with pytest.raises(InputError, match="not an http") as info:
+        EndpointPool([url])
+    assert info.value.where == "base_url"
+    with pytest.raises(InputError) as info:
+        EndpointPool(["http://u:PASSWORD@[::1/v1"], where="scorer.base_url")
+    assert info.value.where == "scorer.base_url" and "PASSWORD" not in str(info.value)
+
+
+def test_a_body_that_cannot_be_decoded_is_a_transient_failure():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"not gzip at all", headers={"content-encoding": "gzip"})
+
+    with pytest.raises(RequestFailed, match="DecodingError"):
+        run_with(lambda: OpenAIGenerator("http://server/v1", MODEL, GenerationSettings(stream=False), client=FAST,
+                                         transport=httpx.MockTransport(handler)), lambda g: g.generate(PROMPT))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[local]')")
+pytest.importorskip("llama_cpp", reason="llama-cpp-python (the local extra) is not installed")
 
 from optscale.live import GenerationSettings, OpenAIGenerator, PromptTemplate  # noqa: E402
 from optscale.live.local import MODEL_ALIAS, LocalServer  # noqa: E402
@@ -74,6 +74,8 @@ def test_optscale_run_with_the_confidence_scorer(llama, gsm8k, tmp_path, monkeyp
     for p in problems:
         assert 2 <= p["n_samples"] <= 4 and p["stop_reason"] in ("n_star", "n_max") and "mu" in p["estimates"]
         assert isinstance(p["correct"], bool)
+        # a prompt size the server did not report is unknown (null), never summed as 0
+        assert p["prompt_tokens"] is None or p["prompt_tokens"] > 0
     for s in samples:
         # llama.cpp streams no usage; its logprob entries are counted one per token
         assert s["tokens_source"] == "logprobs" and 0 < s["tokens"] <= MAX_TOKENS

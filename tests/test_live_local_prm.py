@@ -68,4 +68,4 @@ def test_one_probability_per_step_aggregated_and_batched(tiny_prm):
 def test_a_missing_model_names_the_setting(tmp_path):
     with pytest.raises(InputError, match="cannot load the PRM") as info:
         score(tmp_path / "nothing-here", [])
-    assert info.value.where == "--scorer-set model"
+    assert info.value.where == "scorer.model"

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass
 
+import live_fakes as fakes
 import pytest
 
-fakes = pytest.importorskip("live_fakes", reason="the fake server needs fastapi and uvicorn (pip install '.[local]')")
-
-from optscale.errors import InputError  # noqa: E402
-from optscale.live import (  # noqa: E402
+from optscale.errors import InputError
+from optscale.live import (
     ClientSettings,
     ConfidenceScorer,
     GenerationSettings,
@@ -24,8 +22,8 @@ from optscale.live import (  # noqa: E402
     SamplerSettings,
     sample_problems,
 )
-from optscale.live.sampler import Listener  # noqa: E402
-from optscale.policies import Decision, Outcome, Sample, make_policy  # noqa: E402
+from optscale.live.sampler import Listener
+from optscale.policies import Decision, Outcome, Sample, make_policy
 
 FAST = ClientSettings(backoff=0.01, backoff_max=0.05, idle_timeout=1, timeout=10, retries=2)
 
@@ -79,14 +77,6 @@ def run(server, items, policy, store=None, settings=None, scorer=None, listener=
     return asyncio.run(go())
 
 
-def wait_for_disconnects(server, seconds: float = 5.0) -> None:
-    """The server notices a closed stream only on its next write: give it a moment."""
-    deadline = time.monotonic() + seconds
-    while not any(r.disconnected for r in server.served) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.1)
-
-
 def all_records(results):
     return [r for res in results for r in res.samples + res.events]
 
@@ -96,7 +86,7 @@ def test_stop_cancels_requests_in_flight_and_counts_what_they_cost():
     with fakes.FakeServer(config) as server:
         results = run(server, problems(3), StopAfter(k=2, n_max=8), max_tokens=256,
                       settings=SamplerSettings(concurrency=12, in_flight=4))
-        wait_for_disconnects(server)
+        server.wait_disconnected()
     for res in results:
         assert res.n_samples == 2 and res.stop_reason == "k"
         cancelled = [e for e in res.events if e["type"] == "cancelled"]
@@ -186,7 +176,7 @@ def test_a_fatal_scorer_error_stops_the_run_after_logging_cancellations():
     with fakes.FakeServer(config) as server:
         with pytest.raises(InputError, match="garbage"):
             run(server, problems(4), make_policy("bon", 6), store=store, scorer=Failing())
-        wait_for_disconnects(server)
+        server.wait_disconnected()
         disconnected = sum(r.disconnected for r in server.served)
     events = [e for log in store.state.logs.values() for e in log.events]
     assert disconnected >= 1 and len([e for e in events if e["type"] == "cancelled"]) >= disconnected
@@ -198,6 +188,9 @@ def test_several_samples_per_request(honor_n):
         results = run(server, problems(2), make_policy("bon", 5), logprobs=True,
                       settings=SamplerSettings(concurrency=2, in_flight=4, n_per_request=2))
     assert [r.n_samples for r in results] == [5, 5]
+    # a server that returns fewer choices than asked loses no sample index: the missing ones are asked again
+    # (issue 9 defect 9: they used to be dropped silently, leaving gaps)
+    assert all(sorted(s["index"] for s in r.samples) == list(range(5)) for r in results)
     ids = [r["id"] for r in all_records(results)]
     assert len(ids) == len(set(ids))
     assert sum(r.tokens for r in results) == server.sent_tokens()
@@ -332,3 +325,55 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     store.open()
     store.close()
     assert not (tmp_path / ".lock").exists()
+
+
+# -- regressions of issue 9 ----------------------------------------------------------------
+def test_an_unknown_prompt_size_is_unknown_in_the_summary_not_zero():
+    """Issue 9 defect 13: a stream without a usage report (llama-cpp-python's server) gives no prompt size;
+    problems.jsonl used to sum the missing sizes to 0."""
+    with fakes.FakeServer(fakes.FakeConfig(usage_in_stream=False)) as server:
+        [res] = run(server, problems(1), make_policy("bon", 2), logprobs=True)
+        assert all(s["prompt_tokens"] is None and s["tokens_source"] == "logprobs" for s in res.samples)
+        assert res.summary["prompt_tokens"] is None
+        [known] = run(server, problems(1), make_policy("bon", 2), stream=False)  # with usage: the sum
+    assert known.summary["prompt_tokens"] == sum(s["prompt_tokens"] for s in known.samples) > 0
+
+
+def test_results_keep_no_response_text_once_the_store_has_it():
+    """Issue 9 defect 11: every response text used to stay in memory for the whole run."""
+    store = MemoryStore()
+    with fakes.FakeServer() as server:
+        results = run(server, problems(2), make_policy("bon", 3), store=store)
+    assert all("text" not in s and s["score"] is not None and s["tokens"] > 0 for r in results for s in r.samples)
+    stored = [s for log in store.state.logs.values() for s in log.samples]
+    assert len(stored) == 6 and all("\\boxed{" in s["text"] for s in stored)
+
+
+def test_grading_runs_off_the_event_loop(monkeypatch):
+    """Issue 9 defect 10: math-verify ran on the event loop, stalling every stream while it graded."""
+    import importlib
+    import threading
+
+    grading = importlib.import_module("optscale.answers.grade")  # the module (the package exports a function)
+
+    threads = []
+
+    def slow_grade(gold, prediction, timeout=None):
+        threads.append(threading.current_thread())
+        return grading.Grade(gold == prediction)
+
+    monkeypatch.setattr(grading, "grade_detail", slow_grade)
+    with fakes.FakeServer() as server:
+        results = run(server, problems(2), make_policy("bon", 2))
+    assert len(threads) >= 2 and threading.main_thread() not in threads
+    assert all(r.summary["grade_status"] == "ok" and r.correct == (r.answer == fakes.fake_gold(
+        problems(2)[i].question)) for i, r in enumerate(results))
+
+
+def test_an_impossible_usage_report_is_flagged_on_the_sample():
+    """Issue 9 defect 4 (sampler side): the sample records the counted tokens and says why usage was refused."""
+    with fakes.FakeServer(fakes.FakeConfig(faults=["negative_usage"])) as server:
+        [res] = run(server, problems(1), make_policy("bon", 1), logprobs=True)
+    [sample] = res.samples
+    assert sample["tokens"] == server.served[0].sent > 0 and sample["tokens_source"] == "logprobs"
+    assert "completion_tokens -5" in sample["usage_invalid"] and res.summary["sample_tokens"] == sample["tokens"]

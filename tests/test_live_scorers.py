@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
 import pytest
 
 from optscale.errors import InputError
 from optscale.live.scorers import (
+    SCORERS,
     BatchingScorer,
     ConfidenceScorer,
     Score,
     ScoreRequest,
-    _positive_probability,
+    ScoringError,
     aggregate_steps,
+    scorer_settings,
     split_steps,
 )
+from optscale.live.scorers.base import positive_probability
 
 
 def test_split_steps_uses_paragraphs():
@@ -32,7 +36,7 @@ def test_aggregates(how, expected):
 def test_unknown_aggregate_names_the_setting():
     with pytest.raises(InputError, match="unknown aggregate") as info:
         aggregate_steps([0.5], "median")
-    assert info.value.where == "--scorer-set aggregate"
+    assert info.value.where == "scorer.aggregate"
 
 
 @pytest.mark.parametrize("entry, expected", [
@@ -41,13 +45,13 @@ def test_unknown_aggregate_names_the_setting():
     (0.4, 0.4), ([0.9], 0.9),               # a single probability
     (2.0, 1 / (1 + math.exp(-2.0))),        # a single logit
 ])
-def test_positive_probability_reads_every_pooling_shape(entry, expected):
-    assert _positive_probability(entry) == pytest.approx(expected)
+def testpositive_probability_reads_every_pooling_shape(entry, expected):
+    assert positive_probability(entry) == pytest.approx(expected)
 
 
-def test_positive_probability_rejects_nonsense():
+def testpositive_probability_rejects_nonsense():
     with pytest.raises(ValueError):
-        _positive_probability("x")
+        positive_probability("x")
 
 
 def test_confidence_is_the_geometric_mean_token_probability():
@@ -103,12 +107,85 @@ def test_batching_scorer_delivers_errors_to_every_waiter():
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(go()))
 
 
-# -- against the fake server --------------------------------------------------------------
-fakes = pytest.importorskip("live_fakes", reason="the fake server needs fastapi and uvicorn")
+@pytest.mark.parametrize("returned", [0, 1, 3])
+def test_batching_scorer_fails_requests_a_scorer_left_unanswered(returned, caplog):
+    """Issue 9 defect 9: a scorer answering a batch with the wrong number of scores used to leave
+    the unanswered requests waiting forever (a non-strict zip)."""
+    class Short:
+        kind, needs_logprobs = "short", False
 
-from optscale.live.generators import ClientSettings, OpenAIGenerator  # noqa: E402
-from optscale.live.scorers import JudgeScorer, VllmPrmScorer  # noqa: E402
+        async def score(self, items):
+            return [Score(0.5)] * returned
+
+    async def go():
+        batcher = BatchingScorer(Short(), max_batch=2, workers=1)
+        try:
+            async with asyncio.timeout(10):
+                got = await asyncio.gather(*(batcher.score([ScoreRequest("q", "a")]) for _ in range(2)),
+                                           return_exceptions=True)
+            return got, batcher.stats
+        finally:
+            await batcher.aclose()
+
+    got, stats = asyncio.run(go())
+    assert all(isinstance(r, ScoringError) and "scores for 2 responses" in str(r) for r in got)
+    assert stats.failed_items == 2 and stats.scored == 0
+    assert any("short scorer failed" in r.getMessage() for r in caplog.records)
+
+
+def test_scorer_registry_lists_every_scorer_with_help_and_described_settings():
+    assert SCORERS.names() == ["prm", "prm-local", "judge", "confidence"]
+    for name, spec in SCORERS.items():
+        assert spec.help and "[" not in spec.help
+        for key, field in (spec.settings.model_fields.items() if spec.settings else ()):
+            assert field.description and "[" not in field.description, (name, key)
+    with pytest.raises(InputError, match="choose from prm, prm-local, judge, confidence") as info:
+        scorer_settings("nope", {})
+    assert info.value.where == "scorer"
+
+
+def test_scorer_settings_are_normalised():
+    prm = scorer_settings("prm", {"base_url": "http://a/v1, http://b/v1", "model": "m", "separator": "\\n",
+                                  "step_tag": "<s>\\t", "max_steps": "8"}, env={})
+    assert prm.base_url == ["http://a/v1", "http://b/v1"] and prm.separator == "\n" and prm.step_tag == "<s>\t"
+    assert prm.max_steps == 8 and prm == scorer_settings("prm", prm.model_dump(), env={})
+    assert scorer_settings("confidence", {}) is None
+
+
+@pytest.mark.parametrize("kind, values, where, match", [
+    ("confidence", {"x": 1}, "scorer.x", "has no settings"),
+    ("judge", {"colour": "red"}, "scorer.colour", "has no setting 'colour'"),
+    ("prm", {"model": "m"}, "scorer.base_url", "needs base_url="),
+    ("prm", {"base_url": "http://a", "model": "m", "max_steps": 0}, "scorer.max_steps", "greater than or equal"),
+    ("prm", {"base_url": "http://a", "model": "m", "aggregate": "median"}, "scorer.aggregate", "mean"),
+    ("judge", {"prompt": "{question} only"}, "scorer.prompt", "{solution}"),
+    ("judge", {"api_key": 12345678}, "scorer.api_key", "string"),
+])
+def test_bad_scorer_settings_name_the_key(kind, values, where, match):
+    with pytest.raises(InputError, match=match) as info:
+        scorer_settings(kind, values, env={})
+    assert info.value.where == where and "12345678" not in str(info.value)
+
+
+def test_scorer_keys_come_from_their_own_settings_or_environment_and_are_never_dumped():
+    env = {"OPTSCALE_JUDGE_API_KEY": "judge-key-from-env", "OPENAI_API_KEY": "generator-key"}
+    judge = scorer_settings("judge", {"base_url": "http://u:PASSWORD@judge/v1"}, env=env)
+    assert judge.api_key.get_secret_value() == "judge-key-from-env"
+    dumped = json.dumps(judge.model_dump(mode="json"))
+    assert "judge-key-from-env" not in dumped and "PASSWORD" not in dumped and "judge-key" not in repr(judge)
+    assert scorer_settings("judge", {}, env={"OPENAI_API_KEY": "generator-key"}).api_key is None
+    prm = scorer_settings("prm", {"base_url": "http://p/v1", "model": "m", "api_key": "given"},
+                          env={"OPTSCALE_PRM_API_KEY": "env"})
+    assert prm.api_key.get_secret_value() == "given"
+
+
+# -- against the fake server --------------------------------------------------------------
+import live_fakes as fakes  # noqa: E402
 from conftest import score_with  # noqa: E402
+
+from optscale.live.openai import OpenAIGenerator  # noqa: E402
+from optscale.live.scorers import JudgeScorer, ScorerContext, VllmPrmScorer, build_scorer  # noqa: E402
+from optscale.live.types import ClientSettings, GenerationSettings, Prompt  # noqa: E402
 
 FAST = ClientSettings(backoff=0.01, backoff_max=0.05, idle_timeout=2, timeout=5, retries=2)
 SOLUTION = "q=0.8000\n\nstep two\n\nThe answer is \\boxed{3}."
@@ -129,12 +206,17 @@ def test_judge_without_logprobs_fails_its_check():
     with fakes.FakeServer(fakes.FakeConfig(logprobs=False)) as server:
         with pytest.raises(InputError, match="logprobs") as info:
             judge_scores(server.base_url, [])
-    assert info.value.where == "--scorer judge"
+    assert info.value.where == "scorer"
 
 
 def test_judge_prompt_must_have_both_placeholders():
-    with pytest.raises(InputError, match="{solution}"):
-        JudgeScorer(OpenAIGenerator("http://x/v1", "m"), prompt="{question} only")
+    async def go():
+        async with OpenAIGenerator("http://x/v1", "m") as judge:
+            JudgeScorer(judge, prompt="{question} only")
+
+    with pytest.raises(InputError, match="{solution}") as info:
+        asyncio.run(go())
+    assert info.value.where == "scorer.prompt"
 
 
 def prm_scores(url, items, aggregate="mean"):
@@ -155,7 +237,7 @@ def test_vllm_prm_of_the_wrong_shape_is_refused_with_a_hint():
     with fakes.FakeServer(fakes.FakeConfig(prm_shape="tokens")) as server:
         with pytest.raises(InputError, match="one score per step") as info:
             prm_scores(server.base_url, [])
-    assert info.value.where == "--scorer prm"
+    assert info.value.where == "scorer"
 
 
 def test_vllm_prm_wrong_shape_during_a_run_scores_zero_with_a_flag():
@@ -185,4 +267,29 @@ def test_the_prm_check_never_asks_the_reward_server_to_generate():
 
         with pytest.raises(InputError, match="does not serve 'Qwen/Other-PRM'") as info:
             asyncio.run(wrong_model())
-    assert info.value.where == "--scorer-set model"
+    assert info.value.where == "scorer.model"
+
+
+@pytest.mark.parametrize("kind", ["judge", "prm"])
+def test_each_server_gets_only_its_own_key(kind, monkeypatch):
+    """Issue 9 defect 1: the generator's key used to go to the judge's and the PRM's servers."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-generator-env")
+    generator_client = ClientSettings(**{**FAST.model_dump(), "api_key": "sk-generator"})
+
+    async def go(gen_url, scorer_url, scorer_values):
+        context = ScorerContext((gen_url,), fakes.MODEL, generator_client)
+        async with OpenAIGenerator(gen_url, fakes.MODEL, GenerationSettings(max_tokens=4),
+                                   client=generator_client) as generator:
+            await generator.generate(Prompt(messages=({"role": "user", "content": "Problem a: x"},)))
+            for values in scorer_values:
+                scorer = build_scorer(kind, scorer_settings(kind, {"base_url": scorer_url, "model": fakes.MODEL,
+                                                                   **values}, env={}), context)
+                try:
+                    await scorer.score([ScoreRequest("Problem a: x?", SOLUTION)])
+                finally:
+                    await scorer.aclose()
+
+    with fakes.FakeServer() as gen_server, fakes.FakeServer() as scorer_server:
+        asyncio.run(go(gen_server.base_url, scorer_server.base_url, [{}, {"api_key": "sk-scorer"}]))
+    assert {auth for _, auth in gen_server.auth} == {"Bearer sk-generator"}
+    assert [auth for _, auth in scorer_server.auth] == [None, "Bearer sk-scorer"]

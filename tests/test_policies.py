@@ -117,19 +117,56 @@ def test_problem_prior_overrides_source():
     assert ep.result().estimates["mu"] < 0.5  # a tight prior at 0.3 dominates three samples
 
 
-def test_settings_errors_name_the_flag():
-    with pytest.raises(InputError, match="--policy"):
+def test_settings_errors_name_library_arguments():
+    cases = [(lambda: make_policy("nope", 8), "policy"), (lambda: make_policy("optscale0", 8, alpha=1.0), "settings.alpha"),
+             (lambda: make_policy("esc", 8, windw=3), "settings.windw"), (lambda: make_policy("bon", 0), "n_max"),
+             (lambda: make_policy("bon", 2**70), "n_max"), (lambda: parse_settings(["alpha"]), "settings")]
+    for build, where in cases:
+        with pytest.raises(InputError) as info:
+            build()
+        assert info.value.where == where and "--" not in str(info.value)
+    with pytest.raises(InputError, match="choose from bon, optscale0"):
         make_policy("nope", 8)
-    with pytest.raises(InputError, match="--set alpha"):
-        make_policy("optscale0", 8, alpha=1.0)
-    with pytest.raises(InputError, match="--set windw"):
+    with pytest.raises(InputError, match=r"settings: select, window"):
         make_policy("esc", 8, windw=3)
-    with pytest.raises(InputError, match="--n-max"):
-        make_policy("bon", 0)
-    with pytest.raises(InputError, match="--set"):
-        parse_settings(["alpha"])
+    # The CLI's one table turns them into its flags.
+    with pytest.raises(InputError) as info:
+        make_policy("optscale0", 8, alpha=1.0)
+    assert info.value.renamed({"settings.": "--set "}).where == "--set alpha"
     assert parse_settings(["alpha=0.8", "peek = 4"]) == {"alpha": "0.8", "peek": "4"}
     assert make_policy("optscale0", 8, **parse_settings(["alpha=0.8", "peek=4"])).peek == 4
+
+
+def test_one_registry_lists_policies_settings_and_schemas():
+    from optscale.policies import POLICIES, SELECTIONS, policy_settings_schema, settings_help
+
+    assert list(POLICIES) == ["bon", "optscale0", "optscale", "optscale-t", "sc", "esc", "asc"]
+    assert all(POLICIES.get(name).name == name for name in POLICIES)
+    assert list(SELECTIONS) == [rule.value for rule in Selection] == ["best", "majority", "weighted"]
+    schema = policy_settings_schema("optscale0")
+    assert "n_max" not in schema["properties"] and schema["title"] == "optscale0"
+    assert schema["properties"]["alpha"]["exclusiveMaximum"] == 1
+    assert schema["properties"]["select"]["default"] == "best"
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate({"alpha": 0.8, "peek": 4}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"alpha": 2}, schema)
+    for name in POLICIES:
+        assert policy_settings_schema(name)["properties"]
+    line = settings_help()
+    assert "\n" not in line and "esc: select, window" in line and "optscale-t: select, s_min, alpha" in line
+    with pytest.raises(InputError) as info:
+        policy_settings_schema("nope")
+    assert info.value.where == "policy"
+
+
+def test_map_policy_without_priors_says_where_they_come_from():
+    pol = make_policy("optscale-t", 8)
+    with pytest.raises(InputError, match="build_policy") as info:
+        pol.start(Problem(id="x", question="q"))
+    assert info.value.where == "settings.priors"
+    # A prior on the problem itself needs no source.
+    assert pol.start(Problem(id="x", prior=Prior(0.9, 0.1))).planned == 3
 
 
 def test_sample_scores_outside_range_rejected():
@@ -142,3 +179,38 @@ def test_paper_peek_sizes():
     from optscale.policies import paper_peek
 
     assert [paper_peek(n) for n in (8, 16, 32, 64)] == [3, 5, 10, 20]
+
+
+def test_build_policy_injects_the_default_predictor_priors_only_where_needed(monkeypatch):
+    import optscale.compose as compose
+    from optscale.compose import DefaultPriors, build_policy, with_default_priors
+
+    assert isinstance(build_policy("optscale-t", 8).priors, DefaultPriors)
+    assert isinstance(build_policy("optscale", 8, {"estimator": "map"}).priors, DefaultPriors)
+    assert build_policy("optscale-t", 8, {"priors": PRIORS}).priors is PRIORS
+    assert build_policy("optscale-t", 8, default_priors=False).priors is None
+    for name in ("optscale", "optscale0", "bon", "esc"):
+        assert getattr(build_policy(name, 8), "priors", None) is None
+    assert with_default_priors("bon", {"select": "majority"}) == {"select": "majority"}
+    with pytest.raises(InputError) as info:
+        build_policy("optscale-t", 8, {"alpha": 2})
+    assert info.value.where == "settings.alpha"
+    # Without the predictor extra: a clear error, at once, naming the setting and the remedy.
+    monkeypatch.setattr(compose.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match=r"pip install 'optscale\[predictor\]'") as info:
+        build_policy("optscale-t", 8)
+    assert info.value.where == "settings.priors"
+    assert build_policy("optscale-t", 8, {"priors": PRIORS}).priors is PRIORS
+
+
+def test_default_priors_are_the_packaged_predictors():
+    pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+    pytest.importorskip("sentence_transformers", reason="the predictor extra is not installed")
+    from optscale.compose import build_policy
+    from optscale.predictor import PredictorPriors, load_default
+
+    questions = ["What is $1+1$?", "Find all real $x$ with $x^4 - 5x^2 + 4 = 0$."]
+    got = build_policy("optscale-t", 8).prior_arrays(["a", "b"], questions)
+    want = PredictorPriors(load_default()).priors(["a", "b"], questions)
+    for field in ("mu", "sigma", "width_mu", "width_sigma"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field))

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
-import os
 import stat
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
-from typer.testing import CliRunner
 
+from conftest import run_cli
 from optscale.answers import grade
-from optscale.cli import app
 from optscale.errors import InputError
 from optscale.pools import (
+    MAX_TOKENS,
     PoolProblem,
     convert_flat,
     detect_format,
@@ -272,9 +270,16 @@ def test_empty_pool(tmp_path: Path, content: str) -> None:
 
 
 def test_unreadable_pools(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="cannot read") as info:
+    with pytest.raises(InputError, match="file not found") as info:
         read_pool(tmp_path / "missing.jsonl")
     assert info.value.where == str(tmp_path / "missing.jsonl")
+    with pytest.raises(InputError, match="not a regular file") as info:
+        read_pool(tmp_path)
+    assert info.value.where == str(tmp_path)
+    if Path("/proc/self/mem").exists():  # a path that exists but cannot be read as a file
+        with pytest.raises(InputError) as info:
+            read_pool("/proc/self/mem")
+        assert info.value.where.startswith("/proc/self/mem")
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(
         json.dumps(problem()).encode() + b"\n" + '{"id": "é"}'.encode("latin-1") + b"\n"
@@ -296,7 +301,7 @@ def test_iter_pool_streams(tmp_path: Path) -> None:
         next(problems)
     # Nothing is opened until the first problem is asked for.
     lazy = iter_pool(tmp_path / "does-not-exist.jsonl")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="file not found"):
         next(lazy)
 
 
@@ -304,6 +309,33 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "pool.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(problem()).encode() + b"\n")
     assert [p.id for p in read_pool(path)] == ["p1"]
+
+
+def test_gzipped_pools_are_read_transparently(tmp_path: Path) -> None:
+    path = tmp_path / "pool.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + (_line(problem("a")) + "\n\n" + "{").encode()))
+    problems = iter_pool(path)
+    assert next(problems).id == "a"
+    with pytest.raises(InputError, match="malformed JSON") as info:
+        next(problems)
+    assert info.value.where == f"{path}:3"
+
+
+@pytest.mark.parametrize("tokens", [2**53, int("9" * 401), 1e300])
+def test_token_counts_are_bounded(tmp_path: Path, tokens: Any) -> None:
+    # A 401-digit count used to pass validation and crash replay (int too large for a float).
+    path = write_lines(tmp_path / "pool.jsonl", [_line(problem("a")), _line(problem("b", samples=[sample(tokens=tokens)]))])
+    with pytest.raises(InputError, match="less than or equal to 9007199254740991") as info:
+        read_pool(path)
+    assert info.value.where == f"{path}:2 field samples[0].tokens"
+    assert read_pool(write_lines(path, [_line(problem("a", samples=[sample(tokens=MAX_TOKENS)]))]))[0].samples[0].tokens == MAX_TOKENS
+
+
+def test_numbers_beyond_the_json_parser_limit_name_the_line(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "pool.jsonl", [_line(problem("a")), '{"id": "b", "answer": "1", "n": ' + "9" * 5000 + "}"])
+    with pytest.raises(InputError, match="malformed JSON") as info:
+        read_pool(path)
+    assert info.value.where == f"{path}:2"
 
 
 # --- atomic writes ---------------------------------------------------------------------------
@@ -576,6 +608,32 @@ def test_detect_format_explicit() -> None:
         detect_format("a.csv", "xml")
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_convert_flat_reads_gzipped_text_tables(tmp_path: Path, fmt: str) -> None:
+    plain = write_flat(tmp_path / f"flat.{fmt}", FLAT_ROWS, fmt)
+    src = tmp_path / f"flat.{fmt}.gz"
+    src.write_bytes(gzip.compress(plain.read_bytes()))
+    dst = tmp_path / "pool.jsonl"
+    convert_flat(src, dst, columns=MAPPING)
+    assert [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()] == expected_pool()
+    with pytest.raises(InputError, match="unknown suffix '.parquet.gz'"):
+        detect_format("flat.parquet.gz")
+
+
+def test_convert_refuses_to_overwrite_its_source(tmp_path: Path) -> None:
+    # `optscale convert X X` used to replace the table with the pool built from it.
+    src = write_flat(tmp_path / "flat.jsonl", FLAT_ROWS, "jsonl")
+    before = src.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(src)
+    for dst in (src, link, tmp_path / "sub" / ".." / "flat.jsonl"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(InputError, match="is the source table") as info:
+            convert_flat(src, dst, columns=MAPPING)
+        assert info.value.where == "dst"
+        assert src.read_bytes() == before
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_convert_flat_conflicting_gold_names_the_row(tmp_path: Path, fmt: str) -> None:
     rows = [dict(row) for row in FLAT_ROWS]
@@ -634,7 +692,7 @@ def test_convert_flat_bad_csv_cell_names_the_line(tmp_path: Path) -> None:
 def test_convert_flat_missing_columns(tmp_path: Path) -> None:
     src = write_flat(tmp_path / "flat.csv", FLAT_ROWS, "csv")
     with pytest.raises(
-        InputError, match=r"no such column \(map yours with --column id=NAME\)"
+        InputError, match=r"no such column \(map yours: id=NAME\)"
     ) as info:
         convert_flat(src, tmp_path / "pool.jsonl")
     assert info.value.where == f"{src}:2 column id"
@@ -649,8 +707,12 @@ def test_convert_flat_missing_columns(tmp_path: Path) -> None:
 
 
 def test_convert_flat_unreadable_sources(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="file not found"):
         convert_flat(tmp_path / "missing.csv", tmp_path / "pool.jsonl")
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    with pytest.raises(InputError, match="not a regular file"):
+        convert_flat(folder, tmp_path / "pool.jsonl")
     fake = tmp_path / "fake.parquet"
     fake.write_text("not parquet", encoding="utf-8")
     with pytest.raises(InputError, match="not a readable Parquet file") as info:
@@ -660,25 +722,30 @@ def test_convert_flat_unreadable_sources(tmp_path: Path) -> None:
 
 # --- command line ----------------------------------------------------------------------------
 
-runner = CliRunner(env={"COLUMNS": "200"})  # rich wraps tables to the terminal width
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """The real entry point in-process: ``cli(*args) -> (exit code, stdout, stderr)``."""
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps tables to the terminal width
+    return lambda *args: run_cli(args, monkeypatch, capsys)
 
 
 def _column_flags() -> list[str]:
     return [flag for ours, theirs in MAPPING.items() for flag in ("--column", f"{ours}={theirs}")]
 
 
-def test_cli_convert_and_validate(tmp_path: Path) -> None:
+def test_cli_convert_and_validate(tmp_path: Path, cli) -> None:
     src = write_flat(tmp_path / "flat.csv", FLAT_ROWS, "csv")
     dst = tmp_path / "pool.jsonl"
-    result = runner.invoke(app, ["convert", str(src), str(dst), *_column_flags()])
-    assert result.exit_code == 0, result.output
-    assert "wrote 2 problems, 4 samples" in result.output
-    result = runner.invoke(app, ["validate", str(dst)])
-    assert result.exit_code == 0, result.output
+    code, out, err = cli("convert", src, dst, *_column_flags())
+    assert code == 0, err
+    assert "wrote 2 problems, 4 samples" in out
+    code, out, err = cli("validate", dst)
+    assert code == 0, err
     pool = read_pool(dst)
     rows = {
         line.split("│")[1].strip(): line.split("│")[2].strip()
-        for line in result.output.splitlines()
+        for line in out.splitlines()
         if line.count("│") == 3
     }
     counts = sorted(len(p.samples) for p in pool)
@@ -697,69 +764,61 @@ def test_cli_convert_and_validate(tmp_path: Path) -> None:
     }
 
 
-def test_cli_validate_without_grading(tmp_path: Path) -> None:
+def test_cli_validate_without_grading(tmp_path: Path, cli) -> None:
     path = write_problems(
         tmp_path / "pool.jsonl", [problem("a", samples=[sample(correct=True)]), problem("b")]
     )
-    result = runner.invoke(app, ["validate", str(path), "--no-grade"])
-    assert result.exit_code == 0, result.output
-    assert "100.0% (over the 1 problems with graded samples)" in result.output
+    code, out, err = cli("validate", path, "--no-grade")
+    assert code == 0, err
+    assert "100.0% (over the 1 problems with graded samples)" in out
 
 
 @pytest.mark.parametrize(
     ("args", "where"),
     [
         (["validate", "{bad}"], "{bad}:2"),
+        (["validate", "{huge}"], "{huge}:1 field samples[0].tokens"),
+        (["validate", "{folder}"], "{folder}"),
         (["convert", "{flat}", "{out}", "--column", "gold"], "--column"),
-        (["convert", "{flat}", "{out}", "--format", "xml"], "format"),
+        (["convert", "{flat}", "{out}", "--column", "prediction=pred"], "--column"),
+        (["convert", "{flat}", "{out}", "--format", "xml"], "--format"),
+        (["convert", "{flat}", "{flat}"], "DST"),
     ],
 )
-def test_cli_bad_input_raises_input_error(tmp_path: Path, args: list[str], where: str) -> None:
+def test_cli_bad_input_is_one_located_line(tmp_path: Path, cli, args: list[str], where: str) -> None:
     paths = {
         "bad": write_lines(tmp_path / "bad.jsonl", [_line(problem()), "{"]),
+        "huge": write_problems(tmp_path / "huge.jsonl", [problem(samples=[sample(tokens=int("9" * 401))])]),
+        "folder": tmp_path,
         "flat": write_flat(tmp_path / "flat.csv", FLAT_ROWS, "csv"),
         "out": tmp_path / "out.jsonl",
     }
-    result = runner.invoke(app, [arg.format(**paths) for arg in args])
-    assert result.exit_code != 0
-    assert isinstance(result.exception, InputError)
-    assert result.exception.where == where.format(**paths)
+    before = paths["flat"].read_bytes()
+    code, out, err = cli(*(arg.format(**paths) for arg in args))
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {where.format(**paths)}: "), err
+    assert paths["flat"].read_bytes() == before and not paths["out"].exists()
 
 
-def _entry_point() -> Path:
-    script = Path(sys.executable).parent / "optscale"
-    if not script.exists():
-        pytest.skip("the optscale entry point is not installed (pip install -e .)")
-    return script
-
-
-def test_entry_point_reports_one_line_without_traceback(tmp_path: Path) -> None:
+def test_cli_reports_one_line_without_traceback(tmp_path: Path, cli) -> None:
     bad = write_problems(
         tmp_path / "pool.jsonl", [problem("a"), problem("b", samples=[sample(), sample(score=7)])]
     )
-    done = subprocess.run(
-        [_entry_point(), "validate", bad],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"COLUMNS": "200"},
-    )
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr + done.stdout
-    assert done.stderr.strip().splitlines() == [
+    code, out, err = cli("validate", bad)
+    assert code == 2
+    assert err.strip().splitlines() == [
         f"error: {bad}:2 field samples[1].score: Input should be less than or equal to 1 (got 7)"
     ]
 
 
-def test_entry_point_convert_then_validate(tmp_path: Path) -> None:
+def test_cli_convert_then_validate(tmp_path: Path, cli) -> None:
     src = write_flat(tmp_path / "flat.parquet", FLAT_ROWS, "parquet")
     dst = tmp_path / "pool.jsonl"
-    done = subprocess.run(
-        [_entry_point(), "convert", src, dst, *_column_flags()], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
+    code, out, err = cli("convert", src, dst, *_column_flags())
+    assert code == 0, err
     assert [
         json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()
     ] == expected_pool()
-    done = subprocess.run([_entry_point(), "validate", dst], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "valid pool" in done.stdout
+    code, out, err = cli("validate", dst)
+    assert code == 0, err
+    assert "valid pool" in out

@@ -11,7 +11,7 @@ pytest.importorskip("sklearn", reason="the predictor extra is not installed")
 pytest.importorskip("sentence_transformers", reason="the predictor extra is not installed")
 
 from optscale.errors import InputError  # noqa: E402
-from optscale.policies.priors import PriorSource  # noqa: E402
+from optscale.priors import PriorSource  # noqa: E402
 from optscale.predictor import (  # noqa: E402
     EmbeddingPredictor, KernelPredictor, PredictorPriors, Problems, load, load_default, load_training, shared_data_dir,
 )

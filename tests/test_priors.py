@@ -53,6 +53,23 @@ def test_missing_problem_and_file(tmp_path):
         FilePriors(tmp_path / "nope.jsonl")
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "\ufeff"])
+def test_empty_priors_file_is_a_located_error(tmp_path, text):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match="no priors") as info:
+        FilePriors(path)
+    assert info.value.where == str(path)
+
+
+def test_prior_sources_live_below_policies_and_predictor():
+    import optscale.policies
+    import optscale.priors
+
+    assert optscale.policies.FilePriors is optscale.priors.FilePriors  # the old import keeps working
+    assert isinstance(ConstantPriors(0.9, 0.1), optscale.priors.PriorSource)
+
+
 def test_constant_priors_shape():
     p = ConstantPriors(0.9, 0.1).priors(["a", "b"], [None, None])
     assert isinstance(p, PriorArrays) and p.mu.shape == (2,)

@@ -1,5 +1,7 @@
 """Exact statistics: N* closed form vs brute force, Monte Carlo, extremes, invariants."""
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -136,3 +138,108 @@ def test_expected_best_and_gain_vs_monte_carlo():
             assert gain > 0
     # tiny sigma: the best of any N is the (almost) constant score
     assert expected_best(0.7, 1e-6, 32) == pytest.approx(0.7, abs=1e-4)
+
+
+# --- the public boundary of N* (issue 9, defect 3) and the CDF's limits ---------------------------
+
+
+def _no_warnings(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("s_min", [1.0, 1.5, np.inf])
+def test_unreachable_target_is_unbounded_not_two(s_min):
+    # s_min = 1 used to give N* = 2 with a RuntimeWarning (ln F = 0 divided as -inf, not caught)
+    assert _no_warnings(min_samples, 0.9, 0.1, s_min, 0.9) == UNBOUNDED
+    n, capped = _no_warnings(min_samples_detail, [0.9, 2.0, -1.0], 0.1, s_min, 0.9, n_max=16)
+    assert n.tolist() == [16, 16, 16] and capped.all()
+    assert _no_warnings(prob_best_at_least, s_min, 0.9, 0.1, 5) == 0.0
+
+
+@pytest.mark.parametrize("kwargs,where", [
+    ({"mu": np.nan}, "mu"), ({"mu": np.inf}, "mu"), ({"mu": [0.5, -np.inf]}, "mu"),
+    ({"sigma": np.nan}, "sigma"), ({"sigma": -0.1}, "sigma"), ({"sigma": 0.0}, "sigma"), ({"sigma": -np.inf}, "sigma"),
+    ({"s_min": np.nan}, "s_min"), ({"alpha": 1.0}, "alpha"),
+    ({"n_max": np.nan}, "n_max"), ({"n_max": 2.5}, "n_max"), ({"n_max": 10**20}, "n_max"), ({"n_max": 0}, "n_max"),
+    ({"n_max": "many"}, "n_max"),
+])
+def test_bad_parameters_raise_value_errors_naming_them(kwargs, where):
+    args = {"mu": 0.9, "sigma": 0.1, "s_min": 0.95, "alpha": 0.9} | kwargs
+    for fn in (min_samples, min_samples_detail):
+        with pytest.raises(ValueError) as info:
+            fn(**args)
+        assert isinstance(info.value, InputError) and info.value.where == where
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-5, 5), st.floats(0.01, 0.99), alphas, st.integers(1, 64))
+def test_infinite_sigma_is_the_uniform_limit(mu, s_min, alpha, n):
+    # F(s) = s on [0, 1]: N* = ceil(ln(1 - alpha) / ln s) and Pr(best of n >= s) = 1 - s**n
+    assert _no_warnings(truncnorm.logcdf, s_min, mu, np.inf) == pytest.approx(np.log(s_min), rel=1e-15)
+    assert prob_best_at_least(s_min, mu, np.inf, n) == pytest.approx(1 - s_min**n, rel=1e-12, abs=1e-300)
+    got = min_samples(mu, np.inf, s_min, alpha)
+    log_f, log_miss = np.log(s_min), np.log1p(-alpha)
+    assert got * log_f <= log_miss and (got == 1 or (got - 1) * log_f > log_miss)
+
+
+def _reference(x, mu, sigma):
+    """``(log F(x), log(1 - F(x)))`` of the truncated normal at 60 digits (mpmath), independent of the code."""
+    import mpmath as mp
+
+    mp.mp.dps = 60
+    if np.isinf(sigma):
+        return float(mp.log(x)), float(mp.log1p(-x))
+    mu, sigma, x = mp.mpf(mu), mp.mpf(sigma), mp.mpf(x)
+
+    def mass(lo, hi):  # Phi(hi) - Phi(lo) on the side of the mode where it does not cancel
+        return mp.ncdf(hi) - mp.ncdf(lo) if lo <= 0 else mp.ncdf(-lo) - mp.ncdf(-hi)
+
+    a, b, c = -mu / sigma, (1 - mu) / sigma, (x - mu) / sigma
+    below, above = mass(a, c) / mass(a, b), mass(c, b) / mass(a, b)
+    # the larger side as log1p of the smaller one: 1 - 1e-200 needs no 200 digits
+    return (float(mp.log(below) if below < 0.5 else mp.log1p(-above)),
+            float(mp.log(above) if above < 0.5 else mp.log1p(-below)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.001, 0.999), st.floats(-50, 50),
+       st.one_of(st.floats(-3, 15).map(lambda e: 10.0**e), st.just(np.inf)))
+def test_logcdf_matches_a_high_precision_reference_for_any_spread(x, mu, sigma):
+    # Huge sigma used to give NaN (the normal CDF difference cancels): N* came out "unbounded".
+    log_f, log_s = _reference(x, mu, sigma)
+    assert _no_warnings(truncnorm.logcdf, x, mu, sigma) == pytest.approx(log_f, rel=1e-7, abs=1e-300)
+    assert _no_warnings(truncnorm.logsf, x, mu, sigma) == pytest.approx(log_s, rel=1e-7, abs=1e-300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-1e300, 1e300), st.one_of(st.floats(1e-300, 1e300), st.just(np.inf)), st.floats(-1, 2), alphas,
+       st.one_of(st.none(), st.integers(1, 2**53)))
+def test_min_samples_is_always_defined(mu, sigma, s_min, alpha, n_max):
+    # Any finite mu, positive sigma and target: an integer in range, the flag consistent, no warning.
+    n, capped = _no_warnings(min_samples_detail, mu, sigma, s_min, alpha, n_max)
+    assert n.dtype == np.int64 and capped.dtype == bool
+    if n_max is None:
+        assert 1 <= n and (n != UNBOUNDED or capped)
+    else:
+        assert 1 <= n <= n_max and (not capped or n == n_max)
+    if s_min >= 1:
+        assert capped and n == (UNBOUNDED if n_max is None else n_max)
+    if s_min <= 0:
+        assert n == 1 and not capped
+    if not capped:  # the defining inequality, exactly, for the CDF the code uses
+        log_f = truncnorm.logcdf(s_min, mu, sigma)
+        assert n * log_f <= np.log1p(-alpha) and (n == 1 or (n - 1) * log_f > np.log1p(-alpha))
+    # more certainty never needs fewer samples
+    a2 = min(alpha + 0.5 * (1 - alpha), 0.999999)
+    assert _no_warnings(min_samples, mu, sigma, s_min, a2, n_max) >= n
+
+
+def test_vectorised_over_mixed_regimes():
+    mu = np.array([0.9, 0.9, 1e200, -1e200, 0.7, 0.7])
+    sigma = np.array([0.1, np.inf, 1e-3, 1e-3, 1e-300, 1e300])
+    out = _no_warnings(min_samples, mu, sigma, 0.8, 0.9, n_max=64)
+    single = [min_samples(m, s, 0.8, 0.9, n_max=64) for m, s in zip(mu, sigma)]
+    assert out.tolist() == single
+    assert out.tolist()[1:5] == [11, 1, 64, 64]  # uniform: ceil(ln 0.1 / ln 0.8) = 11; point masses at 1, 0, 0.7

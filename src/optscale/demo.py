@@ -8,14 +8,15 @@ problems have no text a real predictor could read; the report says so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .policies import make_policy
-from .replay import build_batch, replay_policies, split_problems, subset, sweep
+from .compose import build_policy
+from .errors import InputError
+from .io import ensure_out_dir, write_jsonl, write_text
+from .replay import build_batch, check_orders, check_seed, replay_policies, split_problems, subset, sweep
 from .replay.engine import ReplayResult
 
 BUDGETS = (8, 16, 32, 64)
@@ -35,23 +36,31 @@ class DemoSummary:
 def _priors_file(problems, path: Path, seed: int) -> Path:
     """A priors JSONL from a simulated predictor: true parameters with known noise."""
     rng = np.random.default_rng(seed + 1)
-    with path.open("w", encoding="utf-8") as fh:
-        for pr in problems:
-            extra = pr.model_extra or {}
-            mu = float(extra["mu"]) + rng.normal(0, PRIOR_NOISE)
-            sigma = float(extra["sigma"]) * float(np.exp(rng.normal(0, PRIOR_NOISE)))
-            fh.write(json.dumps({"id": pr.id, "mu": mu, "sigma": sigma, "width_mu": 2 * PRIOR_NOISE,
-                                 "width_sigma": 2 * PRIOR_NOISE}) + "\n")
+    rows = []
+    for pr in problems:
+        extra = pr.model_extra or {}
+        mu = float(extra["mu"]) + rng.normal(0, PRIOR_NOISE)
+        sigma = float(extra["sigma"]) * float(np.exp(rng.normal(0, PRIOR_NOISE)))
+        rows.append({"id": pr.id, "mu": mu, "sigma": sigma, "width_mu": 2 * PRIOR_NOISE, "width_sigma": 2 * PRIOR_NOISE})
+    write_jsonl(path, rows)
     return path
 
 
 def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = 8, seed: int = 0, progress=None) -> DemoSummary:
+    """Simulate, tune, replay and write the report into ``out``.
+
+    Bad arguments and an ``out`` that cannot be written raise :class:`~optscale.errors.InputError`
+    (naming ``out``, ``orders``, ``seed``, ``n_problems``, ``n_samples``) before any work.
+    """
     from .pools import PoolProblem, write_pool
     from .report import write_replay_report, write_rows
-    from .simulate import simulate_pool
+    from .simulate import check_sizes, simulate_pool
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_sizes(problems, samples)
+    if samples < min(BUDGETS):
+        raise InputError(f"the demo's smallest budget is {min(BUDGETS)}; got {samples}", "n_samples")
+    orders, seed = check_orders(orders), check_seed(seed)
+    out = ensure_out_dir(out, "out")
     summary = DemoSummary()
     grid_points = len(S_MIN_GRID) * len(ALPHA_GRID) * sum(b <= samples for b in BUDGETS)
     task = progress.add_task("demo", total=3 + len(TUNED) * grid_points) if progress else None
@@ -83,13 +92,12 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = 8,
 
     policies = []
     for b in budgets:
-        policies += [make_policy(name, b) for name in BASELINES]
-        policies += [make_policy(name, b, **chosen[(name, b)]) for name in TUNED]
+        policies += [build_policy(name, b) for name in BASELINES]
+        policies += [build_policy(name, b, chosen[(name, b)]) for name in TUNED]
     result: ReplayResult = replay_policies(held_out, policies, dataset="simulated", seed=seed)
     step()
     summary.files += write_replay_report(out, [result])
-    (out / "README.md").write_text(_readme(len(pool), samples, orders, len(calib_idx), len(test_idx)), encoding="utf-8")
-    summary.files.append(out / "README.md")
+    summary.files.append(write_text(out / "README.md", _readme(len(pool), samples, orders, len(calib_idx), len(test_idx))))
     step()
     for b in budgets:
         summary.tables.append((f"held-out problems, N_max = {b}", [s for s in result.stats if s.n_max == b]))

@@ -64,7 +64,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,14 +71,17 @@ from scipy import special
 
 from .errors import InputError
 from .fit import MU_BOUNDS, SIGMA_BOUNDS
+from .io import read_json
 from .pools import PoolProblem
 from .stats import truncnorm
 
 __all__ = [
     "FORMAT",
+    "MAX_DRAWS",
     "MODEL_KEYS",
     "Population",
     "SimulatedPool",
+    "check_sizes",
     "latent_easiness",
     "simulate_arrays",
     "simulate_pool",
@@ -177,17 +179,12 @@ class Population:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Population:
         """Read a population file; ``None`` reads the one packaged with optscale."""
-        where = "optscale/data/population.json" if path is None else os.fspath(path)
-        try:
-            if path is None:
-                text = (resources.files("optscale") / "data" / "population.json").read_text(encoding="utf-8")
-            else:
-                text = Path(path).read_text(encoding="utf-8")
-            data = json.loads(text)
-        except OSError as exc:
-            raise InputError(f"cannot read population: {exc.strerror or exc}", where) from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"malformed JSON: {exc.msg} (line {exc.lineno})", where) from None
+        if path is None:
+            where = "optscale/data/population.json"
+            data = json.loads((resources.files("optscale") / "data" / "population.json").read_text(encoding="utf-8"))
+        else:
+            where = os.fspath(path)
+            data = read_json(path)
         return cls.from_dict(data, where)
 
     @classmethod
@@ -316,10 +313,24 @@ class SimulatedPool:
     wrong: np.ndarray
 
 
+#: Most samples one simulation draws (problems x samples): each costs a few dozen bytes in arrays
+#: and about a kilobyte as a pool object.
+MAX_DRAWS = 10**7
+
+
 def _check_size(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise InputError(f"must be an integer >= {low}, got {value!r}", name)
     return int(value)
+
+
+def check_sizes(n_problems: Any, n_samples: Any) -> tuple[int, int]:
+    """Problem and sample counts, each >= 1 and at most :data:`MAX_DRAWS` together; errors name them."""
+    n_problems, n_samples = _check_size(n_problems, "n_problems", 1), _check_size(n_samples, "n_samples", 1)
+    if n_problems * n_samples > MAX_DRAWS:
+        raise InputError(f"{n_problems} problems x {n_samples} samples exceed {MAX_DRAWS:,} draws", "n_samples"
+                         if n_samples > n_problems else "n_problems")
+    return n_problems, n_samples
 
 
 def simulate_arrays(
@@ -331,8 +342,7 @@ def simulate_arrays(
     **overrides: float,
 ) -> SimulatedPool:
     """Draw a pool as arrays; deterministic given ``seed`` (see the module doc for the model)."""
-    n_problems = _check_size(n_problems, "n_problems", 1)
-    n_samples = _check_size(n_samples, "n_samples", 1)
+    n_problems, n_samples = check_sizes(n_problems, n_samples)
     seed = _check_size(seed, "seed", 0)
     pop = (population if population is not None else Population.load()).with_model(**overrides)
     model = pop.model

@@ -4,6 +4,11 @@ Both build a :class:`~optscale.live.config.RunConfig` from an optional TOML/YAML
 flags (flags win), run it in a resumable run folder and show a progress bar. ``run`` lets a
 policy decide how many samples each problem gets; ``pool`` draws the full budget for every
 problem, producing a pool that offline replay can evaluate every policy on.
+
+The flags' help is generated from the settings models (descriptions and defaults), the
+scorer kinds and their settings from :data:`~optscale.live.scorers.SCORERS`, the policies
+from :data:`~optscale.policies.POLICIES`. The library names every bad value by its own
+name; :data:`RUN_FLAGS` and :data:`POOL_FLAGS` translate those names to the flags.
 """
 
 from __future__ import annotations
@@ -15,32 +20,41 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import InputError, OptscaleError
-from ..policies import parse_settings
+
+if importlib.util.find_spec("httpx") is None:  # say so instead of failing on the import below
+    raise InputError("live sampling needs the live extra: pip install 'optscale[live]'", "optscale run")
+
+from ..io import read_text  # noqa: E402 - after the check of the live extra
+from ..live.config import FLAT, RunConfig, build_config, load_config_file  # noqa: E402
+from ..live.scorers import SCORERS  # noqa: E402
+from ..live.secrets import Redactor  # noqa: E402
+from ..policies import POLICIES, parse_settings, settings_help  # noqa: E402
+from .flags import flags  # noqa: E402
 
 if TYPE_CHECKING:
-    from ..live.config import RunConfig
+    from pydantic.fields import FieldInfo
+
     from ..live.runner import RunOutcome
     from ..live.sampler import ProblemResult
 
 console = Console(stderr=True)
 
-SCORER_SETTINGS_HELP = (
-    "judge: base_url, model, prompt, concurrency; prm: base_url, model, aggregate, separator, step_tag, system, "
-    "markup, path, max_steps; prm-local: model, aggregate, separator, step_tag, system, device, batch_size, dtype, "
-    "max_steps; confidence: none"
-)
-"""Kept in step with :func:`optscale.live.config.scorer_settings_help` by a test; written out so
-that ``optscale --help`` works without the ``live`` extra."""
-
-
-def _live_extra() -> None:
-    """The live commands need httpx (the ``live`` extra); say so instead of failing on import."""
-    if importlib.util.find_spec("httpx") is None:
-        raise InputError("live sampling needs the live extra: pip install 'optscale[live]'", "optscale run")
+_OWN = ("out", "base_url", "model", "endpoint", "system", "template", "chat_markup", "scorer", "policy", "n_max")
+RUN_FLAGS: dict[str, str] = {
+    **{name: "--" + name.replace("_", "-") for name in (*FLAT, *_OWN)},
+    "dataset": "DATASET",
+    "config": "--config",
+    "policy_settings": "--set", "policy_settings.": "--set ", "settings": "--set", "settings.": "--set ",
+    "scorer_settings": "--scorer-set", "scorer_settings.": "--scorer-set ", "scorer.": "--scorer-set ",
+}
+"""Library names (settings, config keys) -> the flags of ``optscale run``."""
+POOL_FLAGS: dict[str, str] = {**RUN_FLAGS, "n_max": "--n"}
+"""Library names -> the flags of ``optscale pool``."""
 
 
 def register(app: typer.Typer) -> None:
@@ -49,84 +63,110 @@ def register(app: typer.Typer) -> None:
     app.command("pool")(pool)
 
 
-# -- shared options ---------------------------------------------------------------------------
-_Dataset = Annotated[str | None, typer.Argument(
-    help="Problems: a .jsonl/.json/.csv file with question and answer fields, or a Hugging Face dataset name.",
-    show_default=False)]
-_Config = Annotated[Path | None, typer.Option("--config", help="TOML or YAML file with any of these settings "
-                                              "(underscored names); flags override it.")]
-_BaseUrl = Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible server, e.g. "
-                                                    "http://127.0.0.1:8000/v1; repeat for several replicas.")]
-_Model = Annotated[str | None, typer.Option("--model", help="Model name as the server serves it.")]
-_ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
-                                             help="Bearer token, if the server wants one (never stored).")]
-_Endpoint = Annotated[str | None, typer.Option("--endpoint", help="chat (default) or completion.")]
-_Scorer = Annotated[str | None, typer.Option("--scorer", help="prm (vLLM pooling API), prm-local "
-                                             "(transformers), judge (LLM-as-judge) or confidence (own logprobs).")]
-_ScorerSet = Annotated[list[str] | None, typer.Option("--scorer-set", help="Scorer setting key=value, "
-                                                      f"repeatable. {SCORER_SETTINGS_HELP}.")]
-_Out = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder; an existing one is resumed.")]
-_System = Annotated[str | None, typer.Option("--system", help="System prompt (or @FILE).")]
-_Template = Annotated[str | None, typer.Option("--template", help="User message with {question} (or @FILE); "
-                                               "default asks for the answer in \\boxed{}.")]
-_Markup = Annotated[str | None, typer.Option("--chat-markup", help="Chat markup for --endpoint completion: "
-                                             "chatml, llama3 or plain.")]
-_Temperature = Annotated[float | None, typer.Option("--temperature", help="Sampling temperature [0.7].")]
-_TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling [1.0].")]
-_MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Most tokens per response [1024].")]
-_Stop = Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence, repeatable.")]
-_Stream = Annotated[bool | None, typer.Option("--stream/--no-stream", help="Stream responses (needed to count "
-                                              "the tokens of cancelled requests) [stream].")]
-_Seed = Annotated[int | None, typer.Option("--seed", help="Run seed; each sample gets its own seed derived from "
-                                         "it, so a re-drawn sample repeats (where the server honours seeds).")]
-_Concurrency = Annotated[int | None, typer.Option("--concurrency", help="Generation requests under way at "
-                                                  "once, all problems together [8].")]
-_InFlight = Annotated[int | None, typer.Option("--in-flight", help="Samples under way per problem [4].")]
-_ProblemsInFlight = Annotated[int | None, typer.Option("--problems-in-flight",
-                                                       help="Problems worked on at once [= --concurrency].")]
-_NPerRequest = Annotated[int | None, typer.Option("--n-per-request", help="Samples asked per request with the "
-                                                  "OpenAI n parameter [1].")]
-_MaxFailures = Annotated[int | None, typer.Option("--max-failures", help="Failed requests (after retries) before "
-                                                  "a problem is left for the next run [3].")]
-_Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds one request may take [600].")]
-_IdleTimeout = Annotated[float | None, typer.Option("--idle-timeout", help="Seconds a stream may stay silent "
-                                                    "[60].")]
-_Retries = Annotated[int | None, typer.Option("--retries", help="Retries per request on 429/5xx/connection "
-                                              "errors [5].")]
-_Limit = Annotated[int | None, typer.Option("--limit", help="Use at most this many problems.")]
-_Offset = Annotated[int | None, typer.Option("--offset", help="Skip this many problems first [0].")]
-_Split = Annotated[str | None, typer.Option("--split", help="Hugging Face split [test].")]
-_Subset = Annotated[str | None, typer.Option("--subset", help="Hugging Face configuration, e.g. main.")]
-_QField = Annotated[str | None, typer.Option("--question-field", help="Question field [question].")]
-_AField = Annotated[str | None, typer.Option("--answer-field", help="Gold answer field [answer].")]
-_IdField = Annotated[str | None, typer.Option("--id-field", help="Id field [id].")]
+# -- help generated from the models ----------------------------------------------------------
+def _field(name: str) -> FieldInfo:
+    if name in FLAT:
+        section, key = FLAT[name]
+        return RunConfig.model_fields[section].annotation.model_fields[key]
+    return RunConfig.model_fields[name]
+
+
+def _shown(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return name.replace("_", "-") if value else "no-" + name.replace("_", "-")
+    return str(value)
+
+
+def _help(name: str, after: str = "", default: bool = True) -> str:
+    """A flag's help: the model's description and default, escaped so rich shows brackets as typed."""
+    field = _field(name)
+    text = field.description or ""
+    text = text[:1].upper() + text[1:] + after + "."
+    value = field.get_default(call_default_factory=True)
+    if default and value not in (None, (), [], {}) and not field.is_required():
+        text += f" [default: {_shown(name, value)}]"
+    return escape(text)
+
+
+def _option(name: str, *names: str, after: str = "", default: bool = True, **kwargs: Any) -> Any:
+    return typer.Option(*(names or ("--" + name.replace("_", "-"),)), help=_help(name, after, default),
+                        show_default=False, **kwargs)
+
+
+def _scorer_help() -> str:
+    kinds = "; ".join(f"{name}: {spec.help}" for name, spec in SCORERS.items())
+    return escape(f"How responses are scored: {kinds}.")
+
+
+def _scorer_set_help() -> str:
+    keys = "; ".join(f"{name}: {', '.join(spec.settings.model_fields) if spec.settings else 'none'}"
+                     for name, spec in SCORERS.items())
+    envs = ", ".join(f"{spec.api_key_env} ({name})" for name, spec in SCORERS.items() if spec.api_key_env)
+    return escape(f"Scorer setting key=value, repeatable. {keys}. A scorer's server gets only its own api_key "
+                  f"(or {envs}), never --api-key; keys are never stored.")
+
+
+_Dataset = Annotated[str | None, typer.Argument(help=_help("dataset"), show_default=False)]
+_Config = Annotated[Path | None, typer.Option("--config", help="TOML, YAML or JSON file with any of these "
+                                              "settings (underscored names); flags override it.")]
+_BaseUrl = Annotated[list[str] | None, _option("base_url", after=" (repeat the flag)")]
+_Model = Annotated[str | None, _option("model")]
+_ApiKey = Annotated[str | None, _option("api_key", envvar="OPENAI_API_KEY", show_envvar=True,
+                                        after=", the generator's (never stored)")]
+_Endpoint = Annotated[str | None, _option("endpoint")]
+_Scorer = Annotated[str | None, typer.Option("--scorer", help=_scorer_help(), show_default=False)]
+_ScorerSet = Annotated[list[str] | None, typer.Option("--scorer-set", help=_scorer_set_help(), show_default=False)]
+_Out = Annotated[Path | None, _option("out", "--out", "-o")]
+_System = Annotated[str | None, _option("system", after=" (or @FILE)")]
+_Template = Annotated[str | None, _option("template", after=" (or @FILE)", default=False)]
+_Markup = Annotated[str | None, _option("chat_markup")]
+_Temperature = Annotated[float | None, _option("temperature")]
+_TopP = Annotated[float | None, _option("top_p")]
+_MaxTokens = Annotated[int | None, _option("max_tokens")]
+_Stop = Annotated[list[str] | None, _option("stop", after="; repeatable")]
+_Stream = Annotated[bool | None, _option("stream", "--stream/--no-stream")]
+_Seed = Annotated[int | None, _option("seed", after=", so a re-drawn sample repeats where the server honours seeds")]
+_Concurrency = Annotated[int | None, _option("concurrency")]
+_InFlight = Annotated[int | None, _option("in_flight")]
+_ProblemsInFlight = Annotated[int | None, _option("problems_in_flight")]
+_NPerRequest = Annotated[int | None, _option("n_per_request")]
+_MaxFailures = Annotated[int | None, _option("max_failures")]
+_Timeout = Annotated[float | None, _option("timeout")]
+_IdleTimeout = Annotated[float | None, _option("idle_timeout")]
+_Retries = Annotated[int | None, _option("retries", after=" (429, 5xx, dropped connections)")]
+_Limit = Annotated[int | None, _option("limit")]
+_Offset = Annotated[int | None, _option("offset")]
+_Split = Annotated[str | None, _option("split")]
+_Subset = Annotated[str | None, _option("subset")]
+_QField = Annotated[str | None, _option("question_field")]
+_AField = Annotated[str | None, _option("answer_field")]
+_IdField = Annotated[str | None, _option("id_field")]
 _Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+_SET_HELP = escape(f"Policy setting key=value, repeatable (e.g. s_min=0.95, alpha=0.9). {settings_help()}.")
+_N_HELP = escape(f"Samples drawn for every problem. [default: {_field('n_max').default}]")
 
 
 def _text_or_file(value: str | None, flag: str) -> str | None:
     if value is None or not value.startswith("@"):
         return value
-    path = Path(value[1:])
-    if not path.is_file():
-        raise InputError("file not found", f"{flag} {path}")
-    return path.read_text(encoding="utf-8")
-
-
-def _config(flags: dict[str, Any], config_file: Path | None, policy_pairs: list[str] | None,
-            scorer_pairs: list[str] | None) -> RunConfig:
-    _live_extra()
-    from ..live.config import build_config, load_config_file
-
-    file_values = load_config_file(config_file) if config_file else {}
-    flags["out"] = str(flags["out"]) if flags.get("out") is not None else None
-    flags["system"] = _text_or_file(flags.get("system"), "--system")
-    flags["template"] = _text_or_file(flags.get("template"), "--template")
-    flags["policy_settings"] = parse_settings(policy_pairs)
     try:
-        flags["scorer_settings"] = parse_settings(scorer_pairs)
+        return read_text(value[1:])
+    except InputError as exc:
+        raise InputError(exc.detail, f"{flag} {exc.where}") from None
+
+
+def _config(values: dict[str, Any], config_file: Path | None, policy_pairs: list[str] | None,
+            scorer_pairs: list[str] | None) -> RunConfig:
+    file_values = load_config_file(config_file) if config_file else {}
+    values["out"] = str(values["out"]) if values.get("out") is not None else None
+    values["system"] = _text_or_file(values.get("system"), "--system")
+    values["template"] = _text_or_file(values.get("template"), "--template")
+    values["policy_settings"] = parse_settings(policy_pairs)
+    try:
+        values["scorer_settings"] = parse_settings(scorer_pairs)
     except InputError as exc:
         raise InputError(exc.detail, "--scorer-set") from None
-    return build_config(file_values, flags)
+    return build_config(file_values, values)
 
 
 class _ProgressListener:
@@ -176,10 +216,11 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
     graded = [r for r in finished if r.correct is not None]
     samples = sum(r.n_samples for r in finished)
     tokens = sum(r.tokens for r in finished)
+    prompt = [r.summary.get("prompt_tokens") for r in finished]
     cancelled = sum(r.summary.get("cancelled_tokens", 0) for r in finished)
     flagged = sum(r.summary.get("n_flagged", 0) for r in finished)
     failed = sum(r.summary.get("n_failed", 0) for r in finished)
-    table = Table(title=f"run {out}" + (" (resumed)" if outcome.resumed else ""), show_header=False)
+    table = Table(title=escape(f"run {out}" + (" (resumed)" if outcome.resumed else "")), show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("problems finished", f"{len(finished)} / {len(outcome.results)}")
@@ -189,6 +230,8 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
         table.add_row("samples per problem", f"{samples / len(finished):.2f} (budget {n_max})")
         table.add_row("samples saved vs budget", f"{100 * (1 - samples / (n_max * len(finished))):.1f}%")
         table.add_row("tokens (all requests)", f"{tokens:,} ({tokens / len(finished):,.0f} per problem)")
+        known = all(isinstance(p, int) for p in prompt)
+        table.add_row("prompt tokens", f"{sum(prompt):,}" if known else "unknown (not reported by the server)")
         table.add_row("tokens of cancelled requests", f"{cancelled:,}")
         table.add_row("flagged samples / failed requests", f"{flagged} / {failed}")
     table.add_row("wall time", f"{outcome.wall_s:.1f} s")
@@ -196,6 +239,17 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
 
 
 def _execute(config: RunConfig, show_progress: bool, report: bool) -> None:
+    """Run ``config``; every error printed has its keys and URL credentials masked."""
+    redact = Redactor(config.secrets())
+    try:
+        _run(config, show_progress, report)
+    except InputError as exc:
+        raise InputError(redact(exc.detail), redact(exc.where) if exc.where else None) from None
+    except OptscaleError as exc:
+        raise OptscaleError(redact(str(exc))) from None
+
+
+def _run(config: RunConfig, show_progress: bool, report: bool) -> None:
     from ..live.runner import run_live
 
     out = Path(config.out)
@@ -210,32 +264,29 @@ def _execute(config: RunConfig, show_progress: bool, report: bool) -> None:
         except KeyboardInterrupt:
             progress.stop()
             console.print(f"interrupted; everything logged so far is kept in {out} - run the same command to "
-                          "resume", highlight=False)
+                          "resume", highlight=False, markup=False)
             raise typer.Exit(130) from None
     console.print(_summary(outcome, config.n_max, out))
     if outcome.pool:
-        console.print(f"pool: {outcome.pool}", highlight=False)
+        console.print(f"pool: {outcome.pool}", highlight=False, markup=False)
     if report:
-        _report(out, config.n_max)
+        _report(out)
     if outcome.unfinished:
         first = outcome.unfinished[0].error
         raise OptscaleError(f"{len(outcome.unfinished)} problem(s) did not finish ({first}); run the same "
                             "command again to resume them")
 
 
-def _report(out: Path, n_max: int) -> None:
-    """The offline tools' report of the run folder, when this installation has them."""
+def _report(out: Path) -> None:
+    """The report of the run folder (its budget read from the folder, as the store wrote it)."""
+    from ..report import write_run_report
+
     try:
-        from ..report import write_run_report
-    except ImportError:
-        console.print("report skipped: optscale.report is not available in this installation", highlight=False)
-        return
-    try:
-        written = write_run_report(out, n_max=n_max)
+        written = write_run_report(out)
     except OptscaleError as exc:
-        console.print(f"[yellow]report skipped:[/] {exc}", highlight=False)
+        console.print(f"[yellow]report skipped:[/] {escape(str(exc))}", highlight=False)
         return
-    console.print(f"report: {', '.join(str(p) for p in written)}", highlight=False)
+    console.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, markup=False)
 
 
 def run(
@@ -245,11 +296,9 @@ def run(
     model: _Model = None,
     scorer: _Scorer = None,
     scorer_set: _ScorerSet = None,
-    policy: Annotated[str | None, typer.Option("--policy", help="Policy: optscale (default), optscale0, "
-                                               "optscale-t, bon, sc, esc, asc.")] = None,
-    n_max: Annotated[int | None, typer.Option("--n-max", help="Most samples per problem [16].")] = None,
-    settings: Annotated[list[str] | None, typer.Option("--set", help="Policy setting key=value, repeatable "
-                                                       "(e.g. alpha=0.9, s_min=0.95, peek=3).")] = None,
+    policy: Annotated[str | None, _option("policy", after=": " + ", ".join(POLICIES))] = None,
+    n_max: Annotated[int | None, _option("n_max")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP, show_default=False)] = None,
     out: _Out = None,
     api_key: _ApiKey = None,
     endpoint: _Endpoint = None,
@@ -282,11 +331,12 @@ def run(
                                          "end.")] = True,
 ) -> None:
     """Answer every problem with as few samples as the policy needs, live against a server."""
-    flags = dict(locals())
+    values = dict(locals())
     for key in ("config_file", "settings", "scorer_set", "show_progress", "report"):
-        flags.pop(key)
-    config = _config(flags, config_file, settings, scorer_set)
-    _execute(config, show_progress, report)
+        values.pop(key)
+    with flags(RUN_FLAGS):
+        config = _config(values, config_file, settings, scorer_set)
+        _execute(config, show_progress, report)
 
 
 def pool(
@@ -296,7 +346,7 @@ def pool(
     model: _Model = None,
     scorer: _Scorer = None,
     scorer_set: _ScorerSet = None,
-    n: Annotated[int | None, typer.Option("--n", "--n-max", help="Samples per problem [16].")] = None,
+    n: Annotated[int | None, typer.Option("--n", "--n-max", help=_N_HELP, show_default=False)] = None,
     out: _Out = None,
     api_key: _ApiKey = None,
     endpoint: _Endpoint = None,
@@ -327,11 +377,12 @@ def pool(
     show_progress: _Progress = True,
 ) -> None:
     """Draw and score the full budget for every problem: a pool (OUT/pool.jsonl) for offline replay."""
-    flags = dict(locals())
+    values = dict(locals())
     for key in ("config_file", "scorer_set", "show_progress", "n"):
-        flags.pop(key)
-    flags.update(policy="bon", n_max=n)
-    config = _config(flags, config_file, None, scorer_set)
-    if config.policy != "bon" or config.policy_settings:
-        raise InputError("a pool draws the full budget; remove policy settings from the config file", "--config")
-    _execute(config, show_progress, report=False)
+        values.pop(key)
+    values.update(policy="bon", n_max=n)
+    with flags(POOL_FLAGS):
+        config = _config(values, config_file, None, scorer_set)
+        if config.policy != "bon" or config.policy_settings:
+            raise InputError("a pool draws the full budget; remove policy settings from the config file", "--config")
+        _execute(config, show_progress, report=False)

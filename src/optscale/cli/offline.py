@@ -15,6 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import InputError
+from ..io import ensure_out_dir, numbered_lines, write_text
+from ..policies import POLICIES  # command modules load only when their command runs (see commands.py)
+from .flags import flags
 
 # Wide enough for the comparison table when output goes to a file or pipe (rich assumes 80).
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -22,7 +25,7 @@ console = Console(width=None if sys.stdout.isatty() else 150)
 DEFAULT_S_MIN = "0.8,0.85,0.9,0.925,0.95,0.975"
 DEFAULT_ALPHA = "0.5,0.6,0.7,0.8,0.9,0.95,0.99,0.999"
 
-PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help="bon, optscale0, optscale, optscale-t, sc, esc or asc")]
+PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help=", ".join(POLICIES))]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="policy setting key=value, repeatable (e.g. s_min=0.9, alpha=0.8, peek=5)")]
 OrdersOpt = Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem; order 1 is the pool's own, the others seeded shuffles")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the shuffled orders, bootstrap and splits")]
@@ -36,20 +39,30 @@ def progress_bar(quiet: bool = False):
         yield bar
 
 
-def _floats(text: str, flag: str) -> list[float]:
+#: Library names -> flags, one table per command (see :func:`optscale.cli.flags.flags`).
+_POLICY_FLAGS = {"policy": "--policy", "settings": "--set", "settings.": "--set ", "orders": "--orders", "seed": "--seed",
+                 "out": "--out"}
+REPLAY_FLAGS = {**_POLICY_FLAGS, "n_max": "--n-max"}
+SWEEP_FLAGS = {**_POLICY_FLAGS, "budgets": "--n-max", "n_max": "--n-max", "s_mins": "--s-min", "alphas": "--alpha",
+               "calib_fraction": "--calib-fraction", "objective": "--objective"}
+NSTAR_FLAGS = {"mu": "--mu", "sigma": "--sigma", "s_min": "--s-min", "alpha": "--alpha", "n_max": "--n-max"}
+DEMO_FLAGS = {"out": "--out", "n_problems": "--problems", "n_samples": "--samples", "orders": "--orders", "seed": "--seed"}
+
+
+def _floats(text: str, name: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"expected comma-separated numbers, got {text!r}", flag) from None
+        raise InputError(f"expected comma-separated numbers, got {text!r}", name) from None
     if not values:
-        raise InputError("needs at least one value", flag)
+        raise InputError("needs at least one value", name)
     return values
 
 
-def _ints(text: str, flag: str) -> list[int]:
-    values = _floats(text, flag)
+def _ints(text: str, name: str) -> list[int]:
+    values = _floats(text, name)
     if any(v != int(v) or v < 1 for v in values):
-        raise InputError(f"expected comma-separated integers >= 1, got {text!r}", flag)
+        raise InputError(f"expected comma-separated integers >= 1, got {text!r}", name)
     return [int(v) for v in values]
 
 
@@ -60,6 +73,16 @@ def load_batch(pool: Path, orders: int, seed: int):
 
     problems = read_pool(pool)
     return build_batch(problems, orders=orders, seed=seed)
+
+
+def _check_run(orders: int, seed: int, out: Path | None) -> None:
+    """Everything about a replay that can be wrong apart from the pool, checked before reading it."""
+    from ..replay import check_orders, check_seed
+
+    check_orders(orders)
+    check_seed(seed)
+    if out is not None:
+        ensure_out_dir(out, "out")
 
 
 def _short_settings(stats) -> str:
@@ -100,17 +123,20 @@ def replay(
     out: Annotated[Optional[Path], typer.Option("--out", help="also write a report folder (tables, plots)")] = None,
 ) -> None:
     """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN."""
-    from ..policies import make_policy, parse_settings
-    from ..replay import replay_policies
+    with flags(REPLAY_FLAGS):
+        from ..compose import build_policy
+        from ..policies import parse_settings
+        from ..replay import replay_policies
 
-    pol = make_policy(policy, n_max, **parse_settings(settings))
-    batch = load_batch(pool, orders, seed)
-    result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
-    stats = result.stats[0]
-    if out is not None:
-        from ..report import write_replay_report
+        pol = build_policy(policy, n_max, parse_settings(settings))
+        _check_run(orders, seed, out)
+        batch = load_batch(pool, orders, seed)
+        result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
+        stats = result.stats[0]
+        if out is not None:
+            from ..report import write_replay_report
 
-        write_replay_report(out, [result], s_min=getattr(pol, "s_min", 0.95), alpha=getattr(pol, "alpha", 0.9))
+            write_replay_report(out, [result], s_min=getattr(pol, "s_min", 0.95), alpha=getattr(pol, "alpha", 0.9))
     if as_json:
         typer.echo(json.dumps({**stats.as_dict(), "dataset": result.dataset, "bon_curve": result.curve.rows()},
                               default=float))
@@ -134,24 +160,25 @@ def sweep(
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("sweep-report"),
 ) -> None:
     """Grid-search (s_min, alpha) per budget on a calibration split; report the choice on held-out problems."""
-    from ..policies import make_policy, parse_settings
-    from ..replay import sweep as run_sweep
-    from ..report import write_sweep_report
+    with flags(SWEEP_FLAGS):
+        from ..compose import with_default_priors
+        from ..policies import parse_settings
+        from ..replay import check_sweep
+        from ..replay import sweep as run_sweep
+        from ..report import write_sweep_report
 
-    budgets = _ints(n_max, "--n-max")
-    s_mins, alphas = _floats(s_min, "--s-min"), _floats(alpha, "--alpha")
-    extra = parse_settings(settings)
-    for b in budgets:  # validate every grid value before the long run starts
-        for s in s_mins:
-            for a in alphas:
-                make_policy(policy, b, **{**extra, "s_min": s, "alpha": a})
-    batch = load_batch(pool, orders, seed)
-    total = len(budgets) * len(s_mins) * len(alphas)
-    with progress_bar() as bar:
-        task = bar.add_task(f"sweep {policy}", total=total)
-        result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
-                           on_point=lambda: bar.advance(task))
-    write_sweep_report(out, result, pool.stem)
+        budgets = _ints(n_max, "budgets")
+        s_mins, alphas = _floats(s_min, "s_mins"), _floats(alpha, "alphas")
+        extra = with_default_priors(policy, parse_settings(settings))
+        check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective)  # before the long run
+        _check_run(orders, seed, out)
+        batch = load_batch(pool, orders, seed)
+        total = len(budgets) * len(s_mins) * len(alphas)
+        with progress_bar() as bar:
+            task = bar.add_task(f"sweep {policy}", total=total)
+            result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
+                               on_point=lambda: bar.advance(task))
+        write_sweep_report(out, result, pool.stem)
     console.print(stats_table([s["held_out"] for s in result.selected],
                               f"{pool.name}: settings chosen on {result.calib_problems} calibration problems, "
                               f"reported on {result.test_problems} held-out problems"))
@@ -160,7 +187,7 @@ def sweep(
 
 def nstar(
     mu: Annotated[float, typer.Option(help="untruncated mean of the score distribution")],
-    sigma: Annotated[float, typer.Option(help="untruncated standard deviation (> 0)")],
+    sigma: Annotated[float, typer.Option(help="untruncated standard deviation (> 0; inf: uniform scores)")],
     s_min: Annotated[float, typer.Option("--s-min", help="target score")] = 0.95,
     alpha: Annotated[float, typer.Option(help="required probability that the best sample reaches s_min")] = 0.9,
     n_max: Annotated[Optional[int], typer.Option("--n-max", help="cap on N")] = None,
@@ -168,9 +195,8 @@ def nstar(
     """Print the least N with Pr(best of N >= s_min) >= alpha for one (mu, sigma)."""
     from ..stats import UNBOUNDED, min_samples_detail, prob_best_at_least
 
-    if not sigma > 0:
-        raise InputError(f"must be positive, got {sigma}", "--sigma")
-    n, capped = min_samples_detail(mu, sigma, s_min, alpha, n_max)
+    with flags(NSTAR_FLAGS):
+        n, capped = min_samples_detail(mu, sigma, s_min, alpha, n_max)
     n = int(n)
     if n == UNBOUNDED:
         typer.echo("N* = unbounded (the target score is unreachable)")
@@ -190,7 +216,7 @@ def demo(
     from ..demo import run_demo
 
     start = time.perf_counter()
-    with progress_bar() as bar:
+    with flags(DEMO_FLAGS), progress_bar() as bar:
         summary = run_demo(out, problems=problems, samples=samples, orders=orders, seed=seed, progress=bar)
     for title, rows in summary.tables:
         console.print(stats_table(rows, title))
@@ -208,26 +234,24 @@ def table(
 
     from ..report import paper_table
 
-    rows = []
-    for path in results:
-        if not path.exists():
-            raise InputError("no such results file", str(path))
-        with path.open(encoding="utf-8", newline="") as fh:
-            for lineno, row in enumerate(csv.DictReader(fh), 2):
-                if row.get("split", "held_out") != "held_out":
-                    continue  # sweeps: report held-out numbers only
-                try:
-                    rows.append({"dataset": row["dataset"], "policy": row["policy"], "n_max": int(row["n_max"]),
-                                 **{k: float(row[k]) for k in ("accuracy", "ci_low", "ci_high", "mean_tokens")}})
-                except (KeyError, ValueError) as exc:
-                    raise InputError(f"not a results row ({exc})", f"{path}:{lineno}") from None
     if fmt not in ("markdown", "latex"):
         raise InputError(f"unknown format {fmt!r}; use markdown or latex", "--format")
+    rows = []
+    for path in results:
+        reader = csv.DictReader(line for _, line in numbered_lines(path))
+        for row in reader:
+            if row.get("split", "held_out") != "held_out":
+                continue  # sweeps: report held-out numbers only
+            try:
+                rows.append({"dataset": row["dataset"], "policy": row["policy"], "n_max": int(row["n_max"]),
+                             **{k: float(row[k]) for k in ("accuracy", "ci_low", "ci_high", "mean_tokens")}})
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InputError(f"not a results row ({exc})", f"{path}:{reader.line_num}") from None
     text = paper_table(rows, fmt)
     if out is None:
         typer.echo(text, nl=False)
     else:
-        out.write_text(text, encoding="utf-8")
+        write_text(out, text)
 
 
 def register(app: typer.Typer) -> None:

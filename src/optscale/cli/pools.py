@@ -13,6 +13,10 @@ from rich.text import Text
 
 from ..errors import InputError
 from ..pools import FLAT_COLUMNS, convert_flat, iter_pool
+from .flags import flags
+
+#: Library names -> flags of ``convert`` (see :func:`optscale.cli.flags.flags`).
+CONVERT_FLAGS = {"src": "SRC", "dst": "DST", "format": "--format", "columns": "--column"}
 
 
 def register(app: typer.Typer) -> None:
@@ -27,14 +31,14 @@ def _column_pairs(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         ours, sep, theirs = pair.partition("=")
         if not sep or not ours.strip() or not theirs.strip():
-            raise InputError(f"expected OURS=THEIRS, got {pair!r}", where="--column")
+            raise InputError(f"expected OURS=THEIRS, got {pair!r}", where="columns")
         mapping[ours.strip()] = theirs.strip()
     return mapping
 
 
 def convert(
     src: Annotated[
-        Path, typer.Argument(help="Flat table, one sample per row: .jsonl, .csv or .parquet.")
+        Path, typer.Argument(help="Flat table, one sample per row: .jsonl, .csv or .parquet (.jsonl.gz, .csv.gz too).")
     ],
     dst: Annotated[Path, typer.Argument(help="Pool to write (JSON Lines, one problem per line).")],
     fmt: Annotated[
@@ -51,7 +55,8 @@ def convert(
     ] = None,
 ) -> None:
     """Convert a flat table of samples into a completion pool."""
-    pool = convert_flat(src, dst, fmt=fmt, columns=_column_pairs(column or []))
+    with flags(CONVERT_FLAGS):
+        pool = convert_flat(src, dst, fmt=fmt, columns=_column_pairs(column or []))
     samples = sum(len(problem.samples) for problem in pool)
     message = f"wrote {len(pool)} problems, {samples} samples to {dst}"
     Console().print(message, highlight=False, markup=False)
@@ -62,7 +67,7 @@ def _percent(part: float, whole: float) -> str:
 
 
 def validate(
-    pool: Annotated[Path, typer.Argument(help="Pool to check (JSON Lines).")],
+    pool: Annotated[Path, typer.Argument(help="Pool to check (JSON Lines, gzipped when it ends in .gz).")],
     grade: Annotated[
         bool,
         typer.Option(help="Grade samples without 'correct' using math-verify (slow on big pools)."),

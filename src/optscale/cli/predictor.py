@@ -12,8 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputError
+from ..io import ensure_out_dir, write_jsonl, write_text
 from ..predictor import DEFAULT_MODEL, KINDS, load, load_problems, load_training, prior_rows, shared_data_dir
-from ..predictor.evaluate import calibration_plot, compare_file, cross_validated, metrics
+from ..predictor.base import metrics
+from ..predictor.evaluate import compare_file, cross_validated
+from ..report.plots import calibration_plot
+from .flags import flags
 
 console = Console()
 predictor_app = typer.Typer(help="Train, apply and evaluate the predictor of per-problem score distributions.",
@@ -25,12 +29,17 @@ def register(app: typer.Typer) -> None:
     app.add_typer(predictor_app, name="predictor")
 
 
+#: Library names -> this module's flags (see :func:`optscale.cli.flags.flags`).
+FLAGS = {"data": "--data", "kind": "--kind", "params": "--param", "folds": "--folds", "out": "--out",
+         "plot": "--plot", "json": "--json"}
+
+
 def _default_data(data: Path | None) -> Path:
     if data is not None:
         return data
     shared = shared_data_dir()
     if shared is None:
-        raise InputError("no --data given and no shared data found (set OPTSCALE_SHARED_DATA)", "--data")
+        raise InputError("none given and no shared data found (set OPTSCALE_SHARED_DATA)", "data")
     return shared / "score-moments" / "math_train.jsonl"
 
 
@@ -40,12 +49,19 @@ def _params(pairs: list[str]) -> dict:
     for pair in pairs:
         name, sep, text = (part.strip() for part in pair.partition("="))
         if not sep or not name:
-            raise InputError(f"expected NAME=VALUE, got {pair!r}", "--param")
+            raise InputError(f"expected NAME=VALUE, got {pair!r}", "params")
         try:
             out[name] = json.loads(text)
         except json.JSONDecodeError:
             out[name] = text
     return out
+
+
+def _check_out_file(path: Path, where: str) -> None:
+    """Fail before any work when an output file cannot be written (a folder, an unwritable place)."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a file", where)
+    ensure_out_dir(path.parent, where)
 
 
 def _metrics_row(table: Table, name: str, m: dict) -> None:
@@ -75,16 +91,19 @@ def train(
     force: Annotated[bool, typer.Option(help="Overwrite an existing model folder.")] = False,
 ) -> None:
     """Fit a predictor, validate it on held-out folds, and write a versioned model folder."""
-    if kind not in KINDS:
-        raise InputError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}", "--kind")
-    if (out / "config.json").exists() and not force:
-        raise InputError("a model is already there; pass --force to overwrite it", str(out))
-    data = _default_data(data)
-    training = load_training(data)
-    model = KINDS[kind](**_params(param)).fit(training, folds=folds, seed=seed)
-    model.metrics["training_data"] = {"file": data.name, "rows": len(training),
-                                      "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
-    model.save(out)
+    with flags(FLAGS):
+        cls = KINDS.get(kind, "kind")
+    # A kind's hyper-parameters are named as given: --param NAME.
+    with flags({**FLAGS, **{name: f"--param {name}" for name in cls.defaults}}):
+        if (out / "config.json").exists() and not force:
+            raise InputError("a model is already there; pass --force to overwrite it", str(out))
+        ensure_out_dir(out, "out")
+        data = _default_data(data)
+        training = load_training(data)
+        model = cls(**_params(param)).fit(training, folds=folds, seed=seed)
+        model.metrics["training_data"] = {"file": data.name, "rows": len(training),
+                                          "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+        model.save(out)
     table = _table(f"{kind} predictor: held-out error ({model.metrics['validation']['rounds']} of {folds} folds)")
     _metrics_row(table, kind, model.metrics["validation"])
     console.print(table)
@@ -99,12 +118,12 @@ def predict(
     model: Annotated[Path | None, typer.Option(help="Model folder (default: the packaged predictor).")] = None,
 ) -> None:
     """Write per-problem priors: predicted score moments, their uncertainty, and (mu, sigma) priors."""
-    problems = load_problems(benchmark)
-    predictor = load(model or DEFAULT_MODEL)
-    rows = prior_rows(predictor, problems)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in rows)
+    with flags(FLAGS):
+        _check_out_file(out, "out")
+        problems = load_problems(benchmark)
+        predictor = load(model or DEFAULT_MODEL)
+        rows = prior_rows(predictor, problems)
+        write_jsonl(out, rows)
     mean = sum(r["score_mean"] for r in rows) / len(rows)
     console.print(f"{len(rows)} problems, average predicted score mean {mean:.3f}, prior widths "
                   f"{predictor.widths[0]:.4f} (mu), {predictor.widths[1]:.4f} (sigma); wrote {out}")
@@ -125,7 +144,15 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
 ) -> None:
     """MAE, RMSE and R^2 of mean and std vs the constant baseline and other priors files, with calibration."""
-    data = _default_data(data)
+    with flags(FLAGS):
+        for path, where in ((plot, "plot"), (json_out, "json")):
+            if path is not None:
+                _check_out_file(path, where)
+        _evaluate(_default_data(data), model, fitted, priors, folds, seed, plot, json_out)
+
+
+def _evaluate(data: Path, model: Path | None, fitted: bool, priors: list[Path], folds: int, seed: int,
+              plot: Path | None, json_out: Path | None) -> None:
     labelled = load_training(data)
     saved = load(model or DEFAULT_MODEL)
     if fitted:
@@ -160,6 +187,5 @@ def evaluate(
         calibration_plot(pred, labelled.mean, labelled.std, plot, title)
         console.print(f"wrote {plot}")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_text(json_out, json.dumps(report, indent=1) + "\n")  # NaN R^2 stays readable as in metrics.json
         console.print(f"wrote {json_out}")

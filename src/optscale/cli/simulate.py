@@ -11,6 +11,7 @@ from rich.console import Console
 from ..errors import InputError
 from ..pools import write_pool
 from ..simulate import MODEL_KEYS, Population, simulate_pool
+from .flags import flags
 
 #: Model constants with a flag of their own; every other one is set with ``--set NAME=VALUE``.
 _OWN_FLAGS = (
@@ -23,14 +24,11 @@ def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
 
 
-def _flag(name: str | None) -> str | None:
-    """The command-line spelling of a library argument, so errors name what the user typed."""
-    own = {"n_problems": "--problems", "n_samples": "--samples", "seed": "--seed", "levels": "--level"}
-    if name in own:
-        return own[name]
-    if name in _OWN_FLAGS:
-        return "--" + name.replace("_", "-")
-    return f"--set {name}" if name in MODEL_KEYS else None
+#: Library names -> flags of ``simulate`` (see :func:`optscale.cli.flags.flags`).
+SIMULATE_FLAGS = {
+    "n_problems": "--problems", "n_samples": "--samples", "seed": "--seed", "levels": "--level", "settings": "--set",
+    **{name: f"--set {name}" for name in MODEL_KEYS}, **{name: "--" + name.replace("_", "-") for name in _OWN_FLAGS},
+}
 
 
 def _settings(pairs: list[str], given: dict[str, float | None]) -> dict[str, float]:
@@ -39,13 +37,13 @@ def _settings(pairs: list[str], given: dict[str, float | None]) -> dict[str, flo
     for pair in pairs:
         name, sep, text = (part.strip() for part in pair.partition("="))
         if not sep or name not in MODEL_KEYS:
-            raise InputError(f"expected NAME=VALUE with NAME one of {', '.join(MODEL_KEYS)}; got {pair!r}", "--set")
+            raise InputError(f"expected NAME=VALUE with NAME one of {', '.join(MODEL_KEYS)}; got {pair!r}", "settings")
         if name in overrides:
-            raise InputError(f"{name} is set twice", "--set")
+            raise InputError(f"{name} is set twice", "settings")
         try:
             overrides[name] = float(text)
         except ValueError:
-            raise InputError(f"{name}: expected a number, got {text!r}", "--set") from None
+            raise InputError(f"{name}: expected a number, got {text!r}", "settings") from None
     return overrides
 
 
@@ -92,15 +90,11 @@ def simulate(
         "discrimination": discrimination, "discrimination_sd": discrimination_sd, "intercept": intercept,
         "difficulty_spread": difficulty_spread, "no_answer_rate": no_answer_rate, "wrong_answers": wrong_answers,
     }
-    overrides = _settings(setting or [], given)
-    pop = Population.load(population)
-    try:
+    with flags(SIMULATE_FLAGS):
+        overrides = _settings(setting or [], given)
+        pop = Population.load(population)
         pool = simulate_pool(problems, samples, seed, pop, levels=level, **overrides)
-    except InputError as exc:
-        if _flag(exc.where) is None:
-            raise
-        raise InputError(exc.detail, _flag(exc.where)) from None
-    write_pool(out, pool)
+        write_pool(out, pool)
     draws = [sample for problem in pool for sample in problem.samples]
     best = sum(max(problem.samples, key=lambda s: s.score).correct for problem in pool) / len(pool)
     message = (

@@ -120,8 +120,8 @@ class FitResult:
         return int(self.mu.size)
 
     def flag_names(self) -> list[str]:
-        """Readable flags, one string per problem."""
-        return [FitFlag.describe(int(f)) for f in self.flag]
+        """Readable flags, one string per problem in flat order (a scalar fit gives one)."""
+        return [FitFlag.describe(int(f)) for f in np.ravel(self.flag)]
 
 
 # ----------------------------------------------------------------------------- objective

@@ -4,21 +4,14 @@
 samples per problem only while the policy (the same objects offline replay uses) asks for
 more, scoring each as it arrives and cancelling requests it no longer needs. The CLI's
 ``optscale run`` and ``optscale pool`` are thin wrappers around it.
+
+Layout: :mod:`.types` (settings, prompts, completions, errors), :mod:`.transport` (HTTP:
+endpoint pool, retries, timeouts), :mod:`.openai` (the OpenAI protocol), :mod:`.scorers`
+(verifiers and their registry), :mod:`.sampler` (the adaptive loop).
 """
 
 from .datasets import DatasetSpec, LiveProblem, load_problems
-from .generators import (
-    ClientSettings,
-    Completion,
-    EndpointPool,
-    GenerationError,
-    GenerationSettings,
-    OpenAIGenerator,
-    Prompt,
-    RequestFailed,
-    RequestRejected,
-    TokenMeter,
-)
+from .openai import OpenAIGenerator
 from .prompts import BOXED_INSTRUCTION, PromptTemplate
 from .runs import MemoryStore, RunState, RunStore
 from .sampler import Listener, ProblemResult, SamplerSettings, sample_problems
@@ -27,22 +20,43 @@ from .scorers import (
     BatchingScorer,
     ConfidenceScorer,
     JudgeScorer,
+    JudgeSettings,
     LocalPrmScorer,
+    LocalPrmSettings,
+    PrmSettings,
     Score,
-    Scorer,
     ScoreRequest,
+    Scorer,
+    ScorerContext,
+    ScorerSpec,
+    ScoringError,
     VllmPrmScorer,
     aggregate_steps,
+    build_scorer,
+    scorer_settings,
     split_steps,
+)
+from .transport import EndpointPool, HttpTransport
+from .types import (
+    ClientSettings,
+    Completion,
+    EndpointKind,
+    GenerationError,
+    GenerationSettings,
+    Prompt,
+    RequestFailed,
+    RequestRejected,
+    TokenMeter,
 )
 
 __all__ = [
     "DatasetSpec", "LiveProblem", "load_problems",
-    "ClientSettings", "Completion", "EndpointPool", "GenerationError", "GenerationSettings", "OpenAIGenerator",
-    "Prompt", "RequestFailed", "RequestRejected", "TokenMeter",
+    "ClientSettings", "Completion", "EndpointKind", "EndpointPool", "GenerationError", "GenerationSettings",
+    "HttpTransport", "OpenAIGenerator", "Prompt", "RequestFailed", "RequestRejected", "TokenMeter",
     "BOXED_INSTRUCTION", "PromptTemplate",
     "MemoryStore", "RunState", "RunStore",
     "Listener", "ProblemResult", "SamplerSettings", "sample_problems",
-    "SCORERS", "BatchingScorer", "ConfidenceScorer", "JudgeScorer", "LocalPrmScorer", "Score", "Scorer",
-    "ScoreRequest", "VllmPrmScorer", "aggregate_steps", "split_steps",
+    "SCORERS", "BatchingScorer", "ConfidenceScorer", "JudgeScorer", "JudgeSettings", "LocalPrmScorer",
+    "LocalPrmSettings", "PrmSettings", "Score", "Scorer", "ScoreRequest", "ScorerContext", "ScorerSpec",
+    "ScoringError", "VllmPrmScorer", "aggregate_steps", "build_scorer", "scorer_settings", "split_steps",
 ]

@@ -1,9 +1,21 @@
-"""The configuration of a live run, from a TOML/YAML file and command-line flags, and what it builds.
+"""The configuration of a live run, composed of the settings models, and what it builds.
 
-One validated :class:`RunConfig` describes a run. Its :meth:`RunConfig.identity` is what
-makes stored samples comparable (dataset, model, prompt, sampling, scorer, policy) and is
-checked when a run folder is resumed; everything else (server URLs, concurrency, timeouts)
-may change between sessions. API keys are never written to the run folder.
+:class:`RunConfig` holds the run's own fields (folder, servers, model, prompt, policy, scorer)
+and one settings model per part: :class:`~optscale.live.datasets.DatasetSpec`,
+:class:`~optscale.live.types.GenerationSettings`, :class:`~optscale.live.types.ClientSettings`
+and :class:`~optscale.live.sampler.SamplerSettings`; policy and scorer settings are validated
+by the policy's and the scorer's own models. Those models are the one source of defaults and
+descriptions (the CLI's help is generated from them).
+
+Config files and flags use flat names (``temperature``, ``limit``, ``concurrency``: the
+flags' long names with underscores), mapped onto the models by :data:`FLAT`; a file may also
+give a model's fields as a table (``[client] backoff = 1``). Errors name the flat key (or
+``section.key``), ``policy_settings.<key>`` and ``scorer_settings.<key>``.
+
+:meth:`RunConfig.identity` is what makes stored samples comparable (dataset, model, prompt,
+sampling, scorer, policy), computed from validated, normalised settings, and is checked when
+a run folder is resumed; everything else (server URLs, keys, concurrency, timeouts) may
+change between sessions. Keys are never written anywhere and URLs lose their credentials.
 """
 
 from __future__ import annotations
@@ -13,262 +25,271 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InputError
+from ..io import read_text
+from ..policies import make_policy
 from .datasets import DatasetSpec
-from .generators import ClientSettings, GenerationSettings, OpenAIGenerator
+from .openai import OpenAIGenerator
 from .prompts import BOXED_INSTRUCTION, PromptTemplate
 from .sampler import SamplerSettings
-from .scorers import Aggregate, ConfidenceScorer, JudgeScorer, LocalPrmScorer, Scorer, VllmPrmScorer
+from .scorers import SCORERS, Scorer, ScorerContext, build_scorer, scorer_settings
+from .secrets import redact_url, url_secrets
+from .types import ClientSettings, EndpointKind, GenerationSettings
 
-__all__ = ["RunConfig", "load_config_file", "build_config", "build_generator", "build_scorer", "scorer_settings_help"]
+__all__ = ["FLAT", "RunConfig", "build_config", "build_generator", "build_run_scorer", "load_config_file"]
 
-ScorerKind = Literal["prm", "prm-local", "judge", "confidence"]
-
-
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class JudgeSettings(_Settings):
-    """``--scorer-set`` keys of the judge scorer."""
-
-    base_url: list[str] | None = Field(None, description="judge server(s); default: the generator's")
-    model: str | None = Field(None, description="judge model; default: the generator's model")
-    prompt: str | None = Field(None, description="judge prompt with {question} and {solution}")
-    concurrency: int = Field(8, ge=1, description="judge requests under way at once")
-
-
-class PrmSettings(_Settings):
-    """``--scorer-set`` keys of the vLLM PRM scorer."""
-
-    base_url: list[str] = Field(description="the vLLM server(s) of the PRM, e.g. http://host:8001/v1")
-    model: str = Field(description="the PRM's served name, e.g. Qwen/Qwen2.5-Math-PRM-7B")
-    aggregate: Aggregate = "mean"
-    separator: str = "\n\n"
-    step_tag: str = "<extra_0>"
-    system: str | None = BOXED_INSTRUCTION
-    markup: Literal["chatml", "llama3", "plain"] = "chatml"
-    path: str = "/pooling"
-    max_steps: int = Field(64, ge=1)
-
-
-class LocalPrmSettings(_Settings):
-    """``--scorer-set`` keys of the in-process PRM scorer."""
-
-    model: str = Field(description="a local path or hub name of the PRM (transformers)")
-    aggregate: Aggregate = "mean"
-    separator: str = "\n\n"
-    step_tag: str = "<extra_0>"
-    system: str | None = BOXED_INSTRUCTION
-    device: str | None = None
-    batch_size: int = Field(8, ge=1)
-    dtype: str = "auto"
-    max_steps: int = Field(64, ge=1)
-
-
-SCORER_SETTINGS: dict[str, type[_Settings] | None] = {
-    "judge": JudgeSettings, "prm": PrmSettings, "prm-local": LocalPrmSettings, "confidence": None,
+#: Flat names of config files and flags -> (settings model field of :class:`RunConfig`, its field).
+FLAT: dict[str, tuple[str, str]] = {
+    "dataset": ("dataset", "source"),
+    **{k: ("dataset", k) for k in ("question_field", "answer_field", "id_field", "split", "subset", "offset",
+                                   "limit")},
+    **{k: ("generation", k) for k in ("temperature", "top_p", "max_tokens", "stop", "stream", "seed")},
+    **{k: ("client", k) for k in ("api_key", "timeout", "idle_timeout", "retries")},
+    **{k: ("sampler", k) for k in ("concurrency", "in_flight", "problems_in_flight", "n_per_request",
+                                   "max_failures", "answer_style", "zero_unanswered")},
 }
-
-
-def scorer_settings_help() -> str:
-    parts = []
-    for kind, model in SCORER_SETTINGS.items():
-        keys = ", ".join(model.model_fields) if model else "none"
-        parts.append(f"{kind}: {keys}")
-    return "; ".join(parts)
+_SECTIONS = ("dataset", "generation", "client", "sampler")
+_FLAT_NAME = {place: name for name, place in FLAT.items()}
+# Scorer settings that may change between sessions (where and how fast, not what is scored).
+_SCORER_RUNTIME = {"base_url", "concurrency", "device", "batch_size", "api_key"}
 
 
 class RunConfig(BaseModel):
-    """Everything ``optscale run`` needs; field names are the flags' long names with underscores."""
+    """Everything ``optscale run`` needs; see :data:`FLAT` for the flat names of the models' fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str
-    out: str
-    base_url: list[str] = Field(min_length=1)
-    model: str = Field(min_length=1)
-    scorer: ScorerKind
-    scorer_settings: dict[str, Any] = Field(default_factory=dict)
-    policy: str = "optscale"
-    n_max: int = Field(16, ge=1)
-    policy_settings: dict[str, Any] = Field(default_factory=dict)
-    api_key: str | None = None
-    endpoint: Literal["chat", "completion"] = "chat"
-    system: str | None = None
-    template: str = "{question}\n" + BOXED_INSTRUCTION
-    chat_markup: Literal["chatml", "llama3", "plain"] = "chatml"
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(1024, ge=1)
-    stop: list[str] = Field(default_factory=list)
-    stream: bool = True
-    seed: int | None = None
-    answer_style: Literal["auto", "boxed", "number"] = "auto"
-    zero_unanswered: bool = True
-    concurrency: int = Field(8, ge=1)
-    in_flight: int = Field(4, ge=1)
-    problems_in_flight: int | None = Field(None, ge=1)
-    n_per_request: int = Field(1, ge=1)
-    max_failures: int = Field(3, ge=1)
-    timeout: float = Field(600.0, gt=0)
-    idle_timeout: float = Field(60.0, gt=0)
-    retries: int = Field(5, ge=0)
-    split: str = "test"
-    subset: str | None = None
-    offset: int = Field(0, ge=0)
-    limit: int | None = Field(None, ge=1)
-    question_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str = "id"
+    out: str = Field(min_length=1, description="run folder; an existing one is resumed")
+    base_url: list[str] = Field(min_length=1, description="OpenAI-compatible server, e.g. "
+                                "http://127.0.0.1:8000/v1; several for replicas")
+    model: str = Field(min_length=1, description="model name as the server serves it")
+    endpoint: EndpointKind = Field("chat", description="chat (the server applies the chat template) or completion")
+    system: str | None = Field(None, description="system prompt")
+    template: str = Field("{question}\n" + BOXED_INSTRUCTION,
+                          description="user message with {question}; the default asks for the answer in \\boxed{}")
+    chat_markup: Literal["chatml", "llama3", "plain"] = Field(
+        "chatml", description="chat markup written out for the completion endpoint: chatml, llama3 or plain")
+    scorer: str = Field(description="how responses are scored")
+    scorer_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the scorer")
+    policy: str = Field("optscale", description="the policy deciding how many samples each problem gets")
+    n_max: int = Field(16, ge=1, le=2**31, description="most samples per problem")
+    policy_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the policy")
+    dataset: DatasetSpec
+    generation: GenerationSettings = GenerationSettings()
+    client: ClientSettings = ClientSettings()
+    sampler: SamplerSettings = SamplerSettings()
 
-    # -- pieces ----------------------------------------------------------------------------
-    def dataset_spec(self) -> DatasetSpec:
-        return DatasetSpec(self.dataset, self.question_field, self.answer_field, self.id_field, self.split,
-                           self.subset, self.offset, self.limit)
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, kind: str) -> str:
+        if kind not in SCORERS:
+            raise ValueError(f"unknown scorer {kind!r}; choose from {', '.join(SCORERS)}")
+        return kind
 
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        if any(not u.strip() for u in urls):
+            raise ValueError("a server URL is empty")
+        return urls
+
+    # -- validated, normalised views --------------------------------------------------------
     def template_obj(self) -> PromptTemplate:
         return PromptTemplate(self.template, self.system, self.chat_markup)
 
-    def generation(self) -> GenerationSettings:
-        return GenerationSettings(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                                  stop=tuple(self.stop), stream=self.stream, seed=self.seed)
+    def policy_config(self) -> dict[str, Any]:
+        """The policy settings as the policy's model reads them (``s_min=0.90`` -> ``0.9``)."""
+        return _policy_settings(self.policy, self.n_max, self.policy_settings)
 
-    def client(self) -> ClientSettings:
-        return ClientSettings(timeout=self.timeout, idle_timeout=self.idle_timeout, retries=self.retries,
-                              api_key=self.api_key, max_connections=max(self.concurrency, 8) * 2)
-
-    def sampler(self) -> SamplerSettings:
-        return SamplerSettings(concurrency=self.concurrency, in_flight=self.in_flight,
-                               problems_in_flight=self.problems_in_flight, n_per_request=self.n_per_request,
-                               max_failures=self.max_failures, answer_style=self.answer_style,
-                               zero_unanswered=self.zero_unanswered)
-
-    def scorer_config(self) -> _Settings | None:
-        model = SCORER_SETTINGS[self.scorer]
-        if model is None:
-            if self.scorer_settings:
-                raise InputError(f"scorer {self.scorer!r} has no settings (got {', '.join(self.scorer_settings)})",
-                                 "--scorer-set")
-            return None
-        values = dict(self.scorer_settings)
-        if isinstance(values.get("base_url"), str):
-            values["base_url"] = [u for u in values["base_url"].split(",") if u]
-        for key in ("separator", "step_tag"):
-            if isinstance(values.get(key), str) and "\\" in values[key]:
-                values[key] = values[key].encode("latin-1", "backslashreplace").decode("unicode_escape")
+    def scorer_config(self) -> BaseModel | None:
+        """The scorer's validated settings model (None for a scorer without settings)."""
         try:
-            return model(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                msg = f"scorer {self.scorer!r} has no setting {key!r} (settings: {', '.join(model.model_fields)})"
-            elif err["type"] == "missing":
-                msg = f"scorer {self.scorer!r} needs {key}=... ({model.model_fields[key].description})"
-            else:
-                msg = f"{key}: {err['msg']} (got {err.get('input')!r})"
-            raise InputError(msg, "--scorer-set") from None
+            return scorer_settings(self.scorer, self.scorer_settings)
+        except InputError as exc:
+            raise exc.renamed({"scorer.": "scorer_settings."}) from None
 
     def identity(self) -> dict[str, Any]:
-        """What samples depend on; a resumed run must match it exactly."""
-        scorer = self.scorer_config()
-        scorer_identity = scorer.model_dump(exclude={"base_url", "concurrency", "device", "batch_size"}) \
-            if scorer else {}
-        source = Path(self.dataset).expanduser()
+        """What samples depend on, from validated settings; a resumed run must match it exactly."""
+        d, g, s = self.dataset, self.generation, self.sampler
+        source = Path(d.source).expanduser()
         return {
-            "dataset": str(source.resolve()) if source.exists() else self.dataset,
-            "split": self.split, "subset": self.subset, "question_field": self.question_field,
-            "answer_field": self.answer_field, "id_field": self.id_field,
+            "dataset": str(source.resolve()) if source.exists() else d.source,
+            "split": d.split, "subset": d.subset, "question_field": d.question_field,
+            "answer_field": d.answer_field, "id_field": d.id_field,
             "model": self.model, "endpoint": self.endpoint, "system": self.system, "template": self.template,
             "chat_markup": self.chat_markup if self.endpoint == "completion" else None,
-            "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-            "stop": list(self.stop), "seed": self.seed, "answer_style": self.answer_style,
-            "zero_unanswered": self.zero_unanswered,
-            "scorer": self.scorer, "scorer_settings": scorer_identity,
-            "policy": self.policy, "n_max": self.n_max, "policy_settings": dict(sorted(self.policy_settings.items())),
+            "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens,
+            "stop": list(g.stop), "seed": g.seed, "answer_style": s.answer_style,
+            "zero_unanswered": s.zero_unanswered,
+            "scorer": self.scorer, "scorer_settings": _scorer_identity(self.scorer_config()),
+            "policy": self.policy, "n_max": self.n_max, "policy_settings": self.policy_config(),
         }
 
+    def normalise_identity(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored identity with its settings normalised as :meth:`identity` does.
+
+        Older versions stored policy settings as typed (``"0.9"``); a folder they wrote
+        resumes as long as its settings mean the same. Settings that no longer validate are
+        left as stored (and then differ).
+        """
+        out = dict(stored)
+        try:
+            if isinstance(stored.get("policy_settings"), dict):
+                out["policy_settings"] = _policy_settings(stored.get("policy"), stored.get("n_max"),
+                                                          stored["policy_settings"])
+            if isinstance(stored.get("scorer_settings"), dict) and stored.get("scorer") in SCORERS:
+                out["scorer_settings"] = _scorer_identity(scorer_settings(
+                    stored["scorer"], _with_placeholders(stored["scorer"], stored["scorer_settings"]), env={}))
+        except InputError:
+            pass
+        return out
+
     def runtime(self) -> dict[str, Any]:
-        """The whole configuration as given this session (never the API key)."""
-        return self.model_dump(exclude={"api_key"})
+        """This session's whole configuration in flat names, without keys and URL credentials."""
+        dumped = self.model_dump(mode="json", exclude={"dataset", "generation", "client", "sampler"})
+        for name, (section, key) in FLAT.items():
+            if name != "api_key":
+                dumped[name] = getattr(getattr(self, section), key)
+        dumped["stop"] = list(dumped["stop"])
+        dumped["base_url"] = [redact_url(u) for u in self.base_url]
+        scorer = self.scorer_config()
+        dumped["scorer_settings"] = scorer.model_dump(mode="json") if scorer is not None else {}
+        dumped["policy_settings"] = self.policy_config()
+        return json.loads(json.dumps(dumped))
+
+    def secrets(self) -> list[str]:
+        """Every key and URL credential of this configuration (to mask them in what is stored or shown)."""
+        found: list[str] = []
+        scorer = self.scorer_config()
+        for holder in (self.client, scorer):
+            key = getattr(holder, "api_key", None)
+            if key is not None:
+                found.append(key.get_secret_value())
+        for url in [*self.base_url, *(getattr(scorer, "base_url", None) or [])]:
+            found.extend(url_secrets(url))
+        return found + [json.dumps(s)[1:-1] for s in found]  # as they appear inside a JSON string too
+
+
+def _policy_settings(policy: Any, n_max: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    try:
+        built = make_policy(policy, n_max, **settings)
+    except InputError as exc:
+        raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
+    return dict(sorted(built.model_dump(mode="json", include=set(settings)).items()))
+
+
+def _scorer_identity(settings: BaseModel | None) -> dict[str, Any]:
+    return settings.model_dump(mode="json", exclude=_SCORER_RUNTIME) if settings is not None else {}
+
+
+def _with_placeholders(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Stored scorer settings lack the runtime fields; required ones get a stand-in to validate."""
+    model = SCORERS.get(kind, "scorer").settings
+    filled = dict(values)
+    if model is not None:
+        for name in _SCORER_RUNTIME & {n for n, f in model.model_fields.items() if f.is_required()}:
+            filled[name] = ["http://stored.invalid/v1"] if name == "base_url" else "stored"
+    return filled
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A TOML or YAML config file as a dict (keys like the flags, with underscores)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("config file not found", str(path))
-    text = path.read_text(encoding="utf-8")
+    """A TOML, YAML or JSON config file as a dict (flat keys like the flags, with underscores)."""
+    name = str(path)
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise InputError("use a .toml, .yaml or .json config file", name)
+    text = read_text(path)
     try:
-        if path.suffix.lower() == ".toml":
+        if suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
             import yaml
 
             data = yaml.safe_load(text) or {}
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise InputError("use a .toml, .yaml or .json config file", str(path))
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise InputError(f"cannot parse: {exc}", str(path)) from None
     except ImportError:
-        raise InputError("YAML config files need PyYAML (pip install pyyaml)", str(path)) from None
+        raise InputError("YAML config files need PyYAML (pip install pyyaml)", name) from None
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"cannot parse: {exc}", name) from None
     except Exception as exc:  # yaml.YAMLError without importing yaml up front
-        raise InputError(f"cannot parse: {exc}", str(path)) from None
+        raise InputError(f"cannot parse: {exc}", name) from None
     if not isinstance(data, dict):
-        raise InputError("expected a table of settings", str(path))
+        raise InputError("expected a table of settings", name)
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """Flat names onto the settings models; tables of a model's fields are merged in."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            out.setdefault(key, {}).update({str(k).replace("-", "_"): v for k, v in value.items()})
+        elif key in FLAT:
+            section, field = FLAT[key]
+            out.setdefault(section, {})[field] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _listed(values: dict[str, Any]) -> dict[str, Any]:
+    """One server URL or stop string may be given without a list."""
+    return {k: [v] if k in ("base_url", "stop") and isinstance(v, str) else v for k, v in values.items()}
+
+
+def _place(loc: tuple[Any, ...]) -> str:
+    """The name an error reports: the flat name where there is one, else ``section.key``."""
+    parts = tuple(str(p) for p in loc)
+    if len(parts) >= 2 and tuple(parts[:2]) in _FLAT_NAME:
+        return _FLAT_NAME[tuple(parts[:2])]
+    return ".".join(parts) or "config"
+
+
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
-    """Flags over file values over defaults, validated; errors name the flag."""
-    values = dict(file_values)
-    for key in ("policy_settings", "scorer_settings"):
-        merged = dict(values.get(key) or {})
-        merged.update(flag_values.pop(key, None) or {})
-        values[key] = merged
-    values.update({k: v for k, v in flag_values.items() if v is not None and v != []})
-    if isinstance(values.get("base_url"), str):
-        values["base_url"] = [values["base_url"]]
-    if isinstance(values.get("stop"), str):
-        values["stop"] = [values["stop"]]
+    """Flags over file values over the models' defaults, validated; errors name the setting.
+
+    Flags that were not given are None (or empty). The policy and scorer settings are
+    validated here too, so a bad value fails before any server is contacted.
+    """
+    given = {k: v for k, v in flag_values.items() if v is not None and v != [] and v != {}}
+    values = _nested(_listed(file_values))
+    for key, value in _nested(_listed(given)).items():
+        if isinstance(values.get(key), dict) and isinstance(value, dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
     try:
-        return RunConfig(**values)
+        config = RunConfig(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else "config"
-        flag = "DATASET" if key == "dataset" else "--" + key.replace("_", "-")
+        where = _place(err["loc"])
         if err["type"] == "extra_forbidden":
-            raise InputError(f"unknown setting {key!r}", "config file") from None
+            raise InputError(f"unknown setting {where!r}", "config") from None
         if err["type"] == "missing":
-            raise InputError("required (give the flag or set it in --config)", flag) from None
-        raise InputError(f"{err['msg']} (got {err.get('input')!r})", flag) from None
+            raise InputError("required (give it as a flag or in the config file)", where) from None
+        cause = (err.get("ctx") or {}).get("error")
+        message = str(cause) if cause is not None else err["msg"]
+        shown = "" if where.endswith("api_key") or cause is not None else f" (got {repr(err.get('input'))[:100]})"
+        raise InputError(message + shown, where) from None
+    config.template_obj()
+    config.policy_config()
+    config.scorer_config()
+    return config
 
 
 def build_generator(config: RunConfig) -> OpenAIGenerator:
-    return OpenAIGenerator(config.base_url, config.model, config.generation(), kind=config.endpoint,
-                           client=config.client())
+    """The generator: the only client that gets ``client.api_key``."""
+    client = config.client
+    if "max_connections" not in client.model_fields_set:
+        client = client.model_copy(update={"max_connections": max(config.sampler.concurrency, 8) * 2})
+    return OpenAIGenerator(config.base_url, config.model, config.generation, kind=config.endpoint, client=client)
 
 
-def build_scorer(config: RunConfig) -> Scorer:
-    """The scorer of ``config``; judges and PRM clients get their own connections."""
-    settings = config.scorer_config()
-    if isinstance(settings, JudgeSettings):
-        judge = OpenAIGenerator(settings.base_url or config.base_url, settings.model or config.model, kind="chat",
-                                client=config.client())
-        kwargs = {"prompt": settings.prompt} if settings.prompt else {}
-        return JudgeScorer(judge, concurrency=settings.concurrency, **kwargs)
-    if isinstance(settings, PrmSettings):
-        client = OpenAIGenerator(settings.base_url, settings.model, client=config.client())
-        return VllmPrmScorer(client, markup=settings.markup, path=settings.path, aggregate=settings.aggregate,
-                             separator=settings.separator, step_tag=settings.step_tag, system=settings.system,
-                             max_steps=settings.max_steps)
-    if isinstance(settings, LocalPrmSettings):
-        return LocalPrmScorer(settings.model, device=settings.device, batch_size=settings.batch_size,
-                              dtype=settings.dtype, aggregate=settings.aggregate, separator=settings.separator,
-                              step_tag=settings.step_tag, system=settings.system, max_steps=settings.max_steps)
-    return ConfidenceScorer()
+def build_run_scorer(config: RunConfig) -> Scorer:
+    """The scorer; it may use the generator's servers and model, never the generator's key."""
+    context = ScorerContext(base_urls=tuple(config.base_url), model=config.model,
+                            client=config.client.model_copy(update={"api_key": None}))
+    return build_scorer(config.scorer, config.scorer_config(), context)

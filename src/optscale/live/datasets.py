@@ -1,9 +1,10 @@
-"""Problems to sample: local JSON / JSON Lines / CSV files, or Hugging Face ``datasets`` names.
+"""Problems to sample: local JSON / JSON Lines / CSV files (``.gz`` too), or Hugging Face ``datasets`` names.
 
 Every row needs a question; the gold answer is optional (without it nothing is graded). A
 GSM8K-style worked solution ending in ``#### 18`` is reduced to its final answer. Ids must be
 unique because a resumed run finds its samples by problem id; rows without an id get
-``<file stem>/<row number>``.
+``<file stem>/<row number>``. Files are read through :mod:`optscale.io`, so a bad byte or a
+bad line is reported as ``file:line``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ..errors import InputError
+from ..io import numbered_lines, parse_json, read_text
 
 __all__ = ["LiveProblem", "DatasetSpec", "load_problems"]
+
+_READERS = (".jsonl", ".ndjson", ".json", ".csv")
 
 
 @dataclass(frozen=True)
@@ -30,18 +36,27 @@ class LiveProblem:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
+class DatasetSpec(BaseModel):
     """Where the problems come from and which slice of them to use."""
 
-    source: str
-    question_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str = "id"
-    split: str = "test"
-    subset: str | None = None
-    offset: int = 0
-    limit: int | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(min_length=1, description="problems: a .jsonl/.json/.csv file (also .gz) with question "
+                                                  "and answer fields, or a Hugging Face dataset name")
+    question_field: str = Field("question", min_length=1, description="field holding the question")
+    answer_field: str = Field("answer", min_length=1, description="field holding the gold answer")
+    id_field: str = Field("id", min_length=1, description="field holding the problem id")
+    split: str = Field("test", description="Hugging Face split")
+    subset: str | None = Field(None, description="Hugging Face configuration, e.g. main")
+    offset: int = Field(0, ge=0, description="skip this many problems first")
+    limit: int | None = Field(None, ge=1, description="use at most this many problems")
+
+    def __init__(self, *args: Any, **values: Any) -> None:
+        """Positional arguments in field order (``DatasetSpec("gsm8k.jsonl", "problem")``), as before."""
+        if len(args) > len(type(self).model_fields):
+            raise TypeError(f"DatasetSpec takes at most {len(type(self).model_fields)} positional arguments")
+        values.update(zip(type(self).model_fields, args))
+        super().__init__(**values)
 
 
 def _gold(value: Any) -> str | None:
@@ -53,22 +68,26 @@ def _gold(value: Any) -> str | None:
     return text.strip() or None
 
 
+def _problem_id(value: Any, where: str) -> str | None:
+    """An id as text, keeping its value (``0``, ``"0"``, ``false``); None when the row has none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    raise InputError(f"an id must be a string or a number, got {type(value).__name__}", where)
+
+
 def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"not valid JSON ({exc.msg})", f"{path}:{number}") from None
+    for number, line in numbered_lines(path):
+        if line.strip():
+            where = f"{path}:{number}"
+            yield where, parse_json(line, where)
 
 
 def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", str(path)) from None
+    data = parse_json(read_text(path), str(path))
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -81,9 +100,12 @@ def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        for number, row in enumerate(csv.DictReader(f), 2):
-            yield f"{path}:{number}", row
+    reader = csv.DictReader(line for _, line in numbered_lines(path))
+    try:
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV: {exc}", f"{path}:{reader.line_num}") from None
 
 
 def _rows_hub(spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
@@ -101,23 +123,29 @@ def _rows_hub(spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
         yield f"{spec.source}[{spec.split}][{number}]", row
 
 
+def _file_kind(path: Path) -> str:
+    """The format suffix, looking through a ``.gz`` (``p.jsonl.gz`` is JSON Lines)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
 def load_problems(spec: DatasetSpec) -> list[LiveProblem]:
     """The problems of ``spec``, validated; any bad row raises :class:`InputError` naming it."""
     path = Path(spec.source).expanduser()
     if path.is_file():
-        suffix = path.suffix.lower()
+        kind = _file_kind(path)
+        if kind not in _READERS:
+            raise InputError("unsupported dataset file; use .jsonl, .json or .csv (optionally .gz)", str(path))
         readers = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_json, ".csv": _rows_csv}
-        if suffix not in readers:
-            raise InputError("unsupported dataset file; use .jsonl, .json or .csv", str(path))
-        rows: Iterator[tuple[str, Any]] = readers[suffix](path)
-        stem = path.stem
-    elif path.exists() or spec.source.endswith((".jsonl", ".json", ".csv")):
-        raise InputError("dataset file not found", spec.source)
+        rows: Iterator[tuple[str, Any]] = readers[kind](path)
+        stem = Path(path.name[:-3] if path.name.lower().endswith(".gz") else path.name).stem
+    elif path.exists() or spec.source.endswith(tuple(_READERS) + tuple(s + ".gz" for s in _READERS)):
+        raise InputError("dataset file not found" if not path.exists() else "not a regular file", spec.source)
     else:
         rows = _rows_hub(spec)
         stem = spec.source.rsplit("/", 1)[-1]
-    if spec.offset < 0 or (spec.limit is not None and spec.limit < 1):
-        raise InputError("offset must be >= 0 and limit >= 1", "--limit")
     problems: list[LiveProblem] = []
     seen: dict[str, str] = {}
     for number, (where, row) in enumerate(rows):
@@ -127,7 +155,7 @@ def load_problems(spec: DatasetSpec) -> list[LiveProblem]:
             break
         if not isinstance(row, dict):
             raise InputError("expected an object with a question", where)
-        pid = str(row.get(spec.id_field) or f"{stem}/{number}")
+        pid = _problem_id(row.get(spec.id_field), where) or f"{stem}/{number}"
         question = row.get(spec.question_field)
         if not isinstance(question, str) or not question.strip():
             raise InputError(f"problem {pid!r} has no {spec.question_field!r} text", where)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import InputError
-from .generators import Prompt
+from .types import Prompt
 
 __all__ = ["BOXED_INSTRUCTION", "PromptTemplate", "CHAT_MARKUP", "render_markup"]
 
@@ -40,7 +40,7 @@ def render_markup(markup: str, messages: list[dict[str, str]], open_assistant: b
     final assistant message is closed (as a reward model expects to read it).
     """
     if markup not in CHAT_MARKUP:
-        raise InputError(f"unknown chat markup {markup!r}; choose from {', '.join(CHAT_MARKUP)}", "--chat-markup")
+        raise InputError(f"unknown chat markup {markup!r}; choose from {', '.join(CHAT_MARKUP)}", "chat_markup")
     system, user, assistant, close = CHAT_MARKUP[markup]
     parts = []
     for m in messages:
@@ -65,10 +65,10 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         if "{question}" not in self.user:
-            raise InputError("the prompt template must contain {question}", "--template")
+            raise InputError("the prompt template must contain {question}", "template")
         if self.markup not in CHAT_MARKUP:
             raise InputError(f"unknown chat markup {self.markup!r}; choose from {', '.join(CHAT_MARKUP)}",
-                             "--chat-markup")
+                             "chat_markup")
 
     def messages(self, question: str) -> list[dict[str, str]]:
         out = [{"role": "system", "content": self.system}] if self.system else []

@@ -15,28 +15,33 @@ be compared sample for sample.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
+import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from ..answers import extract_answer, grade
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..answers import extract_answer
+from ..answers.grade import Grade, grade_async
 from ..errors import InputError
 from ..policies.base import Decision, Episode, Outcome, Policy, Problem, Sample
 from .datasets import LiveProblem
-from .generators import Completion, OpenAIGenerator, RequestFailed, TokenMeter
+from .openai import OpenAIGenerator
 from .prompts import PromptTemplate
 from .runs import MemoryStore, RunState
 from .scorers import BatchingScorer, Score, Scorer, ScoreRequest
+from .types import Completion, RequestFailed, TokenMeter
 
 __all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "sample_problems", "sample_seed", "summarize"]
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class SamplerSettings:
-    """How hard to push the servers.
+
+class SamplerSettings(BaseModel):
+    """How hard to push the servers, and how responses become samples.
 
     ``concurrency`` caps generation requests under way across all problems; ``in_flight``
     caps samples under way for one problem (the wave size); ``problems_in_flight`` caps the
@@ -46,20 +51,17 @@ class SamplerSettings:
     answer, which Best-of-N could otherwise return.
     """
 
-    concurrency: int = 8
-    in_flight: int = 4
-    problems_in_flight: int | None = None
-    n_per_request: int = 1
-    max_failures: int = 3
-    answer_style: str = "auto"
-    zero_unanswered: bool = True
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        for name in ("concurrency", "in_flight", "n_per_request", "max_failures"):
-            if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", f"--{name.replace('_', '-')}")
-        if self.problems_in_flight is not None and self.problems_in_flight < 1:
-            raise InputError(f"must be >= 1, got {self.problems_in_flight}", "--problems-in-flight")
+    concurrency: int = Field(8, ge=1, le=100_000, description="generation requests under way at once, all problems")
+    in_flight: int = Field(4, ge=1, le=100_000, description="samples under way at once for one problem")
+    problems_in_flight: int | None = Field(None, ge=1, le=100_000,
+                                           description="problems worked on at once; default: concurrency")
+    n_per_request: int = Field(1, ge=1, le=1024, description="samples asked of one request (the n parameter)")
+    max_failures: int = Field(3, ge=1, description="failed requests after which a problem gives up this session")
+    answer_style: Literal["auto", "boxed", "number"] = Field(
+        "auto", description="how the final answer is read: auto, boxed or number")
+    zero_unanswered: bool = Field(True, description="score 0 for a response without a final answer")
 
 
 class Store(Protocol):
@@ -87,7 +89,11 @@ class Listener:
 
 @dataclass
 class ProblemResult:
-    """One problem's outcome and its full record."""
+    """One problem's outcome and its record.
+
+    ``samples`` hold everything of each sample except its ``text``, which went to the store
+    (``samples.jsonl`` of a run folder) and is not kept in memory for the whole run.
+    """
 
     id: str
     answer: str | None
@@ -110,26 +116,32 @@ def _plain(value: Any) -> Any:
 
 
 def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], outcome: Outcome,
-              policy: str) -> dict[str, Any]:
-    """The ``problems.jsonl`` line of a finished problem; all token totals come from the log."""
+              policy: str, verdict: Grade | None = None) -> dict[str, Any]:
+    """The ``problems.jsonl`` line of a finished problem; all token totals come from the log.
+
+    ``verdict`` is the grade of the chosen answer (None without a gold answer). A total that
+    is not known for every sample (servers that stream without a usage report send no prompt
+    size) is ``None``, never a partial sum.
+    """
     chosen = samples[outcome.chosen] if outcome.chosen is not None else None
     sample_tokens = sum(int(s["tokens"]) + int(s.get("wasted_tokens") or 0) for s in samples)
     cancelled = [e for e in events if e["type"] == "cancelled"]
     failed = [e for e in events if e["type"] == "failed"]
     cancelled_tokens = sum(int(e["tokens"]) for e in cancelled)
     failed_tokens = sum(int(e["tokens"]) for e in failed)
-    correct = None if problem.answer is None else grade(problem.answer, outcome.answer)
+    prompt_sizes = [s.get("prompt_tokens") for s in samples]
     return {
         "id": problem.id,
         "gold": problem.answer,
         "answer": outcome.answer,
-        "correct": correct,
+        "correct": verdict.correct if verdict is not None else None,
+        "grade_status": verdict.status if verdict is not None else None,
         "n_samples": outcome.n_samples,
         "tokens": sample_tokens + cancelled_tokens + failed_tokens,
         "sample_tokens": sample_tokens,
         "cancelled_tokens": cancelled_tokens,
         "failed_tokens": failed_tokens,
-        "prompt_tokens": sum(int(s.get("prompt_tokens") or 0) for s in samples),
+        "prompt_tokens": sum(prompt_sizes) if None not in prompt_sizes else None,
         "n_cancelled": len(cancelled),
         "n_failed": len(failed),
         "n_flagged": sum(1 for s in samples if s.get("flag")),
@@ -139,6 +151,11 @@ def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], out
         "estimates": {k: _plain(v) for k, v in outcome.estimates.items()},
         "policy": policy,
     }
+
+
+def _lean(record: dict[str, Any]) -> dict[str, Any]:
+    """A logged record without its text (kept by the store, not in memory for the whole run)."""
+    return {k: v for k, v in record.items() if k != "text"} if "text" in record else record
 
 
 def sample_seed(run_seed: int, problem_id: str, index: int) -> int:
@@ -178,11 +195,19 @@ class _Sampler:
         self.store = store
         self.listener = listener
         gen = generator.settings
-        self.gen_settings = dataclasses.replace(gen, logprobs=True) if scorer.needs_logprobs else gen
+        self.gen_settings = gen.model_copy(update={"logprobs": True}) if scorer.needs_logprobs else gen
         self._requests = asyncio.Semaphore(settings.concurrency)
         self._problems = asyncio.Semaphore(settings.problems_in_flight or settings.concurrency)
         self._clock = itertools.count(1)
         self._describe = getattr(policy, "describe", lambda: policy.name)()
+        self.short_choices = 0  # samples asked for that a server did not return (asked for again)
+        self.failed_requests = 0  # requests that failed every retry (logged as "failed" events)
+
+    def _short_choices(self, problem: LiveProblem, asked: int, got: int) -> None:
+        self.short_choices += asked - got
+        (log.warning if self.short_choices == asked - got else log.info)(
+            "problem %r: asked the server for %d choices, got %d; asking again for the rest (%d so far)",
+            problem.id, asked, got, self.short_choices)
 
     # -- one request ---------------------------------------------------------------------
     def _seeded(self, problem: LiveProblem, index: int):
@@ -190,7 +215,7 @@ class _Sampler:
         base = self.gen_settings.seed
         if base is None:
             return self.gen_settings
-        return dataclasses.replace(self.gen_settings, seed=sample_seed(base, problem.id, index))
+        return self.gen_settings.model_copy(update={"seed": sample_seed(base, problem.id, index)})
 
     async def _request(self, problem: LiveProblem, slot: _Slot) -> None:
         try:
@@ -207,9 +232,10 @@ class _Sampler:
             slot.done_at = next(self._clock)
 
     async def _log(self, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
+        """Store ``record`` durably, then keep it in memory without its text."""
         await self.store.append(record)
-        into.append(record)
         self.listener.on_record(record)
+        into.append(_lean(record))
 
     def _sample_record(self, problem: LiveProblem, index: int, c: Completion, score: Score, first: bool) -> dict:
         answer = extract_answer(c.text, self.settings.answer_style) if c.text else None
@@ -223,7 +249,7 @@ class _Sampler:
             "tokens": c.tokens, "tokens_source": c.tokens_source,
             "wasted_tokens": c.wasted_tokens if first else 0, "prompt_tokens": c.prompt_tokens,
             "finish_reason": c.finish_reason, "endpoint": c.endpoint, "attempts": c.attempts,
-            "latency_s": round(c.latency_s, 3), "text": c.text,
+            "latency_s": round(c.latency_s, 3), "usage_invalid": c.usage_invalid, "text": c.text,
         }
 
     def _event(self, kind: str, problem: LiveProblem, slot: _Slot, index: int, tokens: int,
@@ -252,13 +278,13 @@ class _Sampler:
     # -- one problem ---------------------------------------------------------------------
     async def problem(self, problem: LiveProblem, state: RunState) -> ProblemResult:
         log = state.log(problem.id)
-        samples, events = list(log.samples), list(log.events)
+        samples, events = [_lean(r) for r in log.samples], list(log.events)
         episode = self.policy.start(Problem(id=problem.id, question=problem.question))
         stopped = False
         for record in samples:
             if stopped:
                 raise InputError(f"problem {problem.id!r} has samples logged after its policy stopped; "
-                                 "was the run folder written with other settings?", "--out")
+                                 "was the run folder written with other settings?", "out")
             stopped = episode.observe(Sample(record["score"], record["answer"], record["tokens"])) is Decision.STOP
         if problem.id in state.finished:
             result = self._result(samples, events, state.finished[problem.id])
@@ -271,7 +297,9 @@ class _Sampler:
             result = ProblemResult(problem.id, None, None, len(samples), spent, "unfinished", samples=samples,
                                    events=events, error=error)
         else:
-            summary = summarize(problem, samples, events, episode.result(), self._describe)
+            outcome = episode.result()
+            verdict = None if problem.answer is None else await grade_async(problem.answer, outcome.answer)
+            summary = summarize(problem, samples, events, outcome, self._describe, verdict)
             await self.store.finish(summary)
             result = self._result(samples, events, summary)
         self.listener.on_problem(result)
@@ -288,6 +316,7 @@ class _Sampler:
                       samples: list[dict], events: list[dict]) -> str | None:
         """Draw samples until the episode stops; returns an error message if it had to give up."""
         slots: dict[asyncio.Task, _Slot] = {}
+        spare: list[int] = []  # indices a request came back without, asked for again
         failures = 0
         try:
             while not stopped:
@@ -297,8 +326,10 @@ class _Sampler:
                     want = max(want, 1)
                 while want > 0:
                     k = min(want, self.settings.n_per_request)
-                    slot = _Slot(list(range(next_index, next_index + k)))
-                    next_index += k
+                    indices, spare = spare[:k], spare[k:]
+                    fresh = k - len(indices)
+                    slot = _Slot(indices + list(range(next_index, next_index + fresh)))
+                    next_index += fresh
                     want -= k
                     slots[asyncio.create_task(self._request(problem, slot))] = slot
                 done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_COMPLETED)
@@ -308,14 +339,21 @@ class _Sampler:
                     exc = task.exception()
                     if isinstance(exc, RequestFailed):
                         failures += 1
+                        self.failed_requests += 1
                         last_failure = exc
+                        log.warning("problem %r: a request failed (%s)", problem.id, exc)
                         event = self._event("failed", problem, slot, slot.indices[0], slot.cost(), error=str(exc))
                         await self._log(event, events)
                         continue
                     if exc is not None:
                         raise exc
                     assert slot.completions is not None and slot.scores is not None
-                    for k, (index, c, score) in enumerate(zip(slot.indices, slot.completions, slot.scores)):
+                    missing = slot.indices[len(slot.completions):]
+                    if missing:
+                        spare = sorted(spare + missing)
+                        self._short_choices(problem, len(slot.indices), len(slot.completions))
+                    got = slot.indices[:len(slot.completions)]
+                    for k, (index, c, score) in enumerate(zip(got, slot.completions, slot.scores, strict=True)):
                         if stopped:
                             tokens = c.tokens + (slot.meter.wasted if k == 0 else 0)
                             await self._log(self._event("cancelled", problem, slot, index, tokens,
@@ -328,6 +366,7 @@ class _Sampler:
                 if last_failure is not None and failures >= self.settings.max_failures and not stopped:
                     raise _GiveUp(f"{failures} requests failed; last: {last_failure}")
         except _GiveUp as exc:
+            log.warning("problem %r gives up for this session: %s", problem.id, exc)
             return f"problem {problem.id!r}: {exc}"
         finally:
             await self._cancel(problem, slots, events)
@@ -368,7 +407,7 @@ async def sample_problems(
                        store if store is not None else MemoryStore(), listener or Listener())
     state = sampler.store.load()
     if any(p.answer is not None for p in problems):
-        grade("1", "1")  # imports the grader now rather than in the middle of streaming
+        await grade_async("1", "1")  # starts the grader now rather than in the middle of streaming
     sampler.listener.on_start(len(problems))
     tasks = [asyncio.create_task(sampler.problem(p, state)) for p in problems]
     try:

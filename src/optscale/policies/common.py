@@ -25,13 +25,17 @@ def prefix_stats(score: np.ndarray, n: np.ndarray) -> SufficientStats:
     return SufficientStats(n.copy(), mean, var)
 
 
+#: Largest budget a policy accepts: far beyond any real use, small enough for every array.
+N_MAX_LIMIT = 1_000_000
+
+
 class PolicyBase(BaseModel):
     """Configuration of a policy; validated once, immutable, cheap to copy with new settings."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     name: ClassVar[str] = ""
-    n_max: int = Field(ge=1, description="most samples ever drawn for one problem")
+    n_max: int = Field(ge=1, le=N_MAX_LIMIT, description="most samples ever drawn for one problem")
     select: Selection = Field(Selection.BEST, description="how the returned sample is chosen: best, majority or weighted")
 
     # -- live ----------------------------------------------------------------------------

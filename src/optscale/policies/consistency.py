@@ -23,6 +23,8 @@ from .selection import Selection
 
 
 class EarlyStoppingSC(PolicyBase):
+    """Early-stopping self-consistency: stop after the first window of agreeing answers."""
+
     name: ClassVar[str] = "esc"
     select: Selection = Selection.MAJORITY
     window: int = Field(5, ge=1, description="samples per window")
@@ -58,6 +60,8 @@ def beta_stop_probability(v1, v2) -> np.ndarray:
 
 
 class AdaptiveSC(PolicyBase):
+    """Adaptive self-consistency: stop once the leading answer wins with posterior probability ``threshold``."""
+
     name: ClassVar[str] = "asc"
     select: Selection = Selection.MAJORITY
     threshold: float = Field(0.95, gt=0.5, lt=1, description="posterior confidence needed to stop")

@@ -3,7 +3,9 @@
 * ``optscale0`` (OptScale^0): peek ``peek`` samples, fit (mu, sigma) by maximum likelihood,
   then draw ``N = min(n_max, max(peek, N*))`` in total.
 * ``optscale-t`` (OptScale^t): the same with a MAP fit under per-problem priors from a file, a
-  predictor, or any :class:`~optscale.policies.priors.PriorSource`.
+  predictor, or any :class:`~optscale.priors.PriorSource`. The policy never loads a predictor
+  itself: :func:`optscale.compose.build_policy` (used by the CLI, the live runner and the demo)
+  plugs in the packaged default predictor when no priors are given.
 * ``optscale`` (the paper's sequential algorithm): re-estimate after every sample from the
   ``peek``-th on and stop as soon as ``n >= N*``.
 """
@@ -24,7 +26,7 @@ from ..fit import FitResult, fit_stats
 from ..stats import min_samples_detail
 from .common import PolicyBase, prefix_stats
 from .episode import Step
-from .priors import FilePriors, PriorArrays, PriorSource
+from ..priors import FilePriors, PriorArrays, PriorSource
 
 __all__ = ["OptScale0", "OptScaleT", "SequentialOptScale", "paper_peek"]
 
@@ -39,18 +41,6 @@ def _file_priors(path: str, mtime: float) -> FilePriors:
     return FilePriors(path)
 
 
-def _default_priors() -> PriorSource:
-    try:
-        from ..predictor import PredictorPriors, load_default
-    except ImportError as exc:
-        raise InputError(
-            "OptScale^t needs priors: pass --set priors=FILE (a priors JSONL) or install the "
-            f"predictor extra (pip install 'optscale[predictor]') for the default predictor ({exc})",
-            "priors",
-        ) from None
-    return PredictorPriors(load_default())
-
-
 class _OptScaleBase(PolicyBase):
     s_min: float = Field(0.95, gt=0, lt=1, description="target verifier score the best sample should reach")
     alpha: float = Field(0.9, gt=0, lt=1, description="required probability that the best sample reaches s_min")
@@ -59,7 +49,8 @@ class _OptScaleBase(PolicyBase):
         "spend", description="when N* exceeds n_max: spend the whole budget (the paper) or stop after the peek"
     )
     estimator: Literal["mle", "map"] = "mle"
-    priors: Any = Field(None, description="MAP priors: a priors JSONL path or a PriorSource; default: the packaged predictor")
+    priors: Any = Field(None, description="MAP priors: a priors JSONL path or a PriorSource; "
+                                          "the CLI's default: the packaged predictor")
     prior_width: float | None = Field(None, gt=0, description="override the prior widths (std on mu and sigma)")
 
     @field_validator("priors")
@@ -79,7 +70,11 @@ class _OptScaleBase(PolicyBase):
             if not path.exists():
                 raise InputError("priors file not found", str(path))
             return _file_priors(str(path), path.stat().st_mtime)
-        return self.priors if self.priors is not None else _default_priors()
+        if self.priors is None:
+            raise InputError("a MAP estimate needs priors: pass a priors JSONL path or a PriorSource, or build "
+                             "the policy with optscale.compose.build_policy, which uses the packaged default "
+                             "predictor", "settings.priors")
+        return self.priors
 
     def prior_arrays(self, ids, questions) -> PriorArrays | None:
         if self.estimator == "mle":

@@ -1,4 +1,10 @@
-"""Policies by name, built from validated settings (``--set key=value`` on the CLI)."""
+"""Policies by name, built from validated settings.
+
+:data:`POLICIES` is the one list of policies: the CLI's ``--policy`` help and choices, the
+settings help, the JSON Schema of each policy's settings and :func:`make_policy` all derive
+from it. Errors name the library's arguments (``policy``, ``n_max``, ``settings.<key>``); each
+CLI command translates them to its flags.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +13,38 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import InputError
-from .common import PolicyBase
+from ..registry import Registry
+from .common import N_MAX_LIMIT, PolicyBase
 from .consistency import AdaptiveSC, EarlyStoppingSC
 from .fixed import BestOfN, SelfConsistency
 from .optscale import OptScale0, OptScaleT, SequentialOptScale
 
-POLICIES: dict[str, type[PolicyBase]] = {
-    cls.name: cls
-    for cls in (BestOfN, OptScale0, SequentialOptScale, OptScaleT, SelfConsistency, EarlyStoppingSC, AdaptiveSC)
-}
+__all__ = ["POLICIES", "make_policy", "parse_settings", "policy_settings_schema", "settings_help"]
+
+POLICIES: Registry[type[PolicyBase]] = Registry("policy")
+for _cls in (BestOfN, OptScale0, SequentialOptScale, OptScaleT, SelfConsistency, EarlyStoppingSC, AdaptiveSC):
+    POLICIES.add(_cls.name, _cls)
+
+
+def _settings(cls: type[PolicyBase]) -> list[str]:
+    return [k for k in cls.model_fields if k != "n_max"]
 
 
 def make_policy(name: str, n_max: int, **settings: Any) -> PolicyBase:
     """Build a policy; unknown names and bad settings raise :class:`InputError` naming the key."""
-    cls = POLICIES.get(name)
-    if cls is None:
-        raise InputError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}", "--policy")
-    if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
-        raise InputError(f"must be an integer >= 1, got {n_max!r}", "--n-max")
+    cls = POLICIES.get(name, "policy")
+    if isinstance(n_max, bool) or not isinstance(n_max, int) or not 1 <= n_max <= N_MAX_LIMIT:
+        raise InputError(f"must be an integer from 1 to {N_MAX_LIMIT}, got {n_max!r}", "n_max")
     try:
         return cls(n_max=n_max, **settings)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or name
-        flag = "--n-max" if key == "n_max" else f"--set {key}"
+        key = ".".join(str(p) for p in err["loc"])
+        where = "n_max" if key == "n_max" else f"settings.{key}" if key else "settings"
         if err["type"] == "extra_forbidden":
-            known = ", ".join(k for k in cls.model_fields if k != "n_max")
-            raise InputError(f"policy {name!r} has no setting {key!r} (settings: {known})", flag) from None
-        raise InputError(f"{err['msg']} (got {err.get('input')!r})", flag) from None
+            raise InputError(f"policy {name!r} has no setting {key!r} (settings: {', '.join(_settings(cls))})",
+                             where) from None
+        raise InputError(f"{err['msg']} (got {err.get('input')!r})", where) from None
 
 
 def parse_settings(pairs: list[str] | None) -> dict[str, str]:
@@ -43,6 +53,24 @@ def parse_settings(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"expected key=value, got {pair!r}", "--set")
+            raise InputError(f"expected key=value, got {pair!r}", "settings")
         out[key.strip()] = value.strip()
     return out
+
+
+def policy_settings_schema(name: str) -> dict:
+    """JSON Schema of a policy's settings (everything but ``n_max``), from its pydantic model."""
+    cls = POLICIES.get(name, "policy")
+    schema = cls.model_json_schema()
+    schema["properties"].pop("n_max", None)
+    schema["required"] = [k for k in schema.get("required", []) if k != "n_max"]
+    if not schema["required"]:
+        del schema["required"]
+    schema["title"] = name
+    schema["description"] = (cls.__doc__ or name).strip().splitlines()[0]
+    return schema
+
+
+def settings_help() -> str:
+    """One line naming each policy's settings, for the CLI's ``--set`` help."""
+    return "; ".join(f"{name}: {', '.join(_settings(cls))}" for name, cls in POLICIES.items())

@@ -8,16 +8,40 @@ samples that all lack an answer returns nothing (``-1``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Selection", "select"]
+from ..registry import Registry
+
+__all__ = ["SELECTIONS", "Selection", "select"]
+
+#: Rules by name: ``rule(score, answer, used) -> position`` over rows of ``(B, N)`` arrays,
+#: ``used`` marking each row's first ``n_used`` samples.
+SELECTIONS: Registry[Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = Registry("selection rule")
 
 
-class Selection(str, enum.Enum):
-    BEST = "best"  #: highest verifier score (Best-of-N); ties go to the earliest sample
-    MAJORITY = "majority"  #: most frequent answer; ties go to the answer seen first
-    WEIGHTED = "weighted"  #: answer with the largest summed score; ties go to the answer seen first
+@SELECTIONS.register("best")
+def _best(score: np.ndarray, answer: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Highest verifier score (Best-of-N); ties go to the earliest sample."""
+    out = np.argmax(np.where(used, score, -np.inf), axis=1)
+    return np.where(used.any(axis=1), out, -1)
+
+
+@SELECTIONS.register("majority")
+def _majority(score: np.ndarray, answer: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Most frequent answer; ties go to the answer seen first."""
+    return _vote(score, answer, used, np.ones_like(score))
+
+
+@SELECTIONS.register("weighted")
+def _weighted(score: np.ndarray, answer: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Answer with the largest summed score; ties go to the answer seen first."""
+    return _vote(score, answer, used, score)
+
+
+#: The rules' names as the type of a policy's ``select`` setting (``Selection.BEST`` ...).
+Selection = enum.Enum("Selection", [(name.upper(), name) for name in SELECTIONS], type=str, module=__name__)
 
 
 def select(rule: Selection | str, score: np.ndarray, answer: np.ndarray, n_used: np.ndarray) -> np.ndarray:
@@ -27,25 +51,24 @@ def select(rule: Selection | str, score: np.ndarray, answer: np.ndarray, n_used:
     (equal code, equal answer) or ``-1``. For votes the returned position is the
     highest-scoring sample of the winning answer (earliest on ties).
     """
-    rule = Selection(rule)
+    rule = SELECTIONS.get(Selection(rule).value, "select")
     score = np.asarray(score, dtype=float)
-    answer = np.asarray(answer)
+    used = np.arange(score.shape[1])[None, :] < np.asarray(n_used)[:, None]
+    return rule(score, np.asarray(answer), used)
+
+
+def _vote(score: np.ndarray, answer: np.ndarray, used: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The highest-scoring sample of the answer with the largest total weight ("no answer" never votes)."""
     b, n = score.shape
     pos = np.arange(n)
-    used = pos[None, :] < np.asarray(n_used)[:, None]
-    if rule is Selection.BEST:
-        masked = np.where(used, score, -np.inf)
-        out = np.argmax(masked, axis=1)
-        return np.where(used.any(axis=1), out, -1)
     valid = used & (answer >= 0)
     k = int(answer.max()) + 1 if answer.size else 0
     if k == 0:
         return np.full(b, -1)
     rows = np.broadcast_to(np.arange(b)[:, None], (b, n))[valid]
     codes = answer[valid]
-    weight = 1.0 if rule is Selection.MAJORITY else score[valid]
     tally = np.zeros((b, k))
-    np.add.at(tally, (rows, codes), weight)
+    np.add.at(tally, (rows, codes), weights[valid])
     first = np.full((b, k), n)
     np.minimum.at(first, (rows, codes), np.broadcast_to(pos, (b, n))[valid])
     # Highest tally wins; among equal tallies the answer seen first.

@@ -2,15 +2,15 @@
 
 Sampling scripts usually dump one row per generated response; the pool format groups them
 by problem. Rows of a problem may be scattered through the table: problems and their samples
-keep the order in which they first appear. Every error names ``file:N column NAME``, where
-``N`` is the line for JSON Lines and CSV (the last line of a CSV record spanning several)
-and the 1-based row for Parquet.
+keep the order in which they first appear. JSON Lines and CSV tables may be gzipped
+(``samples.csv.gz``). Every error names ``file:N column NAME``, where ``N`` is the line for
+JSON Lines and CSV (the last line of a CSV record spanning several) and the 1-based row for
+Parquet.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from ..answers import extract_answer
 from ..errors import InputError
-from .io import StrPath, validation_message, write_pool
+from ..io import StrPath, iter_objects, numbered_lines, parse_json, same_file
+from .io import validation_message, write_pool
 from .schema import PoolProblem, PoolSample
 
 __all__ = ["FLAT_COLUMNS", "FlatFormat", "detect_format", "convert_flat"]
@@ -54,58 +55,47 @@ _FALSE = {"false", "f", "no", "n", "0"}
 
 
 def detect_format(path: StrPath, fmt: str | None = None) -> FlatFormat:
-    """``fmt`` when given (checked), else the format implied by the file's suffix."""
+    """``fmt`` when given (checked), else the format implied by the file's suffix (``.gz`` aside)."""
     if fmt is not None:
         if fmt not in _SUFFIXES.values():
             raise InputError(f"unknown format {fmt!r}; use jsonl, csv or parquet", where="format")
         return fmt  # type: ignore[return-value]
-    suffix = Path(path).suffix.lower()
-    if suffix not in _SUFFIXES:
-        message = f"unknown suffix {suffix!r}; give the format: jsonl, csv or parquet"
+    name = Path(path).name.lower()
+    base = name.removesuffix(".gz")
+    suffix = Path(base).suffix
+    kind = _SUFFIXES.get(suffix)
+    if kind is None or (kind == "parquet" and base != name):
+        shown = suffix + name[len(base):]
+        message = f"unknown suffix {shown!r}; give the format: jsonl, csv or parquet (.gz for the first two)"
         raise InputError(message, where=os.fspath(path))
-    return _SUFFIXES[suffix]
+    return kind
 
 
-def _jsonl_rows(path: StrPath) -> Iterator[tuple[int, dict[str, Any]]]:
-    name = os.fspath(path)
-    with open(path, encoding="utf-8-sig") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"malformed JSON: {exc.msg}", where=f"{name}:{lineno}") from None
-            if not isinstance(row, dict):
-                message = "expected a JSON object (one sample per line)"
-                raise InputError(message, where=f"{name}:{lineno}")
-            yield lineno, row
-
-
-def _csv_rows(path: StrPath) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(path: StrPath) -> Iterator[tuple[str, dict[str, Any]]]:
     # Long reasoning traces exceed the csv module's default cell limit of 128 KiB.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            yield reader.line_num, row
+    name = os.fspath(path)
+    reader = csv.DictReader(line for _, line in numbered_lines(path))
+    for row in reader:
+        yield f"{name}:{reader.line_num}", row
 
 
-def _parquet_rows(path: StrPath) -> Iterator[tuple[int, dict[str, Any]]]:
+def _parquet_rows(path: StrPath) -> Iterator[tuple[str, dict[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    name = os.fspath(path)
     number = 0
     try:
         for batch in pq.ParquetFile(path).iter_batches():
             for row in batch.to_pylist():
                 number += 1
-                yield number, row
+                yield f"{name}:{number}", row
     except pa.ArrowException as exc:
-        raise InputError(f"not a readable Parquet file: {exc}", where=os.fspath(path)) from None
+        raise InputError(f"not a readable Parquet file: {exc}", where=name) from None
 
 
-_READERS = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}
+_READERS = {"jsonl": iter_objects, "csv": _csv_rows, "parquet": _parquet_rows}
 
 
 def _as_text(value: Any, where: str) -> str:
@@ -144,8 +134,8 @@ def _as_list(value: Any, where: str) -> Any:
     """Step scores arrive as lists (JSON Lines, Parquet) or as a JSON list in a CSV cell."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
+            value = parse_json(value, where)
+        except InputError:
             raise InputError("expected a JSON list of numbers", where=where) from None
     if not isinstance(value, list):
         raise InputError(f"expected a list of numbers, got {type(value).__name__}", where=where)
@@ -181,32 +171,32 @@ def convert_flat(
     every row; a column named in ``columns`` must exist, the other optional ones may be
     missing. A row without an answer but with a ``text`` gets the answer extracted from the
     text. One id with two different gold answers is an error. ``correct`` is stored only where
-    the table gives it (the pool reader grades the rest). Returns the problems written.
+    the table gives it (the pool reader grades the rest). A ``dst`` naming the same file as
+    ``src`` (also through a link) is refused before anything is read. Returns the problems written.
     """
+    if same_file(src, dst):
+        raise InputError(f"is the source table {os.fspath(src)!r}; write the pool to another file", where="dst")
     kind = detect_format(src, fmt)
     names = _column_map(columns)
     explicit = set(columns or {})
     name = os.fspath(src)
     problems: dict[str, _Problem] = {}
     try:
-        for line, row in _READERS[kind](src):
-            where = f"{name}:{line}"
+        for where, row in _READERS[kind](src):
             cells: dict[str, Any] = {}
             for ours, theirs in names.items():
                 value = row.get(theirs)
                 if isinstance(value, str) and not value.strip():
                     value = None
                 if theirs not in row and (ours in _REQUIRED or ours in explicit):
-                    hint = "" if ours in explicit else f" (map yours with --column {ours}=NAME)"
+                    hint = "" if ours in explicit else f" (map yours: {ours}=NAME)"
                     raise InputError(f"no such column{hint}", where=f"{where} column {theirs}")
                 if value is None and ours in _REQUIRED:
                     raise InputError("empty", where=f"{where} column {theirs}")
                 cells[ours] = value
             _add_row(problems, cells, names, where)
-    except OSError as exc:
+    except OSError as exc:  # Parquet; the text formats report their own, located
         raise InputError(f"cannot read: {exc.strerror or exc}", where=name) from None
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", where=name) from None
     except csv.Error as exc:
         raise InputError(f"malformed CSV: {exc}", where=name) from None
     if not problems:

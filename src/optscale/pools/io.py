@@ -1,9 +1,10 @@
 """Read and write completion pools (JSON Lines).
 
-Pools can hold many thousands of long responses, so reading streams one line at a time,
-and every problem in the file is reported as ``file:LINE field NAME`` so that it can be
-found and fixed. Writing goes through a temporary file in the same folder and
-``os.replace``, so an interrupted or failed write never leaves a half-written pool behind.
+Pools can hold many thousands of long responses, so reading streams one line at a time
+(``.gz`` pools transparently, through :mod:`optscale.io`), and every problem in the file is
+reported as ``file:LINE field NAME`` so that it can be found and fixed. Writing is atomic
+(:func:`optscale.io.atomic_open`): an interrupted or failed write never leaves a half-written
+pool behind.
 """
 
 from __future__ import annotations
@@ -11,22 +12,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from ..answers import grade
 from ..errors import InputError
-from ..io import numbered_lines
+from ..io import StrPath, atomic_open, numbered_lines, parse_json
 from .schema import PoolProblem
 
 __all__ = ["iter_pool", "read_pool", "write_pool", "format_loc", "validation_message"]
-
-StrPath = str | os.PathLike[str]
 
 
 def format_loc(loc: Iterable[str | int]) -> str:
@@ -72,7 +68,7 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
     """Validated problems of the pool at ``path``, one line at a time.
 
     Raises :class:`InputError` naming ``path:LINE`` and the field for malformed JSON, a
-    line that is not an object, NaN or Infinity, missing fields, wrong types, scores outside
+    line that is not an object, a number out of range (token counts above 2**53 - 1), NaN or Infinity, missing fields, wrong types, scores outside
     [0, 1], an empty ``samples`` list, a repeated id (naming the first line too) and a file
     with no problems. Blank lines are skipped. Samples without ``correct`` are graded
     against the gold answer when ``grade_missing``.
@@ -83,11 +79,7 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
         if not line.strip():
             continue
         where = f"{name}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            message = f"malformed JSON: {exc.msg} (column {exc.colno})"
-            raise InputError(message, where=where) from None
+        obj = parse_json(line, where)
         if not isinstance(obj, dict):
             message = f"expected a JSON object (one problem per line), got {type(obj).__name__}"
             raise InputError(message, where=where)
@@ -123,28 +115,14 @@ def read_pool(path: StrPath, grade_missing: bool = True) -> list[PoolProblem]:
 def write_pool(path: StrPath, problems: Iterable[PoolProblem]) -> int:
     """Write ``problems`` as a pool at ``path`` atomically and return how many were written.
 
-    The lines go to a temporary file next to ``path`` that replaces it only once complete
-    and synced; on any failure (an unserialisable value, NaN, a full disk) the temporary file
-    is removed and an existing pool is left untouched. An existing file's permissions are kept.
+    On any failure (an unserialisable value, NaN, a full disk) an existing pool is left
+    untouched (see :func:`optscale.io.atomic_open`); its permissions are kept.
     """
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     count = 0
-    try:
-        with open(temporary, "x", encoding="utf-8", newline="\n") as handle:
-            for problem in problems:
-                # Python mode: pydantic's JSON mode would quietly turn NaN into null.
-                data = problem.model_dump()
-                handle.write(json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        if target.exists():
-            shutil.copymode(target, temporary)
-        os.replace(temporary, target)
-    except BaseException as exc:
-        temporary.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write: {exc.strerror or exc}", where=os.fspath(path)) from exc
-        raise
+    with atomic_open(path, "w") as handle:
+        for problem in problems:
+            # Python mode: pydantic's JSON mode would quietly turn NaN into null.
+            data = problem.model_dump()
+            handle.write(json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
+            count += 1
     return count

@@ -23,7 +23,7 @@ from pydantic import (
     model_serializer,
 )
 
-__all__ = ["PoolSample", "PoolProblem", "SCHEMA_PATH", "json_schema"]
+__all__ = ["MAX_TOKENS", "PoolSample", "PoolProblem", "SCHEMA_PATH", "json_schema"]
 
 SCHEMA_PATH = Path(__file__).with_name("pool.schema.json")
 
@@ -35,8 +35,11 @@ def _integral_float_to_int(value: Any) -> Any:
     return value
 
 
+#: Largest token count a pool may hold: integers stay exact in float64 (and in JSON readers) up to here.
+MAX_TOKENS = 2**53 - 1
+
 Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-TokenCount = Annotated[int, BeforeValidator(_integral_float_to_int), Field(ge=0)]
+TokenCount = Annotated[int, BeforeValidator(_integral_float_to_int), Field(ge=0, le=MAX_TOKENS)]
 
 
 def _drop_unknown(

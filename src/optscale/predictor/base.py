@@ -11,7 +11,8 @@ Everything else is common and lives here:
   in z-space and mapping back loses about 5 points of RMSE reduction on the mean and 4 on the
   std on MATH (``benchmarks/predictor_cv.py``), because squared error in z-space under-weights
   exactly the hard problems whose scores vary most;
-- validation by grouped K-fold cross-validation (a repeated question never straddles folds);
+- validation by grouped K-fold cross-validation (a repeated question never straddles folds),
+  scored by :func:`metrics` (errors of both moments, coverage of the predictive intervals);
 - the prior widths for OptScale^t: the RMS error, on held-out folds, of the truncated-normal
   *parameters* that the predicted moments convert to, against those of the true moments;
 - the versioned model folder (``config.json`` + the kind's weights + ``metrics.json``).
@@ -29,12 +30,15 @@ import numpy as np
 from scipy.special import expit, logit
 from scipy.stats import norm
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InputError
 from ..fit import moments_to_params
+from ..io import read_json, staged_dir, write_text
+from ..registry import Registry
 from .data import Problems, TrainingSet
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Prediction", "Predictor", "group_folds", "cross_validate", "calibrated", "clip_moments", "load", "KINDS"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "COVERAGES", "Prediction", "Predictor", "group_folds", "cross_validate",
+           "calibrated", "clip_moments", "metrics", "load", "KINDS"]
 
 FORMAT = "optscale-predictor"
 #: Bumped whenever a saved folder could be misread by this code.
@@ -46,7 +50,11 @@ STD_EPS = 1e-3
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(32)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 
-KINDS: dict[str, type["Predictor"]] = {}
+#: Nominal coverages of the central predictive intervals that validation reports check.
+COVERAGES = (0.5, 0.8, 0.9)
+
+#: Every predictor kind, registered by defining its class (``kind = "..."``).
+KINDS: Registry[type["Predictor"]] = Registry("predictor kind")
 INSTALL_HINT = "install the predictor extra: pip install 'optscale[predictor]' (install a CPU build of torch first)"
 
 
@@ -137,7 +145,7 @@ class Predictor(ABC):
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if "kind" in cls.__dict__:
-            KINDS[cls.kind] = cls
+            KINDS.add(cls.kind, cls)
 
     def __init__(self, **params):
         unknown = sorted(set(params) - set(self.defaults))
@@ -182,8 +190,6 @@ class Predictor(ABC):
         oof = calibrated(points[held_out], data.mean[held_out], data.std[held_out])
         self.scale = oof.scale[0]
         self.widths = param_widths(oof, data.mean[held_out], data.std[held_out])
-        from .evaluate import metrics
-
         self.metrics = {
             "validation": {"folds": folds, "rounds": rounds or folds, "seed": seed, "rows": int(held_out.sum()),
                            **metrics(oof, data.mean[held_out], data.std[held_out])},
@@ -198,20 +204,25 @@ class Predictor(ABC):
         return Prediction.around(self._predict(problems), self.scale)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` (format version, kind, parameters, calibration), weights, metrics."""
+        """Write ``config.json`` (format version, kind, parameters, calibration), weights, metrics.
+
+        The files are staged and published together, so a failed save never leaves a folder
+        whose config describes other weights.
+        """
         if not self.fitted:
             raise InputError(f"{self.kind} predictor is not fitted", "predictor")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = self._save_weights(folder)
-        config = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "optscale_version": __version__,
-            "params": self.params, "state": state,
-            "calibration": {"z_scale": [float(x) for x in self.scale], "width_mu": self.widths[0], "width_sigma": self.widths[1]},
-        }
-        (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-        (folder / "metrics.json").write_text(json.dumps(self.metrics, indent=1) + "\n", encoding="utf-8")
-        return folder
+        with staged_dir(folder, str(folder)) as staging:
+            state = self._save_weights(staging)
+            config = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "optscale_version": __version__,
+                "params": self.params, "state": state,
+                "calibration": {"z_scale": [float(x) for x in self.scale], "width_mu": self.widths[0],
+                                "width_sigma": self.widths[1]},
+            }
+            # json.dumps, not io.write_json: an undefined R^2 (constant labels) is stored as NaN.
+            write_text(staging / "config.json", json.dumps(config, indent=1) + "\n")
+            write_text(staging / "metrics.json", json.dumps(self.metrics, indent=1) + "\n")
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Predictor":
@@ -221,20 +232,16 @@ class Predictor(ABC):
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise InputError("not a predictor folder (no config.json)", str(folder))
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"config.json is not valid JSON ({exc.msg})", str(config_path)) from None
+        config = read_json(config_path)
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise InputError(f"not an {FORMAT} config", str(config_path))
         if config.get("format_version") != FORMAT_VERSION:
             raise InputError(f"format version {config.get('format_version')!r}, this optscale reads {FORMAT_VERSION}; "
                              "retrain with `optscale predictor train`", str(config_path))
         kind = config.get("kind")
-        target = KINDS.get(kind)
-        if target is None or (cls is not Predictor and target is not cls):
-            expected = sorted(KINDS) if cls is Predictor else [cls.kind]
-            raise InputError(f"kind {kind!r}, expected one of {expected}", str(config_path))
+        target = KINDS.get(kind, str(config_path))  # an unknown kind names the known ones
+        if cls is not Predictor and target is not cls:
+            raise InputError(f"kind {kind!r}, expected one of {[cls.kind]}", str(config_path))
         try:
             model = target(**config["params"])
             calib = config["calibration"]
@@ -246,7 +253,7 @@ class Predictor(ABC):
                 raise
             raise InputError(f"incomplete or damaged predictor folder ({type(exc).__name__}: {exc})", str(folder)) from None
         metrics_path = folder / "metrics.json"
-        model.metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+        model.metrics = read_json(metrics_path) if metrics_path.is_file() else {}
         return model
 
 
@@ -265,6 +272,28 @@ def calibrated(points, mean, std) -> Prediction:
     """Held-out points with the predictive scale their own residuals imply (RMS in z-space)."""
     scale = np.sqrt(np.mean((to_z(mean, std) - to_z(*np.asarray(points).T)) ** 2, axis=0))
     return Prediction.around(points, scale)
+
+
+def _errors(pred: np.ndarray, true: np.ndarray) -> dict:
+    resid = pred - true
+    ss_tot = float(np.sum((true - true.mean()) ** 2))
+    return {"mae": float(np.mean(np.abs(resid))), "rmse": float(np.sqrt(np.mean(resid**2))),
+            "r2": 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")}
+
+
+def metrics(pred: Prediction | tuple[np.ndarray, np.ndarray], mean, std) -> dict:
+    """MAE, RMSE and R^2 of mean and std; with a :class:`Prediction`, also interval coverage."""
+    p_mean, p_std = (pred.mean, pred.std) if isinstance(pred, Prediction) else pred
+    out = {"mean": _errors(np.asarray(p_mean), np.asarray(mean)), "std": _errors(np.asarray(p_std), np.asarray(std))}
+    if isinstance(pred, Prediction):
+        cover = {"mean": {}, "std": {}}
+        for c in COVERAGES:
+            m_lo, m_hi, s_lo, s_hi = pred.interval(c)
+            cover["mean"][str(c)] = float(np.mean((mean >= m_lo) & (mean <= m_hi)))
+            cover["std"][str(c)] = float(np.mean((std >= s_lo) & (std <= s_hi)))
+        out["coverage"] = cover
+        out["predictive_sd"] = {"mean": float(np.mean(pred.mean_sd)), "std": float(np.mean(pred.std_sd))}
+    return out
 
 
 def param_widths(pred: Prediction, mean, std) -> tuple[float, float]:

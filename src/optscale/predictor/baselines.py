@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import read_json, write_text
 from .base import Predictor
 from .data import Problems
 
@@ -38,13 +39,13 @@ def tfidf_vectorizer(params: dict, vocabulary=None):
 def save_tfidf(folder: Path, vectorizer) -> dict[str, np.ndarray]:
     """Write the vocabulary (JSON, in column order); return the IDF weights to store with the arrays."""
     vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
-    (folder / "vocabulary.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+    write_text(folder / "vocabulary.json", json.dumps(vocabulary, ensure_ascii=False))
     return {"idf": vectorizer.idf_}
 
 
 def load_tfidf(folder: Path, params: dict, idf: np.ndarray):
     """The vectorizer :func:`save_tfidf` wrote, ready to transform."""
-    vectorizer = tfidf_vectorizer(params, json.loads((folder / "vocabulary.json").read_text(encoding="utf-8")))
+    vectorizer = tfidf_vectorizer(params, read_json(folder / "vocabulary.json"))
     vectorizer.idf_ = idf
     return vectorizer
 

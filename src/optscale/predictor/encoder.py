@@ -18,27 +18,42 @@ Two ways to embed a question:
   and tokenizers than sentence-transformers needs.
 
 Contextual embeddings are memoised per text in the process (cross-validation embeds every text
-once, not once per fold) and, when ``$OPTSCALE_EMBEDDING_CACHE`` names a folder, on disk too.
+once, not once per fold), in a least-recently-used table of at most :data:`MEMO_ENTRIES`
+texts, and, when ``$OPTSCALE_EMBEDDING_CACHE`` names a folder, on disk too. The token table
+is bounded by the tokenizer's vocabulary (30,522 tokens, 47 MB). Both disk caches are
+append-only folders of shards: a call writes one small file holding only the vectors it
+computed (atomically), never the whole cache again; many shards are merged into one now and
+then.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import tempfile
+import uuid
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_open
 from .base import INSTALL_HINT
 
-__all__ = ["MODEL_NAME", "model_dir", "embed", "static_embed"]
+__all__ = ["MODEL_NAME", "MEMO_ENTRIES", "model_dir", "embed", "static_embed"]
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384
+#: Most texts whose contextual embeddings the process keeps (1.5 KB each).
+MEMO_ENTRIES = 20_000
+#: Shards a disk cache may hold before they are merged into one.
+MAX_SHARDS = 32
 
 
 def _package_dir(name: str) -> Path | None:
@@ -86,8 +101,49 @@ def model_dir() -> Path:
     raise InputError(f"the {MODEL_NAME} model is not installed; {INSTALL_HINT}", "embedding model")
 
 
+class ShardCache:
+    """Vectors by key in a folder of ``.npz`` shards that only ever grows by whole new files."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []
+
+    def read(self) -> dict:
+        """Every cached vector; a shard that another process merged away meanwhile, or that is
+        damaged, is skipped (its vectors are only recomputed)."""
+        out: dict = {}
+        for shard in self.shards():
+            try:
+                with np.load(shard) as data:
+                    out.update(zip(data["keys"].tolist(), data["vectors"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
+
+    def _write(self, keys, vectors) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.folder / f"{uuid.uuid4().hex}.npz", "wb") as handle:
+            np.savez(handle, keys=np.asarray(keys), vectors=np.stack(vectors))
+
+    def append(self, keys, vectors) -> None:
+        """Add one shard with these vectors; merge all shards into one once there are too many."""
+        if not keys:
+            return
+        self._write(keys, vectors)
+        old = self.shards()
+        if len(old) > MAX_SHARDS:
+            log.debug("merging %d shards of %s", len(old), self.folder)
+            merged = self.read()
+            self._write(list(merged), list(merged.values()))
+            for shard in old:
+                shard.unlink(missing_ok=True)
+
+
 _loaded: list = []
-_memo: dict[tuple[int, str], np.ndarray] = {}
+#: Contextual embeddings by ``(max_seq_length, sha1 of text)``, least recently used first.
+_memo: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
 _disk_read: set[int] = set()
 
 
@@ -105,59 +161,53 @@ def _model():
     return _loaded[0]
 
 
-def _save_npz(path: Path, keys, vectors) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(tmp, keys=np.asarray(keys), vectors=np.stack(vectors))
-    os.replace(tmp, path)
+def _remember(key: tuple[int, str], vector: np.ndarray) -> None:
+    _memo[key] = vector
+    _memo.move_to_end(key)
+    while len(_memo) > MEMO_ENTRIES:
+        _memo.popitem(last=False)
 
 
-def _disk_cache(max_seq_length: int) -> Path | None:
+def _disk_cache(max_seq_length: int) -> ShardCache | None:
     folder = os.environ.get("OPTSCALE_EMBEDDING_CACHE")
-    return Path(folder) / f"{MODEL_NAME}-{max_seq_length}.npz" if folder else None
-
-
-def _load_disk(max_seq_length: int) -> None:
-    path = _disk_cache(max_seq_length)
-    if path is not None and path.is_file() and max_seq_length not in _disk_read:
-        with np.load(path) as data:
-            for key, vec in zip(data["keys"], data["vectors"]):
-                _memo[(max_seq_length, str(key))] = vec
-    _disk_read.add(max_seq_length)
-
-
-def _save_disk(max_seq_length: int) -> None:
-    path = _disk_cache(max_seq_length)
-    if path is None:
-        return
-    items = [(k[1], v) for k, v in _memo.items() if k[0] == max_seq_length]
-    _save_npz(path, [k for k, _ in items], [v for _, v in items])
+    return ShardCache(Path(folder) / f"{MODEL_NAME}-{max_seq_length}") if folder else None
 
 
 def embed(texts, max_seq_length: int = 256, batch_size: int = 32) -> np.ndarray:
     """Unit-norm float32 embeddings ``(n, 384)`` of ``texts``."""
-    _load_disk(max_seq_length)
+    disk = _disk_cache(max_seq_length)
+    if disk is not None and max_seq_length not in _disk_read:
+        for key, vec in disk.read().items():
+            _remember((max_seq_length, str(key)), vec)
+        _disk_read.add(max_seq_length)
     keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-    todo = sorted({k: t for k, t in zip(keys, texts) if (max_seq_length, k) not in _memo}.items())
+    found: dict[str, np.ndarray] = {}
+    for key in keys:
+        if key not in found and (max_seq_length, key) in _memo:
+            _memo.move_to_end((max_seq_length, key))
+            found[key] = _memo[(max_seq_length, key)]
+    todo = sorted({k: t for k, t in zip(keys, texts) if k not in found}.items())
     if todo:
         model = _model()
         model.max_seq_length = max_seq_length
         vectors = model.encode([t for _, t in todo], batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-        for (key, _), vec in zip(todo, vectors):
-            _memo[(max_seq_length, key)] = vec.astype(np.float32)
-        _save_disk(max_seq_length)
+        for (key, _), vec in zip(todo, vectors, strict=True):
+            found[key] = vec.astype(np.float32)
+            _remember((max_seq_length, key), found[key])
+        if disk is not None:
+            disk.append([k for k, _ in todo], [found[k] for k, _ in todo])
     if not keys:
         return np.zeros((0, DIMENSION), np.float32)
-    return np.stack([_memo[(max_seq_length, k)] for k in keys])
+    return np.stack([found[k] for k in keys])
 
 
 _tokens: dict[int, np.ndarray] = {}
 
 
-def _static_cache() -> Path:
+def _static_cache() -> ShardCache:
     """One table per model folder, so an ``$OPTSCALE_EMBEDDING_MODEL`` override never mixes in."""
     digest = hashlib.sha1(str(model_dir().resolve()).encode("utf-8")).hexdigest()[:12]
-    return _cache_home() / f"{MODEL_NAME}-static-tokens-{digest}.npz"
+    return ShardCache(_cache_home() / f"{MODEL_NAME}-static-tokens-{digest}")
 
 
 def _token_vectors(ids: set[int], batch_size: int = 512) -> None:
@@ -165,9 +215,8 @@ def _token_vectors(ids: set[int], batch_size: int = 512) -> None:
     import torch
 
     cache = _static_cache()
-    if not _tokens and cache.is_file():
-        with np.load(cache) as data:
-            _tokens.update(zip(data["keys"].tolist(), data["vectors"], strict=True))
+    if not _tokens:
+        _tokens.update(cache.read())
     todo = sorted(ids - _tokens.keys())
     if not todo:
         return
@@ -180,7 +229,7 @@ def _token_vectors(ids: set[int], batch_size: int = 512) -> None:
             states = net(input_ids=ids_, attention_mask=torch.ones_like(ids_)).last_hidden_state
             for t, vec in zip(chunk, states.mean(dim=1).numpy()):
                 _tokens[t] = vec.astype(np.float32)
-    _save_npz(cache, list(_tokens), list(_tokens.values()))
+    cache.append(todo, [_tokens[t] for t in todo])
 
 
 def static_embed(texts) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""How good a predictor is: errors against labels, calibration of its intervals, a plot.
+"""How good a predictor is: cross-validated against the constant baseline, and priors files
+against labels (the metrics themselves are :func:`optscale.predictor.base.metrics`; the
+calibration plot is :func:`optscale.report.plots.calibration_plot`).
 
 Scores are compared on the moments (score mean and std), the quantities that were measured;
 a priors file holding only parameters (``mu``, ``sigma``) is converted to moments first.
@@ -14,36 +16,11 @@ import numpy as np
 from ..errors import InputError
 from ..io import iter_objects
 from ..stats import truncnorm
-from .base import Prediction, Predictor, calibrated, cross_validate
+from .base import Prediction, Predictor, calibrated, cross_validate, metrics
 from .baselines import ConstantPredictor
 from .data import TrainingSet
 
-__all__ = ["COVERAGES", "metrics", "cross_validated", "read_priors_moments", "compare_file", "calibration_plot"]
-
-#: Nominal coverages of the central predictive intervals that reports check.
-COVERAGES = (0.5, 0.8, 0.9)
-
-
-def _errors(pred: np.ndarray, true: np.ndarray) -> dict:
-    resid = pred - true
-    ss_tot = float(np.sum((true - true.mean()) ** 2))
-    return {"mae": float(np.mean(np.abs(resid))), "rmse": float(np.sqrt(np.mean(resid**2))),
-            "r2": 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")}
-
-
-def metrics(pred: Prediction | tuple[np.ndarray, np.ndarray], mean, std) -> dict:
-    """MAE, RMSE and R^2 of mean and std; with a :class:`Prediction`, also interval coverage."""
-    p_mean, p_std = (pred.mean, pred.std) if isinstance(pred, Prediction) else pred
-    out = {"mean": _errors(np.asarray(p_mean), np.asarray(mean)), "std": _errors(np.asarray(p_std), np.asarray(std))}
-    if isinstance(pred, Prediction):
-        cover = {"mean": {}, "std": {}}
-        for c in COVERAGES:
-            m_lo, m_hi, s_lo, s_hi = pred.interval(c)
-            cover["mean"][str(c)] = float(np.mean((mean >= m_lo) & (mean <= m_hi)))
-            cover["std"][str(c)] = float(np.mean((std >= s_lo) & (std <= s_hi)))
-        out["coverage"] = cover
-        out["predictive_sd"] = {"mean": float(np.mean(pred.mean_sd)), "std": float(np.mean(pred.std_sd))}
-    return out
+__all__ = ["cross_validated", "read_priors_moments", "compare_file"]
 
 
 def cross_validated(template: Predictor, data: TrainingSet, folds: int = 5, seed: int = 0) -> tuple[Prediction, dict]:
@@ -84,6 +61,8 @@ def read_priors_moments(path: str | Path) -> dict[str, tuple[float, float]]:
                 break
         else:
             raise InputError("needs score_mean/score_std, prior_mean/prior_std or mu/sigma", where)
+    if not out:
+        raise InputError("holds no priors (the file is empty)", str(path))
     return out
 
 
@@ -100,30 +79,3 @@ def compare_file(path: str | Path, data: TrainingSet) -> dict:
         pairs = np.array([moments[i] for i, h in zip(ids, hit) if h])
         report["errors"] = metrics((pairs[:, 0], pairs[:, 1]), data.mean[hit], data.std[hit])
     return report
-
-
-def calibration_plot(pred: Prediction, mean, std, path: str | Path, title: str) -> Path:
-    """PNG: predicted vs true mean and std, and empirical vs nominal interval coverage."""
-    from ..report.plots import pyplot, save_figure
-
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for ax, p, t, name in ((axes[0], pred.mean, mean, "score mean"), (axes[1], pred.std, std, "score std")):
-        lo, hi = float(min(p.min(), t.min())), float(max(p.max(), t.max()))
-        ax.scatter(p, t, s=4, alpha=0.35)
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.set(xlabel=f"predicted {name}", ylabel=f"true {name}", title=f"{name}: RMSE {np.sqrt(np.mean((p - t) ** 2)):.4f}")
-    levels = np.linspace(0.05, 0.95, 19)
-    for k, name in ((0, "mean"), (1, "std")):
-        truth = mean if k == 0 else std
-        covered = []
-        for c in levels:
-            bounds = pred.interval(c)
-            covered.append(np.mean((truth >= bounds[2 * k]) & (truth <= bounds[2 * k + 1])))
-        axes[2].plot(levels, covered, marker="o", ms=3, label=f"score {name}")
-    axes[2].plot([0, 1], [0, 1], "k--", lw=1)
-    axes[2].set(xlabel="nominal coverage", ylabel="empirical coverage", title="central predictive intervals")
-    axes[2].legend()
-    fig.suptitle(title)
-    return save_figure(fig, path, dpi=110)

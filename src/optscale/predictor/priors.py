@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..policies.priors import PriorArrays, priors_from_moments
+from ..priors import PriorArrays, priors_from_moments
 from .base import Prediction, Predictor, load
 from .data import Problems
 
@@ -19,7 +19,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "predictor" / "de
 
 
 def load_default() -> Predictor:
-    """The packaged default predictor (what OptScale^t uses when no model is given)."""
+    """The packaged default predictor (what :func:`optscale.compose.build_policy` gives OptScale^t)."""
     if not (DEFAULT_MODEL / "config.json").is_file():
         raise InputError("the packaged default predictor is missing; reinstall optscale", str(DEFAULT_MODEL))
     return load(DEFAULT_MODEL)
@@ -30,7 +30,7 @@ def _to_priors(pred: Prediction, widths: tuple[float, float]) -> PriorArrays:
 
 
 class PredictorPriors:
-    """A :class:`~optscale.policies.priors.PriorSource` that predicts priors from question texts.
+    """A :class:`~optscale.priors.PriorSource` that predicts priors from question texts.
 
     Predicted moments are moment-matched to ``(mu, sigma)``. The widths are the predictor's
     held-out error in that parameter space unless ``width`` (a number, or a pair

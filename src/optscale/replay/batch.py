@@ -9,7 +9,24 @@ import numpy as np
 from ..errors import InputError
 from ..policies.base import ReplayBatch
 
-__all__ = ["build_batch", "order_indices", "subset"]
+__all__ = ["MAX_ORDERS", "build_batch", "check_orders", "check_seed", "order_indices", "subset"]
+
+#: Most sample orders per problem: each order is a full copy of the pool's arrays.
+MAX_ORDERS = 10_000
+
+
+def check_orders(orders) -> int:
+    """A number of sample orders: an integer from 1 to :data:`MAX_ORDERS`; anything else names ``orders``."""
+    if isinstance(orders, bool) or not isinstance(orders, (int, np.integer)) or not 1 <= orders <= MAX_ORDERS:
+        raise InputError(f"must be an integer from 1 to {MAX_ORDERS}, got {orders!r}", "orders")
+    return int(orders)
+
+
+def check_seed(seed) -> int:
+    """A seed as numpy takes it: an integer >= 0 (any size); anything else names ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"must be an integer >= 0, got {seed!r}", "seed")
+    return int(seed)
 
 
 def build_batch(problems: Sequence, orders: int = 1, seed: int = 0) -> ReplayBatch:
@@ -18,11 +35,11 @@ def build_batch(problems: Sequence, orders: int = 1, seed: int = 0) -> ReplayBat
     Order 0 is the pool's own order; orders 1..R-1 are independent random permutations of
     each problem's samples drawn from ``seed``, so every policy sees identical sequences.
     Answers become per-problem integer codes of their normalised form (``-1`` for none).
+    ``orders`` outside 1..:data:`MAX_ORDERS` or a negative ``seed`` raise :class:`InputError`.
     """
     from ..answers import normalize_answer
 
-    if orders < 1:
-        raise InputError(f"must be at least 1, got {orders}", "--orders")
+    orders, seed = check_orders(orders), check_seed(seed)
     if not problems:
         raise InputError("the pool has no problems", "pool")
     p = len(problems)

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from ..policies.base import ReplayBatch
 from ..policies.common import PolicyBase
+from .batch import check_seed
 from .metrics import BonCurve, PolicyStats, bon_curve, evaluate
 
 __all__ = ["ReplayResult", "replay_policies"]
@@ -36,6 +37,7 @@ def replay_policies(
     on_done: Callable[[PolicyBase], None] | None = None,
 ) -> ReplayResult:
     """Run each policy on every problem and order of ``batch``; the BoN curve spans the pool."""
+    seed = check_seed(seed)
     curve = bon_curve(batch)
     stats = []
     for policy in policies:

@@ -16,10 +16,10 @@ import numpy as np
 from ..errors import InputError
 from ..policies.base import ReplayBatch
 from ..policies.registry import make_policy
-from .batch import subset
+from .batch import check_seed, subset
 from .metrics import BonCurve, PolicyStats, bon_curve, evaluate
 
-__all__ = ["SweepResult", "pareto_mask", "split_problems", "sweep"]
+__all__ = ["SweepResult", "check_sweep", "pareto_mask", "split_problems", "sweep"]
 
 Objective = Literal["match-bon", "gain"]
 
@@ -36,10 +36,15 @@ class SweepResult:
     test_problems: int
 
 
+def _check_fraction(calib_fraction: float) -> None:
+    if not 0 < calib_fraction < 1:
+        raise InputError(f"must lie strictly between 0 and 1, got {calib_fraction}", "calib_fraction")
+
+
 def split_problems(count: int, calib_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of problem indices into calibration and held-out sets (both non-empty)."""
-    if not 0 < calib_fraction < 1:
-        raise InputError(f"must lie strictly between 0 and 1, got {calib_fraction}", "--calib-fraction")
+    _check_fraction(calib_fraction)
+    seed = check_seed(seed)
     if count < 2:
         raise InputError("a calibration split needs at least 2 problems", "pool")
     perm = np.random.default_rng(seed).permutation(count)
@@ -67,6 +72,31 @@ def _choose(rows: list[PolicyStats], objective: Objective) -> int:
     return int(np.argmax([r.accuracy for r in rows]))
 
 
+def check_sweep(policy: str, budgets: Sequence[int], s_mins: Sequence[float], alphas: Sequence[float],
+                settings: dict | None = None, calib_fraction: float = 0.5, seed: int = 0,
+                objective: Objective = "match-bon") -> None:
+    """Check every argument of :func:`sweep` and build each policy of the grid once, before any work.
+
+    Errors name ``budgets``, ``s_mins``, ``alphas`` for the grid, else the argument
+    (``calib_fraction``, ``seed``, ``objective``, ``policy``, ``settings.<key>``).
+    """
+    _check_fraction(calib_fraction)
+    check_seed(seed)
+    if objective not in ("match-bon", "gain"):
+        raise InputError(f"unknown objective {objective!r}; use match-bon or gain", "objective")
+    for name, values in (("budgets", budgets), ("s_mins", s_mins), ("alphas", alphas)):
+        if len(values) == 0:
+            raise InputError("needs at least one value", name)
+    grid_names = {"n_max": "budgets", "settings.s_min": "s_mins", "settings.alpha": "alphas"}
+    for budget in budgets:
+        for s_min in s_mins:
+            for alpha in alphas:
+                try:
+                    make_policy(policy, budget, **{**(settings or {}), "s_min": s_min, "alpha": alpha})
+                except InputError as exc:
+                    raise exc.renamed(grid_names) from None
+
+
 def sweep(
     batch: ReplayBatch,
     policy: str,
@@ -85,8 +115,7 @@ def sweep(
     the same budget (the paper's claim: same accuracy, fewer tokens), falling back to the most
     accurate; ``gain`` picks the largest accuracy gain over the BoN curve at equal tokens.
     """
-    if objective not in ("match-bon", "gain"):
-        raise InputError(f"unknown objective {objective!r}; use match-bon or gain", "--objective")
+    check_sweep(policy, budgets, s_mins, alphas, settings, calib_fraction, seed, objective)
     calib_idx, test_idx = split_problems(batch.shape[0], calib_fraction, seed)
     halves = {"calibration": subset(batch, calib_idx), "held_out": subset(batch, test_idx)}
     curves = {k: bon_curve(v) for k, v in halves.items()}

@@ -1,13 +1,19 @@
-"""Matplotlib figures: accuracy vs tokens against the BoN curve, and N* over (mu, sigma)."""
+"""Matplotlib figures: accuracy vs tokens against the BoN curve, N* over (mu, sigma), and the
+calibration of a prior predictor."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pareto_plot", "nstar_plot", "pyplot", "save_figure"]
+from ..io import atomic_open
+
+if TYPE_CHECKING:
+    from ..predictor.base import Prediction
+
+__all__ = ["pareto_plot", "nstar_plot", "calibration_plot", "pyplot", "save_figure"]
 
 
 def pyplot():
@@ -21,12 +27,15 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
-    """Lay out, write (creating the folder) and close a figure."""
-    fig.tight_layout()
+    """Lay out, write atomically (creating the folder; format from the suffix) and close a figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    try:
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+    finally:
+        pyplot().close(fig)
     return path
 
 
@@ -92,3 +101,28 @@ def nstar_plot(path: str | Path, s_min: float = 0.95, alpha: float = 0.9, n_max:
     ax.set_title(rf"$N^*$ for $s_{{min}}={s_min}$, $\alpha={alpha}$ (capped at {n_max})")
     fig.colorbar(mesh, ax=ax, label="N*")
     return save_figure(fig, path)
+
+
+def calibration_plot(pred: Prediction, mean, std, path: str | Path, title: str) -> Path:
+    """A predictor's held-out predictions: predicted vs true mean and std, and empirical vs
+    nominal coverage of its central predictive intervals."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, p, t, name in ((axes[0], pred.mean, mean, "score mean"), (axes[1], pred.std, std, "score std")):
+        lo, hi = float(min(p.min(), t.min())), float(max(p.max(), t.max()))
+        ax.scatter(p, t, s=4, alpha=0.35)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set(xlabel=f"predicted {name}", ylabel=f"true {name}", title=f"{name}: RMSE {np.sqrt(np.mean((p - t) ** 2)):.4f}")
+    levels = np.linspace(0.05, 0.95, 19)
+    for k, name in ((0, "mean"), (1, "std")):
+        truth = mean if k == 0 else std
+        covered = []
+        for c in levels:
+            bounds = pred.interval(c)
+            covered.append(np.mean((truth >= bounds[2 * k]) & (truth <= bounds[2 * k + 1])))
+        axes[2].plot(levels, covered, marker="o", ms=3, label=f"score {name}")
+    axes[2].plot([0, 1], [0, 1], "k--", lw=1)
+    axes[2].set(xlabel="nominal coverage", ylabel="empirical coverage", title="central predictive intervals")
+    axes[2].legend()
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=110)

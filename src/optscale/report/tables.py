@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import InputError
+from ..io import atomic_open
 
-__all__ = ["METHOD_NAMES", "write_rows", "write_text", "paper_table", "baseline_table"]
+__all__ = ["METHOD_NAMES", "write_rows", "paper_table", "baseline_table"]
 
 #: Row labels of the paper's main table.
 METHOD_NAMES = {
@@ -26,26 +25,6 @@ METHOD_NAMES = {
 }
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder so a failure never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (a report being rewritten is never left half-written)."""
-    path = Path(path)
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-    return path
-
-
 def _cell(value):
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
@@ -53,31 +32,23 @@ def _cell(value):
 
 
 def write_rows(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Write dict rows to ``.csv`` or ``.parquet`` (chosen by suffix), atomically."""
+    """Write dict rows to ``.csv`` or ``.parquet`` (chosen by suffix), atomically (:func:`optscale.io.atomic_open`)."""
     path = Path(path)
     rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
-    columns = list(dict.fromkeys(k for r in rows for k in r))
     if path.suffix == ".csv":
-        def write(fh):
-            import io
-
-            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-            w = csv.DictWriter(text, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows)
-            text.flush()
-            text.detach()
+        with atomic_open(path, "w") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            writer.writeheader()
+            writer.writerows(rows)
     elif path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist(rows)
-
-        def write(fh):
-            pq.write_table(table, fh)
+        with atomic_open(path, "wb") as handle:
+            pq.write_table(table, handle)
     else:
         raise InputError("results must end in .csv or .parquet", str(path))
-    _atomic_write(path, write)
     return path
 
 

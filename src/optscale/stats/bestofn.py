@@ -25,33 +25,56 @@ __all__ = [
 
 #: Returned by :func:`min_samples` without ``n_max`` when no finite N reaches the target.
 UNBOUNDED = np.iinfo(np.int64).max
+#: Largest accepted ``n_max``: integers stay exact in float64 up to here.
+MAX_N = 2**53
 
 
 def _check_alpha(alpha) -> np.ndarray:
     alpha = np.asarray(alpha, dtype=float)
     if np.any(~((alpha > 0) & (alpha < 1))):
-        raise InputError(f"alpha must lie strictly between 0 and 1, got {alpha.ravel()[:3].tolist()}", "alpha")
+        raise InputError(f"must lie strictly between 0 and 1, got {alpha.ravel()[:3].tolist()}", "alpha")
     return alpha
 
 
 def _check_n_max(n_max):
     if n_max is None:
         return None
-    n_max = np.asarray(n_max)
-    if np.any(n_max < 1):
-        raise InputError(f"n_max must be at least 1, got {n_max.ravel()[:3].tolist()}", "n_max")
-    return n_max.astype(np.int64)
+    try:
+        value = np.asarray(n_max, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"must be an integer >= 1, got {n_max!r}", "n_max") from None
+    if np.any(~((value >= 1) & (value <= MAX_N) & (value == np.floor(value)))):
+        raise InputError(f"must be an integer in [1, 2**53], got {value.ravel()[:3].tolist()}", "n_max")
+    return value.astype(np.int64)
+
+
+def _check_params(mu, sigma, s_min) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parameters as float arrays; NaN, an infinite ``mu`` or a ``sigma`` that is not positive raise."""
+    mu, sigma, s_min = (np.asarray(v, dtype=float) for v in (mu, sigma, s_min))
+    if np.any(~np.isfinite(mu)):
+        raise InputError(f"must be a finite number, got {mu.ravel()[~np.isfinite(mu.ravel())][:3].tolist()}", "mu")
+    if np.any(~(sigma > 0)):
+        raise InputError(f"must be positive (inf: uniform scores), got {sigma.ravel()[~(sigma.ravel() > 0)][:3].tolist()}",
+                         "sigma")
+    if np.any(np.isnan(s_min)):
+        raise InputError("must be a number, got nan", "s_min")
+    return mu, sigma, s_min
 
 
 def min_samples_detail(mu, sigma, s_min, alpha, n_max=None) -> tuple[np.ndarray, np.ndarray]:
     """Least N with ``Pr(best of N >= s_min) >= alpha``, and whether it was capped.
 
     Returns ``(n, capped)``. Edge cases are defined, never NaN: ``F(s_min) = 0`` (any sample
-    beats the target) gives 1; ``F(s_min) = 1`` (the target is unreachable) and any N above
-    ``n_max`` give ``n_max`` with ``capped = True``; without ``n_max`` they give
-    :data:`UNBOUNDED` (so does any N beyond 2**52, where float64 stops counting exactly). The returned N satisfies the defining inequality exactly in floating
-    point: ``N * ln F <= ln(1 - alpha) < (N - 1) * ln F``.
+    beats the target) gives 1; ``F(s_min) = 1`` (the target is unreachable, e.g. ``s_min >= 1``)
+    and any N above ``n_max`` give ``n_max`` with ``capped = True``; without ``n_max`` they give
+    :data:`UNBOUNDED` (so does any N beyond 2**52, where float64 stops counting exactly).
+    ``sigma = inf`` is the uniform limit ``F(s) = s``. NaN, an infinite ``mu``, a ``sigma`` that
+    is not positive, ``alpha`` outside (0, 1) and an ``n_max`` that is not an integer in
+    [1, 2**53] raise :class:`~optscale.errors.InputError` (a ``ValueError``) naming the argument.
+    The returned N satisfies the defining inequality exactly in floating point:
+    ``N * ln F <= ln(1 - alpha) < (N - 1) * ln F``.
     """
+    mu, sigma, s_min = _check_params(mu, sigma, s_min)
     alpha = _check_alpha(alpha)
     n_max = _check_n_max(n_max)
     log_f = truncnorm.logcdf(s_min, mu, sigma)
@@ -59,8 +82,8 @@ def min_samples_detail(mu, sigma, s_min, alpha, n_max=None) -> tuple[np.ndarray,
     log_f, log_miss = np.broadcast_arrays(log_f, log_miss)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = log_miss / log_f  # log_f = 0 gives +inf; log_f = -inf gives +0
-    # Beyond 2**52 samples integers stop being exact in float64; no budget is that large.
-    hopeless = ~(ratio < 2.0**52)  # also catches NaN, which cannot arise but must not pass
+    # F = 1 (log_f = +-0) leaves no chance; beyond 2**52 samples float64 stops counting exactly.
+    hopeless = ~(log_f < 0) | ~(ratio < 2.0**52)
     n = np.ceil(np.where(hopeless, 1.0, ratio)).astype(np.int64)
     n = np.maximum(n, 1)
     # One exact correction step: floating division can land just above an integer.

@@ -5,7 +5,9 @@ Verifier scores live in [0, 1]; OptScale models one problem's scores as i.i.d. d
 *untruncated* normal, so ``mu`` may lie outside [0, 1] (scores piled up against 1 have
 ``mu > 1``). Everything here broadcasts over arrays and stays finite for extreme parameters
 (``mu = 60``, ``sigma = 1e-6``) because probabilities are handled as logarithms of normal
-CDF differences (:func:`scipy.special.log_ndtr`).
+CDF differences (:func:`scipy.special.log_ndtr`). The CDF also has its limits: ``sigma = inf``
+is the uniform on [0, 1], and parameters whose standardised bounds overflow float64 (``mu = 1e200``,
+``sigma = 1e-300``) are the point mass at ``mu`` clipped to [0, 1].
 """
 
 from __future__ import annotations
@@ -77,15 +79,44 @@ def _log_mass(lo, hi, mu, sigma) -> np.ndarray:
     return log_ndtr_diff((lo - mu) / sigma, (hi - mu) / sigma) - log_normalizer(mu, sigma)
 
 
+#: Above this ``sigma`` the normal CDF difference cancels; the density on [0, 1] is then
+#: ``exp(c t)`` with ``c = mu / sigma**2`` up to a relative ``1 / (2 sigma**2)`` (1e-12 here).
+_WIDE_SIGMA = 1e6
+
+
+def _tilted_logcdf(x, c) -> np.ndarray:
+    """``log F(x)`` of the density ``exp(c t)`` on [0, 1] (the uniform at ``c = 0``), for ``0 <= x <= 1``."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        up = c * (x - 1.0) + np.log(-np.expm1(-c * x)) - np.log(-np.expm1(-c))
+        down = np.log(-np.expm1(c * x)) - np.log(-np.expm1(c))
+        return np.where(c > 0, up, np.where(c < 0, down, np.log(x)))
+
+
+def _limits(log_p, xc, mu, sigma, upper: bool) -> np.ndarray:
+    """``log_p`` (log CDF, or log survival when ``upper``) with the wide and degenerate limits filled in."""
+    wide = sigma > _WIDE_SIGMA
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = np.where(wide, mu / np.where(wide, sigma, 1.0) ** 2, 0.0)
+    # The survival of exp(c t) at x is the CDF of exp(-c t) at 1 - x (reflection t -> 1 - t).
+    tilted = _tilted_logcdf(1.0 - xc, -c) if upper else _tilted_logcdf(xc, c)
+    out = np.where(wide, tilted, log_p)
+    # Standardised bounds beyond float64 (|mu| / sigma > 1e154): all mass sits at clip(mu, 0, 1).
+    point = np.clip(mu, 0.0, 1.0)
+    below = xc < point if not upper else xc > point
+    degenerate = np.where(below, -np.inf, np.where(xc == point, -np.log(2.0), 0.0))
+    known = ~(np.isnan(xc) | np.isnan(mu) | np.isnan(sigma))
+    return np.where(np.isnan(out) & known & (sigma > 0), degenerate, out)
+
+
 def logcdf(x, mu, sigma) -> np.ndarray:
     """``log F(x)``; exact to full precision also when ``F(x)`` is close to 1."""
     x, mu, sigma = np.broadcast_arrays(_f(x), _f(mu), _f(sigma))
     xc = np.clip(x, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         direct = _log_mass(0.0, xc, mu, sigma)
         # Near F = 1 use log F = log1p(-S): the survival S keeps its precision.
         via_sf = np.log1p(-np.exp(_log_mass(xc, 1.0, mu, sigma)))
-    out = np.where(direct > -np.log(2.0), via_sf, direct)
+    out = _limits(np.where(direct > -np.log(2.0), via_sf, direct), xc, mu, sigma, upper=False)
     out = np.where(x <= 0, -np.inf, out)
     return np.where(x >= 1, 0.0, out)
 
@@ -94,10 +125,10 @@ def logsf(x, mu, sigma) -> np.ndarray:
     """``log(1 - F(x))``."""
     x, mu, sigma = np.broadcast_arrays(_f(x), _f(mu), _f(sigma))
     xc = np.clip(x, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         direct = _log_mass(xc, 1.0, mu, sigma)
         via_cdf = np.log1p(-np.exp(_log_mass(0.0, xc, mu, sigma)))
-    out = np.where(direct > -np.log(2.0), via_cdf, direct)
+    out = _limits(np.where(direct > -np.log(2.0), via_cdf, direct), xc, mu, sigma, upper=True)
     out = np.where(x <= 0, 0.0, out)
     return np.where(x >= 1, -np.inf, out)
 

@@ -1,4 +1,8 @@
-"""Where OptScale^t gets its per-problem priors: a file, a constant, or a predictor.
+"""Where OptScale^t gets its per-problem priors: the protocol, a file, a constant.
+
+This module sits below both :mod:`optscale.policies` (which consumes priors) and
+:mod:`optscale.predictor` (which produces them), so neither needs the other; the application
+layer (:mod:`optscale.compose`) plugs the packaged predictor into OptScale^t.
 
 Priors live in the space of the truncated normal's *parameters*. Sources that know only
 score moments (mean and std of the scores, as predictors are trained on) are converted by
@@ -15,9 +19,9 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..errors import InputError
-from ..fit import moments_to_params
-from ..io import iter_objects
+from .errors import InputError
+from .fit import moments_to_params
+from .io import iter_objects
 
 __all__ = ["PriorArrays", "PriorSource", "ConstantPriors", "FilePriors", "priors_from_moments"]
 
@@ -118,6 +122,8 @@ class FilePriors:
                     break
             else:
                 raise InputError("needs mu and sigma, score_mean and score_std, or prior_mean and prior_std", where)
+        if not seen:
+            raise InputError("holds no priors (the file is empty)", str(self.path))
         if moments:
             keys = [m[0] for m in moments]
             conv = priors_from_moments([m[1] for m in moments], [m[2] for m in moments],
