@@ -117,3 +117,41 @@ def score_with(make_scorer, items):
             await scorer.aclose()
 
     return asyncio.run(go())
+
+
+def drive(policy, problem, order):
+    """Feed one problem's samples in the given order to a live episode; samples used and outcome."""
+    from optscale.policies import Decision, Problem, Sample
+
+    ep = policy.start(Problem(id=problem.id, question=problem.question))
+    used = 0
+    for j in order:
+        s = problem.samples[j]
+        used += 1
+        assert ep.planned >= used or ep.planned == used - 1
+        if ep.observe(Sample(s.score, s.answer, s.tokens)) is Decision.STOP:
+            break
+    return used, ep.result()
+
+
+def check_live_equals_replay(policy, problems, orders: int = 3, seed: int = 7) -> None:
+    """Live episodes, sample by sample, make the same decisions as the vectorised replay.
+
+    Every policy must pass this on its settings: the same samples used, the same sample
+    returned and (where it has one) the same N*, for every problem and sample order.
+    """
+    from optscale.replay import build_batch
+    from optscale.replay.batch import order_indices
+
+    batch = build_batch(problems, orders=orders, seed=seed)
+    decisions = policy.replay(batch)
+    idx = order_indices(batch.available, batch.shape[2], orders, seed)
+    for p, problem in enumerate(problems):
+        for r in range(orders):
+            order = [int(j) for j in idx[p, r, : batch.available[p]]]
+            used, outcome = drive(policy, problem, order)
+            assert used == decisions.n_used[p, r], (problem.id, r)
+            want = decisions.chosen[p, r]
+            assert (outcome.chosen if outcome.chosen is not None else -1) == want, (problem.id, r)
+            if "n_star" in decisions.estimates and outcome.estimates:
+                assert outcome.estimates["n_star"] == decisions.estimates["n_star"][p, r]

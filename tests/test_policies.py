@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-from conftest import toy_pool
+from conftest import check_live_equals_replay, toy_pool
 from optscale.errors import InputError
 from optscale.policies import (ConstantPriors, Decision, Prior, Problem, Sample, Selection, make_policy,
                                parse_settings, select)
 from optscale.replay import build_batch
-from optscale.replay.batch import order_indices
 
 PRIORS = ConstantPriors(0.9, 0.1, 0.1, 0.05)
 
@@ -23,37 +22,11 @@ CASES = [
 ]
 
 
-def drive(policy, problem, order):
-    """Feed one problem's samples in the given order to a live episode."""
-    ep = policy.start(Problem(id=problem.id, question=problem.question))
-    used = 0
-    for j in order:
-        s = problem.samples[j]
-        used += 1
-        assert ep.planned >= used or ep.planned == used - 1
-        if ep.observe(Sample(s.score, s.answer, s.tokens)) is Decision.STOP:
-            break
-    return used, ep.result()
-
-
 @pytest.mark.parametrize("name,settings", CASES)
 @pytest.mark.parametrize("n_max", [4, 8, 16])
 def test_live_episodes_equal_vectorised_replay(name, settings, n_max):
     problems = toy_pool(problems=25, samples=16, seed=n_max, ragged=True)
-    policy = make_policy(name, n_max, **settings)
-    orders = 3
-    batch = build_batch(problems, orders=orders, seed=7)
-    decisions = policy.replay(batch)
-    idx = order_indices(batch.available, batch.shape[2], orders, 7)
-    for p, problem in enumerate(problems):
-        for r in range(orders):
-            order = [int(j) for j in idx[p, r, : batch.available[p]]]
-            used, outcome = drive(policy, problem, order)
-            assert used == decisions.n_used[p, r], (problem.id, r)
-            want = decisions.chosen[p, r]
-            assert (outcome.chosen if outcome.chosen is not None else -1) == want
-            if "n_star" in decisions.estimates and outcome.estimates:
-                assert outcome.estimates["n_star"] == decisions.estimates["n_star"][p, r]
+    check_live_equals_replay(make_policy(name, n_max, **settings), problems)
 
 
 def test_fixed_bon_replay_equals_direct_computation(pool):
