@@ -39,6 +39,12 @@ def test_replay_json(pool_file, cli):
     res = json.loads(out)
     assert {"accuracy", "mean_samples", "mean_tokens", "bon_curve", "ci_low", "bon_accuracy_same_tokens"} <= set(res)
     assert 3 <= res["mean_samples"] <= 8 and res["settings"]["alpha"] == 0.8
+    assert {"envelope_accuracy_same_tokens", "gain_vs_envelope", "gain_vs_envelope_ci_low", "gain_vs_envelope_ci_high",
+            "best_fixed_method", "envelope_mix", "gain_vs_bon_curve", "fixed_curves", "envelope"} <= set(res)
+    assert {r["rule"] for r in res["fixed_curves"]} == {"best", "majority", "weighted"}
+    assert res["envelope"] and all(r["n"] <= 8 for r in res["envelope"])
+    if res["gain_vs_envelope"] is not None:
+        assert res["gain_vs_envelope_ci_low"] <= res["gain_vs_envelope"] <= res["gain_vs_envelope_ci_high"]
 
 
 def test_replay_table_and_report(pool_file, tmp_path, cli):
@@ -115,7 +121,10 @@ def test_sweep_writes_front_and_keeps_existing_outputs_on_error(pool_file, tmp_p
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     for args, place in [(("--alpha", "0.5,1.5"), "--alpha"), (("--s-min", "0.9,x"), "--s-min"),
                         (("--n-max", "8,99999999999999999999"), "--n-max"), (("--calib-fraction", "1"), "--calib-fraction"),
-                        (("--objective", "best"), "--objective"), (("--seed", "-1"), "--seed")]:
+                        (("--objective", "best"), "--objective"), (("--seed", "-1"), "--seed"),
+                        (("--splits", "0"), "--splits"), (("--target", "1.5"), "--target"),
+                        (("--token-share", "0"), "--token-share"), (("--grid", "peek"), "--grid"),
+                        (("--grid", "peek=0"), "--grid peek")]:
         one_error(*cli("sweep", pool_file, "--n-max", "8", "--s-min", "0.9", "--alpha", "0.5", "--out", out, *args)[::2],
                   place)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -156,3 +165,25 @@ def test_table_combines_result_files(pool_file, tmp_path, cli):
     bad = tmp_path / "bad.csv"
     bad.write_text("dataset,policy\nx,bon\n")
     one_error(*cli("table", bad)[::2], f"{bad}:2")
+
+
+def test_sweep_any_setting_objectives_and_splits(pool_file, tmp_path, cli):
+    out = tmp_path / "sw"
+    # a policy without s_min/alpha: its own grid; nothing can cost 10% of BoN here, and the output says so
+    code, stdout, err = cli("sweep", pool_file, "--policy", "bon", "--n-max", "8", "--grid", "select=best,majority",
+                            "--objective", "budget", "--token-share", "0.1", "--orders", 2, "--splits", 3, "--out", out)
+    assert code == 0, err
+    stdout = " ".join(stdout.split())  # rich wraps long lines
+    assert "nothing met the objective" in stdout and "no fallback" in stdout
+    assert "Nothing met the objective" in (out / "table.md").read_text()
+    grid = (out / "grid.csv").read_text().splitlines()
+    assert len(grid) == 1 + 3 * 2 * 2 and "select" in grid[0].split(",")
+    assert (out / "splits.csv").read_text().splitlines()[1].startswith("8,3,0")
+    # match with a reachable target: selected, compared with the envelope, counted over splits
+    code, stdout, err = cli("sweep", pool_file, "--n-max", "8", "--s-min", "0.8,0.9", "--alpha", "0.5", "--orders", 2,
+                            "--objective", "match", "--target", "0", "--splits", 2, "--out", out)
+    assert code == 0, err
+    stdout = " ".join(stdout.split())
+    assert "envelope" in stdout and "over 2 split seeds" in stdout
+    selected = (out / "selected.csv").read_text()
+    assert "gain_vs_envelope_ci_low" in selected.splitlines()[0]

@@ -113,7 +113,8 @@ def test_settings_errors_name_library_arguments():
 def test_one_registry_lists_policies_settings_and_schemas():
     from optscale.policies import POLICIES, SELECTIONS, policy_settings_schema, settings_help
 
-    assert list(POLICIES) == ["bon", "optscale0", "optscale", "optscale-t", "sc", "esc", "asc"]
+    # The paper's rules and the baselines come first; the issue-10 rules follow.
+    assert list(POLICIES)[:7] == ["bon", "optscale0", "optscale", "optscale-t", "sc", "esc", "asc"]
     assert all(POLICIES.get(name).name == name for name in POLICIES)
     assert list(SELECTIONS) == [rule.value for rule in Selection] == ["best", "majority", "weighted"]
     schema = policy_settings_schema("optscale0")
@@ -187,3 +188,77 @@ def test_default_priors_are_the_packaged_predictors():
     want = PredictorPriors(load_default()).priors(["a", "b"], questions)
     for field in ("mu", "sigma", "width_mu", "width_sigma"):
         np.testing.assert_allclose(getattr(got, field), getattr(want, field))
+
+
+# --- answer-only pools: which policies need scores ----------------------------------------------
+
+def without_scores(problems):
+    """The same problems with every score removed (an answer-only pool)."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(**{**vars(p), "samples": [SimpleNamespace(**{**vars(s), "score": None}) for s in p.samples]})
+            for p in problems]
+
+
+ANSWER_ONLY = [("sc", {}), ("bon", {"select": "majority"}), ("esc", {}), ("esc", {"window": 2}),
+               ("asc", {}), ("asc", {"threshold": 0.8})]
+SCORE_BASED = [("bon", {}), ("bon", {"select": "weighted"}), ("sc", {"select": "best"}), ("esc", {"select": "weighted"}),
+               ("optscale0", {}), ("optscale", {}), ("optscale-t", {"priors": PRIORS})]
+
+
+def test_requires_scores_follows_the_stopping_and_the_selection_rule():
+    from optscale.policies import POLICIES, PolicyBase
+
+    assert PolicyBase.needs_scores is True  # the default: a rule reads scores unless it says otherwise
+    for name in ("bon", "sc", "esc", "asc"):
+        assert POLICIES.get(name).needs_scores is False
+    for name in ("optscale0", "optscale", "optscale-t"):
+        assert POLICIES.get(name).needs_scores is True
+    assert [make_policy(n, 8, **s).requires_scores() for n, s in ANSWER_ONLY] == [False] * len(ANSWER_ONLY)
+    assert [make_policy(n, 8, **s).requires_scores() for n, s in SCORE_BASED] == [True] * len(SCORE_BASED)
+
+
+@pytest.mark.parametrize("name,settings", ANSWER_ONLY)
+@pytest.mark.parametrize("n_max", [4, 8, 16])
+def test_answer_only_policies_run_without_scores_live_and_replayed(name, settings, n_max):
+    scored = toy_pool(problems=20, samples=16, seed=n_max, ragged=True)
+    bare = without_scores(scored)
+    policy = make_policy(name, n_max, **settings)
+    check_live_equals_replay(policy, bare)
+    # The same stops and the same answer as on the pool with scores (only ties inside the
+    # winning answer, broken by score there, may pick another sample of that answer).
+    with_scores, without = policy.replay(build_batch(scored, 3, 1)), policy.replay(build_batch(bare, 3, 1))
+    np.testing.assert_array_equal(with_scores.n_used, without.n_used)
+    batch = build_batch(bare, 3, 1)
+    code = lambda d: np.where(d.chosen >= 0, np.take_along_axis(batch.answer, np.maximum(d.chosen, 0)[..., None], 2)[..., 0], -1)  # noqa: E731
+    np.testing.assert_array_equal(code(with_scores), code(without))
+
+
+@pytest.mark.parametrize("name,settings", SCORE_BASED)
+def test_score_based_policies_refuse_answer_only_pools_with_one_clear_error(name, settings):
+    bare = without_scores(toy_pool(problems=5, samples=8))
+    batch = build_batch(bare, 2, 0, source="pool.jsonl")
+    assert not batch.has_scores and np.isnan(batch.score).all()
+    policy = make_policy(name, 8, **settings)
+    with pytest.raises(InputError) as info:
+        policy.replay(batch)
+    assert info.value.where == "pool.jsonl field samples[].score"
+    assert info.value.detail.startswith(f"policy {name!r} needs sample scores and pool.jsonl has none")
+    # Live: the same error at the first sample without a score.
+    episode = policy.start(Problem(id="q"))
+    with pytest.raises(InputError, match=f"policy {name!r} needs sample scores") as info:
+        episode.observe(Sample(None, "1", 5))
+    assert info.value.where == "problem 'q' sample 0 field score"
+
+
+def test_episodes_and_batches_refuse_scores_on_some_samples_only():
+    episode = make_policy("sc", 8).start(Problem(id="q"))
+    episode.observe(Sample(None, "1"))
+    with pytest.raises(InputError, match="has one, but sample 0 has none") as info:
+        episode.observe(Sample(0.5, "1"))
+    assert info.value.where == "problem 'q' sample 1 field score"
+    mixed = toy_pool(problems=3, samples=4)
+    mixed[2].samples[1].score = None
+    with pytest.raises(InputError, match="missing, but the first sample of the pool has one") as info:
+        build_batch(mixed, source="pool.jsonl")
+    assert info.value.where == "pool.jsonl problem 'toy/2' field samples[1].score"

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from conftest import run_cli
+from conftest import run_cli, shared_data
 from optscale.answers import grade
 from optscale.errors import InputError
 from optscale.pools import (
@@ -385,6 +385,8 @@ VALID = [
     problem(samples=[sample(tokens=3.0)]),
     problem(samples=[sample(score=1), sample(step_scores=[]), sample(extra_key="kept")]),
     problem(answer=""),
+    problem(samples=[{"answer": "1", "tokens": 1}]),  # answer-only pools: score is optional
+    problem(samples=[{"answer": "1", "score": None, "tokens": 1}]),
 ]
 INVALID = [
     {"answer": "1", "samples": [sample()]},
@@ -397,7 +399,6 @@ INVALID = [
     problem() | {"samples": []},
     problem() | {"samples": sample()},
     problem(samples=[{"score": 0.5, "tokens": 1}]),
-    problem(samples=[{"answer": "1", "tokens": 1}]),
     problem(samples=[{"answer": "1", "score": 0.5}]),
     problem(samples=[sample(score=1.01)]),
     problem(samples=[sample(score=-1)]),
@@ -822,3 +823,96 @@ def test_cli_convert_then_validate(tmp_path: Path, cli) -> None:
     code, out, err = cli("validate", dst)
     assert code == 0, err
     assert "valid pool" in out
+
+
+# --- answer-only pools (no scores) -------------------------------------------------------------
+
+
+def answer_only(id: str = "p1", answers: tuple = ("1", "2", "1")) -> dict:
+    return problem(id, samples=[{"answer": a, "tokens": 10 + k} for k, a in enumerate(answers)])
+
+
+def test_answer_only_pools_read_and_write_without_scores(tmp_path: Path) -> None:
+    path = write_problems(tmp_path / "pool.jsonl", [answer_only("a"), answer_only("b", ("3", None))])
+    pool = read_pool(path)
+    assert [s.score for p in pool for s in p.samples] == [None] * 5
+    assert [s.correct for s in pool[0].samples] == [True, False, True]  # still graded
+    out = tmp_path / "out.jsonl"
+    write_pool(out, pool)
+    assert '"score"' not in out.read_text()  # absent and null mean the same: not written
+    assert read_pool(out) == pool
+
+
+@pytest.mark.parametrize(
+    ("problems", "where", "fragment"),
+    [
+        # scores on the first problem, then a sample without one (a later line)
+        ([problem("a"), answer_only("b")], "2 field samples[0].score", "missing, but line 1 samples[0] has one"),
+        # no score first, then one with a score on the same line
+        ([problem("a", samples=[{"answer": "1", "tokens": 1}, sample()])], "1 field samples[1].score",
+         "present, but line 1 samples[0] has none"),
+        ([answer_only("a"), answer_only("b"), problem("c")], "3 field samples[0].score", "present"),
+    ],
+)
+def test_pools_with_scores_on_some_samples_only_are_refused(
+    tmp_path: Path, problems: list[dict], where: str, fragment: str
+) -> None:
+    path = write_problems(tmp_path / "pool.jsonl", problems)
+    with pytest.raises(InputError) as info:
+        read_pool(path)
+    assert info.value.where == f"{path}:{where}"
+    assert fragment in info.value.detail and "on every sample or on none" in info.value.detail
+
+
+def test_convert_flat_without_a_score_column_gives_an_answer_only_pool(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in row.items() if k != "reward"} for row in FLAT_ROWS]
+    src = write_flat(tmp_path / "flat.csv", rows, "csv")
+    mapping = {k: v for k, v in MAPPING.items() if k != "score"}
+    pool = convert_flat(src, tmp_path / "pool.jsonl", columns=mapping)
+    assert all(s.score is None for p in pool for s in p.samples)
+    assert [s.score for p in read_pool(tmp_path / "pool.jsonl") for s in p.samples] == [None] * len(rows)
+    # A score column that is filled in some rows only is refused at the first row that differs.
+    rows = [dict(row) for row in FLAT_ROWS]
+    rows[2]["reward"] = None
+    src = write_flat(tmp_path / "flat.jsonl", rows, "jsonl")
+    with pytest.raises(InputError, match="empty, but not at") as info:
+        convert_flat(src, tmp_path / "pool2.jsonl", columns=MAPPING)
+    assert info.value.where == f"{src}:3 column reward"
+    assert not (tmp_path / "pool2.jsonl").exists()
+
+
+def test_cli_validate_and_replay_answer_only_gzipped_pools(tmp_path: Path, cli) -> None:
+    """Answer-only pools, gzipped: validate and an answer-based replay work, a score-based one is refused."""
+    path = tmp_path / "pool.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        for i in range(6):
+            handle.write(json.dumps(answer_only(f"p{i}", ("1", "2", "1", "1", None))) + "\n")
+    code, out, err = cli("validate", path)
+    assert code == 0, err
+    code, out, err = cli("replay", path, "--policy", "sc", "--n-max", "4")
+    assert code == 0, err
+    assert "sc@4" in out
+    code, out, err = cli("replay", path, "--policy", "optscale0", "--n-max", "4")
+    assert code != 0
+    assert "policy 'optscale0' needs sample scores" in err and "samples[].score" in err
+    assert "Traceback" not in err and err.count("error") == 1
+
+
+def test_shared_answer_pools_validate_and_replay() -> None:
+    """The shared real answer pools (gzipped, no scores): read, laid out, answer-based replay only."""
+    from optscale.policies import make_policy
+    from optscale.replay import build_batch
+
+    folder = shared_data("pools", "boinf")
+    paths = sorted(folder.glob("*.jsonl.gz"))
+    assert paths
+    for path in paths[:3]:
+        pool = read_pool(path)
+        batch = build_batch(pool, orders=2, seed=0, source=path.name)
+        assert not batch.has_scores and batch.answer.max() >= 0
+        decisions = make_policy("sc", 8).replay(batch)
+        assert (decisions.chosen >= 0).mean() > 0.9
+        with pytest.raises(InputError) as info:
+            make_policy("optscale0", 8).replay(batch)
+        assert info.value.where == f"{path.name} field samples[].score"
+        assert "policy 'optscale0' needs sample scores" in info.value.detail

@@ -15,7 +15,7 @@ from scipy import stats
 from optscale.errors import InputError
 from optscale.fit import MU_BOUNDS, fit_mle
 from optscale.pools import read_pool
-from optscale.simulate import MODEL_KEYS, Population, simulate_arrays, simulate_pool
+from optscale.simulate import MODEL_KEYS, VERIFIERS, Population, simulate_arrays, simulate_pool
 from optscale.stats import truncnorm
 from conftest import run_cli
 
@@ -183,6 +183,46 @@ def test_other_overrides_do_what_they_say(population):
     assert np.all((silent.answer < 0) == ~silent.correct)
     longer = simulate_arrays(2000, 16, 9, population, tokens_loc=population.model["tokens_loc"] + np.log(2))
     assert np.allclose(longer.tokens.mean() / base.tokens.mean(), 2.0, rtol=0.01)
+
+
+def _auc(score: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` as a predictor of ``correct`` (Mann-Whitney)."""
+    ranks = stats.rankdata(score)
+    k = correct.sum()
+    return float((ranks[correct].sum() - k * (k + 1) / 2) / (k * (correct.size - k)))
+
+
+def test_weak_verifier_scores_say_less_about_correctness(population, big):
+    weak = simulate_arrays(4000, 64, seed=11, population=population, verifier="weak")
+    # Only the verifier changes: the same problems, answers model and share of correct samples.
+    assert np.array_equal(weak.mu, big.mu) and np.array_equal(weak.scores, big.scores)
+    assert abs(weak.correct.mean() - big.correct.mean()) < 0.01
+    pooled = _auc(big.scores.ravel(), big.correct.ravel()), _auc(weak.scores.ravel(), weak.correct.ravel())
+    mixed = [p for p in range(4000) if 0 < big.correct[p].sum() < 64 and 0 < weak.correct[p].sum() < 64]
+    within = [np.mean([_auc(sim.scores[p], sim.correct[p]) for p in mixed]) for sim in (big, weak)]
+    assert pooled[1] < pooled[0] - 0.1 and within[1] < within[0] - 0.15, (pooled, within)
+    # The practical consequence: Best-of-N no longer beats the majority vote.
+    best_default, vote_default = curves(big, ns=(16,))
+    best_weak, vote_weak = curves(weak, ns=(16,))
+    assert best_default.mean() > vote_default.mean() and best_weak.mean() < vote_weak.mean()
+    # Explicit constants override the variant's; unknown variants name the argument.
+    mine = simulate_arrays(50, 8, 3, population, verifier="weak", discrimination=2.0)
+    same = simulate_arrays(50, 8, 3, population, **{**VERIFIERS["weak"], "discrimination": 2.0})
+    assert np.array_equal(mine.correct, same.correct)
+    with pytest.raises(InputError) as info:
+        simulate_arrays(5, 4, 0, population, verifier="bogus")
+    assert info.value.where == "verifier"
+
+
+def test_cli_weak_verifier_equals_the_library(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "pool.jsonl"
+    code, _, err = run_cli(["simulate", "--out", out, "--problems", 12, "--samples", 4, "--seed", 5, "--verifier",
+                            "weak", "--discrimination", 0.5], monkeypatch, capsys)
+    assert code == 0, err
+    expected = simulate_pool(12, 4, 5, verifier="weak", discrimination=0.5)
+    assert [p.model_dump() for p in read_pool(out, grade_missing=False)] == [p.model_dump() for p in expected]
+    code, _, err = run_cli(["simulate", "--out", out, "--verifier", "nope"], monkeypatch, capsys)
+    assert code != 0 and "--verifier:" in err
 
 
 @pytest.mark.parametrize(

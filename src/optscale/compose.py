@@ -3,7 +3,8 @@
 :mod:`optscale.policies` never loads a predictor, so the layers stay one-way: OptScale^t built
 with :func:`optscale.policies.make_policy` needs explicit priors. The applications (the CLI,
 the live runner, the demo) build policies here instead, where a MAP policy given no priors
-gets the packaged default predictor's (loaded on first use, once per process).
+gets the packaged default predictor's (loaded on first use, once per process), and
+``priors=population:POOL`` becomes a population prior fitted on that calibration pool.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 
 from .errors import InputError
 from .policies import POLICIES, PolicyBase, make_policy
-from .priors import PriorArrays, PriorSource
+from .priors import POPULATION, PopulationPriors, PriorArrays, PriorSource
 
-__all__ = ["DefaultPriors", "build_policy", "with_default_priors"]
+__all__ = ["DefaultPriors", "build_policy", "population_priors", "with_default_priors"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def _default_source() -> PriorSource:
 class DefaultPriors:
     """The packaged default predictor's priors, loaded on first use (a :class:`PriorSource`)."""
 
-    def priors(self, ids: Sequence[str], questions: Sequence[str | None]) -> PriorArrays:
-        return _default_source().priors(ids, questions)
+    def priors(self, ids: Sequence[str], questions: Sequence[str | None], meta=None) -> PriorArrays:
+        return _default_source().priors(ids, questions, meta)
 
     def __repr__(self) -> str:
         return "DefaultPriors()"
@@ -74,13 +75,54 @@ def with_default_priors(name: str, settings: Mapping[str, Any] | None = None) ->
     return {**settings, "priors": DefaultPriors()}
 
 
+@functools.lru_cache(maxsize=8)
+def _population(path: str, mtime: float) -> PopulationPriors:
+    from .pools import iter_pool
+
+    scores, ids, questions = [], [], []
+    for problem in iter_pool(path, grade_missing=False):
+        if problem.samples[0].score is None:
+            raise InputError(f"a population prior is fitted on scores, and the calibration pool {path} has none",
+                             "settings.priors")
+        scores.append([s.score for s in problem.samples])
+        ids.append(problem.id)
+        questions.append(problem.question)
+    return PopulationPriors.fit(scores, ids, questions)
+
+
+def population_priors(path: str) -> PopulationPriors:
+    """The population prior fitted on the calibration pool at ``path`` (strict: it refuses priors for
+    the pool's own problems, so nothing it was fitted on can be reported on)."""
+    import os
+
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError as exc:
+        raise InputError(f"calibration pool {path!r}: {exc.strerror or exc}", "settings.priors") from None
+    return _population(path, mtime)
+
+
+def _resolve_priors(settings: dict[str, Any]) -> dict[str, Any]:
+    """``priors=population:POOL`` replaced by the prior fitted on POOL; other settings unchanged."""
+    value = settings.get("priors")
+    if isinstance(value, str) and value.startswith(POPULATION + ":"):
+        path = value[len(POPULATION) + 1:]
+        if not path:
+            raise InputError("population:POOL needs the calibration pool's path", "settings.priors")
+        return {**settings, "priors": population_priors(path)}
+    return settings
+
+
 def build_policy(name: str, n_max: int, settings: Mapping[str, Any] | None = None, *,
                  default_priors: bool = True) -> PolicyBase:
     """:func:`~optscale.policies.make_policy` with the packaged predictor's priors for a MAP policy
     given none (unless ``default_priors`` is False). Errors name ``policy``, ``n_max`` and
-    ``settings.<key>``."""
+    ``settings.<key>``. ``priors=population:POOL`` is fitted on the calibration pool POOL."""
     settings = dict(settings or {})
     policy = make_policy(name, n_max, **settings)  # validates name and settings before anything is loaded
+    if "priors" in type(policy).model_fields:
+        settings = _resolve_priors(settings)
+        policy = make_policy(name, n_max, **settings)
     if default_priors and _needs_default_priors(name, settings):
         return make_policy(name, n_max, **with_default_priors(name, settings))
     return policy

@@ -1,4 +1,4 @@
-"""Where OptScale^t gets its per-problem priors: the protocol, a file, a constant.
+"""Where OptScale^t gets its per-problem priors: the protocol, a file, a constant, a population.
 
 This module sits below both :mod:`optscale.policies` (which consumes priors) and
 :mod:`optscale.predictor` (which produces them), so neither needs the other; the application
@@ -8,22 +8,36 @@ Priors live in the space of the truncated normal's *parameters*. Sources that kn
 score moments (mean and std of the scores, as predictors are trained on) are converted by
 moment matching (:func:`optscale.fit.moments_to_params`); using moments as parameters
 directly is a known flaw of the original research code.
+
+Sources get each problem's id, question text and metadata (``level``, ``subject``: the pool's
+fields in :data:`META_KEYS`), so a predictor sees exactly what ``optscale predictor predict``
+sees in a benchmark file. :class:`PopulationPriors` needs none of it: one empirical-Bayes prior
+fitted on calibration problems' scores.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .errors import InputError
-from .fit import moments_to_params
+from .fit import FitFlag, SufficientStats, fit_stats, moments_to_params
 from .io import iter_objects
 
-__all__ = ["PriorArrays", "PriorSource", "ConstantPriors", "FilePriors", "priors_from_moments"]
+__all__ = ["META_KEYS", "POPULATION", "PriorArrays", "PriorSource", "ConstantPriors", "FilePriors", "PopulationPriors",
+           "priors_from_moments"]
+
+#: Problem metadata handed to prior sources (``Problem.meta``, ``ReplayBatch.meta``), as in benchmark files.
+META_KEYS = ("level", "subject")
+#: The ``priors`` setting that asks for a population prior fitted on calibration problems.
+POPULATION = "population"
+
+Meta = Sequence[Mapping[str, Any] | None] | None
 
 
 @dataclass(frozen=True)
@@ -45,9 +59,10 @@ class PriorArrays:
 
 @runtime_checkable
 class PriorSource(Protocol):
-    """Anything that yields priors for problems given their ids and question texts."""
+    """Anything that yields priors for problems given their ids, question texts and, optionally,
+    metadata (one mapping or None per problem, keys from :data:`META_KEYS`)."""
 
-    def priors(self, ids: Sequence[str], questions: Sequence[str | None]) -> PriorArrays: ...
+    def priors(self, ids: Sequence[str], questions: Sequence[str | None], meta: Meta = None) -> PriorArrays: ...
 
 
 def priors_from_moments(mean, std, width_mu, width_sigma) -> PriorArrays:
@@ -69,7 +84,7 @@ class ConstantPriors:
     width_mu: float = 0.1
     width_sigma: float = 0.1
 
-    def priors(self, ids, questions) -> PriorArrays:
+    def priors(self, ids, questions, meta: Meta = None) -> PriorArrays:
         n = len(ids)
         return PriorArrays(np.full(n, self.mu), np.full(n, self.sigma), np.full(n, self.width_mu), np.full(n, self.width_sigma))
 
@@ -134,12 +149,94 @@ class FilePriors:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def priors(self, ids, questions) -> PriorArrays:
+    def priors(self, ids, questions, meta: Meta = None) -> PriorArrays:
         missing = [i for i in ids if i not in self._rows]
         if missing:
             raise InputError(f"no prior for {len(missing)} problem(s), e.g. id {missing[0]!r}", str(self.path))
         rows = np.array([self._rows[i] for i in ids], dtype=float).reshape(-1, 4)
         return PriorArrays(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3])
+
+
+@dataclass(frozen=True)
+class PopulationPriors:
+    """An empirical-Bayes population prior: one ``(mu, sigma)`` prior for every problem.
+
+    Fitted on calibration problems' scores, no question text needed (Robbins' empirical Bayes;
+    Efron & Morris 1973). Each calibration problem's ``(mu, sigma)`` is estimated by maximum
+    likelihood from all its scores; the prior's centre is the median of those estimates and its
+    width their robust spread, ``1.4826 x MAD`` (a method-of-moments fit that one runaway fit
+    cannot move), floored at ``min_width``. The spread includes the estimates' own sampling
+    noise, so the prior is if anything too wide: it leans toward the data, never away from it.
+    Problems with fewer than two scores or with no spread (``SINGLE``, ``ZERO_SPREAD`` fits)
+    identify no spread and are left out.
+
+    ``fitted_on`` holds the calibration problems as ``(id, question)`` pairs; with ``strict``
+    (the default), asking for priors of any of them raises :class:`InputError`, so a report can
+    never be computed on the problems the prior was fitted on (the pair, not the id alone, so
+    that two pools that merely reuse ids, such as two simulated pools, are told apart) (sweep fits one per calibration split with ``strict=False`` and
+    evaluates it on both halves, choosing settings on the calibration half only).
+    """
+
+    mu: float
+    sigma: float
+    width_mu: float
+    width_sigma: float
+    problems: int
+    fitted_on: frozenset[tuple[str, str | None]] = field(default=frozenset(), repr=False)
+    strict: bool = True
+
+    #: Fewest usable calibration problems for a fit.
+    MIN_PROBLEMS = 5
+
+    @classmethod
+    def fit(cls, scores: Sequence[Sequence[float]], ids: Sequence[str] = (), questions: Sequence[str | None] = (), *,
+            min_width: float = 0.01, strict: bool = True, where: str = "settings.priors") -> "PopulationPriors":
+        """Fit on the scores of calibration problems (one sequence per problem, ragged allowed);
+        ``ids`` and ``questions`` name them for the leak check."""
+        rows = [np.asarray(s, dtype=float).ravel() for s in scores]
+        if any(np.isnan(r).any() for r in rows):
+            raise InputError("a population prior is fitted on scores, and the calibration samples have none", where)
+        stats = SufficientStats.from_samples(rows) if rows else SufficientStats(*(np.zeros(0),) * 3)
+        result = fit_stats(stats) if rows else None
+        usable = (stats.n >= 2) & (stats.var > 1e-24)
+        if result is not None:
+            usable &= (result.flag & (FitFlag.SINGLE | FitFlag.ZERO_SPREAD | FitFlag.EMPTY)) == 0
+        count = int(usable.sum())
+        if count < cls.MIN_PROBLEMS:
+            raise InputError(f"a population prior needs at least {cls.MIN_PROBLEMS} calibration problems with two "
+                             f"or more distinct scores, got {count} of {len(rows)}", where)
+        mu, sigma = result.mu[usable], result.sigma[usable]
+        centre = (float(np.median(mu)), float(np.median(sigma)))
+        spread = [max(min_width, 1.4826 * float(np.median(np.abs(x - c)))) for x, c in zip((mu, sigma), centre)]
+        questions = list(questions) or [None] * len(ids)
+        return cls(centre[0], centre[1], spread[0], spread[1], count, _keys(ids, questions), strict)
+
+    @classmethod
+    def from_batch(cls, batch, **kwargs) -> "PopulationPriors":
+        """Fit on a replay batch's calibration problems: every available score, in pool order."""
+        if not getattr(batch, "has_scores", True):
+            raise InputError(f"a population prior is fitted on scores, and {batch.source} has none",
+                             kwargs.get("where", "settings.priors"))
+        first = batch.score[:, 0, :]
+        return cls.fit([first[i, : batch.available[i]] for i in range(first.shape[0])], batch.ids, batch.questions,
+                       **kwargs)
+
+    def __str__(self) -> str:
+        return (f"population(mu={self.mu:.3f}±{self.width_mu:.3f}, sigma={self.sigma:.3f}±{self.width_sigma:.3f}, "
+                f"{self.problems} problems)")
+
+    def priors(self, ids, questions, meta: Meta = None) -> PriorArrays:
+        if self.strict and self.fitted_on:
+            leaked = [k[0] for k in _keys(ids, questions) if k in self.fitted_on]
+            if leaked:
+                raise InputError(f"{len(leaked)} problem(s) were in the calibration data of the population prior, "
+                                 f"e.g. id {leaked[0]!r}: report on other problems than those it was fitted on",
+                                 "settings.priors")
+        return ConstantPriors(self.mu, self.sigma, self.width_mu, self.width_sigma).priors(ids, questions)
+
+
+def _keys(ids, questions) -> frozenset[tuple[str, str | None]]:
+    return frozenset((str(i), q) for i, q in zip(ids, questions))
 
 
 def _number(value, where: str, field: str) -> float:

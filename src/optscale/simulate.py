@@ -53,6 +53,17 @@ like a truncated response) with probability ``no_answer_rate``, else one drawn f
 token constants are stated assumptions (the official data hold only means).
 
 Every constant above is in ``population.json`` under ``model`` and can be overridden per call.
+
+**Weak verifier.** ``verifier="weak"`` (``optscale simulate --verifier weak``) keeps the
+problems, answers and tokens of the model above and makes the scores less informative of
+correctness, by overriding three constants (:data:`VERIFIERS`): ``discrimination`` 0.35
+(default 1.26: a sample's within-problem score rank says less about whether it is right),
+``discrimination_sd`` 0.35 (default 0.09: on about 16% of the problems the verifier prefers
+wrong answers) and ``difficulty_corr`` 0.3 (default 0.6: a problem's score level says less
+about how easy it is). On 2,000 x 64 draws the area under the ROC curve of score against
+correctness falls from 0.76 to 0.61 (pooled) and from 0.82 to 0.60 (within problems), and
+Best-of-64 falls below the majority vote (about 0.91 vs 0.92; by default 0.94 vs 0.93), as on
+pools scored by an LLM judge. Constants given explicitly override the variant's.
 """
 
 from __future__ import annotations
@@ -80,6 +91,7 @@ __all__ = [
     "MAX_DRAWS",
     "MODEL_KEYS",
     "Population",
+    "VERIFIERS",
     "SimulatedPool",
     "check_sizes",
     "latent_easiness",
@@ -107,6 +119,12 @@ MODEL_KEYS: dict[str, str] = {
     "tokens_problem_sd": "nonnegative",
     "tokens_sample_sd": "nonnegative",
     "wrong_tokens_factor": "positive",
+}
+
+#: Verifier variants: model constants each one overrides (see the module doc).
+VERIFIERS: dict[str, dict[str, float]] = {
+    "default": {},
+    "weak": {"discrimination": 0.35, "discrimination_sd": 0.35, "difficulty_corr": 0.3},
 }
 
 _KIND_TEXT = {
@@ -339,12 +357,20 @@ def simulate_arrays(
     seed: int,
     population: Population | None = None,
     levels: Sequence[int] | None = None,
+    verifier: str = "default",
     **overrides: float,
 ) -> SimulatedPool:
-    """Draw a pool as arrays; deterministic given ``seed`` (see the module doc for the model)."""
+    """Draw a pool as arrays; deterministic given ``seed`` (see the module doc for the model).
+
+    ``verifier`` picks a variant of :data:`VERIFIERS` (``default`` or ``weak``); ``overrides``
+    replace model constants on top of it.
+    """
     n_problems, n_samples = check_sizes(n_problems, n_samples)
     seed = _check_size(seed, "seed", 0)
-    pop = (population if population is not None else Population.load()).with_model(**overrides)
+    if verifier not in VERIFIERS:
+        raise InputError(f"unknown verifier variant {verifier!r}; use one of {', '.join(VERIFIERS)}", "verifier")
+    pop = (population if population is not None else Population.load()).with_model(**{**VERIFIERS[verifier],
+                                                                                        **overrides})
     model = pop.model
     rng = dict(zip(_STREAMS, (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(_STREAMS)))))
     shape = (n_problems, n_samples)
@@ -386,16 +412,18 @@ def simulate_pool(
     seed: int,
     population: Population | None = None,
     levels: Sequence[int] | None = None,
+    verifier: str = "default",
     **overrides: float,
 ) -> list[PoolProblem]:
     """A semi-synthetic pool of ``n_problems`` problems with ``n_samples`` samples each.
 
     ``overrides`` replace model constants (:data:`MODEL_KEYS`, e.g. ``discrimination=2``);
-    ``levels`` keeps only problems of those difficulty levels. Ids are ``sim/0000``...; each
+    ``levels`` keeps only problems of those difficulty levels; ``verifier="weak"`` makes the
+    scores less informative of correctness (:data:`VERIFIERS`). Ids are ``sim/0000``...; each
     problem also carries its true ``mu``, ``sigma`` and ``level``, which tests and plots can
     compare with estimates.
     """
-    sim = simulate_arrays(n_problems, n_samples, seed, population, levels, **overrides)
+    sim = simulate_arrays(n_problems, n_samples, seed, population, levels, verifier, **overrides)
     width = max(4, len(str(n_problems - 1)))
     problems = []
     for p in range(n_problems):

@@ -33,5 +33,8 @@ COMMANDS: dict[str, Entry] = {
                           "replay."),
     "simulate": Entry("simulate", "Write a semi-synthetic pool: real-looking problems whose scores are exactly "
                                   "truncated-normal."),
+    "serve": Entry("serve", "Serve an OpenAI-compatible API that samples each request adaptively from an upstream "
+                            "server."),
+    "policy": Entry("policy", "Fit policies that learn from a calibration pool (the learned stopping table)."),
     "predictor": Entry("predictor", "Train, apply and evaluate the predictor of per-problem score distributions."),
 }

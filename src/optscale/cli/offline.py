@@ -44,7 +44,8 @@ _POLICY_FLAGS = {"policy": "--policy", "settings": "--set", "settings.": "--set 
                  "out": "--out"}
 REPLAY_FLAGS = {**_POLICY_FLAGS, "n_max": "--n-max"}
 SWEEP_FLAGS = {**_POLICY_FLAGS, "budgets": "--n-max", "n_max": "--n-max", "s_mins": "--s-min", "alphas": "--alpha",
-               "calib_fraction": "--calib-fraction", "objective": "--objective"}
+               "calib_fraction": "--calib-fraction", "objective": "--objective", "target": "--target",
+               "token_share": "--token-share", "splits": "--splits", "grid": "--grid", "grid.": "--grid "}
 NSTAR_FLAGS = {"mu": "--mu", "sigma": "--sigma", "s_min": "--s-min", "alpha": "--alpha", "n_max": "--n-max"}
 DEMO_FLAGS = {"out": "--out", "n_problems": "--problems", "n_samples": "--samples", "orders": "--orders", "seed": "--seed"}
 
@@ -67,12 +68,26 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 def load_batch(pool: Path, orders: int, seed: int):
-    """Read, validate (and grade where needed) a pool, then lay out its replay batch."""
-    from ..pools import read_pool
-    from ..replay import build_batch
+    """Read, validate (and grade where needed) a pool line by line into compact arrays, replayed
+    in ``orders`` sample orders a chunk of problems at a time (:class:`optscale.replay.OrderedPool`)."""
+    from ..replay import read_pool_arrays
 
-    problems = read_pool(pool)
-    return build_batch(problems, orders=orders, seed=seed)
+    return read_pool_arrays(pool).ordered(orders, seed)
+
+
+def _grid(pairs: list[str] | None) -> dict[str, list[str]]:
+    """``["t=0.9,0.95", "k=2,3"]`` -> ``{"t": ["0.9", "0.95"], "k": ["2", "3"]}``; the policy converts the values."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs or []:
+        key, sep, values = pair.partition("=")
+        key = key.strip()
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not items:
+            raise InputError(f"expected key=v1,v2,..., got {pair!r}", "grid")
+        if key in out:
+            raise InputError(f"{key} is given twice", f"grid.{key}")
+        out[key] = items
+    return out
 
 
 def _check_run(orders: int, seed: int, out: Path | None) -> None:
@@ -86,29 +101,40 @@ def _check_run(orders: int, seed: int, out: Path | None) -> None:
 
 
 def _short_settings(stats) -> str:
-    keys = ("s_min", "alpha", "peek", "window", "threshold", "estimator")
-    parts = [f"{k}={stats.settings[k]}" for k in keys if stats.settings.get(k) is not None and k in stats.label]
-    return " ".join(parts)
+    """The settings that differ from the policy's defaults (those its label names)."""
+    shown = [f"{k}={v}" for k, v in stats.settings.items() if v is not None and f"{k}=" in stats.label]
+    return " ".join(shown)
+
+
+def _pp(x: float) -> str:
+    return "-" if x != x else f"{100 * x:+.1f}"
 
 
 def stats_table(rows, title: str) -> Table:
-    """One line per policy: accuracy with its 95% interval, cost, and the honest BoN comparison."""
+    """One line per policy: accuracy with its 95% interval, cost, and the honest fixed-N comparisons."""
     t = Table(title=title, title_justify="left")
-    for col in ("policy", "settings", "acc. %", "samples", "tokens", "saved", "BoN@tokens", "gain", "hit/α"):
-        t.add_column(col, justify="left" if col in ("policy", "settings") else "right")
+    for col in ("policy", "settings", "acc. %", "samples", "tokens", "saved", "envelope", "gain [95%]",
+                "best fixed ≤ tokens", "BoN@tokens", "gain BoN", "hit/α"):
+        t.add_column(col, justify="left" if col in ("policy", "settings", "best fixed ≤ tokens") else "right")
     for s in rows:
         calib = "-"
         if s.promised_alpha is not None and s.achieved_uncapped is not None:
             calib = f"{s.achieved_uncapped:.2f}/{s.promised_alpha:g}"
-        same = s.bon_accuracy_same_tokens
+        same, env = s.bon_accuracy_same_tokens, s.envelope_accuracy_same_tokens
+        gain = "-" if env != env else (f"{_pp(s.gain_vs_envelope)} [{_pp(s.gain_vs_envelope_ci_low)}, "
+                                       f"{_pp(s.gain_vs_envelope_ci_high)}]")
+        best = "-" if not s.best_fixed_method else f"{s.best_fixed_method}: {100 * s.best_fixed_method_accuracy:.1f}"
         t.add_row(f"{s.policy}@{s.n_max}", _short_settings(s),
                   f"{100 * s.accuracy:.1f}±{50 * (s.ci_high - s.ci_low):.1f}",
                   f"{s.mean_samples:.1f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.0f}%",
-                  "-" if same != same else f"{100 * same:.1f}",
-                  "-" if same != same else f"{100 * s.gain_vs_bon_curve:+.1f}", calib)
+                  "-" if env != env else f"{100 * env:.1f}", gain, best,
+                  "-" if same != same else f"{100 * same:.1f}", _pp(s.gain_vs_bon_curve), calib)
     t.caption = ("acc. ± half-width of the 95% bootstrap interval over problems; saved: tokens vs fixed BoN at the "
-                 "same N; BoN@tokens: fixed-N BoN curve at the same mean tokens; gain: accuracy minus that; "
-                 "hit/α: share whose best score reached s_min vs the promised α")
+                 "same N; envelope: best mixture of fixed-N methods (every N <= N_max, best score, majority and "
+                 "score-weighted vote) at the same mean tokens; gain: accuracy minus that, with its paired 95% "
+                 "bootstrap interval; best fixed ≤ tokens: most accurate single fixed method costing no more "
+                 "(rule@N); BoN@tokens, gain BoN: the same against the Best-of-N curve alone; hit/α: share whose "
+                 "best score reached s_min vs the promised α")
     return t
 
 
@@ -122,7 +148,11 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="also write a report folder (tables, plots)")] = None,
 ) -> None:
-    """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN."""
+    """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN.
+
+    Also against the envelope of every fixed-N method (N <= --n-max; best score, majority and
+    score-weighted vote) at the same mean tokens, with a paired bootstrap interval for the gain.
+    """
     with flags(REPLAY_FLAGS):
         from ..compose import build_policy
         from ..policies import parse_settings
@@ -138,10 +168,16 @@ def replay(
 
             write_replay_report(out, [result], s_min=getattr(pol, "s_min", 0.95), alpha=getattr(pol, "alpha", 0.9))
     if as_json:
-        typer.echo(json.dumps({**stats.as_dict(), "dataset": result.dataset, "bon_curve": result.curve.rows()},
-                              default=float))
+        from ..report import json_ready
+
+        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset,
+                                           "bon_curve": result.curve.rows(),
+                                           "fixed_curves": result.baseline.curves.rows(),
+                                           "envelope": result.envelope_rows()})))
         return
     console.print(stats_table([stats], f"{pool.name}: {batch.shape[0]} problems x {orders} orders"))
+    if stats.envelope_mix:
+        console.print(f"envelope at {stats.mean_tokens:,.0f} tokens: {stats.envelope_mix}")
     if out is not None:
         console.print(f"report written to {out}")
 
@@ -150,39 +186,78 @@ def sweep(
     pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines)")],
     policy: PolicyOpt = "optscale0",
     n_max: Annotated[str, typer.Option("--n-max", "-n", help="budgets, comma-separated")] = "8,16,32,64",
-    s_min: Annotated[str, typer.Option("--s-min", help="grid of target scores, comma-separated")] = DEFAULT_S_MIN,
-    alpha: Annotated[str, typer.Option("--alpha", help="grid of probabilities, comma-separated")] = DEFAULT_ALPHA,
+    s_min: Annotated[Optional[str], typer.Option("--s-min", help=f"grid of target scores, comma-separated (policies with s_min; default {DEFAULT_S_MIN})")] = None,
+    alpha: Annotated[Optional[str], typer.Option("--alpha", help=f"grid of probabilities, comma-separated (policies with alpha; default {DEFAULT_ALPHA})")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="any setting's grid, key=v1,v2,..., repeatable (e.g. t=0.9,0.95 or k=2,3)")] = None,
     settings: SetOpt = None,
     orders: OrdersOpt = 10,
     seed: SeedOpt = 0,
     calib_fraction: Annotated[float, typer.Option("--calib-fraction", help="share of problems used to choose settings")] = 0.5,
-    objective: Annotated[str, typer.Option("--objective", help="match-bon: cheapest setting matching BoN@N on calibration; gain: largest gain over the BoN curve")] = "match-bon",
+    objective: Annotated[str, typer.Option("--objective", help="match: cheapest setting reaching --target on calibration; budget: most accurate within --token-share of fixed BoN's tokens; gain: largest gain over the envelope of fixed-N methods")] = "match",
+    target: Annotated[Optional[float], typer.Option("--target", help="accuracy that match must reach on calibration (default: fixed BoN at the same budget there)")] = None,
+    token_share: Annotated[float, typer.Option("--token-share", help="budget: most tokens, as a share of fixed BoN's at the same budget")] = 0.5,
+    splits: Annotated[int, typer.Option("--splits", help="repeat the calibration/held-out split over this many seeds (--seed, --seed+1, ...)")] = 1,
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("sweep-report"),
 ) -> None:
-    """Grid-search (s_min, alpha) per budget on a calibration split; report the choice on held-out problems."""
+    """Grid-search (s_min, alpha) per budget on a calibration split; report the choice on held-out problems.
+
+    Any policy's settings can be swept with --grid. Settings are chosen on calibration problems
+    only (--objective); when none meets the objective there, the output says so and nothing is
+    selected for that budget. Held-out rows are compared with the envelope of every fixed-N method.
+    """
     with flags(SWEEP_FLAGS):
         from ..compose import with_default_priors
+        from ..policies import POLICIES as registry
         from ..policies import parse_settings
         from ..replay import check_sweep
         from ..replay import sweep as run_sweep
         from ..report import write_sweep_report
 
         budgets = _ints(n_max, "budgets")
-        s_mins, alphas = _floats(s_min, "s_mins"), _floats(alpha, "alphas")
+        fields = registry.get(policy, "policy").model_fields
+        given = _grid(grid)
+        s_mins = _floats(s_min, "s_mins") if s_min is not None else (
+            _floats(DEFAULT_S_MIN, "s_mins") if "s_min" in fields and "s_min" not in given else None)
+        alphas = _floats(alpha, "alphas") if alpha is not None else (
+            _floats(DEFAULT_ALPHA, "alphas") if "alpha" in fields and "alpha" not in given else None)
         extra = with_default_priors(policy, parse_settings(settings))
-        check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective)  # before the long run
+        options = dict(grid=given, target=target, token_share=token_share, splits=splits)
+        pairs = check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
+                            **options)  # before the long run
         _check_run(orders, seed, out)
         batch = load_batch(pool, orders, seed)
-        total = len(budgets) * len(s_mins) * len(alphas)
         with progress_bar() as bar:
-            task = bar.add_task(f"sweep {policy}", total=total)
+            task = bar.add_task(f"sweep {policy} ({len(pairs)} settings)", total=None)
             result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
-                               on_point=lambda: bar.advance(task))
+                               on_progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
         write_sweep_report(out, result, pool.stem)
-    console.print(stats_table([s["held_out"] for s in result.selected],
-                              f"{pool.name}: settings chosen on {result.calib_problems} calibration problems, "
-                              f"reported on {result.test_problems} held-out problems"))
+    met = [s["held_out"] for s in result.selected if s["met"]]
+    title = (f"{pool.name}: settings chosen on {result.calib_problems} calibration problems ({result.objective}), "
+             f"reported on {result.test_problems} held-out problems")
+    if met:
+        console.print(stats_table(met, title))
+    for s in result.selected:
+        if not s["met"]:
+            console.print(f"N_max {s['budget']}: {s['reason']}; nothing selected (no fallback)")
+    if len(result.splits) > 1:
+        console.print(splits_table(result.summary, f"{result.policy} over {len(result.splits)} split seeds "
+                                                   f"(held-out numbers of each split's calibration choice)"))
     console.print(f"grid, Pareto front and plots written to {out}")
+
+
+def splits_table(summary: list[dict], title: str) -> Table:
+    """Per budget: splits where the objective was met, held-out mean [range], wins over the envelope."""
+    t = Table(title=title, title_justify="left")
+    for col in ("N_max", "met", "acc. % mean [range]", "tokens mean", "gain vs envelope pp [range]",
+                "beats envelope", "whole CI above"):
+        t.add_column(col, justify="right")
+    for r in summary:
+        rng = lambda k, f=100: ("-" if r[f"{k}_mean"] != r[f"{k}_mean"]  # noqa: E731
+                                else f"{f * r[f'{k}_mean']:.1f} [{f * r[f'{k}_min']:.1f}, {f * r[f'{k}_max']:.1f}]")
+        t.add_row(str(r["budget"]), f"{r['met']}/{r['splits']}", rng("accuracy"),
+                  "-" if r["mean_tokens_mean"] != r["mean_tokens_mean"] else f"{r['mean_tokens_mean']:,.0f}",
+                  rng("gain_vs_envelope"), f"{r['beats_envelope']}/{r['splits']}", f"{r['beats_envelope_ci']}/{r['splits']}")
+    return t
 
 
 def nstar(
@@ -220,6 +295,8 @@ def demo(
         summary = run_demo(out, problems=problems, samples=samples, orders=orders, seed=seed, progress=bar)
     for title, rows in summary.tables:
         console.print(stats_table(rows, title))
+    for note in summary.notes:
+        console.print(f"note: {note}")
     console.print(f"report written to {out}/ in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(p.name for p in summary.files))
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import InputError
 from ..pools import write_pool
-from ..simulate import MODEL_KEYS, Population, simulate_pool
+from ..simulate import MODEL_KEYS, VERIFIERS, Population, simulate_pool
 from .flags import flags
 
 #: Model constants with a flag of their own; every other one is set with ``--set NAME=VALUE``.
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
 #: Library names -> flags of ``simulate`` (see :func:`optscale.cli.flags.flags`).
 SIMULATE_FLAGS = {
     "n_problems": "--problems", "n_samples": "--samples", "seed": "--seed", "levels": "--level", "settings": "--set",
+    "verifier": "--verifier",
     **{name: f"--set {name}" for name in MODEL_KEYS}, **{name: "--" + name.replace("_", "-") for name in _OWN_FLAGS},
 }
 
@@ -81,6 +82,10 @@ def simulate(
     population: Annotated[
         Path | None, typer.Option(help="Population JSON (default: the packaged one fitted to MATH).")
     ] = None,
+    verifier: Annotated[
+        str, typer.Option(help=f"Verifier variant: {', '.join(VERIFIERS)} (weak: scores less informative of "
+                               "correctness; see optscale.simulate). Flags and --set override its constants.")
+    ] = "default",
 ) -> None:
     """Write a semi-synthetic pool: real-looking problems whose scores are exactly truncated-normal.
 
@@ -93,7 +98,7 @@ def simulate(
     with flags(SIMULATE_FLAGS):
         overrides = _settings(setting or [], given)
         pop = Population.load(population)
-        pool = simulate_pool(problems, samples, seed, pop, levels=level, **overrides)
+        pool = simulate_pool(problems, samples, seed, pop, levels=level, verifier=verifier, **overrides)
         write_pool(out, pool)
     draws = [sample for problem in pool for sample in problem.samples]
     best = sum(max(problem.samples, key=lambda s: s.score).correct for problem in pool) / len(pool)

@@ -9,7 +9,9 @@ replaced; it never holds up other problems. Errors that no retry can fix (a wron
 a scorer that cannot work) stop the whole run, after everything in flight has been accounted.
 
 The same policy objects as offline replay decide, so a live run and a replay of its pool can
-be compared sample for sample.
+be compared sample for sample. :func:`sample_episode` runs one prompt under an episode the
+caller started (a server's request): the same loop, with a deadline, a token cap and a request
+gate that several concurrent episodes share.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,9 +37,10 @@ from .openai import OpenAIGenerator
 from .prompts import PromptTemplate
 from .runs import MemoryStore, RunState
 from .scorers import BatchingScorer, Score, Scorer, ScoreRequest
-from .types import Completion, RequestFailed, TokenMeter
+from .types import Completion, GenerationSettings, Prompt, RequestFailed, TokenMeter
 
-__all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "sample_problems", "sample_seed", "summarize"]
+__all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "EpisodeRun", "sample_episode", "sample_problems",
+           "sample_seed", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -185,21 +190,26 @@ class _Slot:
 
 
 class _Sampler:
-    def __init__(self, generator: OpenAIGenerator, scorer: Scorer, policy: Policy, template: PromptTemplate,
-                 settings: SamplerSettings, store: Store, listener: Listener):
+    def __init__(self, generator: OpenAIGenerator, scorer: Scorer, policy: Policy | None,
+                 template: PromptTemplate | _FixedPrompt, settings: SamplerSettings, store: Store,
+                 listener: Listener, requests: AbstractAsyncContextManager | None = None,
+                 generation: GenerationSettings | None = None, batch: bool = True):
         self.generator = generator
-        self.scorer = BatchingScorer(scorer)
+        self.scorer = BatchingScorer(scorer) if batch else scorer
         self.policy = policy
         self.template = template
         self.settings = settings
         self.store = store
         self.listener = listener
-        gen = generator.settings
+        gen = generation or generator.settings
         self.gen_settings = gen.model_copy(update={"logprobs": True}) if scorer.needs_logprobs else gen
-        self._requests = asyncio.Semaphore(settings.concurrency)
+        self._requests = requests if requests is not None else asyncio.Semaphore(settings.concurrency)
         self._problems = asyncio.Semaphore(settings.problems_in_flight or settings.concurrency)
         self._clock = itertools.count(1)
-        self._describe = getattr(policy, "describe", lambda: policy.name)()
+        self._describe = getattr(policy, "describe", lambda: policy.name)() if policy is not None else ""
+        self.deadline: float | None = None  # time.monotonic() after which sampling ends (sample_episode)
+        self.max_total_tokens: int | None = None  # spend after which sampling ends (sample_episode)
+        self.cut: str | None = None  # which of those limits ended sampling
         self.short_choices = 0  # samples asked for that a server did not return (asked for again)
         self.failed_requests = 0  # requests that failed every retry (logged as "failed" events)
 
@@ -332,7 +342,7 @@ class _Sampler:
                     next_index += fresh
                     want -= k
                     slots[asyncio.create_task(self._request(problem, slot))] = slot
-                done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(slots, timeout=self._wait(), return_when=asyncio.FIRST_COMPLETED)
                 last_failure = None
                 for task in sorted(done, key=lambda t: slots[t].done_at):
                     slot = slots.pop(task)
@@ -365,11 +375,38 @@ class _Sampler:
                         stopped = decision is Decision.STOP
                 if last_failure is not None and failures >= self.settings.max_failures and not stopped:
                     raise _GiveUp(f"{failures} requests failed; last: {last_failure}")
+                if not stopped:
+                    self.cut = self._limit(samples, events, slots)
+                    stopped = self.cut is not None
         except _GiveUp as exc:
             log.warning("problem %r gives up for this session: %s", problem.id, exc)
             return f"problem {problem.id!r}: {exc}"
         finally:
             await self._cancel(problem, slots, events)
+        return None
+
+
+    # -- limits of one episode (sample_episode) ---------------------------------------------
+    TOKEN_POLL_S = 0.02
+    """How often the spend of requests under way is re-read when a token cap is set."""
+
+    def _wait(self) -> float | None:
+        """How long to wait for the next request: up to the deadline, or a poll of the streamed tokens."""
+        waits = []
+        if self.deadline is not None:
+            waits.append(max(0.0, self.deadline - time.monotonic()))
+        if self.max_total_tokens is not None:
+            waits.append(self.TOKEN_POLL_S)
+        return min(waits) if waits else None
+
+    def _limit(self, samples: list[dict], events: list[dict], slots: dict[asyncio.Task, _Slot]) -> str | None:
+        """``deadline`` or ``max_total_tokens`` when that limit has been reached, else None."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "deadline"
+        if self.max_total_tokens is not None:
+            spent = sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in samples + events)
+            if spent + sum(s.cost() for s in slots.values()) >= self.max_total_tokens:
+                return "max_total_tokens"
         return None
 
 
@@ -415,3 +452,86 @@ async def sample_problems(
     finally:
         await sampler.scorer.aclose()
     return [task.result() for task in tasks]
+
+
+@dataclass(frozen=True)
+class _FixedPrompt:
+    """A template that always renders the same prompt (a server's request brings its own messages)."""
+
+    prompt: Prompt
+
+    def render(self, question: str) -> Prompt:
+        return self.prompt
+
+
+class _Capture:
+    """A store that keeps every record, texts included, for the one episode of :func:`sample_episode`."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def load(self) -> RunState:
+        return RunState()
+
+    async def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    async def finish(self, summary: dict[str, Any]) -> None:
+        return None
+
+
+@dataclass
+class EpisodeRun:
+    """What :func:`sample_episode` did.
+
+    ``samples`` are the scored samples in the order the episode observed them (texts
+    included), ``events`` the cancelled and failed requests with the tokens they cost. ``cut``
+    is ``"deadline"`` or ``"max_total_tokens"`` when that limit ended sampling before the
+    episode stopped; ``error`` says why sampling gave up (``max_failures`` failed requests).
+    """
+
+    samples: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    cut: str | None = None
+    error: str | None = None
+
+
+async def sample_episode(
+    episode: Episode,
+    prompt: Prompt,
+    question: str,
+    generator: OpenAIGenerator,
+    scorer: Scorer,
+    *,
+    id: str = "episode",
+    settings: SamplerSettings | None = None,
+    generation: GenerationSettings | None = None,
+    requests: AbstractAsyncContextManager | None = None,
+    deadline: float | None = None,
+    max_total_tokens: int | None = None,
+    listener: Listener | None = None,
+) -> EpisodeRun:
+    """Sample ``prompt`` until ``episode`` (already started by the caller) stops, or a limit is reached.
+
+    ``question`` is what the scorer reads as the problem. ``generation`` overrides the
+    generator's settings for this episode. ``requests`` is held by every generation request
+    while it runs (default: a gate of ``settings.concurrency``): pass one lane of a limiter
+    shared by concurrent episodes. ``scorer`` is called as is and not closed here: wrap it in
+    one :class:`~optscale.live.scorers.BatchingScorer` shared by the episodes. ``deadline`` (a ``time.monotonic()``
+    value) and ``max_total_tokens`` (tokens generated, cancelled ones included) end sampling
+    early; requests under way are then cancelled. Cancelling this call cancels every request
+    under way (their streams are closed) after logging, through ``listener.on_record``, what
+    each had cost. Rejected requests and scorer failures propagate.
+    """
+    store = _Capture()
+    sampler = _Sampler(generator, scorer, None, _FixedPrompt(prompt), settings or SamplerSettings(), store,
+                       listener or Listener(), requests=requests, generation=generation, batch=False)
+    sampler.deadline, sampler.max_total_tokens = deadline, max_total_tokens
+    error = None
+    if sampler._limit([], [], {}) is not None:
+        sampler.cut = sampler._limit([], [], {})
+    else:
+        error = await sampler._sample(LiveProblem(id, question), episode, False, 0, [], [])
+    samples = [r for r in store.records if r["type"] == "sample"]
+    events = [r for r in store.records if r["type"] != "sample"]
+    return EpisodeRun(samples, events, sampler.cut, error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -38,9 +39,10 @@ class Decision(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One scored response as a policy sees it. ``answer`` is None when none was extracted."""
+    """One response as a policy sees it. ``answer`` is None when none was extracted; ``score``
+    is None without a verifier (answer-only policies accept that, see ``requires_scores``)."""
 
-    score: float
+    score: float | None = None
     answer: str | None = None
     tokens: int = 0
 
@@ -57,11 +59,15 @@ class Prior:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """What a policy may know about a problem before sampling."""
+    """What a policy may know about a problem before sampling.
+
+    ``meta`` holds the pool's extra fields that prior sources use (``level``, ``subject``).
+    """
 
     id: str = ""
     question: str | None = None
     prior: Prior | None = None
+    meta: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,10 @@ class ReplayBatch:
     Shapes are ``(P, R, N)``: problem, order, position within the order. Positions at or
     beyond ``available[p]`` are padding. ``answer`` holds per-problem integer codes of the
     normalised answers (``-1`` for no answer); equal codes mean equal answers.
+
+    A batch of an answer-only pool has ``has_scores`` False and NaN scores; policies that read
+    scores refuse it (``PolicyBase.replay``). ``source`` names the pool in such errors, and
+    ``meta`` holds each problem's metadata for prior sources (``level``, ``subject``).
     """
 
     score: np.ndarray
@@ -116,6 +126,9 @@ class ReplayBatch:
     ids: tuple[str, ...]
     questions: tuple[str | None, ...]
     answer_text: tuple[tuple[str, ...], ...] = ()
+    has_scores: bool = True
+    source: str = "pool"
+    meta: tuple[Mapping[str, Any] | None, ...] = ()
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import InputError
 from ..fit import SufficientStats
 from .base import Problem, ReplayBatch, ReplayDecisions
-from .episode import SequentialEpisode, Step
+from .episode import SequentialEpisode, Step, score_or_zero
 from .selection import Selection, select
 
 
@@ -35,8 +36,23 @@ class PolicyBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     name: ClassVar[str] = ""
+    #: Whether the stopping rule reads verifier scores. Answer-only rules (sc, esc, asc, boinf)
+    #: set it False; whether a configured policy needs scores also depends on its selection
+    #: rule: see :meth:`requires_scores`.
+    needs_scores: ClassVar[bool] = True
     n_max: int = Field(ge=1, le=N_MAX_LIMIT, description="most samples ever drawn for one problem")
     select: Selection = Field(Selection.BEST, description="how the returned sample is chosen: best, majority or weighted")
+
+    def requires_scores(self) -> bool:
+        """Whether this policy, as configured, reads sample scores: its stopping rule does
+        (:attr:`needs_scores`) or its selection rule does (``best``, ``weighted``)."""
+        return self.needs_scores or self.select is not Selection.MAJORITY
+
+    def missing_scores(self, source: str, field: str = "samples[].score") -> InputError:
+        """The one error for a policy that reads scores given samples without them (``source``: the pool)."""
+        return InputError(f"policy {self.name!r} needs sample scores and {source} has none; use an answer-based "
+                          "policy (sc, esc, asc, or bon with select=majority) or score the samples",
+                          f"{source} field {field}")
 
     # -- live ----------------------------------------------------------------------------
     def start(self, problem: Problem | None = None) -> SequentialEpisode:
@@ -55,6 +71,10 @@ class PolicyBase(BaseModel):
 
     # -- offline -------------------------------------------------------------------------
     def replay(self, batch: ReplayBatch) -> ReplayDecisions:
+        """Decisions on every problem and order of ``batch``; a batch without scores is refused
+        (:class:`InputError` at ``<pool> field samples[].score``) where :meth:`requires_scores`."""
+        if not batch.has_scores and self.requires_scores():
+            raise self.missing_scores(batch.source)
         n_used, estimates = self.replay_stops(batch)
         return self.finish(batch, n_used, estimates)
 
@@ -65,7 +85,7 @@ class PolicyBase(BaseModel):
     def finish(self, batch: ReplayBatch, n_used: np.ndarray, estimates: dict[str, np.ndarray]) -> ReplayDecisions:
         p, r, _ = batch.shape
         n_used = np.minimum(n_used, batch.flat_available())
-        chosen = select(self.select, batch.flat("score"), batch.flat("answer"), n_used)
+        chosen = select(self.select, score_or_zero(batch.flat("score")), batch.flat("answer"), n_used)
         return ReplayDecisions(
             n_used=n_used.reshape(p, r),
             chosen=chosen.reshape(p, r),

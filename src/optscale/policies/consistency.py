@@ -6,7 +6,8 @@
   runner-up with posterior probability ``threshold`` under the Beta stopping rule
   ``P(p1 > p2) = P(X > 1/2), X ~ Beta(v1 + 1, v2 + 1)``.
 
-Both return the majority answer; "no answer" never counts as a vote.
+Both return the majority answer; "no answer" never counts as a vote. Neither reads scores, so
+both run on answer-only pools (unless ``select`` is set to a score-based rule).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class EarlyStoppingSC(PolicyBase):
     """Early-stopping self-consistency: stop after the first window of agreeing answers."""
 
     name: ClassVar[str] = "esc"
+    needs_scores: ClassVar[bool] = False
     select: Selection = Selection.MAJORITY
     window: int = Field(5, ge=1, description="samples per window")
 
@@ -63,6 +65,7 @@ class AdaptiveSC(PolicyBase):
     """Adaptive self-consistency: stop once the leading answer wins with posterior probability ``threshold``."""
 
     name: ClassVar[str] = "asc"
+    needs_scores: ClassVar[bool] = False
     select: Selection = Selection.MAJORITY
     threshold: float = Field(0.95, gt=0.5, lt=1, description="posterior confidence needed to stop")
 

@@ -23,6 +23,12 @@ class Step:
     estimates: dict[str, Any] = field(default_factory=dict)
 
 
+def score_or_zero(score: np.ndarray) -> np.ndarray:
+    """Scores with the NaN of answer-only samples as 0, so a vote returns the winner's earliest sample."""
+    score = np.asarray(score, dtype=float)
+    return np.nan_to_num(score, nan=0.0) if np.isnan(score).any() else score
+
+
 class SequentialEpisode:
     """Drives any policy that implements ``decide(episode) -> Step`` one sample at a time."""
 
@@ -52,9 +58,19 @@ class SequentialEpisode:
     def observe(self, sample: Sample) -> Decision:
         if self._step.stop:
             raise RuntimeError("this episode has stopped; start a new one for more samples")
-        score = float(sample.score)
-        if not (0.0 <= score <= 1.0) or math.isnan(score):
-            raise InputError(f"score must lie in [0, 1], got {sample.score!r}", f"problem {self.problem.id!r} sample {self.n}")
+        where = f"problem {self.problem.id!r} sample {self.n}"
+        if sample.score is None:
+            if self.policy.requires_scores():
+                raise self.policy.missing_scores(where, "score")
+            score = math.nan
+        else:
+            score = float(sample.score)
+            if not (0.0 <= score <= 1.0) or math.isnan(score):
+                raise InputError(f"score must lie in [0, 1], got {sample.score!r}", where)
+        if self.scores and math.isnan(score) != math.isnan(self.scores[0]):
+            state = "none" if math.isnan(score) else "one"
+            raise InputError(f"has {state}, but sample 0 {'has one' if state == 'none' else 'has none'}: "
+                             "an episode's samples all have a score or none has", f"{where} field score")
         self.scores.append(score)
         self.answers.append(sample.answer)
         self.tokens.append(int(sample.tokens))
@@ -81,7 +97,7 @@ class SequentialEpisode:
         chosen = None
         if self.n:
             score, code = self.arrays()
-            pos = int(select(self.policy.select, score, code, np.array([self.n]))[0])
+            pos = int(select(self.policy.select, score_or_zero(score), code, np.array([self.n]))[0])
             chosen = pos if pos >= 0 else None
         return Outcome(
             chosen=chosen,

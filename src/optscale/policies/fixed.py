@@ -12,9 +12,13 @@ from .selection import Selection
 
 
 class BestOfN(PolicyBase):
-    """Draw ``n_max`` samples and return the one with the best verifier score."""
+    """Draw ``n_max`` samples and return the one with the best verifier score.
+
+    The stopping rule reads no scores, so with ``select=majority`` it runs on answer-only pools.
+    """
 
     name: ClassVar[str] = "bon"
+    needs_scores: ClassVar[bool] = False
 
     def decide(self, episode) -> Step:
         return Step(episode.n >= self.n_max, self.n_max, "n_max")

@@ -26,7 +26,7 @@ from ..fit import FitResult, fit_stats
 from ..stats import min_samples_detail
 from .common import PolicyBase, prefix_stats
 from .episode import Step
-from ..priors import FilePriors, PriorArrays, PriorSource
+from ..priors import POPULATION, FilePriors, PriorArrays, PriorSource
 
 __all__ = ["OptScale0", "OptScaleT", "SequentialOptScale", "paper_peek"]
 
@@ -49,8 +49,9 @@ class _OptScaleBase(PolicyBase):
         "spend", description="when N* exceeds n_max: spend the whole budget (the paper) or stop after the peek"
     )
     estimator: Literal["mle", "map"] = "mle"
-    priors: Any = Field(None, description="MAP priors: a priors JSONL path or a PriorSource; "
-                                          "the CLI's default: the packaged predictor")
+    priors: Any = Field(None, description="MAP priors: a priors JSONL path, 'population' (an empirical-Bayes prior "
+                                          "fitted on calibration problems; 'population:POOL' names a calibration "
+                                          "pool) or a PriorSource; the CLI's default: the packaged predictor")
     prior_width: float | None = Field(None, gt=0, description="override the prior widths (std on mu and sigma)")
 
     @field_validator("priors")
@@ -65,6 +66,11 @@ class _OptScaleBase(PolicyBase):
         return min(self.n_max, self.peek if self.peek is not None else paper_peek(self.n_max))
 
     def prior_source(self) -> PriorSource:
+        if isinstance(self.priors, str) and (self.priors == POPULATION or self.priors.startswith(POPULATION + ":")):
+            raise InputError("a population prior is fitted on calibration problems: sweep fits one on its "
+                             "calibration split; elsewhere name a calibration pool, priors=population:POOL "
+                             "(optscale.compose.build_policy fits it), or pass a fitted optscale.priors.PopulationPriors",
+                             "settings.priors")
         if isinstance(self.priors, (str, Path)):
             path = Path(self.priors)
             if not path.exists():
@@ -76,10 +82,12 @@ class _OptScaleBase(PolicyBase):
                              "predictor", "settings.priors")
         return self.priors
 
-    def prior_arrays(self, ids, questions) -> PriorArrays | None:
+    def prior_arrays(self, ids, questions, meta=None) -> PriorArrays | None:
+        """Priors of the problems (None for an MLE); ``meta``: their ``level``/``subject``, as a predictor uses."""
         if self.estimator == "mle":
             return None
-        return self.prior_source().priors(list(ids), list(questions)).override_width(self.prior_width)
+        meta = list(meta) if meta else [None] * len(ids)
+        return self.prior_source().priors(list(ids), list(questions), meta).override_width(self.prior_width)
 
     def episode_context(self, problem) -> dict:
         if self.estimator == "mle":
@@ -88,7 +96,7 @@ class _OptScaleBase(PolicyBase):
             p = problem.prior
             arr = PriorArrays(*(np.array([v], dtype=float) for v in (p.mu, p.sigma, p.width_mu, p.width_sigma)))
             return {"prior": arr.override_width(self.prior_width)}
-        return {"prior": self.prior_arrays([problem.id], [problem.question])}
+        return {"prior": self.prior_arrays([problem.id], [problem.question], [problem.meta])}
 
     def _fit(self, score: np.ndarray, n: np.ndarray, prior: PriorArrays | None) -> FitResult:
         stats = prefix_stats(score, n)
@@ -105,7 +113,7 @@ class _OptScaleBase(PolicyBase):
 
     def _batch_priors(self, batch) -> tuple[PriorArrays | None, str]:
         """Priors repeated over orders, and a key that identifies them in the batch cache."""
-        prior = self.prior_arrays(batch.ids, batch.questions)
+        prior = self.prior_arrays(batch.ids, batch.questions, batch.meta)
         if prior is None:
             return None, "mle"
         r = batch.shape[1]

@@ -15,14 +15,21 @@ from pydantic import ValidationError
 from ..errors import InputError
 from ..registry import Registry
 from .common import N_MAX_LIMIT, PolicyBase
+from .beacon import Beacon
+from .boinf import BestOfInfinity
 from .consistency import AdaptiveSC, EarlyStoppingSC
+from .deepconf import DeepConf
 from .fixed import BestOfN, SelfConsistency
+from .learned import Learned
 from .optscale import OptScale0, OptScaleT, SequentialOptScale
+from .pandora import Pandora
+from .threshold import AgreeThreshold, FirstPass
 
 __all__ = ["POLICIES", "make_policy", "parse_settings", "policy_settings_schema", "settings_help"]
 
 POLICIES: Registry[type[PolicyBase]] = Registry("policy")
-for _cls in (BestOfN, OptScale0, SequentialOptScale, OptScaleT, SelfConsistency, EarlyStoppingSC, AdaptiveSC):
+for _cls in (BestOfN, OptScale0, SequentialOptScale, OptScaleT, SelfConsistency, EarlyStoppingSC, AdaptiveSC,
+             FirstPass, AgreeThreshold, DeepConf, BestOfInfinity, Learned, Pandora, Beacon):
     POLICIES.add(_cls.name, _cls)
 
 

@@ -42,7 +42,7 @@ FLAT_COLUMNS = (
 )
 """Our column names; ``columns`` maps any of them to the table's own names."""
 
-_REQUIRED = ("id", "gold", "score", "tokens")
+_REQUIRED = ("id", "gold", "tokens")
 _SUFFIXES: dict[str, FlatFormat] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -167,9 +167,9 @@ def convert_flat(
     """Convert the flat table ``src`` to the pool ``dst`` (written atomically).
 
     ``columns`` maps our column names (:data:`FLAT_COLUMNS`) to the table's; other columns
-    of the table are ignored. ``id``, ``gold``, ``score`` and ``tokens`` must be filled in
-    every row; a column named in ``columns`` must exist, the other optional ones may be
-    missing. A row without an answer but with a ``text`` gets the answer extracted from the
+    of the table are ignored. ``id``, ``gold`` and ``tokens`` must be filled in every row; a
+    column named in ``columns`` must exist, the other optional ones may be missing. ``score``
+    is filled in every row or in none (an answer-only pool, e.g. with no ``score`` column). A row without an answer but with a ``text`` gets the answer extracted from the
     text. One id with two different gold answers is an error. ``correct`` is stored only where
     the table gives it (the pool reader grades the rest). A ``dst`` naming the same file as
     ``src`` (also through a link) is refused before anything is read. Returns the problems written.
@@ -181,6 +181,7 @@ def convert_flat(
     explicit = set(columns or {})
     name = os.fspath(src)
     problems: dict[str, _Problem] = {}
+    scored: list[tuple[bool, str]] = []  # whether the first row had a score, and where
     try:
         for where, row in _READERS[kind](src):
             cells: dict[str, Any] = {}
@@ -194,6 +195,13 @@ def convert_flat(
                 if value is None and ours in _REQUIRED:
                     raise InputError("empty", where=f"{where} column {theirs}")
                 cells[ours] = value
+            has = cells["score"] is not None
+            if not scored:
+                scored.append((has, where))
+            elif has != scored[0][0]:
+                state = "empty" if not has else "filled"
+                raise InputError(f"{state}, but not at {scored[0][1]}: score is filled in every row or in none",
+                                 where=f"{where} column {names['score']}")
             _add_row(problems, cells, names, where)
     except OSError as exc:  # Parquet; the text formats report their own, located
         raise InputError(f"cannot read: {exc.strerror or exc}", where=name) from None
@@ -230,7 +238,7 @@ def _add_row(
         answer = extract_answer(text)
     sample = {
         "answer": answer.strip() if answer is not None else None,
-        "score": _as_number(cells["score"], at("score")),
+        "score": optional("score", _as_number),
         "tokens": _as_number(cells["tokens"], at("tokens")),
         "correct": optional("correct", _as_bool),
         "text": text,

@@ -72,9 +72,13 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
     [0, 1], an empty ``samples`` list, a repeated id (naming the first line too) and a file
     with no problems. Blank lines are skipped. Samples without ``correct`` are graded
     against the gold answer when ``grade_missing``.
+
+    ``score`` is optional (answer-only pools), but a pool has a score on every sample or on
+    none: the first sample that differs from the pool's first is refused, naming both.
     """
     name = os.fspath(path)
     first_line: dict[str, int] = {}
+    scored: tuple[bool, str] | None = None  # whether the pool's first sample has a score, and where
     for lineno, line in numbered_lines(path):
         if not line.strip():
             continue
@@ -98,6 +102,15 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
                 where=f"{where} field id",
             )
         first_line[problem.id] = lineno
+        for j, sample in enumerate(problem.samples):
+            has = sample.score is not None
+            if scored is None:
+                scored = (has, f"line {lineno} samples[{j}]")
+            elif has != scored[0]:
+                state = "present" if has else "missing"
+                other = "has one" if scored[0] else "has none"
+                raise InputError(f"{state}, but {scored[1]} {other}: a pool has a score on every sample or on none",
+                                 where=f"{where} field samples[{j}].score")
         if grade_missing:
             for sample in problem.samples:
                 if sample.correct is None:

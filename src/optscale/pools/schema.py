@@ -53,12 +53,17 @@ def _drop_unknown(
 
 
 class PoolSample(BaseModel):
-    """One stored response: its extracted answer (None when none), verifier score and cost."""
+    """One stored response: its extracted answer (None when none), verifier score and cost.
+
+    ``score`` is optional: answer-only pools (no verifier) hold none, and the policies that vote
+    on answers (``sc``, ``esc``, ``asc``, ``bon`` with ``select=majority`` ...) run on them. A
+    pool has a score on every sample or on none (:func:`optscale.pools.iter_pool` checks it).
+    """
 
     model_config = ConfigDict(strict=True, extra="allow")
 
     answer: str | None
-    score: Score
+    score: Score | None = None
     tokens: TokenCount
     correct: bool | None = None
     text: str | None = None
@@ -66,7 +71,7 @@ class PoolSample(BaseModel):
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_unknown(self, handler, ("correct", "text", "step_scores"))
+        return _drop_unknown(self, handler, ("score", "correct", "text", "step_scores"))
 
 
 class PoolProblem(BaseModel):

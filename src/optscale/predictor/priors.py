@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -10,9 +11,50 @@ import numpy as np
 from ..errors import InputError
 from ..priors import PriorArrays, priors_from_moments
 from .base import Prediction, Predictor, load
-from .data import Problems
+from .data import Problems, _problem
 
-__all__ = ["DEFAULT_MODEL", "PredictorPriors", "load_default", "prior_rows"]
+__all__ = ["DEFAULT_MODEL", "PredictorPriors", "check_questions", "load_default", "prior_rows", "problems_of"]
+
+#: A generated label, not a question: "question 12", "Problem #3", "q7", "item_4".
+_LABEL = re.compile(r"\s*(?:question|problem|prompt|task|item|example|sample|q|p)\s*[#:_./-]?\s*\d+\s*", re.IGNORECASE)
+_REMEDY = "give priors another way: priors=FILE (a priors JSONL) or priors=population (fitted on calibration problems)"
+
+
+def check_questions(ids: Sequence[str], questions: Sequence[str | None], where: str = "settings.priors") -> None:
+    """Refuse question texts a predictor cannot use: missing ones and placeholders.
+
+    A placeholder (defined conservatively, so a real question is never refused) is a text
+    equal to its problem's id, a generated label such as ``question 12`` or ``Problem #3``, or,
+    for two or more problems, the same text for every problem. Such pools get a constant,
+    off-domain prior, so OptScale^t would miss its promise without a warning.
+    """
+    texts = [q.strip() if isinstance(q, str) else "" for q in questions]
+    missing = [i for i, t in enumerate(texts) if not t]
+    if missing:
+        raise InputError(f"the predictor needs question texts (a non-empty string for every problem); "
+                         f"{len(missing)} of {len(texts)} problem(s) have none, e.g. id {ids[missing[0]]!r}; {_REMEDY}",
+                         where)
+    fake = [i for i, t in enumerate(texts) if t.casefold() == str(ids[i]).strip().casefold() or _LABEL.fullmatch(t)]
+    if len(texts) >= 2 and len(set(texts)) == 1:
+        fake = list(range(len(texts)))
+    if fake:
+        raise InputError(f"the predictor needs real question texts, but {len(fake)} of {len(texts)} problem(s) hold "
+                         f"a placeholder (the id, a label like 'question 12', or one text for all), e.g. id "
+                         f"{ids[fake[0]]!r}: {texts[fake[0]][:40]!r}; {_REMEDY}", where)
+
+
+def problems_of(ids: Sequence[str], questions: Sequence[str | None], meta=None) -> Problems:
+    """Problems as ``optscale predictor predict`` reads them from a benchmark file: the same
+    parsing of ``level`` (``3`` or ``"Level 3"``) and ``subject`` from each problem's ``meta``."""
+    meta = list(meta) if meta else [None] * len(ids)
+    if not len(ids) == len(questions) == len(meta):
+        raise InputError(f"{len(ids)} ids, {len(questions)} questions and {len(meta)} metadata rows", "questions")
+    out: tuple[list, ...] = ([], [], [], [])
+    for k, (key, question, extra) in enumerate(zip(ids, questions, meta)):
+        row = {**(extra or {}), "id": str(key), "question": question}
+        for column, value in zip(out, _problem(row, f"questions[{k}]", str(key))):
+            column.append(value)
+    return Problems(*out)
 
 #: The packaged default predictor (kernel kind), trained on the MATH score moments.
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "predictor" / "default"
@@ -48,10 +90,13 @@ class PredictorPriors:
             raise InputError(f"width must be a positive number or a pair of them, got {width!r}", "width")
         self.widths = (float(pair[0]), float(pair[1]))
 
-    def priors(self, ids: Sequence[str], questions: Sequence[str | None]) -> PriorArrays:
+    def priors(self, ids: Sequence[str], questions: Sequence[str | None], meta=None) -> PriorArrays:
+        """Priors from the question texts and each problem's ``level``/``subject`` (``meta``), exactly
+        as ``optscale predictor predict`` computes them; missing or placeholder questions are refused."""
         if len(ids) != len(questions):
             raise InputError(f"{len(ids)} ids but {len(questions)} questions", "questions")
-        return _to_priors(self.predictor.predict(Problems.from_texts(questions, ids)), self.widths)
+        check_questions(ids, questions)
+        return _to_priors(self.predictor.predict(problems_of(ids, questions, meta)), self.widths)
 
 
 def prior_rows(predictor: Predictor, problems: Problems) -> list[dict]:

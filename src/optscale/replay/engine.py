@@ -1,47 +1,82 @@
-"""Replay policies over a stored pool and collect comparable statistics."""
+"""Replay policies over a stored pool, chunk by chunk, and collect comparable statistics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..policies.base import ReplayBatch
 from ..policies.common import PolicyBase
+from .arrays import as_source
 from .batch import check_seed
-from .metrics import BonCurve, PolicyStats, bon_curve, evaluate
+from .metrics import Baseline, BonCurve, FixedCurves, Outcome, PolicyStats, fixed_curves, outcome_of, policy_stats
 
-__all__ = ["ReplayResult", "replay_policies"]
+__all__ = ["ReplayResult", "collect", "replay_policies"]
 
 
 @dataclass
 class ReplayResult:
-    """Statistics of several policies on one pool, with its fixed-N BoN curve."""
+    """Statistics of several policies on one pool, with its fixed-N curves and their envelope."""
 
     dataset: str
     curve: BonCurve
     stats: list[PolicyStats]
+    baseline: Baseline | None = None
+
+    def envelope_rows(self) -> list[dict]:
+        """The envelope's vertices for each n_max of the policies."""
+        if self.baseline is None:
+            return []
+        return [row for n in sorted({s.n_max for s in self.stats}) for row in self.baseline.rows(n)]
 
     def to_json(self) -> dict:
         return {
             "dataset": self.dataset,
             "policies": [s.as_dict() for s in self.stats],
             "bon_curve": self.curve.rows(),
+            "fixed_curves": self.baseline.curves.rows() if self.baseline else [],
+            "envelope": self.envelope_rows(),
         }
 
 
+def collect(data, policies: Sequence[PolicyBase],
+            on_progress: Callable[[int, int], None] | None = None) -> tuple[FixedCurves, list[Outcome]]:
+    """Every fixed-N method and every policy on every problem of ``data`` (a :class:`ReplayBatch`
+    or an :class:`~optscale.replay.arrays.OrderedPool`), one chunk of problems at a time.
+
+    A chunk's layout is shared by all policies, so fits cached in its batch (OptScale's) serve
+    every setting of a grid. ``on_progress(done, total)`` counts (chunk, policy) steps.
+    """
+    source = as_source(data)
+    p, r, n = source.shape
+    chunks = getattr(source, "n_chunks", 1)
+    curves: list[FixedCurves] = []
+    outcomes: list[list[Outcome]] = [[] for _ in policies]
+    done = 0
+    for _, batch in source.chunks():
+        curves.append(fixed_curves(batch))
+        for i, policy in enumerate(policies):
+            outcomes[i].append(outcome_of(batch, policy.replay(batch), policy))
+            done += 1
+            if on_progress is not None:
+                on_progress(done, chunks * len(policies))
+    return FixedCurves.concat(curves), [Outcome.concat(o) for o in outcomes]
+
+
 def replay_policies(
-    batch: ReplayBatch,
+    data,
     policies: Sequence[PolicyBase],
     dataset: str = "pool",
     seed: int = 0,
     on_done: Callable[[PolicyBase], None] | None = None,
+    bootstrap: int = 2000,
 ) -> ReplayResult:
-    """Run each policy on every problem and order of ``batch``; the BoN curve spans the pool."""
+    """Run each policy on every problem and order of ``data``; the fixed-N curves span the pool."""
     seed = check_seed(seed)
-    curve = bon_curve(batch)
-    stats = []
+    curves, outcomes = collect(data, policies)
+    baseline = Baseline(curves, bootstrap, seed)
+    curve = curves.bon()
+    stats = policy_stats(policies, outcomes, baseline, curve)
     for policy in policies:
-        stats.append(evaluate(batch, policy.replay(batch), policy, curve, seed=seed))
         if on_done is not None:
             on_done(policy)
-    return ReplayResult(dataset, curve, stats)
+    return ReplayResult(dataset, curve, stats, baseline)

@@ -1,24 +1,52 @@
 """What a replay measured: accuracy with uncertainty, cost, and the honest fixed-N baseline.
 
-An adaptive rule only pays if it beats the *whole* fixed-N Best-of-N curve at the same cost,
-not just BoN at the largest budget, so every policy is compared with the BoN curve
-interpolated at its own mean token count and with the best fixed N that costs no more.
+An adaptive rule only pays if it beats every *fixed* way of spending the same tokens. The
+fixed methods are N = 1..n_max samples with each selection rule (``best`` score, ``majority``
+vote, score-``weighted`` vote; majority only for answer-only pools), each point the accuracy
+and mean tokens averaged over problems and sample orders. Flipping a biased coin per problem
+between two fixed methods spends and earns the coin's mixture of theirs, so every point on a
+segment between two fixed methods is itself a fixed method, and one that spends no more
+tokens can always be chosen. The honest baseline is therefore the **envelope**: the least
+concave, non-decreasing majorant of all fixed points,
+
+    E(t) = max { lambda A_i + (1 - lambda) A_j : lambda T_i + (1 - lambda) T_j <= t },
+
+undefined below the cheapest fixed method (N = 1) and flat at the best fixed accuracy beyond
+the cheapest method that reaches it. Policies are compared with E at their own mean tokens
+(``gain_vs_envelope``) and with the most accurate single fixed method that costs no more
+(``best_fixed_method``). The older comparison with the Best-of-N curve alone (linear
+interpolation of BoN@N, ``gain_vs_bon_curve``) is kept beside it.
+
+**Paired bootstrap.** The gain's 95% interval resamples *problems* (with replacement, the same
+resample for the policy and for every fixed method), recomputes the fixed points, their
+envelope and the policy's accuracy and tokens on each resample, and takes the 2.5% and 97.5%
+quantiles of accuracy minus envelope at the resample's own policy tokens. Problem difficulty
+moves policy and baseline together, so the paired interval is much narrower than comparing two
+independent intervals (tests check both its coverage and that).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from ..policies.base import ReplayBatch, ReplayDecisions
 
-__all__ = ["BonCurve", "PolicyStats", "bon_curve", "evaluate"]
+__all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "Outcome", "PolicyStats", "RULES", "bon_curve",
+           "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
+
+#: The fixed-N selection rules of the envelope (``bon --set select=<rule>`` at N samples).
+RULES = ("best", "majority", "weighted")
+#: Relative slack when comparing token costs (sums of the same numbers in another order).
+_TOL = 1e-12
 
 
 @dataclass(frozen=True)
 class BonCurve:
-    """Fixed-N Best-of-N accuracy and cost for N = 1..n_max on one batch."""
+    """Fixed-N Best-of-N accuracy and cost for N = 1..n_max on one batch (majority vote for answer-only pools)."""
 
     n: np.ndarray
     accuracy: np.ndarray
@@ -33,7 +61,7 @@ class BonCurve:
 
     def best_within_tokens(self, tokens: float) -> tuple[int, float]:
         """The most accurate fixed N whose mean cost is at most ``tokens`` (0, nan if none)."""
-        ok = self.mean_tokens <= tokens * (1 + 1e-12)
+        ok = self.mean_tokens <= tokens * (1 + _TOL)
         if not ok.any():
             return 0, float("nan")
         i = int(np.argmax(np.where(ok, self.accuracy, -np.inf)))
@@ -46,30 +74,356 @@ class BonCurve:
         ]
 
 
-def bon_curve(batch: ReplayBatch, n_max: int | None = None) -> BonCurve:
-    """Best-of-N for every N at once: a running argmax over each order (earliest wins ties)."""
-    score, correct, tokens = batch.flat("score"), batch.flat("correct"), batch.flat("tokens")
+@dataclass(frozen=True)
+class FixedCurves:
+    """Every fixed-N method's accuracy per problem (mean over orders) and its cost, N = 1..n_max."""
+
+    rules: tuple[str, ...]
+    accuracy: np.ndarray  # (rules, N, P)
+    tokens: np.ndarray  # (N, P) mean tokens of the first N samples (capped at what a problem has)
+    samples: np.ndarray  # (N, P)
+
+    @property
+    def n_max(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def problems(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def take(self, idx) -> FixedCurves:
+        idx = np.asarray(idx, dtype=np.int64)
+        return FixedCurves(self.rules, self.accuracy[:, :, idx], self.tokens[:, idx], self.samples[:, idx])
+
+    @staticmethod
+    def concat(parts: Sequence[FixedCurves]) -> FixedCurves:
+        if len(parts) == 1:
+            return parts[0]
+        return FixedCurves(parts[0].rules, np.concatenate([p.accuracy for p in parts], axis=2),
+                           np.concatenate([p.tokens for p in parts], axis=1),
+                           np.concatenate([p.samples for p in parts], axis=1))
+
+    def bon(self) -> BonCurve:
+        """The Best-of-N curve (the majority-vote curve where the pool has no scores)."""
+        k = self.rules.index("best") if "best" in self.rules else 0
+        return BonCurve(np.arange(1, self.n_max + 1), self.accuracy[k].mean(axis=1), self.tokens.mean(axis=1),
+                        self.samples.mean(axis=1))
+
+    def rows(self) -> list[dict]:
+        """One row per (rule, N): accuracy and mean tokens over all problems."""
+        acc, tok = self.accuracy.mean(axis=2), self.tokens.mean(axis=1)
+        return [{"rule": rule, "n": n + 1, "accuracy": float(acc[k, n]), "mean_tokens": float(tok[n])}
+                for k, rule in enumerate(self.rules) for n in range(self.n_max)]
+
+
+def fixed_curves(batch: ReplayBatch, n_max: int | None = None, rules: Sequence[str] | None = None) -> FixedCurves:
+    """Every fixed-N method at once, in one pass over positions.
+
+    ``best`` keeps a running argmax (earliest wins ties); the votes keep running tallies per
+    answer and the current winner, which can only change to the answer just counted (ties go
+    to the answer seen first), and return the winner's best-scored sample, exactly as
+    :func:`optscale.policies.selection.select` does for the first N samples.
+    """
+    has_scores = getattr(batch, "has_scores", True)
+    rules = tuple(rules or (RULES if has_scores else ("majority",)))
+    p, r, n = batch.shape
+    n_max = int(n_max or n)
+    score, answer = batch.flat("score"), batch.flat("answer")
+    correct, tokens = batch.flat("correct"), batch.flat("tokens")
     available = batch.flat_available()
-    n_max = int(n_max or score.shape[1])
-    rows = np.arange(score.shape[0])
-    best = np.zeros(score.shape[0], dtype=np.int64)
-    spent = np.zeros(score.shape[0])
-    acc, tok, smp = [], [], []
-    for n in range(1, n_max + 1):
-        j = n - 1
+    b = score.shape[0]
+    rows = np.arange(b)
+    acc = np.zeros((len(rules), n_max, p))
+    tok = np.zeros((n_max, p))
+    best = np.zeros(b, dtype=np.int64)
+    spent = np.zeros(b)
+    votes = [x for x in rules if x != "best"]
+    if votes:
+        k = max(1, int(answer.max()) + 1)
+        first = np.full((b, k), n, dtype=np.int32)
+        top_pos = np.full((b, k), -1, dtype=np.int32)
+        top_score = np.full((b, k), -np.inf)
+        tally = {v: np.zeros((b, k)) for v in votes}
+        winner = {v: np.full(b, -1, dtype=np.int64) for v in votes}
+    per_problem = lambda x: x.reshape(p, r).mean(axis=1)  # noqa: E731
+    for j in range(min(n_max, n)):
         inside = j < available
-        if j < score.shape[1]:
-            better = inside & (score[:, j] > score[rows, best])
-            best = np.where(better, j, best)
-            spent = spent + np.where(inside, tokens[:, min(j, score.shape[1] - 1)], 0.0)
-        acc.append(_accuracy(correct[rows, best].reshape(batch.shape[:2])))
-        tok.append(spent.mean())
-        smp.append(np.minimum(n, available).mean())
-    return BonCurve(np.arange(1, n_max + 1), np.array(acc), np.array(tok), np.array(smp))
+        better = inside & (score[:, j] > score[rows, best])
+        best = np.where(better, j, best)
+        spent += np.where(inside, tokens[:, j], 0.0)
+        if votes:
+            code = answer[:, j]
+            ok = inside & (code >= 0)
+            rv, cv = rows[ok], code[ok]
+            fresh = first[rv, cv] == n
+            first[rv[fresh], cv[fresh]] = j
+            sv = score[rv, j]
+            up = (top_pos[rv, cv] < 0) | (sv > top_score[rv, cv])
+            top_pos[rv[up], cv[up]] = j
+            top_score[rv[up], cv[up]] = sv[up]
+            for v in votes:
+                tally[v][rv, cv] += 1.0 if v == "majority" else score[rv, j]
+                w = winner[v][rv]
+                ws = np.maximum(w, 0)
+                tc, tw = tally[v][rv, cv], tally[v][rv, ws]
+                take = (w < 0) | (w == cv) | (tc > tw) | ((tc == tw) & (first[rv, cv] < first[rv, ws]))
+                winner[v][rv[take]] = cv[take]
+        for i, rule in enumerate(rules):
+            if rule == "best":
+                hit = correct[rows, best]
+            else:
+                w = winner[rule]
+                pos = top_pos[rows, np.maximum(w, 0)]
+                hit = (w >= 0) & correct[rows, np.maximum(pos, 0)]
+            acc[i, j] = per_problem(hit)
+        tok[j] = per_problem(spent)
+    for j in range(min(n_max, n), n_max):  # beyond the pool's widest problem nothing changes
+        acc[:, j], tok[j] = acc[:, j - 1], tok[j - 1]
+    samples = np.minimum(np.arange(1, n_max + 1)[:, None], batch.available[None, :]).astype(float)
+    return FixedCurves(rules, acc, tok, samples)
 
 
-def _accuracy(per_row: np.ndarray) -> float:
-    return float(per_row.mean())
+def bon_curve(batch: ReplayBatch, n_max: int | None = None) -> BonCurve:
+    """Best-of-N for every N at once (majority vote where the batch has no scores)."""
+    rule = "best" if getattr(batch, "has_scores", True) else "majority"
+    return fixed_curves(batch, n_max, rules=(rule,)).bon()
+
+
+# -- the envelope ----------------------------------------------------------------------------
+
+
+def upper_envelope(tokens: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Which points are vertices of the least concave non-decreasing majorant, row by row.
+
+    ``tokens`` and ``accuracy`` are ``(B, N)`` (or ``(N,)``) with tokens non-decreasing along
+    each row (fixed N costs more with N). Points after a row's first most accurate one lie
+    under the flat part; of equal-cost points the (first) most accurate is kept. Vectorised over rows:
+    every point on or under the chord of its surviving neighbours is dropped until none is,
+    which never drops a vertex (a vertex lies strictly above every chord that spans it).
+    """
+    t, a = np.atleast_2d(np.asarray(tokens, dtype=float)), np.atleast_2d(np.asarray(accuracy, dtype=float))
+    b, n = t.shape
+    idx = np.broadcast_to(np.arange(n), (b, n))
+    # of equal-cost points (contiguous: tokens are sorted) only the first most accurate survives
+    new = np.ones((b, n), dtype=bool)
+    new[:, 1:] = t[:, 1:] > t[:, :-1] * (1 + _TOL)
+    group = np.cumsum(new.ravel()) - 1
+    starts = np.flatnonzero(new.ravel())
+    top = a.ravel() == np.maximum.reduceat(a.ravel(), starts)[group]
+    seen = np.cumsum(top)
+    first_top = top & (seen - (seen - top)[starts][group] == 1)
+    alive = first_top.reshape(b, n) & (idx <= np.argmax(a, axis=1)[:, None])
+    rows = np.arange(b)[:, None]
+    while True:
+        left = np.maximum.accumulate(np.where(alive, idx, -1), axis=1)
+        prev = np.concatenate([np.full((b, 1), -1), left[:, :-1]], axis=1)
+        right = np.minimum.accumulate(np.where(alive, idx, n)[:, ::-1], axis=1)[:, ::-1]
+        nxt = np.concatenate([right[:, 1:], np.full((b, 1), n)], axis=1)
+        ps, ns = np.maximum(prev, 0), np.minimum(nxt, n - 1)
+        tp, ap, tn, an = t[rows, ps], a[rows, ps], t[rows, ns], a[rows, ns]
+        inner = alive & (prev >= 0) & (nxt < n)
+        drop = inner & ((t - tp) * (an - ap) - (a - ap) * (tn - tp) >= 0)
+        if not drop.any():
+            return alive if np.ndim(tokens) > 1 else alive[0]
+        alive &= ~drop
+
+
+def envelope_value(vx: np.ndarray, vy: np.ndarray, count: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """E(t) for rows of padded hull vertices ``vx, vy`` (``(B, V)``, ``count`` used) and ``t`` ``(B, G)``.
+
+    NaN where ``t`` is below the cheapest fixed method.
+    """
+    t = np.asarray(t, dtype=float)
+    x0 = vx[:, :1]
+    t = np.where((t < x0) & (t >= x0 * (1 - _TOL)), x0, t)
+    k = (vx[:, None, :] <= t[:, :, None]).sum(axis=2)
+    rows = np.arange(vx.shape[0])[:, None]
+    lo = np.clip(k - 1, 0, None)
+    hi = np.minimum(k, count[:, None] - 1)
+    xl, yl, xh, yh = vx[rows, lo], vy[rows, lo], vx[rows, hi], vy[rows, hi]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mid = yl + (yh - yl) * (t - xl) / (xh - xl)
+    out = np.where(hi > lo, mid, yl)
+    return np.where(k == 0, np.nan, out)
+
+
+class Bootstrap:
+    """``resamples`` seeded resamples of ``problems`` problems with replacement, as count weights.
+
+    The same resamples serve every policy and every fixed method of one problem set: that is
+    what pairs the comparison. Counts are kept as bytes (a problem drawn 256 times among P
+    draws does not happen in practice; wider counts are used if it does).
+    """
+
+    def __init__(self, problems: int, resamples: int = 2000, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.problems, self.resamples = int(problems), int(resamples)
+        counts = np.empty((self.resamples, self.problems), dtype=np.uint8)
+        for b in range(self.resamples):
+            row = np.bincount(rng.integers(0, problems, size=problems), minlength=problems)
+            if row.max() > 255 and counts.dtype == np.uint8:
+                counts = counts.astype(np.uint32)
+            counts[b] = row
+        self.counts = counts
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Resampled means of per-problem ``values`` ``(P,)`` or ``(P, G)``: ``(B,)`` or ``(B, G)``."""
+        values = np.asarray(values, dtype=float)
+        out = np.empty((self.resamples, *values.shape[1:]))
+        step = 256
+        for start in range(0, self.resamples, step):
+            out[start:start + step] = self.counts[start:start + step].astype(float) @ values
+        return out / self.problems
+
+
+@dataclass
+class _Envelope:
+    """The envelope of fixed methods up to one n_max: point estimate and its bootstrap resamples."""
+
+    tokens: np.ndarray  # (N,) fixed points: mean tokens of N = 1..n_max
+    accuracy: np.ndarray  # (N,) best rule's accuracy at each N
+    rule: np.ndarray  # (N,) index of that rule
+    all_accuracy: np.ndarray  # (rules, N)
+    hull: list[int]
+    vx: np.ndarray  # (B, V) resampled hull vertices, padded
+    vy: np.ndarray
+    count: np.ndarray
+
+
+class Baseline:
+    """The honest baseline of one set of problems: its fixed curves, envelope and bootstrap."""
+
+    def __init__(self, curves: FixedCurves, resamples: int = 2000, seed: int = 0):
+        self.curves = curves
+        self.bootstrap = Bootstrap(curves.problems, resamples, seed)
+        self._envelopes: dict[int, _Envelope] = {}
+        self._boot_points: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        return self.curves.rules
+
+    def label(self, rule: int, n: int) -> str:
+        return f"{self.rules[rule]}@{n}"
+
+    def _resampled_points(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._boot_points is None:
+            c = self.curves
+            nr, nn = len(c.rules), c.n_max
+            acc = self.bootstrap.means(c.accuracy.reshape(nr * nn, -1).T).reshape(-1, nr, nn).max(axis=1)
+            self._boot_points = acc, self.bootstrap.means(c.tokens.T)
+        return self._boot_points
+
+    def envelope(self, n_max: int) -> _Envelope:
+        n_max = int(min(n_max, self.curves.n_max))
+        if n_max not in self._envelopes:
+            all_acc = self.curves.accuracy[:, :n_max].mean(axis=2)
+            tok = self.curves.tokens[:n_max].mean(axis=1)
+            rule = np.argmax(all_acc, axis=0)
+            acc = all_acc.max(axis=0)
+            hull = [int(i) for i in np.flatnonzero(upper_envelope(tok, acc))]
+            boot_acc, boot_tok = self._resampled_points()
+            bt, ba = boot_tok[:, :n_max], boot_acc[:, :n_max]
+            alive = upper_envelope(bt, ba)
+            order = np.argsort(~alive, axis=1, kind="stable")  # vertices first, in cost order
+            count = alive.sum(axis=1)
+            vx = np.take_along_axis(np.where(alive, bt, np.inf), order, axis=1)
+            vy = np.take_along_axis(ba, order, axis=1)
+            width = int(count.max())
+            vx, vy = vx[:, :width], vy[:, :width]
+            self._envelopes[n_max] = _Envelope(tok, acc, rule, all_acc, hull, vx, vy, count)
+        return self._envelopes[n_max]
+
+    def at(self, n_max: int, tokens: float) -> dict:
+        """Envelope, its mixture and the best single fixed method at ``tokens`` (point estimates)."""
+        env = self.envelope(n_max)
+        hx, hy = env.tokens[env.hull], env.accuracy[env.hull]
+        value = float(envelope_value(hx[None, :], hy[None, :], np.array([len(hx)]), np.array([[tokens]]))[0, 0])
+        mix = ""
+        if not math.isnan(value):
+            k = int(np.searchsorted(hx, tokens, side="right"))
+            if k >= len(hx) or k == 0:
+                i = env.hull[-1] if k >= len(hx) else env.hull[0]
+                mix = self.label(int(env.rule[i]), i + 1)
+            else:
+                i, j = env.hull[k - 1], env.hull[k]
+                lam = (hx[k] - tokens) / (hx[k] - hx[k - 1])
+                mix = (f"{lam:.2f} x {self.label(int(env.rule[i]), i + 1)} + "
+                       f"{1 - lam:.2f} x {self.label(int(env.rule[j]), j + 1)}")
+        ok = env.tokens <= tokens * (1 + _TOL)
+        best_label, best_acc, best_tok = "", float("nan"), float("nan")
+        if ok.any():
+            masked = np.where(ok[None, :], env.all_accuracy, -np.inf)
+            # most accurate; on ties the smaller N, then the rule listed first
+            flat = int(np.argmax(masked.T.ravel()))
+            n_i, r_i = divmod(flat, len(self.rules))
+            best_label, best_acc, best_tok = self.label(r_i, n_i + 1), float(masked[r_i, n_i]), float(env.tokens[n_i])
+        top = env.hull[-1]
+        return {"envelope_accuracy_same_tokens": value, "envelope_mix": mix, "best_fixed_method": best_label,
+                "best_fixed_method_accuracy": best_acc, "best_fixed_method_tokens": best_tok,
+                "envelope_best_accuracy": float(env.accuracy[top]), "envelope_best_tokens": float(env.tokens[top]),
+                "envelope_best_method": self.label(int(env.rule[top]), top + 1)}
+
+    def resampled_gain(self, n_max: int, correct: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Paired bootstrap of accuracy minus envelope for per-problem ``correct``/``tokens`` ``(P, G)``: ``(B, G)``."""
+        env = self.envelope(n_max)
+        acc, tok = self.bootstrap.means(correct), self.bootstrap.means(tokens)
+        return acc - envelope_value(env.vx, env.vy, env.count, tok)
+
+    def rows(self, n_max: int) -> list[dict]:
+        """The envelope's vertices (fixed methods on the hull) for one n_max."""
+        env = self.envelope(n_max)
+        return [{"n_max": int(n_max), "method": self.label(int(env.rule[i]), i + 1), "n": i + 1,
+                 "rule": self.rules[int(env.rule[i])], "accuracy": float(env.accuracy[i]),
+                 "mean_tokens": float(env.tokens[i])} for i in env.hull]
+
+
+# -- one policy's outcome and its statistics ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one policy did, per problem (means over sample orders); small enough to keep for many policies."""
+
+    correct: np.ndarray  # (P,) share of orders answered correctly
+    tokens: np.ndarray  # (P,) mean tokens
+    samples: np.ndarray  # (P,) mean samples drawn
+    orders: int
+    hits: np.ndarray | None = None  # (P,) orders whose best used score reached s_min
+    capped: np.ndarray | None = None  # (P,) orders where N* exceeded the budget
+    hits_uncapped: np.ndarray | None = None
+
+    def take(self, idx) -> Outcome:
+        idx = np.asarray(idx, dtype=np.int64)
+        pick = lambda x: None if x is None else x[idx]  # noqa: E731
+        return Outcome(self.correct[idx], self.tokens[idx], self.samples[idx], self.orders, pick(self.hits),
+                       pick(self.capped), pick(self.hits_uncapped))
+
+    @staticmethod
+    def concat(parts: Sequence[Outcome]) -> Outcome:
+        if len(parts) == 1:
+            return parts[0]
+        cat = lambda name: (None if getattr(parts[0], name) is None  # noqa: E731
+                            else np.concatenate([getattr(p, name) for p in parts]))
+        return Outcome(cat("correct"), cat("tokens"), cat("samples"), parts[0].orders, cat("hits"), cat("capped"),
+                       cat("hits_uncapped"))
+
+
+def outcome_of(batch: ReplayBatch, decisions: ReplayDecisions, policy) -> Outcome:
+    """Reduce a policy's decisions on ``batch`` to per-problem means (no answer counts as wrong)."""
+    p, r, n = batch.shape
+    n_used, chosen = decisions.n_used, decisions.chosen
+    picked = np.take_along_axis(batch.correct, np.maximum(chosen, 0)[..., None], axis=2)[..., 0]
+    correct = (picked & (chosen >= 0)).mean(axis=1)
+    used = np.arange(n)[None, None, :] < n_used[..., None]
+    tokens = np.where(used, batch.tokens, 0.0).sum(axis=2).mean(axis=1)
+    out = Outcome(correct, tokens, n_used.mean(axis=1).astype(np.float32), r)
+    if "capped" in decisions.estimates and hasattr(policy, "s_min"):
+        hit = np.where(used, batch.score, -np.inf).max(axis=2) >= policy.s_min
+        capped = decisions.estimates["capped"].astype(bool)
+        count = lambda x: x.sum(axis=1).astype(np.float32)  # noqa: E731
+        out = Outcome(out.correct, out.tokens, out.samples, r, count(hit), count(capped), count(hit & ~capped))
+    return out
 
 
 @dataclass
@@ -99,56 +453,98 @@ class PolicyStats:
     achieved: float | None = None  # share of (problem, order) whose best used score >= s_min
     achieved_uncapped: float | None = None  # the same where N* fit the budget (the promise applies)
     capped_share: float | None = None
+    # The envelope of every fixed-N method (N <= n_max, every selection rule) at this policy's mean tokens.
+    envelope_accuracy_same_tokens: float = float("nan")
+    gain_vs_envelope: float = float("nan")
+    gain_vs_envelope_ci_low: float = float("nan")  # paired bootstrap over problems, 95%
+    gain_vs_envelope_ci_high: float = float("nan")
+    beats_envelope: bool = False  # the whole interval above 0
+    envelope_mix: str = ""  # e.g. "0.40 x majority@4 + 0.60 x weighted@8"
+    best_fixed_method: str = ""  # most accurate single fixed method costing no more, e.g. "weighted@8"
+    best_fixed_method_accuracy: float = float("nan")
+    best_fixed_method_tokens: float = float("nan")
+    envelope_best_accuracy: float = float("nan")  # the best fixed method up to n_max ...
+    envelope_best_tokens: float = float("nan")  # ... the cheapest one reaching it ...
+    envelope_best_method: str = ""
+    token_share_of_envelope_best: float = float("nan")  # ... and this policy's tokens as a share of its
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def policy_stats(policies: Sequence, outcomes: Sequence[Outcome], baseline: Baseline,
+                 curve: BonCurve | None = None) -> list[PolicyStats]:
+    """Statistics of several policies on the problems of ``baseline`` (paired resamples, vectorised)."""
+    if not policies:
+        return []
+    curve = curve or baseline.curves.bon()
+    boot = baseline.bootstrap
+    correct = np.stack([o.correct for o in outcomes], axis=1)
+    tokens = np.stack([o.tokens for o in outcomes], axis=1)
+    acc_boot = boot.means(correct)
+    lo, hi = np.quantile(acc_boot, [0.025, 0.975], axis=0)
+    gains = np.full((2, len(policies)), np.nan)
+    for n_max in sorted({int(p.n_max) for p in policies}):
+        cols = [i for i, p in enumerate(policies) if int(p.n_max) == n_max]
+        g = baseline.resampled_gain(n_max, correct[:, cols], tokens[:, cols])
+        for c, col in enumerate(cols):
+            finite = g[:, c][np.isfinite(g[:, c])]
+            if finite.size:
+                gains[:, col] = np.quantile(finite, [0.025, 0.975])
+    out = []
+    for i, (policy, o) in enumerate(zip(policies, outcomes)):
+        accuracy, mean_tokens, mean_samples = float(o.correct.mean(dtype=float)), float(o.tokens.mean()), float(
+            o.samples.mean(dtype=float))
+        k = min(policy.n_max, len(curve.n)) - 1
+        bon_acc, bon_tok, bon_smp = float(curve.accuracy[k]), float(curve.mean_tokens[k]), float(curve.mean_samples[k])
+        same = curve.accuracy_at_tokens(mean_tokens)
+        best_n, best_acc = curve.best_within_tokens(mean_tokens)
+        env = baseline.at(policy.n_max, mean_tokens)
+        gain = accuracy - env["envelope_accuracy_same_tokens"]
+        g_lo, g_hi = (float("nan"), float("nan")) if math.isnan(gain) else (float(gains[0, i]), float(gains[1, i]))
+        stats = PolicyStats(
+            policy=policy.name, label=policy.describe(), n_max=policy.n_max, accuracy=accuracy,
+            ci_low=float(lo[i]), ci_high=float(hi[i]), mean_samples=mean_samples, mean_tokens=mean_tokens,
+            bon_accuracy=bon_acc, bon_tokens=bon_tok,
+            token_savings=1.0 - mean_tokens / bon_tok if bon_tok > 0 else 0.0,
+            sample_savings=1.0 - mean_samples / bon_smp,
+            bon_accuracy_same_tokens=same, gain_vs_bon_curve=accuracy - same,
+            best_fixed_n=best_n, best_fixed_accuracy=best_acc, problems=o.correct.size, orders=o.orders,
+            settings=_settings(policy), gain_vs_envelope=gain, gain_vs_envelope_ci_low=g_lo,
+            gain_vs_envelope_ci_high=g_hi, beats_envelope=bool(g_lo > 0), **env,
+            token_share_of_envelope_best=(mean_tokens / env["envelope_best_tokens"]
+                                          if env["envelope_best_tokens"] > 0 else float("nan")),
+        )
+        if o.hits is not None:
+            orders = o.orders * o.correct.size
+            uncapped = float(orders - o.capped.sum(dtype=float))
+            stats.promised_alpha = float(policy.alpha)
+            stats.achieved = float(o.hits.sum(dtype=float)) / orders
+            stats.achieved_uncapped = float(o.hits_uncapped.sum(dtype=float)) / uncapped if uncapped > 0 else None
+            stats.capped_share = float(o.capped.sum(dtype=float)) / orders
+        out.append(stats)
+    return out
+
+
+def baseline_of(batch: ReplayBatch, bootstrap: int = 2000, seed: int = 0) -> Baseline:
+    """The baseline of a whole batch, computed once per batch (kept in its cache)."""
+    key = ("baseline", int(bootstrap), int(seed))
+    if key not in batch.cache:
+        batch.cache[key] = Baseline(fixed_curves(batch), bootstrap, seed)
+    return batch.cache[key]
 
 
 def evaluate(
     batch: ReplayBatch,
     decisions: ReplayDecisions,
     policy,
-    curve: BonCurve,
+    curve: BonCurve | None = None,
     bootstrap: int = 2000,
     seed: int = 0,
 ) -> PolicyStats:
-    """Score a policy's decisions on ``batch`` against the BoN curve of the same batch."""
-    p, r, n = batch.shape
-    n_used = decisions.n_used
-    chosen = decisions.chosen
-    picked = np.take_along_axis(batch.correct, np.maximum(chosen, 0)[..., None], axis=2)[..., 0]
-    correct = picked & (chosen >= 0)
-    per_problem = correct.mean(axis=1)
-    used_mask = np.arange(n)[None, None, :] < n_used[..., None]
-    tokens = np.where(used_mask, batch.tokens, 0.0).sum(axis=2)
-    accuracy = float(per_problem.mean())
-    rng = np.random.default_rng(seed)
-    boots = per_problem[rng.integers(0, p, size=(bootstrap, p))].mean(axis=1)
-    ci_low, ci_high = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
-    mean_tokens = float(tokens.mean())
-    k = min(policy.n_max, len(curve.n)) - 1
-    bon_acc, bon_tok, bon_smp = float(curve.accuracy[k]), float(curve.mean_tokens[k]), float(curve.mean_samples[k])
-    same = curve.accuracy_at_tokens(mean_tokens)
-    best_n, best_acc = curve.best_within_tokens(mean_tokens)
-    stats = PolicyStats(
-        policy=policy.name, label=policy.describe(), n_max=policy.n_max, accuracy=accuracy,
-        ci_low=ci_low, ci_high=ci_high, mean_samples=float(n_used.mean()), mean_tokens=mean_tokens,
-        bon_accuracy=bon_acc, bon_tokens=bon_tok,
-        token_savings=1.0 - mean_tokens / bon_tok if bon_tok > 0 else 0.0,
-        sample_savings=1.0 - float(n_used.mean()) / bon_smp,
-        bon_accuracy_same_tokens=same, gain_vs_bon_curve=accuracy - same,
-        best_fixed_n=best_n, best_fixed_accuracy=best_acc, problems=p, orders=r,
-        settings=_settings(policy),
-    )
-    if "capped" in decisions.estimates and hasattr(policy, "s_min"):
-        best_used = np.where(used_mask, batch.score, -np.inf).max(axis=2)
-        hit = best_used >= policy.s_min
-        capped = decisions.estimates["capped"].astype(bool)
-        stats.promised_alpha = float(policy.alpha)
-        stats.achieved = float(hit.mean())
-        stats.achieved_uncapped = float(hit[~capped].mean()) if (~capped).any() else None
-        stats.capped_share = float(capped.mean())
-    return stats
+    """Score a policy's decisions on ``batch`` against the fixed-N methods of the same batch."""
+    baseline = baseline_of(batch, bootstrap, seed)
+    return policy_stats([policy], [outcome_of(batch, decisions, policy)], baseline, curve)[0]
 
 
 def _settings(policy) -> dict:

@@ -1,39 +1,67 @@
-"""Choose (s_min, alpha) on a calibration split, report on held-out problems.
+"""Choose a policy's settings on a calibration split, report them on held-out problems.
 
-Reported settings are never tuned on the data they are reported on: problems are split once
-(seeded), every grid point is evaluated on both halves, the setting for each budget is picked
-on the calibration half only, and the held-out half gives the numbers in the report. The full
-grid, with its Pareto front on each half, is kept for inspection.
+Reported settings are never tuned on the data they are reported on: problems are split
+(seeded), every grid point is replayed once on every problem, the setting for each budget is
+picked from calibration problems only, and held-out problems give the numbers in the report.
+With ``splits`` > 1 the split is repeated over that many seeds, and the report says how the
+held-out numbers vary and in how many splits the chosen setting beat the envelope of fixed-N
+methods (see :mod:`optscale.replay.metrics`). The grid is any policy's settings
+(``grid={"t": [...], "k": [...]}``); ``s_mins``/``alphas`` remain OptScale's shorthand.
+
+Objectives, each decided on calibration problems:
+
+- ``match`` (``match-bon`` is its old name): the cheapest setting whose accuracy reaches
+  ``target`` (default: fixed Best-of-N at the same budget, majority vote for answer-only pools);
+- ``budget``: the most accurate setting whose mean tokens are at most ``token_share`` x those
+  of that fixed method;
+- ``gain``: the largest accuracy gain over the envelope at equal tokens, if any is positive.
+
+When no setting meets the objective on calibration problems, nothing is selected for that
+budget and the result says so (``met`` False and ``reason``): there is no silent fallback.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from ..policies.base import ReplayBatch
 from ..policies.registry import make_policy
-from .batch import check_seed, subset
-from .metrics import BonCurve, PolicyStats, bon_curve, evaluate
+from .batch import check_seed
+from .engine import collect
+from .metrics import Baseline, BonCurve, FixedCurves, Outcome, PolicyStats, policy_stats
 
-__all__ = ["SweepResult", "check_sweep", "pareto_mask", "split_problems", "sweep"]
+__all__ = ["OBJECTIVES", "SweepResult", "check_sweep", "grid_points", "pareto_mask", "split_problems", "sweep"]
 
-Objective = Literal["match-bon", "gain"]
+#: Objectives and what each selects (``match-bon`` is kept as the old name of ``match``).
+OBJECTIVES = {
+    "match": "cheapest setting reaching the target accuracy (default: fixed BoN at the same budget)",
+    "budget": "most accurate setting within a share of fixed BoN's tokens",
+    "gain": "largest gain over the envelope of fixed-N methods at equal tokens",
+    "match-bon": "old name of match",
+}
+#: Most split seeds of one sweep.
+MAX_SPLITS = 100
 
 
 @dataclass
 class SweepResult:
     policy: str
     objective: str
-    grid: list[dict]  # one row per (budget, s_min, alpha, split) with its statistics
-    selected: list[dict]  # per budget: the chosen setting, its calibration and held-out rows
+    grid: list[dict]  # one row per (split seed, split, budget, setting) with its statistics
+    selected: list[dict]  # per budget, first split: the chosen setting (or met False), its two rows
     calib_curve: BonCurve
     test_curve: BonCurve
     calib_problems: int
     test_problems: int
+    grid_keys: tuple[str, ...] = ()
+    splits: list[dict] = field(default_factory=list)  # per split seed: {"seed", "selected": [...]}
+    summary: list[dict] = field(default_factory=list)  # per budget, over split seeds
+    target: float | None = None
+    token_share: float = 0.5
 
 
 def _check_fraction(calib_fraction: float) -> None:
@@ -62,90 +90,218 @@ def pareto_mask(tokens: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return ~dominated
 
 
-def _choose(rows: list[PolicyStats], objective: Objective) -> int:
-    if objective == "gain":
-        return int(np.nanargmax([r.gain_vs_bon_curve for r in rows]))
-    target = rows[0].bon_accuracy
-    ok = [i for i, r in enumerate(rows) if r.accuracy >= target - 1e-12]
-    if ok:
-        return min(ok, key=lambda i: (rows[i].mean_tokens, -rows[i].accuracy))
-    return int(np.argmax([r.accuracy for r in rows]))
+def grid_points(s_mins: Sequence | None = None, alphas: Sequence | None = None,
+                grid: Mapping[str, Sequence] | None = None) -> tuple[tuple[str, ...], list[dict]]:
+    """The grid's keys and every combination of their values (one empty point for an empty grid)."""
+    axes: dict[str, list] = {}
+    for key, values, where in (("s_min", s_mins, "s_mins"), ("alpha", alphas, "alphas")):
+        if values is not None:
+            if len(values) == 0:
+                raise InputError("needs at least one value", where)
+            axes[key] = list(values)
+    for key, values in (grid or {}).items():
+        if key in axes:
+            raise InputError(f"{key} is given twice", f"grid.{key}")
+        if len(values) == 0:
+            raise InputError("needs at least one value", f"grid.{key}")
+        axes[key] = list(values)
+    keys = tuple(axes)
+    return keys, [dict(zip(keys, combo)) for combo in itertools.product(*axes.values())]
 
 
-def check_sweep(policy: str, budgets: Sequence[int], s_mins: Sequence[float], alphas: Sequence[float],
-                settings: dict | None = None, calib_fraction: float = 0.5, seed: int = 0,
-                objective: Objective = "match-bon") -> None:
+def _is_population(settings: Mapping[str, Any]) -> bool:
+    from ..priors import POPULATION
+
+    return isinstance(settings.get("priors"), str) and settings["priors"] == POPULATION
+
+
+def check_sweep(policy: str, budgets: Sequence[int], s_mins: Sequence[float] | None = None,
+                alphas: Sequence[float] | None = None, settings: dict | None = None, calib_fraction: float = 0.5,
+                seed: int = 0, objective: str = "match", *, grid: Mapping[str, Sequence] | None = None,
+                target: float | None = None, token_share: float = 0.5, splits: int = 1) -> list[tuple[int, dict]]:
     """Check every argument of :func:`sweep` and build each policy of the grid once, before any work.
 
-    Errors name ``budgets``, ``s_mins``, ``alphas`` for the grid, else the argument
-    (``calib_fraction``, ``seed``, ``objective``, ``policy``, ``settings.<key>``).
+    Returns the ``(budget, setting)`` pairs of the grid. Errors name ``budgets``, ``s_mins``,
+    ``alphas``, ``grid.<key>`` for the grid, else the argument (``calib_fraction``, ``seed``,
+    ``objective``, ``target``, ``token_share``, ``splits``, ``policy``, ``settings.<key>``).
     """
     _check_fraction(calib_fraction)
     check_seed(seed)
-    if objective not in ("match-bon", "gain"):
-        raise InputError(f"unknown objective {objective!r}; use match-bon or gain", "objective")
-    for name, values in (("budgets", budgets), ("s_mins", s_mins), ("alphas", alphas)):
-        if len(values) == 0:
-            raise InputError("needs at least one value", name)
-    grid_names = {"n_max": "budgets", "settings.s_min": "s_mins", "settings.alpha": "alphas"}
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}; use {', '.join(OBJECTIVES)}", "objective")
+    if target is not None and not 0 <= target <= 1:
+        raise InputError(f"must be an accuracy from 0 to 1, got {target}", "target")
+    if not 0 < token_share <= 1:
+        raise InputError(f"must lie in (0, 1], got {token_share}", "token_share")
+    if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or not 1 <= splits <= MAX_SPLITS:
+        raise InputError(f"must be an integer from 1 to {MAX_SPLITS}, got {splits!r}", "splits")
+    if len(budgets) == 0:
+        raise InputError("needs at least one value", "budgets")
+    keys, points = grid_points(s_mins, alphas, grid)
+    names = {"n_max": "budgets", "settings.s_min": "s_mins", "settings.alpha": "alphas"}
+    names.update({f"settings.{k}": f"grid.{k}" for k in (grid or {})})
+    base = {k: v for k, v in (settings or {}).items() if not (k == "priors" and _is_population(settings))}
+    pairs = []
     for budget in budgets:
-        for s_min in s_mins:
-            for alpha in alphas:
-                try:
-                    make_policy(policy, budget, **{**(settings or {}), "s_min": s_min, "alpha": alpha})
-                except InputError as exc:
-                    raise exc.renamed(grid_names) from None
+        for point in points:
+            try:
+                make_policy(policy, budget, **{**base, **point})
+            except InputError as exc:
+                raise exc.renamed(names) from None
+            pairs.append((int(budget), point))
+    return pairs
+
+
+def _population_prior(data, rows: np.ndarray):
+    """OptScale^t's ``priors=population``: an empirical-Bayes prior fitted on the calibration rows only."""
+    from ..priors import PopulationPriors
+    from .arrays import OrderedPool
+
+    if isinstance(data, OrderedPool):
+        a = data.arrays
+        if not a.has_scores:
+            raise InputError(f"a population prior is fitted on scores, and {a.source} has none", "settings.priors")
+        scores, ids = [a.score[i, :a.available[i]] for i in rows], [a.ids[i] for i in rows]
+    else:
+        first = data.score[:, 0, :]
+        scores, ids = [first[i, :data.available[i]] for i in rows], [data.ids[i] for i in rows]
+    return PopulationPriors.fit(scores, ids, strict=False)
+
+
+def _target_and_share(curve: BonCurve, budget: int, target: float | None) -> tuple[float, float]:
+    k = min(budget, len(curve.n)) - 1
+    return (float(curve.accuracy[k]) if target is None else float(target)), float(curve.mean_tokens[k])
+
+
+def _choose(rows: list[PolicyStats], objective: str, target: float, fixed_tokens: float,
+            token_share: float) -> tuple[int | None, str]:
+    """Index of the chosen row (None when nothing meets the objective) and what was asked."""
+    if objective in ("match", "match-bon"):
+        ok = [i for i, r in enumerate(rows) if r.accuracy >= target - 1e-12]
+        what = f"calibration accuracy >= {100 * target:.1f}%"
+        if not ok:
+            best = max(r.accuracy for r in rows)
+            return None, f"no setting reached {what} (best {100 * best:.1f}%)"
+        return min(ok, key=lambda i: (rows[i].mean_tokens, -rows[i].accuracy)), what
+    if objective == "budget":
+        limit = token_share * fixed_tokens
+        ok = [i for i, r in enumerate(rows) if r.mean_tokens <= limit * (1 + 1e-12)]
+        what = f"mean tokens <= {token_share:g} x fixed BoN's ({limit:,.0f})"
+        if not ok:
+            cheapest = min(r.mean_tokens for r in rows)
+            return None, f"no setting had {what} on calibration (cheapest {cheapest:,.0f})"
+        return max(ok, key=lambda i: (rows[i].accuracy, -rows[i].mean_tokens)), what
+    gains = [r.gain_vs_envelope for r in rows]
+    ok = [i for i, g in enumerate(gains) if g == g and g > 0]
+    what = "a positive gain over the envelope on calibration"
+    if not ok:
+        finite = [g for g in gains if g == g]
+        best = f"best {100 * max(finite):+.2f} pp" if finite else "every setting cheaper than any fixed method"
+        return None, f"no setting had {what} ({best})"
+    return max(ok, key=lambda i: (gains[i], -rows[i].mean_tokens)), what
 
 
 def sweep(
-    batch: ReplayBatch,
+    data,
     policy: str,
     budgets: Sequence[int],
-    s_mins: Sequence[float],
-    alphas: Sequence[float],
+    s_mins: Sequence[float] | None = None,
+    alphas: Sequence[float] | None = None,
     settings: dict | None = None,
     calib_fraction: float = 0.5,
     seed: int = 0,
-    objective: Objective = "match-bon",
-    on_point: Callable[[], None] | None = None,
+    objective: str = "match",
+    on_progress: Callable[[int, int], None] | None = None,
+    *,
+    grid: Mapping[str, Sequence] | None = None,
+    target: float | None = None,
+    token_share: float = 0.5,
+    splits: int = 1,
+    bootstrap: int = 2000,
 ) -> SweepResult:
-    """Evaluate the grid on both splits and select per budget on the calibration split.
+    """Replay the grid on every problem of ``data`` (a batch or an ordered pool), then per split
+    seed (``seed``, ``seed + 1``, ...) select per budget on the calibration split (see the module)."""
+    pairs = check_sweep(policy, budgets, s_mins, alphas, settings, calib_fraction, seed, objective, grid=grid,
+                        target=target, token_share=token_share, splits=splits)
+    keys, _ = grid_points(s_mins, alphas, grid)
+    settings = dict(settings or {})
+    population = _is_population(settings)
+    p = (data.shape[0])
+    seeds = [seed + i for i in range(splits)]
+    shared: tuple[FixedCurves, list[Outcome], list] | None = None
+    grid_rows: list[dict] = []
+    per_split: list[dict] = []
+    calls = [0]
 
-    ``match-bon`` picks the cheapest setting whose calibration accuracy reaches fixed BoN at
-    the same budget (the paper's claim: same accuracy, fewer tokens), falling back to the most
-    accurate; ``gain`` picks the largest accuracy gain over the BoN curve at equal tokens.
-    """
-    check_sweep(policy, budgets, s_mins, alphas, settings, calib_fraction, seed, objective)
-    calib_idx, test_idx = split_problems(batch.shape[0], calib_fraction, seed)
-    halves = {"calibration": subset(batch, calib_idx), "held_out": subset(batch, test_idx)}
-    curves = {k: bon_curve(v) for k, v in halves.items()}
-    grid: list[dict] = []
-    selected: list[dict] = []
-    for budget in budgets:
-        per_split: dict[str, list[PolicyStats]] = {"calibration": [], "held_out": []}
-        for s_min in s_mins:
-            for alpha in alphas:
-                pol = make_policy(policy, int(budget), **{**(settings or {}), "s_min": s_min, "alpha": alpha})
-                for split, half in halves.items():
-                    st = evaluate(half, pol.replay(half), pol, curves[split], seed=seed)
-                    per_split[split].append(st)
-                if on_point is not None:
-                    on_point()
-        for split, rows in per_split.items():
-            front = pareto_mask([r.mean_tokens for r in rows], [r.accuracy for r in rows])
-            for r, on_front in zip(rows, front):
-                grid.append({"split": split, "budget": int(budget), "s_min": r.settings["s_min"],
-                             "alpha": r.settings["alpha"], "pareto": bool(on_front), **_flat(r)})
-        i = _choose(per_split["calibration"], objective)
-        selected.append({
-            "budget": int(budget),
-            "s_min": per_split["calibration"][i].settings["s_min"],
-            "alpha": per_split["calibration"][i].settings["alpha"],
-            "calibration": per_split["calibration"][i],
-            "held_out": per_split["held_out"][i],
-        })
-    return SweepResult(policy, objective, grid, selected, curves["calibration"], curves["held_out"],
-                       len(calib_idx), len(test_idx))
+    def progress(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(calls[0] * total + done, total * (splits if population else 1))
+
+    for split_seed in seeds:
+        calib_idx, test_idx = split_problems(p, calib_fraction, split_seed)
+        if population or shared is None:
+            extra = {"priors": _population_prior(data, calib_idx)} if population else {}
+            pols = [make_policy(policy, b, **{**settings, **extra, **point}) for b, point in pairs]
+            curves, outcomes = collect(data, pols, progress)
+            calls[0] += 1
+            shared = (curves, outcomes, pols)
+        curves, outcomes, pols = shared
+        halves = {"calibration": calib_idx, "held_out": test_idx}
+        stats: dict[str, list[PolicyStats]] = {}
+        bon: dict[str, BonCurve] = {}
+        for split, idx in halves.items():
+            baseline = Baseline(curves.take(idx), bootstrap, split_seed)
+            bon[split] = baseline.curves.bon()
+            stats[split] = policy_stats(pols, [o.take(idx) for o in outcomes], baseline, bon[split])
+        selected = []
+        for budget in dict.fromkeys(b for b, _ in pairs):
+            cols = [i for i, (b, _) in enumerate(pairs) if b == budget]
+            for split in halves:
+                rows = [stats[split][i] for i in cols]
+                front = pareto_mask([r.mean_tokens for r in rows], [r.accuracy for r in rows])
+                for i, r, on_front in zip(cols, rows, front):
+                    grid_rows.append({"split_seed": split_seed, "split": split, "budget": budget,
+                                      **{k: r.settings.get(k, pairs[i][1][k]) for k in keys},
+                                      "pareto": bool(on_front), **_flat(r)})
+            calib = [stats["calibration"][i] for i in cols]
+            goal, fixed_tokens = _target_and_share(bon["calibration"], budget, target)
+            i, what = _choose(calib, objective, goal, fixed_tokens, token_share)
+            entry: dict[str, Any] = {"budget": budget, "met": i is not None, "objective": objective,
+                                     "reason": what if i is not None else f"nothing met the objective: {what}",
+                                     "target": goal if objective in ("match", "match-bon") else None}
+            if i is None:
+                entry.update({"settings": None, **{k: None for k in keys}, "calibration": None, "held_out": None})
+            else:
+                col = cols[i]
+                chosen = {k: stats["calibration"][col].settings.get(k, pairs[col][1][k]) for k in keys}
+                entry.update({"settings": chosen, **chosen, "calibration": stats["calibration"][col],
+                              "held_out": stats["held_out"][col]})
+            selected.append(entry)
+        per_split.append({"seed": split_seed, "calib_problems": len(calib_idx), "test_problems": len(test_idx),
+                          "selected": selected, "curves": bon})
+    first = per_split[0]
+    return SweepResult(policy, objective, grid_rows, first["selected"], first["curves"]["calibration"],
+                       first["curves"]["held_out"], first["calib_problems"], first["test_problems"], keys,
+                       [{k: v for k, v in s.items() if k != "curves"} for s in per_split],
+                       _summary(per_split), target, token_share)
+
+
+def _summary(per_split: list[dict]) -> list[dict]:
+    """Per budget over split seeds: how often the objective was met, held-out mean and range, wins."""
+    out = []
+    for j, entry in enumerate(per_split[0]["selected"]):
+        held = [s["selected"][j]["held_out"] for s in per_split if s["selected"][j]["met"]]
+        row: dict[str, Any] = {"budget": entry["budget"], "splits": len(per_split), "met": len(held)}
+        for name in ("accuracy", "mean_tokens", "token_savings", "gain_vs_envelope", "gain_vs_bon_curve"):
+            values = np.array([getattr(h, name) for h in held], dtype=float)
+            finite = values[np.isfinite(values)]
+            row[f"{name}_mean"] = float(finite.mean()) if finite.size else float("nan")
+            row[f"{name}_min"] = float(finite.min()) if finite.size else float("nan")
+            row[f"{name}_max"] = float(finite.max()) if finite.size else float("nan")
+        row["beats_envelope"] = sum(bool(h.gain_vs_envelope > 0) for h in held)  # point estimate above it
+        row["beats_envelope_ci"] = sum(bool(h.beats_envelope) for h in held)  # whole 95% interval above it
+        out.append(row)
+    return out
 
 
 def _flat(stats: PolicyStats) -> dict:

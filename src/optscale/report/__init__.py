@@ -15,10 +15,10 @@ import numpy as np
 from ..io import staged_dir, write_json, write_text
 from .plots import nstar_plot, pareto_plot
 from .run import write_run_report
-from .tables import METHOD_NAMES, baseline_table, paper_table, write_rows
+from .tables import METHOD_NAMES, baseline_table, envelope_table, paper_table, splits_table, write_rows
 
-__all__ = ["METHOD_NAMES", "baseline_table", "paper_table", "write_rows", "nstar_plot", "pareto_plot",
-           "write_replay_report", "write_run_report", "write_sweep_report"]
+__all__ = ["METHOD_NAMES", "baseline_table", "envelope_table", "paper_table", "splits_table", "write_rows", "nstar_plot",
+           "pareto_plot", "json_ready", "write_replay_report", "write_run_report", "write_sweep_report"]
 
 
 def _policy_rows(results) -> list[dict]:
@@ -26,61 +26,91 @@ def _policy_rows(results) -> list[dict]:
 
 
 def write_replay_report(out: str | Path, results: Sequence, s_min: float = 0.95, alpha: float = 0.9) -> list[Path]:
-    """Everything a replay produced, in one folder: tables, curves, plots and a JSON summary.
+    """Everything a replay produced, in one folder: tables, curves, the envelope, plots and a JSON summary.
 
     The files appear together or not at all; errors name ``out``.
     """
     out = Path(out)
     rows = _policy_rows(results)
     curves = [{"dataset": res.dataset, **c} for res in results for c in res.curve.rows()]
+    fixed = [{"dataset": res.dataset, **c} for res in results if res.baseline for c in res.baseline.curves.rows()]
+    envelope = [{"dataset": res.dataset, **c} for res in results for c in res.envelope_rows()]
     with staged_dir(out, "out") as stage:
         names = [write_rows(rows, stage / "results.csv"), write_rows(rows, stage / "results.parquet"),
-                 write_rows(curves, stage / "bon_curve.csv"),
+                 write_rows(curves, stage / "bon_curve.csv"), write_rows(fixed, stage / "fixed_curves.csv"),
+                 write_rows(envelope, stage / "envelope.csv"),
                  write_text(stage / "table.md", "## Accuracy (%) and mean tokens per problem\n\n" + paper_table(rows)
+                            + "\n## Against the envelope of every fixed-N method\n\n" + ENVELOPE_NOTE
+                            + envelope_table(rows)
                             + "\n## Against the whole fixed-N Best-of-N curve\n\n" + baseline_table(rows)),
                  write_text(stage / "table.tex", paper_table(rows, "latex"))]
         for res in results:
             for n_max in sorted({s.n_max for s in res.stats}):
                 rows_n = [s.as_dict() for s in res.stats if s.n_max == n_max]
                 curve = [c for c in res.curve.rows() if c["n"] <= 2 * n_max]
+                hull = res.baseline.rows(n_max) if res.baseline else []
                 names.append(pareto_plot(curve, rows_n, stage / f"pareto_{_slug(res.dataset)}_N{n_max}.png",
-                                         title=f"{res.dataset}, N_max = {n_max}: accuracy vs tokens"))
+                                         title=f"{res.dataset}, N_max = {n_max}: accuracy vs tokens", envelope_rows=hull))
         names.append(nstar_plot(stage / "nstar.png", s_min=s_min, alpha=alpha))
-        names.append(write_json(stage / "summary.json", _json_ready([r.to_json() for r in results])))
+        names.append(write_json(stage / "summary.json", json_ready([r.to_json() for r in results])))
     return [out / p.name for p in names]
 
 
+#: How the envelope is defined, for the reports' readers.
+ENVELOPE_NOTE = ("Fixed methods: N = 1..N_max samples with each selection rule (best = highest score, majority = "
+                 "vote, weighted = score-weighted vote), written rule@N. Mixing two of them at random per problem "
+                 "spends and earns the mixture of their means, so the envelope (the least concave non-decreasing "
+                 "curve above every fixed method) is what fixed methods achieve at a policy's mean tokens. The "
+                 "gain's 95% interval resamples problems, the same resample for policy and fixed methods.\n\n")
+
+
 def write_sweep_report(out: str | Path, result, dataset: str) -> list[Path]:
-    """Grid (with Pareto flags), the per-budget selection and its held-out numbers, and plots.
+    """Grid (with Pareto flags), the per-budget selection and its held-out numbers, the split
+    summary, and plots. A budget where nothing met the objective says so in every file.
 
     The files appear together or not at all; errors name ``out``.
     """
     out = Path(out)
-    selected_rows = []
-    for sel in result.selected:
-        for split in ("calibration", "held_out"):
-            selected_rows.append({"dataset": dataset, "split": split, "budget": sel["budget"],
-                                  "s_min": sel["s_min"], "alpha": sel["alpha"], **sel[split].as_dict()})
-    held = [r for r in selected_rows if r["split"] == "held_out"]
-    test_grid = [r for r in result.grid if r["split"] == "held_out"]
+    selected_rows, unmet = [], []
+    splits = result.splits or [{"seed": None, "selected": result.selected}]
+    for index, split in enumerate(splits):
+        for sel in split["selected"]:
+            head = {"dataset": dataset, "split_seed": split["seed"], "budget": sel["budget"], "met": sel["met"],
+                    "reason": sel["reason"], **{k: sel.get(k) for k in result.grid_keys}}
+            if not sel["met"]:
+                selected_rows.append({**head, "split": "calibration"})
+                if index == 0:
+                    unmet.append(f"- N_max {sel['budget']}: {sel['reason']}; nothing selected (no fallback).")
+                continue
+            for part in ("calibration", "held_out"):
+                selected_rows.append({**head, "split": part, **sel[part].as_dict()})
+    first_seed = splits[0]["seed"]
+    held = [r for r in selected_rows if r["split"] == "held_out" and r["split_seed"] == first_seed]
+    test_grid = [r for r in result.grid if r["split"] == "held_out" and r.get("split_seed", first_seed) == first_seed]
+    text = (f"## {result.policy} on {dataset}: settings chosen on {result.calib_problems} calibration "
+            f"problems ({result.objective}), reported on {result.test_problems} held-out problems\n\n"
+            + (paper_table(held) + "\n" + ENVELOPE_NOTE + envelope_table(held) + "\n" + baseline_table(held)
+               if held else "")
+            + ("\n**Nothing met the objective on calibration problems:**\n\n" + "\n".join(unmet) + "\n" if unmet else ""))
+    if len(result.splits) > 1:
+        text += (f"\n## Over {len(result.splits)} split seeds (held-out numbers of each split's choice)\n\n"
+                 + splits_table(result.summary))
     with staged_dir(out, "out") as stage:
         names = [write_rows(result.grid, stage / "grid.csv"), write_rows(result.grid, stage / "grid.parquet"),
-                 write_rows(selected_rows, stage / "selected.csv"),
-                 write_text(stage / "table.md",
-                            f"## {result.policy} on {dataset}: settings chosen on {result.calib_problems} calibration "
-                            f"problems ({result.objective}), reported on {result.test_problems} held-out problems\n\n"
-                            + paper_table(held) + "\n" + baseline_table(held)),
-                 pareto_plot(result.test_curve.rows(), held, stage / "pareto_held_out.png",
-                             title=f"{dataset} (held out): {result.policy} sweep", grid_rows=test_grid)]
+                 write_rows(selected_rows, stage / "selected.csv"), write_text(stage / "table.md", text)]
+        if result.summary:
+            names.append(write_rows(result.summary, stage / "splits.csv"))
+        names.append(pareto_plot(result.test_curve.rows(), held, stage / "pareto_held_out.png",
+                                 title=f"{dataset} (held out): {result.policy} sweep", grid_rows=test_grid))
     return [out / p.name for p in names]
 
 
-def _json_ready(value):
+def json_ready(value):
     """numpy scalars become plain numbers and NaN (no BoN point at that cost) null, as JSON has no NaN."""
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else float(value)
     if isinstance(value, np.integer):

@@ -45,9 +45,11 @@ def pareto_plot(
     path: str | Path,
     title: str = "",
     grid_rows: Sequence[Mapping] = (),
+    envelope_rows: Sequence[Mapping] = (),
 ) -> Path:
-    """Accuracy vs mean tokens: the fixed-N BoN curve, each policy with its 95% interval,
-    and optionally every grid point of a sweep with the Pareto front of all of them."""
+    """Accuracy vs mean tokens: the fixed-N BoN curve, each policy with its 95% interval, optionally
+    the envelope of every fixed-N method (its vertices, flat beyond the last) and every grid point
+    of a sweep with the Pareto front of all of them."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     tok = np.array([r["mean_tokens"] for r in curve_rows])
@@ -57,6 +59,13 @@ def pareto_plot(
         if r["n"] in (1, 2, 4, 8, 16, 32, 64):
             ax.annotate(f"N={r['n']}", (r["mean_tokens"], 100 * r["accuracy"]), textcoords="offset points",
                         xytext=(2, -10), fontsize=7, color="0.35")
+    if envelope_rows:
+        e_tok = [r["mean_tokens"] for r in envelope_rows] + [max(tok.max(), envelope_rows[-1]["mean_tokens"])]
+        e_acc = [100 * r["accuracy"] for r in envelope_rows] + [100 * envelope_rows[-1]["accuracy"]]
+        ax.plot(e_tok, e_acc, "-", color="tab:green", lw=1.5, label="envelope of fixed-N methods", zorder=2)
+        for r in envelope_rows:
+            ax.annotate(r["method"], (r["mean_tokens"], 100 * r["accuracy"]), textcoords="offset points",
+                        xytext=(2, 4), fontsize=6, color="tab:green")
     if grid_rows:
         g_tok = np.array([r["mean_tokens"] for r in grid_rows])
         g_acc = np.array([r["accuracy"] for r in grid_rows])

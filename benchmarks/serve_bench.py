@@ -1,0 +1,227 @@
+"""``optscale serve`` under measurement: added latency, load, and a disconnect storm.
+
+The fake OpenAI-compatible upstream (tests/live_fakes.py) and the proxy (``optscale serve``)
+each run in their own process, as in a deployment; clients are httpx in this process.
+
+1. latency: N = 1 (``bon``, n_max 1), a fast upstream; the same streamed request sent to the
+   upstream directly and through the proxy, one at a time: p50/p99 of both and the difference
+   (target: p50 added <= 5 ms on 2 cores).
+2. load: 200 concurrent clients x 5 requests each, ``bon`` N_max 2 then ``optscale`` N_max 8,
+   20-50 ms per sample; errors, throughput, p50/p99, the proxy's RSS before and after two
+   identical rounds, upstream requests left in flight and connections to the upstream.
+3. storm: 100 clients leave mid-episode; time until the proxy has no upstream request in flight.
+
+Usage: python benchmarks/serve_bench.py [latency|load|storm|all] [--requests 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+MESSAGES = [{"role": "user", "content": "Problem b1: how many?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Upstream:
+    def __init__(self, token_latency: float, min_tokens: int = 8, max_tokens: int = 24):
+        self.proc = subprocess.Popen([PY, str(ROOT / "tests" / "live_fakes.py"), "--token-latency", str(token_latency),
+                                      "--min-tokens", str(min_tokens), "--max-tokens", str(max_tokens)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class ProxyProcess:
+    def __init__(self, upstream: str, *args: str):
+        self.port = free_port()
+        self.proc = subprocess.Popen([PY, "-m", "optscale", "-q", "serve", "--upstream", upstream, "--model",
+                                      "fake-model", "--scorer", "confidence", "--port", str(self.port), *args])
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the proxy did not get ready")
+            time.sleep(0.05)
+
+    def rss_mb(self) -> float:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.url + "/metrics").text
+        m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def connections_to(port: int) -> int:
+    """Established TCP connections whose remote end is ``port`` (the proxy's pooled upstream connections)."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if int(parts[2].split(":")[1], 16) == port and parts[3] == "01":
+            n += 1
+    return n
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def _latency(upstream: str, proxy: str, direct_body: dict, requests: int) -> dict[str, list[float]]:
+    """The same client (httpx, async, one connection each way, no Nagle delay) for both paths."""
+    nodelay = httpx.AsyncHTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    async with httpx.AsyncClient(timeout=30, transport=nodelay) as c:
+        async def direct():
+            async with c.stream("POST", upstream + "/chat/completions", json=direct_body) as r:
+                async for _ in r.aiter_bytes():
+                    pass
+
+        async def proxied():
+            r = await c.post(proxy + "/v1/chat/completions", json={"model": "fake-model", "messages": MESSAGES})
+            assert r.status_code == 200, r.text
+
+        times: dict[str, list[float]] = {"direct": [], "proxy": []}
+        for i in range(requests + 30):
+            for name, call in (("direct", direct), ("proxy", proxied)):
+                t = time.perf_counter()
+                await call()
+                if i >= 30:
+                    times[name].append((time.perf_counter() - t) * 1000)
+        return times
+
+
+def latency(requests: int) -> None:
+    up = Upstream(0.0)
+    proxy = ProxyProcess(up.url, "--n-max", "1", "--policy", "bon")
+    direct_body = {"model": "fake-model", "messages": MESSAGES, "max_tokens": 1024, "temperature": 0.7,
+                   "top_p": 1.0, "stream": True, "stream_options": {"include_usage": True}, "logprobs": True,
+                   "top_logprobs": 1}
+    try:
+        times = asyncio.run(_latency(up.url, proxy.url, direct_body, requests))
+        d, p = times["direct"], times["proxy"]
+        print(f"latency over {requests} sequential requests (N=1, fast fake upstream):")
+        print(f"  direct  p50 {pct(d, .5):.2f} ms  p99 {pct(d, .99):.2f} ms")
+        print(f"  proxy   p50 {pct(p, .5):.2f} ms  p99 {pct(p, .99):.2f} ms")
+        print(f"  added   p50 {pct(p, .5) - pct(d, .5):.2f} ms  p99 {pct(p, .99) - pct(d, .99):.2f} ms")
+    finally:
+        proxy.close()
+        up.close()
+
+
+async def _round(url: str, clients: int, per_client: int, options: dict) -> tuple[int, list[float], float]:
+    errors, times = 0, []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        async def client():
+            nonlocal errors
+            for _ in range(per_client):
+                t = time.perf_counter()
+                try:
+                    r = await c.post(url + "/v1/chat/completions",
+                                     json={"model": "fake-model", "messages": MESSAGES, "optscale": options})
+                    errors += r.status_code != 200
+                except httpx.HTTPError:
+                    errors += 1
+                times.append(time.perf_counter() - t)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return errors, times, time.perf_counter() - start
+
+
+def load(clients: int = 200, per_client: int = 5) -> None:
+    up = Upstream(0.002)  # 8-24 tokens: 16-48 ms per sample
+    proxy = ProxyProcess(up.url, "--max-episodes", str(clients), "--max-in-flight", "512", "--in-flight", "8")
+    try:
+        for options in ({"policy": "bon", "n_max": 2}, {"policy": "optscale", "n_max": 8}):
+            rss = [proxy.rss_mb()]
+            for k in range(2):
+                errors, times, wall = asyncio.run(_round(proxy.url, clients, per_client, options))
+                rss.append(proxy.rss_mb())
+                print(f"load {options} round {k + 1}: {clients} clients x {per_client}: errors {errors}, "
+                      f"{len(times) / wall:.1f} req/s, p50 {pct(times, .5) * 1000:.0f} ms, "
+                      f"p99 {pct(times, .99) * 1000:.0f} ms")
+            print(f"  proxy RSS MB: before {rss[0]:.1f}, after round 1 {rss[1]:.1f}, after round 2 {rss[2]:.1f}; "
+                  f"upstream requests in flight {proxy.metric('optscale_inflight_samples'):.0f}; "
+                  f"connections to the upstream {connections_to(up.port)}")
+    finally:
+        proxy.close()
+        up.close()
+
+
+def storm(clients: int = 100) -> None:
+    up = Upstream(0.01, 100, 200)  # 1-2 s per sample: every episode is mid-way when its client leaves
+    proxy = ProxyProcess(up.url, "--max-episodes", str(clients), "--max-in-flight", "1024")
+
+    async def leave():
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients)) as c:
+            async def one():
+                try:
+                    await c.post(proxy.url + "/v1/chat/completions", timeout=0.5, json={
+                        "model": "fake-model", "messages": MESSAGES, "optscale": {"policy": "bon", "n_max": 4}})
+                except httpx.TimeoutException:
+                    pass
+            await asyncio.gather(*(one() for _ in range(clients)))
+
+    try:
+        asyncio.run(leave())
+        peak = proxy.metric("optscale_inflight_samples")
+        left = time.perf_counter()
+        while proxy.metric("optscale_inflight_samples") > 0:
+            time.sleep(0.01)
+        drained = time.perf_counter() - left
+        print(f"storm: {clients} clients left mid-episode; in flight when the last left: {peak:.0f}; "
+              f"0 in flight after {drained * 1000:.0f} ms; cancelled {proxy.metric('optscale_samples_cancelled_total'):.0f}")
+    finally:
+        proxy.close()
+        up.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", nargs="?", default="all", choices=["latency", "load", "storm", "all"])
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONPATH", str(ROOT / "src"))
+    if args.what in ("latency", "all"):
+        latency(args.requests)
+    if args.what in ("load", "all"):
+        load()
+    if args.what in ("storm", "all"):
+        storm()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""``optscale policy fit``: fit the ``learned`` policy's stopping table on a calibration pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import InputError
+from ..io import ensure_out_dir
+from .flags import flags
+
+console = Console()
+policy_app = typer.Typer(help="Fit policies that learn from a calibration pool (the learned stopping table).",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``policy`` sub-app to the root app."""
+    app.add_typer(policy_app, name="policy")
+
+
+#: Library names -> flags of ``policy fit`` (see :func:`optscale.cli.flags.flags`).
+FIT_FLAGS = {"n_max": "--n-max", "budget": "--budget", "lam": "--lambda", "select": "--select", "bins": "--bins",
+             "agree_cap": "--agree-cap", "length_bins": "--length-bins", "shrink": "--shrink", "orders": "--orders", "seed": "--seed", "out": "--out"}
+
+
+@policy_app.command("fit")
+def fit(
+    pool: Annotated[Path, typer.Argument(help="calibration pool (JSON Lines): problems like those the table will "
+                                              "serve, each with at least --n-max samples")],
+    n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem (the table serves only this)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="table to write (JSON)")],
+    budget: Annotated[Optional[float], typer.Option(
+        help="share of Best-of-N_max's mean tokens to spend on calibration, in (0, 1]; picks lambda")] = None,
+    lam: Annotated[Optional[float], typer.Option("--lambda", help="cost of one token in accuracy (>= 0)")] = None,
+    select: Annotated[str, typer.Option(help="selection rule the table serves: best, majority or weighted")] = "best",
+    bins: Annotated[int, typer.Option(help="quantile bins of the best score so far")] = 8,
+    agree_cap: Annotated[int, typer.Option("--agree-cap", help="cap on the count of samples sharing the answer")] = 6,
+    consensus: Annotated[bool, typer.Option(
+        " /--no-consensus", help="drop the feature 'the returned answer is also the most frequent and best-scored'")
+    ] = True,
+    length_bins: Annotated[int, typer.Option("--length-bins", help="quantile bins of the returned sample's tokens "
+                                                                   "(1: no length feature)")] = 3,
+    shrink: Annotated[float, typer.Option(help="pseudo-rows pulling each state toward its coarser state")] = 20.0,
+    orders: Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem used as calibration rows")] = 4,
+    seed: Annotated[int, typer.Option(help="seed of the shuffled orders")] = 0,
+) -> None:
+    """Fit the learned policy's optimal-stopping table on a calibration pool and write it as JSON.
+
+    Use it with --policy learned --set table=OUT in replay, sweep and run.
+    """
+    from ..policies.learned import file_sha256, fit_table
+    from ..pools import read_pool
+    from ..replay import build_batch, check_orders, check_seed
+
+    with flags(FIT_FLAGS):
+        if (budget is None) == (lam is None):
+            raise InputError("give exactly one of --budget and --lambda", "budget")
+        check_orders(orders)
+        check_seed(seed)
+        if out.is_dir():
+            raise InputError(f"{out} is a folder, not a file", "out")
+        ensure_out_dir(out.parent, "out")
+        batch = build_batch(read_pool(pool), orders=orders, seed=seed, source=str(pool))
+        source = {"pool": pool.name, "sha256": file_sha256(pool)}
+        table = fit_table(batch, n_max, select, lam=lam, budget=budget, bins=bins, agree_cap=agree_cap,
+                          consensus=consensus, length_bins=length_bins, shrink=shrink, source=source)
+        table.save(out)
+    f = table.fitted
+    cost = table.cost
+    console.print(f"wrote {out}: n_max {table.n_max}, select {table.select}, lambda {table.lam:.4g} per "
+                  f"{cost[:-1]}; on the calibration pool ({batch.shape[0]} problems x {orders} orders, in-sample) "
+                  f"accuracy {f['accuracy']:.4f} with {f['mean_samples']:.2f} samples, "
+                  f"{100 * f['share_of_bon']:.1f}% of fixed-{table.n_max}'s {cost}", highlight=False, markup=False)

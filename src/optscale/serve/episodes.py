@@ -1,0 +1,263 @@
+"""One episode per request on the live engine: generator, scorer, sampler and policy, no second copy.
+
+:class:`Service` holds what requests share (the upstream clients, one batching scorer, the
+fair request limiter, the episode gate, metrics) and runs each request's episode with
+:func:`~optscale.live.sampler.sample_episode`. It accounts every upstream generation as it
+happens (through the sampler's listener), so the tokens of a request whose client left
+mid-episode are counted too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..answers import normalize_answer
+from ..errors import InputError, OptscaleError
+from ..fit import FitFlag
+from ..live.openai import OpenAIGenerator
+from ..live.sampler import Listener, sample_episode
+from ..live.scorers import BatchingScorer, Score, Scorer, ScorerContext, ScoreRequest, build_scorer
+from ..live.secrets import Redactor
+from ..live.types import GenerationSettings, Prompt, RequestRejected
+from ..policies import Outcome, Problem
+from .errors import ApiError
+from .limits import EpisodeGate, FairLimiter
+from .metrics import Metrics
+from .otel import Tracing
+from .schemas import Options
+from .settings import ServeConfig
+
+__all__ = ["Service", "EpisodeResult"]
+
+log = logging.getLogger("optscale.serve")
+
+
+@dataclass
+class EpisodeResult:
+    """A finished episode: its samples (texts included), events, the policy's outcome and the accounts."""
+
+    options: Options
+    samples: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    outcome: Outcome
+    stop_reason: str
+    chosen: int  # index into samples of the answer returned first
+    timings: dict[str, float]
+    prompt_tokens: int | None
+
+    @property
+    def n_launched(self) -> int:
+        return len(self.samples) + len(self.events)
+
+    def breakdown(self) -> dict[str, int | None]:
+        used = sum(int(s["tokens"]) + int(s.get("wasted_tokens") or 0) for s in self.samples)
+        cancelled = sum(int(e["tokens"]) for e in self.events if e["type"] == "cancelled")
+        failed = sum(int(e["tokens"]) for e in self.events if e["type"] == "failed")
+        return {"generation_completion_tokens": used, "cancelled_completion_tokens": cancelled,
+                "failed_completion_tokens": failed, "prompt_tokens": self.prompt_tokens, "scorer_tokens": None}
+
+    def usage(self) -> dict[str, int]:
+        b = self.breakdown()
+        completion = sum(b[k] for k in ("generation_completion_tokens", "cancelled_completion_tokens",
+                                        "failed_completion_tokens"))
+        prompt = self.prompt_tokens or 0
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def ranked(self, n: int) -> list[int]:
+        """The returned samples: the chosen one, then the best-scored samples with other answers, ``n`` at most."""
+        order = [self.chosen] + sorted((i for i in range(len(self.samples)) if i != self.chosen),
+                                       key=lambda i: -float(self.samples[i]["score"]))
+        out, seen = [], set()
+        for i in order:
+            s = self.samples[i]
+            key = normalize_answer(s.get("answer")) or ("text", s.get("text"))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(i)
+            if len(out) == n:
+                break
+        return out
+
+
+class _Accounting(Listener):
+    """Counts every upstream generation in the metrics as it is logged, and keeps the records."""
+
+    def __init__(self, service: Service, labels: dict[str, str], span: Any):
+        self.service, self.labels, self.span = service, labels, span
+        self.records: list[dict[str, Any]] = []
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        m, model = self.service.metrics, self.labels["model"]
+        self.records.append(record)
+        m.launched.labels(**self.labels).inc()
+        tokens = int(record["tokens"]) + int(record.get("wasted_tokens") or 0)
+        kind = {"sample": "completion", "cancelled": "cancelled", "failed": "failed"}[record["type"]]
+        m.tokens.labels(model=model, kind=kind).inc(tokens)
+        if record["type"] == "cancelled":
+            m.cancelled.labels(**self.labels).inc()
+        self.service.tracing.sample(self.span, record)
+
+    def prompt_tokens(self) -> int | None:
+        """The prompt's size (reported by the upstream) times the upstream requests made for it."""
+        sizes = [r.get("prompt_tokens") for r in self.records if r.get("prompt_tokens") is not None]
+        return int(sizes[0]) * len(self.records) if sizes else None
+
+
+class _CountedScorer:
+    """The shared scorer as one episode calls it: each call counted in the metrics and traced."""
+
+    def __init__(self, service: Service, model: str):
+        self.inner, self.service, self.model = service.scorer, service, model
+        self.kind, self.needs_logprobs = self.inner.kind, self.inner.needs_logprobs
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def score(self, items: Sequence[ScoreRequest]) -> list[Score]:
+        counter = self.service.metrics.scorer
+        with self.service.tracing.scorer_call(self.kind, len(items)):
+            try:
+                scores = await self.inner.score(items)
+            except Exception:
+                counter.labels(model=self.model, status="error").inc(len(items))
+                raise
+        for s in scores:
+            counter.labels(model=self.model, status="flagged" if s.flag else "ok").inc()
+        return scores
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Service:
+    """What every request shares; :meth:`run` samples one request's episode."""
+
+    def __init__(self, config: ServeConfig, transport: httpx.AsyncBaseTransport | None = None):
+        self.config = config
+        client = config.client
+        if "max_connections" not in client.model_fields_set:
+            client = client.model_copy(update={"max_connections": config.max_in_flight + 8})
+        self.generators = {kind: OpenAIGenerator(config.upstream, config.model, config.generation, kind=kind,
+                                                 client=client, transport=transport)
+                           for kind in ("chat", "completion")}
+        context = ScorerContext(base_urls=tuple(config.upstream), model=config.model,
+                                client=config.client.model_copy(update={"api_key": None}))
+        self.raw_scorer: Scorer = build_scorer(config.scorer, config.scorer_config(), context)
+        self.scorer = BatchingScorer(self.raw_scorer)
+        self.limiter = FairLimiter(config.max_in_flight)
+        self.gate = EpisodeGate(config.max_episodes)
+        self.metrics = Metrics(lambda: self.limiter.in_use)
+        self.tracing = Tracing()
+        self.redact = Redactor(config.secrets())
+        self.sampler_settings = config.sampler_settings()
+        self.ready = False
+        self.ready_error = "the upstream and the scorer have not been checked yet"
+        self.checked_at = 0.0
+
+    async def aclose(self) -> None:
+        await self.scorer.aclose()
+        await self.raw_scorer.aclose()
+        for generator in self.generators.values():
+            await generator.aclose()
+
+    # -- readiness -----------------------------------------------------------------------
+    async def check(self) -> bool:
+        """A full check (a tiny generation, the scorer's own check) on start; afterwards the upstreams' ``/models``."""
+        try:
+            if not self.ready:
+                await self.generators["chat"].check(need_logprobs=self.scorer.needs_logprobs, why="scorer")
+                await self.scorer.check()
+            else:
+                await self.generators["chat"].check_servers()
+        except (OptscaleError, httpx.HTTPError, OSError) as exc:
+            self.ready, self.ready_error = False, self.redact(str(exc))[:500]
+            log.warning("not ready: %s", self.ready_error)
+            return False
+        self.ready, self.checked_at = True, time.monotonic()
+        return True
+
+    async def ensure_ready(self) -> None:
+        if not self.ready:
+            raise ApiError(503, f"not ready: {self.ready_error}", None, "not_ready",
+                           {"Retry-After": str(self.config.retry_after_s)})
+
+    # -- one episode -----------------------------------------------------------------------
+    def admit(self) -> None:
+        if not self.gate.try_enter():
+            raise ApiError(429, f"the server is sampling {self.config.max_episodes} requests (max_episodes); retry "
+                           "shortly", None, "too_many_episodes", {"Retry-After": str(self.config.retry_after_s)})
+
+    async def run(self, kind: str, prompt: Prompt, question: str, options: Options, generation: GenerationSettings,
+                  request_id: str, span: Any = None) -> EpisodeResult:
+        """Sample one request (admitted by :meth:`admit`; the caller leaves the gate)."""
+        labels = {"model": self.config.model, "policy": options.name}
+        accounting = _Accounting(self, labels, span)
+        start = time.monotonic()
+        episode = options.policy.start(Problem(id=request_id, question=question))
+        try:
+            run = await sample_episode(
+                episode, prompt, question, self.generators[kind], _CountedScorer(self, self.config.model),
+                id=request_id, settings=self.sampler_settings, generation=generation, requests=self.limiter.lane(),
+                deadline=start + options.deadline_s, max_total_tokens=options.max_total_tokens, listener=accounting)
+        except RequestRejected as exc:
+            status = 400 if exc.status in (400, 413, 422) else 502
+            raise ApiError(status, f"the upstream refused the request: {self.redact(exc.detail)}", None,
+                           "upstream_rejected") from None
+        except InputError as exc:  # a scorer that broke its contract (a score outside [0, 1])
+            raise ApiError(502, f"scorer failure: {self.redact(str(exc))}", None, "scorer_error") from None
+        except OptscaleError as exc:
+            raise ApiError(502, f"scorer failure: {self.redact(str(exc))}", None, "scorer_error") from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise ApiError(502, f"scorer failure: {self.redact(type(exc).__name__ + ': ' + str(exc))}", None,
+                           "scorer_error") from None
+        finally:
+            prompt_tokens = accounting.prompt_tokens()
+            if prompt_tokens:
+                self.metrics.tokens.labels(model=self.config.model, kind="prompt").inc(prompt_tokens)
+        elapsed = time.monotonic() - start
+        outcome = episode.result()
+        stop = run.cut or ("upstream_failures" if run.error else outcome.stop_reason)
+        self.metrics.stop_reason.labels(**labels, reason=stop).inc()
+        if not run.samples:
+            if run.cut == "deadline":
+                raise ApiError(504, f"deadline_s ({options.deadline_s:g} s) passed before any sample was scored",
+                               "optscale.deadline_s", "deadline_exceeded")
+            if run.cut == "max_total_tokens":
+                raise ApiError(400, f"max_total_tokens ({options.max_total_tokens}) was spent before any sample "
+                               "finished", "optscale.max_total_tokens", "max_total_tokens_exhausted")
+            raise ApiError(502, f"upstream failure: {self.redact(run.error or 'no sample')}", None, "upstream_error")
+        self.metrics.samples_used.labels(**labels).observe(len(run.samples))
+        flag = int(outcome.estimates.get("fit_flag") or 0)
+        if flag:
+            for name in FitFlag.describe(flag).split("|"):
+                self.metrics.fit_failures.labels(**labels, flag=name).inc()
+        chosen = outcome.chosen if outcome.chosen is not None else max(
+            range(len(run.samples)), key=lambda i: float(run.samples[i]["score"]))
+        scored = [float(s.get("latency_s") or 0.0) for s in run.samples]
+        timings = {"total_s": round(elapsed, 4), "first_sample_s": round(min(scored), 4) if scored else None}
+        return EpisodeResult(options, run.samples, run.events, outcome, stop, chosen, timings,
+                             accounting.prompt_tokens())
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars (and containers of them) as JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def estimates(outcome: Outcome) -> dict[str, Any]:
+    out = plain(dict(outcome.estimates))
+    if "fit_flag" in out:
+        out["fit_flags"] = FitFlag.describe(int(out["fit_flag"]))
+    return out

@@ -1,0 +1,284 @@
+"""The OpenAI request and response shapes the proxy speaks, and where each request's policy comes from.
+
+Requests are validated strictly: a field the proxy cannot honour (``tools``, ``logprobs``,
+``echo`` ...) is refused with 400 naming it, never ignored. The policy and its settings
+come, in this precedence, from the headers ``X-OptScale-Policy`` / ``X-OptScale-Settings``
+(a JSON object), the body's ``optscale`` object (what ``extra_body={"optscale": {...}}``
+sends), a model alias ``MODEL+POLICY``, and the server's defaults; :func:`resolve_options`
+merges them key by key and reports a bad value at the place it came from
+(``optscale.alpha``, ``X-OptScale-Settings.alpha``, ``model``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from ..compose import build_policy
+from ..errors import InputError
+from ..live.types import GenerationSettings, Prompt
+from ..policies import POLICIES, PolicyBase
+from .errors import ApiError
+from .settings import ServeConfig
+
+__all__ = ["ChatRequest", "CompletionRequest", "Options", "parse_request", "resolve_options", "OPTION_KEYS",
+           "HEADER_POLICY", "HEADER_SETTINGS", "located"]
+
+HEADER_POLICY = "X-OptScale-Policy"
+HEADER_SETTINGS = "X-OptScale-Settings"
+#: Keys of the ``optscale`` object that are the request's own, not the policy's settings.
+OPTION_KEYS = ("policy", "n_max", "deadline_s", "max_total_tokens", "return_samples")
+#: Policy settings a request may not set: they name files on the server (set them with ``--set``).
+SERVER_ONLY = ("priors", "table")
+MAX_HEADER_CHARS = 8192
+
+
+def located(exc: ValidationError, prefix: str = "") -> ApiError:
+    """The first pydantic error as a 400 naming the field: ``messages[0].content``, ``optscale.alpha``."""
+    err = exc.errors()[0]
+    param = prefix
+    for part in err["loc"]:
+        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
+    if err["type"] == "extra_forbidden":
+        message = "unknown or unsupported field"
+    elif err["type"] == "missing":
+        message = "field required"
+    else:
+        message = f"{err['msg']} (got {json.dumps(err.get('input'), default=str)[:100]})"
+    return ApiError(400, f"{param}: {message}" if param else message, param or None, "invalid_request")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(BaseModel):
+    """One chat message; fields other than role, content and name (e.g. ``tool_calls``) are kept, not sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | None = None
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: Any) -> Any:
+        """Content parts are joined when all are text; images, audio and files are refused."""
+        if isinstance(content, list):
+            parts = []
+            for i, part in enumerate(content):
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(f"part {i}: only text parts ({{'type': 'text', 'text': ...}}) are supported")
+                parts.append(part["text"])
+            return "".join(parts)
+        return content
+
+    def text(self) -> str:
+        return self.content or ""
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+
+
+class _Sampling(_Strict):
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256, description="accepted for compatibility; not forwarded")
+    optscale: dict[str, Any] | None = None
+
+    def generation(self, base: GenerationSettings) -> GenerationSettings:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        update = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.limit(),
+                  "stop": tuple(stop) if stop is not None else None, "seed": self.seed}
+        return base.model_copy(update={k: v for k, v in update.items() if v is not None})
+
+    def limit(self) -> int | None:
+        return self.max_tokens
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1, max_length=10_000)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def prompt(self) -> Prompt:
+        messages = tuple({"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                         for m in self.messages)
+        return Prompt(messages=messages)
+
+    def question(self) -> str:
+        """What the scorer reads as the problem: the last user message."""
+        users = [m for m in self.messages if m.role == "user"]
+        return (users[-1] if users else self.messages[-1]).text()
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(min_length=1)
+
+    def text(self) -> str:
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise ApiError(400, "prompt: one prompt per request (an episode samples one prompt)", "prompt",
+                               "invalid_request")
+            return self.prompt[0]
+        return self.prompt
+
+    def prompt_obj(self) -> Prompt:
+        return Prompt(text=self.text())
+
+    def question(self) -> str:
+        return self.text()
+
+
+def parse_request(kind: str, body: Any) -> ChatRequest | CompletionRequest:
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", None, "invalid_request")
+    try:
+        request = (ChatRequest if kind == "chat" else CompletionRequest).model_validate(body)
+    except ValidationError as exc:
+        raise located(exc) from None
+    if kind == "completion":
+        request.text()
+    return request
+
+
+class _RequestOptions(_Strict):
+    n_max: int | None = Field(None, ge=1)
+    deadline_s: float | None = Field(None, gt=0)
+    max_total_tokens: int | None = Field(None, ge=1)
+    return_samples: StrictBool = False
+
+
+@dataclass(frozen=True)
+class Options:
+    """A request's policy (built and validated), its settings and its own limits."""
+
+    policy: PolicyBase
+    settings: dict[str, Any]
+    deadline_s: float
+    max_total_tokens: int | None
+    return_samples: bool
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+
+_POLICY_CACHE: collections.OrderedDict[tuple[str, int, str], PolicyBase] = collections.OrderedDict()
+_POLICY_CACHE_SIZE = 512
+
+
+def _policy(name: str, n_max: int, settings: dict[str, Any]) -> PolicyBase:
+    """The policy for these settings, built once (policies are immutable) and kept for the next requests."""
+    key = (name, n_max, json.dumps(settings, sort_keys=True, default=lambda v: f"{type(v).__name__}@{id(v)}"))
+    policy = _POLICY_CACHE.get(key)
+    if policy is None:
+        policy = _POLICY_CACHE[key] = build_policy(name, n_max, settings)
+        while len(_POLICY_CACHE) > _POLICY_CACHE_SIZE:
+            _POLICY_CACHE.popitem(last=False)
+    return policy
+
+
+def _at(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _header_settings(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if len(raw) > MAX_HEADER_CHARS:
+        raise ApiError(400, f"longer than {MAX_HEADER_CHARS} characters", HEADER_SETTINGS, "invalid_request")
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"not valid JSON ({exc})", HEADER_SETTINGS, "invalid_request") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "must be a JSON object of settings", HEADER_SETTINGS, "invalid_request")
+    if "policy" in value:
+        raise ApiError(400, f"name the policy in the {HEADER_POLICY} header", f"{HEADER_SETTINGS}.policy",
+                       "invalid_request")
+    return value
+
+
+def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any] | None,
+                    header_policy: str | None, header_settings: str | None, body_place: str = "optscale") -> Options:
+    """The request's policy and settings, by precedence; raises 400/404 naming the place of a bad value.
+
+    ``body_place`` names where the body's options sit (``optscale``; empty for a body that is
+    the options object itself, as that of ``/v1/optscale/plan``).
+    """
+    alias = model.partition("+")[2] or None if model != config.model else None
+    if model != config.model and (not model.startswith(config.model + "+") or not alias):
+        raise ApiError(404, f"the model {model!r} does not exist; this server serves {config.model!r} and its "
+                       f"aliases {config.model}+POLICY", "model", "model_not_found")
+    body = dict(body_options or {})
+    header = _header_settings(header_settings)
+    if header_policy is not None:
+        name, where = header_policy.strip(), HEADER_POLICY
+    elif "policy" in body:
+        name, where = body.pop("policy"), _at(body_place, "policy")
+    elif alias is not None:
+        name, where = alias, "model"
+    else:
+        name, where = config.policy, "policy"
+    body.pop("policy", None)
+    if not isinstance(name, str) or name not in POLICIES:
+        raise ApiError(404, f"unknown policy {str(name)[:100]!r}; choose from {', '.join(POLICIES)}", where,
+                       "policy_not_found")
+    origin: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    if name == config.policy:
+        merged.update(config.policy_settings)
+        origin.update({k: f"policy_settings.{k}" for k in config.policy_settings})
+    for source, prefix in ((body, body_place), (header, HEADER_SETTINGS)):
+        for key, value in source.items():
+            if key in SERVER_ONLY:
+                raise ApiError(400, f"{_at(prefix, key)}: a server setting (a file on the server); it cannot be "
+                               "set per request", _at(prefix, key), "invalid_setting")
+            merged[key] = value
+            origin[key] = _at(prefix, key)
+    own = {k: merged.pop(k) for k in OPTION_KEYS if k in merged}
+    try:
+        options = _RequestOptions(**own)
+    except ValidationError as exc:
+        key = str(exc.errors()[0]["loc"][0])
+        raise located(exc, origin[key].removesuffix(key).removesuffix(".")) from None
+    n_max = options.n_max if options.n_max is not None else config.n_max
+    if n_max > config.max_n_max:
+        where = origin.get("n_max", "n_max")
+        raise ApiError(400, f"{where}: {n_max} exceeds this server's max_n_max ({config.max_n_max})", where,
+                       "invalid_setting")
+    deadline = options.deadline_s if options.deadline_s is not None else config.max_deadline_s
+    if deadline > config.max_deadline_s:
+        raise ApiError(400, f"{origin['deadline_s']}: {deadline:g} exceeds this server's max_deadline_s "
+                       f"({config.max_deadline_s:g})", origin["deadline_s"], "invalid_setting")
+    cap = options.max_total_tokens or config.max_total_tokens
+    if config.max_total_tokens is not None and cap > config.max_total_tokens:
+        raise ApiError(400, f"{origin['max_total_tokens']}: {cap} exceeds this server's max_total_tokens "
+                       f"({config.max_total_tokens})",
+                       origin["max_total_tokens"], "invalid_setting")
+    try:
+        policy = _policy(name, n_max, merged)
+    except InputError as exc:
+        key = (exc.where or "").removeprefix("settings.")
+        param = origin.get(key, body_place or None) if exc.where != "n_max" else origin.get("n_max", "n_max")
+        raise ApiError(400, f"{param}: {exc.detail}" if param else exc.detail, param, "invalid_setting") from None
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, f"invalid settings: {exc}", body_place or None, "invalid_setting") from None
+    settings = policy.model_dump(mode="json", exclude={"priors"})
+    return Options(policy, settings, deadline, cap, options.return_samples)

@@ -1,0 +1,181 @@
+"""The server's configuration: one pydantic model, from a TOML/YAML/JSON file and flags (flags win).
+
+Names are the flags' long names with underscores (``max_episodes``, ``n_max``); the
+generation defaults and the upstream client's behaviour are the live engine's own models
+(:class:`~optscale.live.types.GenerationSettings`, :class:`~optscale.live.types.ClientSettings`),
+given flat (``temperature``, ``timeout``) or as tables (``[client] backoff = 1``). Errors name
+the key (``max_episodes``, ``client.backoff``, ``policy_settings.alpha``,
+``scorer_settings.model``); the CLI translates them to its flags.
+
+Keys: the upstream key comes from ``api_key`` or ``OPTSCALE_UPSTREAM_API_KEY``, a scorer's
+from its own setting or variable (``OPTSCALE_JUDGE_API_KEY``), the clients' keys from
+``api_keys_file`` or ``OPTSCALE_SERVE_API_KEYS`` (comma-separated). None is ever dumped or logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..compose import build_policy
+from ..errors import InputError
+from ..live.config import load_config_file
+from ..live.sampler import SamplerSettings
+from ..live.scorers import SCORERS, scorer_settings
+from ..live.secrets import url_secrets
+from ..live.types import ClientSettings, GenerationSettings
+from ..policies import POLICIES
+
+__all__ = ["ServeConfig", "build_serve_config", "UPSTREAM_KEY_ENV", "CLIENT_KEYS_ENV", "FLAT"]
+
+UPSTREAM_KEY_ENV = "OPTSCALE_UPSTREAM_API_KEY"
+CLIENT_KEYS_ENV = "OPTSCALE_SERVE_API_KEYS"
+
+#: Flat names -> (section, field) of the live engine's settings models.
+FLAT: dict[str, tuple[str, str]] = {
+    **{k: ("generation", k) for k in ("temperature", "top_p", "max_tokens", "stream")},
+    **{k: ("client", k) for k in ("api_key", "timeout", "idle_timeout", "connect_timeout", "retries", "backoff",
+                                  "backoff_max", "max_connections")},
+}
+_SECTIONS = ("generation", "client")
+_FLAT_NAME = {place: name for name, place in FLAT.items()}
+
+
+class ServeConfig(BaseModel):
+    """Everything ``optscale serve`` needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstream: list[str] = Field(min_length=1, description="OpenAI-compatible server(s) of the model, e.g. "
+                                "http://127.0.0.1:8080/v1; several for replicas")
+    model: str = Field(min_length=1, description="model name as the upstream serves it (and clients ask for it)")
+    scorer: str = Field(description="how samples are scored")
+    scorer_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the scorer")
+    policy: str = Field("optscale", description="default policy of requests that name none")
+    n_max: int = Field(8, ge=1, le=1_000_000, description="default most samples per request")
+    policy_settings: dict[str, Any] = Field(default_factory=dict,
+                                            description="settings of the default policy (server side only)")
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind (127.0.0.1: this machine only)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    api_keys_file: str | None = Field(None, description="file of client keys, one per line; without it (and "
+                                      f"without {CLIENT_KEYS_ENV}) requests need no key")
+    max_episodes: int = Field(64, ge=1, le=100_000, description="episodes (requests sampling) at once; more get 429")
+    max_in_flight: int = Field(64, ge=1, le=100_000,
+                               description="upstream requests under way at once, shared fairly by episodes")
+    in_flight: int = Field(8, ge=1, le=100_000, description="upstream requests under way at once for one episode")
+    max_failures: int = Field(3, ge=1, le=1000, description="failed upstream requests after which an episode "
+                              "gives up")
+    max_n_max: int = Field(64, ge=1, le=1_000_000, description="largest n_max a request may ask for")
+    max_deadline_s: float = Field(600.0, gt=0, description="longest deadline_s a request may ask for (and the "
+                                  "deadline of requests that give none)")
+    max_total_tokens: int | None = Field(None, ge=1, description="most tokens one episode may generate (requests "
+                                         "may ask for less)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body")
+    idempotency_ttl_s: float = Field(600.0, ge=0, description="how long a result is kept for retries with the "
+                                     "same Idempotency-Key (0: off)")
+    idempotency_max_entries: int = Field(10_000, ge=1, description="results kept for Idempotency-Key retries")
+    keepalive_s: float = Field(5.0, gt=0, description="seconds between SSE keep-alive comments while sampling")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of 429 and 503 answers")
+    ready_ttl_s: float = Field(10.0, ge=0, description="seconds a successful readiness check is trusted")
+    answer_style: Literal["auto", "boxed", "number"] = Field("auto", description="how final answers are read")
+    zero_unanswered: bool = Field(True, description="score 0 for a response without a final answer")
+    log_format: Literal["text", "json"] = Field("text", description="request log lines: text or json")
+    generation: GenerationSettings = GenerationSettings()
+    client: ClientSettings = ClientSettings(retries=2, timeout=300.0)
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, kind: str) -> str:
+        if kind not in SCORERS:
+            raise ValueError(f"unknown scorer {kind!r}; choose from {', '.join(SCORERS)}")
+        return kind
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        return name
+
+    def sampler_settings(self) -> SamplerSettings:
+        return SamplerSettings(concurrency=self.max_in_flight, in_flight=self.in_flight, n_per_request=1,
+                               max_failures=self.max_failures, answer_style=self.answer_style,
+                               zero_unanswered=self.zero_unanswered)
+
+    def scorer_config(self) -> BaseModel | None:
+        try:
+            return scorer_settings(self.scorer, self.scorer_settings)
+        except InputError as exc:
+            raise exc.renamed({"scorer.": "scorer_settings."}) from None
+
+    def secrets(self) -> list[str]:
+        """Every upstream key and URL credential (to mask them in anything shown)."""
+        found: list[str] = []
+        scorer = self.scorer_config()
+        for holder in (self.client, scorer):
+            key = getattr(holder, "api_key", None)
+            if key is not None:
+                found.append(key.get_secret_value())
+        for url in [*self.upstream, *(getattr(scorer, "base_url", None) or [])]:
+            found.extend(url_secrets(url))
+        return found
+
+
+def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            out.setdefault(key, {}).update({str(k).replace("-", "_"): v for k, v in value.items()})
+        elif key in FLAT:
+            section, name = FLAT[key]
+            out.setdefault(section, {})[name] = value
+        else:
+            out[key] = [value] if key == "upstream" and isinstance(value, str) else value
+    return out
+
+
+def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str, Any] | None = None,
+                       *, config_file: str | None = None, env: Mapping[str, str] | None = None) -> ServeConfig:
+    """Flags over file values (``config_file`` or ``file_values``) over the defaults, validated.
+
+    Flags not given are None or empty. The default policy and its settings and the scorer's
+    settings are validated here, so a typo fails before the server starts.
+    """
+    env = os.environ if env is None else env
+    values = _nested(load_config_file(config_file) if config_file else dict(file_values or {}))
+    given = {k: v for k, v in (flag_values or {}).items() if v is not None and v != [] and v != {}}
+    for key, value in _nested(given).items():
+        if isinstance(values.get(key), dict) and isinstance(value, dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    client = values.setdefault("client", {})
+    if client.get("api_key") is None and env.get(UPSTREAM_KEY_ENV):
+        client["api_key"] = env[UPSTREAM_KEY_ENV]
+    # the server's own client defaults (fewer retries than a batch run: a client is waiting)
+    values["client"] = {**ServeConfig.model_fields["client"].default.model_dump(), **client}
+    try:
+        config = ServeConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        parts = tuple(str(p) for p in err["loc"])
+        where = _FLAT_NAME.get(parts[:2], ".".join(parts)) if len(parts) >= 2 else ".".join(parts) or "config"
+        if err["type"] == "extra_forbidden":
+            raise InputError(f"unknown setting {where!r}", "config") from None
+        if err["type"] == "missing":
+            raise InputError("required (give it as a flag or in the config file)", where) from None
+        cause = (err.get("ctx") or {}).get("error")
+        message = str(cause) if cause is not None else err["msg"]
+        shown = "" if where.endswith("api_key") or cause is not None else f" (got {repr(err.get('input'))[:100]})"
+        raise InputError(message + shown, where) from None
+    try:
+        build_policy(config.policy, config.n_max, config.policy_settings, default_priors=False)
+    except InputError as exc:
+        raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
+    if config.n_max > config.max_n_max:
+        raise InputError(f"must not exceed max_n_max ({config.max_n_max})", "n_max")
+    config.scorer_config()
+    return config

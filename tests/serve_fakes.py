@@ -1,0 +1,62 @@
+"""The proxy of ``optscale serve`` on a real socket (uvicorn in a thread), in front of the fake upstream."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from optscale.serve import build_serve_config, create_app
+
+
+class Proxy:
+    """``with Proxy(upstream_url, scorer="confidence", n_max=4) as proxy``: ``proxy.base_url``, ``proxy.app``."""
+
+    def __init__(self, upstream: str, env: dict[str, str] | None = None, wait_ready: bool = True, **settings: Any):
+        values = {"upstream": upstream, "model": "fake-model", "scorer": "confidence", "keepalive_s": 0.05,
+                  "client": {"backoff": 0.01, "backoff_max": 0.05, "idle_timeout": 2, "timeout": 20, "retries": 2},
+                  **settings}
+        self.config = build_serve_config(values, env={})
+        self.app = create_app(self.config, env=env or {})
+        self.wait_ready = wait_ready
+
+    @property
+    def service(self):
+        return self.app.state.service
+
+    def __enter__(self) -> Proxy:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="critical", timeout_graceful_shutdown=1))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        self._sock = sock
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the proxy did not start")
+            time.sleep(0.01)
+        while self.wait_ready and httpx.get(self.url("/ready")).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the proxy did not get ready")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url("/v1")

@@ -1,0 +1,450 @@
+"""``optscale serve`` with real components: the official openai client, the proxy on a socket, the fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import live_fakes as fakes
+import openai
+import pytest
+from serve_fakes import Proxy
+
+from optscale.compose import build_policy
+from optscale.errors import InputError
+from optscale.policies import POLICIES, ConstantPriors
+from optscale.replay import build_batch
+from optscale.serve import build_serve_config
+from optscale.serve.limits import FairLimiter
+
+Q = "Problem p1: how many?"
+MESSAGES = [{"role": "user", "content": Q}]
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``predicate`` until it holds (a deadline, not a delay)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with fakes.FakeServer(fakes.FakeConfig(seed=3)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream):
+    with Proxy(upstream.base_url, n_max=4, max_n_max=16, max_deadline_s=60) as p:
+        yield p
+
+
+@pytest.fixture
+def client(proxy):
+    return openai.OpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0)
+
+
+def served_during(upstream, call):
+    """The call's result and the tokens the upstream sent meanwhile."""
+    before = upstream.sent_tokens()
+    out = call()
+    return out, upstream.sent_tokens() - before
+
+
+# -- the core path -------------------------------------------------------------------------------
+def test_chat_completion_returns_the_chosen_sample_and_honest_usage(upstream, client):
+    r, sent = served_during(upstream, lambda: client.chat.completions.create(
+        model="fake-model", messages=MESSAGES, extra_body={"optscale": {"policy": "bon", "return_samples": True}}))
+    o = r.model_extra["optscale"]
+    assert o["policy"] == "bon" and o["n_used"] == 4 == o["n_launched"] and o["stop_reason"] == "n_max"
+    used = [s for s in o["samples"] if s["status"] == "used"]
+    best = max(range(4), key=lambda i: used[i]["score"])
+    assert o["chosen_index"] == best and o["chosen_score"] == used[best]["score"]
+    assert r.choices[0].message.content == used[best]["text"] and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == sent == sum(s["tokens"] for s in used)
+    assert r.usage.prompt_tokens == len(Q.split()) * 4  # once per upstream request
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    b = o["usage_breakdown"]
+    assert b["generation_completion_tokens"] == sent and b["cancelled_completion_tokens"] == 0
+    assert set(o) >= {"settings", "n_cancelled", "n_star", "estimates", "timings"}
+
+
+def test_completions_endpoint(upstream, client):
+    r, sent = served_during(upstream, lambda: client.completions.create(
+        model="fake-model+bon", prompt=Q, extra_body={"optscale": {"n_max": 2}}))
+    assert r.object == "text_completion" and "\\boxed{" in r.choices[0].text
+    assert r.model_extra["optscale"]["n_used"] == 2 and r.usage.completion_tokens == sent
+
+
+def test_n_returns_the_best_distinct_answers(client):
+    r = client.chat.completions.create(model="fake-model", messages=MESSAGES, n=3,
+                                       extra_body={"optscale": {"policy": "bon", "n_max": 12, "return_samples": True}})
+    samples = r.model_extra["optscale"]["samples"]
+    by_text = {s["text"]: s for s in samples}
+    answers = [by_text[c.message.content]["answer"] for c in r.choices]
+    assert 1 <= len(r.choices) <= 3 and len(set(answers)) == len(answers)
+    assert r.choices[0].message.content == samples[r.model_extra["optscale"]["chosen_index"]]["text"]
+    scores = [by_text[c.message.content]["score"] for c in r.choices[1:]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_streaming_sync_and_async_with_usage(upstream, proxy, client):
+    stream, sent = served_during(upstream, lambda: list(client.chat.completions.create(
+        model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True},
+        extra_body={"optscale": {"policy": "bon", "return_samples": True}})))
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    final = [c for c in stream if c.choices and c.choices[0].finish_reason][0]
+    o = final.model_extra["optscale"]
+    assert text == o["samples"][o["chosen_index"]]["text"]
+    assert stream[-1].usage.completion_tokens == sent and not stream[-1].choices
+
+    async def go():
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key="x", max_retries=0) as c:
+            s = await c.completions.create(model="fake-model", prompt=Q, stream=True)
+            return [chunk async for chunk in s]
+
+    chunks = asyncio.run(go())
+    assert "\\boxed{" in "".join(c.choices[0].text for c in chunks if c.choices)
+
+
+def test_keep_alive_comments_while_sampling(upstream, proxy):
+    upstream.config.token_latency = 0.01
+    try:
+        with httpx.stream("POST", proxy.url("/v1/chat/completions"), timeout=30,
+                          json={"model": "fake-model", "messages": MESSAGES, "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line]
+    finally:
+        upstream.config.token_latency = 0.0
+    assert ": keep-alive" in lines and lines[-1] == "data: [DONE]"
+    assert lines.index(": keep-alive") < min(i for i, line in enumerate(lines) if line.startswith("data:"))
+
+
+def test_policy_precedence_header_body_alias_default(client, proxy):
+    def policy(**kw):
+        r = client.chat.completions.with_raw_response.create(messages=MESSAGES, **kw)
+        return r.parse().model_extra["optscale"]
+
+    assert policy(model="fake-model")["policy"] == "optscale"  # the server default
+    assert policy(model="fake-model+esc")["policy"] == "esc"
+    assert policy(model="fake-model+esc", extra_body={"optscale": {"policy": "asc"}})["policy"] == "asc"
+    o = policy(model="fake-model+esc", extra_body={"optscale": {"policy": "asc", "n_max": 2}},
+               extra_headers={"X-OptScale-Policy": "sc", "X-OptScale-Settings": json.dumps({"n_max": 3})})
+    assert o["policy"] == "sc" and o["settings"]["n_max"] == 3
+    with pytest.raises(openai.BadRequestError) as err:  # a setting of another policy is refused, not ignored
+        policy(model="fake-model", extra_body={"optscale": {"threshold": 0.9}},
+               extra_headers={"X-OptScale-Policy": "sc"})
+    assert err.value.body["param"] == "optscale.threshold"
+    o = policy(model="fake-model", extra_body={"optscale": {"alpha": 0.5, "s_min": 0.6}},
+               extra_headers={"X-OptScale-Settings": json.dumps({"alpha": 0.7})})
+    assert o["settings"]["alpha"] == 0.7 and o["settings"]["s_min"] == 0.6
+
+
+# -- bad input -------------------------------------------------------------------------------------
+OK = {"model": "fake-model", "messages": MESSAGES}
+BAD = [
+    ({**OK, "optscale": {"nope": 1}}, {}, 400, "optscale.nope"),
+    ({**OK, "optscale": {"alpha": 2}}, {}, 400, "optscale.alpha"),
+    ({**OK, "optscale": {"policy": "bon", "select": "loudest"}}, {}, 400, "optscale.select"),
+    ({**OK, "optscale": {"n_max": 0}}, {}, 400, "optscale.n_max"),
+    ({**OK, "optscale": {"n_max": 17}}, {}, 400, "optscale.n_max"),
+    ({**OK, "optscale": {"deadline_s": 61}}, {}, 400, "optscale.deadline_s"),
+    ({**OK, "optscale": {"deadline_s": -1}}, {}, 400, "optscale.deadline_s"),
+    ({**OK, "optscale": {"return_samples": "yes"}}, {}, 400, "optscale.return_samples"),
+    ({**OK, "optscale": {"priors": "/etc/passwd"}}, {}, 400, "optscale.priors"),
+    ({**OK, "optscale": {"policy": "magic"}}, {}, 404, "optscale.policy"),
+    ({**OK, "optscale": "fast"}, {}, 400, "optscale"),
+    (OK, {"X-OptScale-Policy": "magic"}, 404, "X-OptScale-Policy"),
+    (OK, {"X-OptScale-Settings": "{alpha"}, 400, "X-OptScale-Settings"),
+    (OK, {"X-OptScale-Settings": "[1]"}, 400, "X-OptScale-Settings"),
+    (OK, {"X-OptScale-Settings": '{"alpha": 1.5}'}, 400, "X-OptScale-Settings.alpha"),
+    ({**OK, "model": "other"}, {}, 404, "model"),
+    ({**OK, "model": "fake-model+magic"}, {}, 404, "model"),
+    ({"model": "fake-model"}, {}, 400, "messages"),
+    ({**OK, "messages": []}, {}, 400, "messages"),
+    ({**OK, "messages": [{"role": "robot", "content": "hi"}]}, {}, 400, "messages[0].role"),
+    ({**OK, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, {}, 400,
+     "messages[0].content"),
+    ({**OK, "tools": []}, {}, 400, "tools"),
+    ({**OK, "logprobs": True}, {}, 400, "logprobs"),
+    ({**OK, "temperature": 9}, {}, 400, "temperature"),
+    ({**OK, "n": 5}, {}, 400, "n"),
+    ({**OK, "stream": "yes"}, {}, 400, "stream"),
+    ([1, 2], {}, 400, None),
+]
+
+
+@pytest.mark.parametrize("body,headers,status,param", BAD)
+def test_bad_requests_get_their_status_and_a_located_message(proxy, body, headers, status, param):
+    r = httpx.post(proxy.url("/v1/chat/completions"), json=body, headers=headers)
+    err = r.json()["error"]
+    assert r.status_code == status and err["param"] == param, err
+    assert err["message"] and err["type"]
+    if param and param.startswith("optscale."):
+        assert param in err["message"]
+
+
+def test_malformed_bodies_and_the_server_keeps_serving(proxy, client):
+    url = proxy.url("/v1/chat/completions")
+    r = httpx.post(url, content=b'{"model": "fake-model",', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "line 1 column" in r.json()["error"]["message"]
+    r = httpx.post(url, content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(url, content=b"model=x", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.json()["error"]["param"] == "Content-Type"
+    big = json.dumps({**OK, "user": "x" * (proxy.config.max_body_bytes + 1)})
+    r = httpx.post(url, content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert httpx.get(proxy.url("/v1/nowhere")).json()["error"]["code"] == "not_found"
+    r = client.chat.completions.create(model="fake-model", messages=MESSAGES)  # still serving
+    assert r.choices[0].message.content
+
+
+# -- the other endpoints ---------------------------------------------------------------------------
+def test_models_policies_plan_health_ready(proxy, client):
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "fake-model" and {f"fake-model+{p}" for p in POLICIES.names()} <= set(ids)
+    listed = httpx.get(proxy.url("/v1/optscale/policies")).json()["data"]
+    assert [p["id"] for p in listed] == list(POLICIES.names())
+    schema = {p["id"]: p["settings_schema"] for p in listed}
+    assert "alpha" in schema["optscale"]["properties"] and "priors" not in schema["optscale"]["properties"]
+    plan = httpx.post(proxy.url("/v1/optscale/plan"), json={"policy": "optscale0", "n_max": 16, "s_min": 0.9,
+                                                            "scores": [0.8, 0.85, 0.82, 0.9, 0.7, 0.95]}).json()
+    assert plan["decision"] in ("stop", "continue") and plan["n_star"] >= 1 and plan["fit"]["flags"] == "ok"
+    assert plan["n_observed"] <= 6 and plan["settings"]["s_min"] == 0.9
+    bad = httpx.post(proxy.url("/v1/optscale/plan"), json={"scores": [0.5, 2]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "scores[1]"
+    bad = httpx.post(proxy.url("/v1/optscale/plan"), json={"scores": [0.5], "alpha": 3})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "alpha"
+    assert httpx.get(proxy.url("/health")).json() == {"status": "ok"}
+    assert httpx.get(proxy.url("/ready")).status_code == 200
+
+
+def test_metrics_are_exposed_under_their_names(proxy, client):
+    client.chat.completions.create(model="fake-model", messages=MESSAGES)
+    text = httpx.get(proxy.url("/metrics")).text
+    for name in ("optscale_requests_total", "optscale_request_duration_seconds", "optscale_samples_used",
+                 "optscale_samples_launched_total", "optscale_samples_cancelled_total",
+                 "optscale_stop_reason_total", "optscale_upstream_tokens_total", "optscale_scorer_requests_total",
+                 "optscale_inflight_samples", "optscale_fit_failures_total"):
+        assert f"# TYPE {name.removesuffix('_total')}" in text, name
+    assert 'optscale_requests_total{model="fake-model",policy="optscale",status="200"}' in text
+    assert 'optscale_scorer_requests_total{model="fake-model",status="ok"}' in text
+    assert 'optscale_upstream_tokens_total{kind="completion",model="fake-model"}' in text
+
+
+# -- limits, deadlines, failures, disconnects ------------------------------------------------------
+def test_disconnect_cancels_the_episode_and_closes_every_upstream_stream():
+    config = fakes.FakeConfig(token_latency=0.01, min_tokens=300, max_tokens=400)
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=4, in_flight=4) as px:
+        before = len(up.served)
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up mid-episode
+            httpx.post(px.url("/v1/chat/completions"), json={**OK, "optscale": {"policy": "bon"}}, timeout=0.3)
+        up.wait_disconnected(4)
+        wait_for(lambda: px.service.limiter.in_use == 0 and px.service.gate.active == 0, what="slots freed")
+        assert len(up.served) - before == 4 and all(r.disconnected for r in up.served[before:])
+        text = httpx.get(px.url("/metrics")).text
+        assert 'optscale_samples_cancelled_total{model="fake-model",policy="bon"} 4.0' in text
+        cancelled = float(text.split('optscale_upstream_tokens_total{kind="cancelled",model="fake-model"} ')[1]
+                          .split()[0])
+        assert 0 < cancelled <= sum(r.sent for r in up.served[before:])
+
+        before = len(up.served)
+        with httpx.stream("POST", px.url("/v1/chat/completions"), json={**OK, "stream": True}, timeout=10) as r:
+            lines = r.iter_lines()  # kept: a dropped iterator closes the connection
+            assert next(lines).startswith(":")  # sampling has begun
+            wait_for(lambda: len(up.served) - before >= 3, what="samples launched")
+        up.wait_disconnected(4 + 3)
+        wait_for(lambda: px.service.limiter.in_use == 0 and px.service.gate.active == 0, what="slots freed")
+
+
+def test_usage_counts_cancelled_partial_streams():
+    config = fakes.FakeConfig(min_tokens=5, max_tokens=300, token_latency=0.002, seed=1)
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=8, in_flight=8) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        before, start = up.sent_tokens(), len(up.served)
+        r = c.chat.completions.create(model="fake-model", messages=MESSAGES, extra_body={"optscale": {
+            "policy": "bon", "deadline_s": 0.3, "return_samples": True}})
+        o = r.model_extra["optscale"]
+        assert o["n_used"] < o["n_launched"] == 8 and o["n_cancelled"] >= 1
+        up.wait_disconnected(1)
+        sent = up.sent_tokens() - before
+        b = o["usage_breakdown"]
+        assert b["cancelled_completion_tokens"] > 0
+        assert r.usage.completion_tokens == sum(b[k] for k in ("generation_completion_tokens",
+                                                                 "cancelled_completion_tokens",
+                                                                 "failed_completion_tokens"))
+        # every counted token was sent; the upstream writes a few more before it notices a closed socket
+        assert r.usage.completion_tokens <= sent <= r.usage.completion_tokens + 25 * o["n_cancelled"]
+        assert len(up.served) - start == 8
+
+
+def test_max_episodes_answers_429_with_retry_after():
+    with fakes.FakeServer(fakes.FakeConfig(token_latency=0.01, min_tokens=100, max_tokens=100)) as up, \
+            Proxy(up.base_url, n_max=2, max_episodes=1) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        first = threading.Thread(target=lambda: c.chat.completions.create(model="fake-model", messages=MESSAGES))
+        first.start()
+        wait_for(lambda: px.service.gate.active == 1, what="first episode admitted")
+        with pytest.raises(openai.RateLimitError) as err:
+            c.chat.completions.create(model="fake-model", messages=MESSAGES)
+        assert err.value.response.headers["retry-after"] == "1"
+        assert err.value.body["code"] == "too_many_episodes"
+        first.join(30)
+        assert c.chat.completions.create(model="fake-model", messages=MESSAGES).choices
+
+
+def test_deadline_answers_best_so_far_or_504():
+    config = fakes.FakeConfig(min_tokens=5, max_tokens=400, token_latency=0.005, seed=2)
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=8, in_flight=8) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        r = c.chat.completions.create(model="fake-model", messages=MESSAGES,
+                                      extra_body={"optscale": {"policy": "bon", "deadline_s": 0.6}})
+        o = r.model_extra["optscale"]
+        assert o["stop_reason"] == "deadline" and 1 <= o["n_used"] < 8 and o["n_cancelled"] >= 1
+        assert o["timings"]["total_s"] < 2
+        up.config.faults.extend(["hang_start"] * 4)
+        with pytest.raises(openai.APIStatusError) as err:
+            c.chat.completions.create(model="fake-model", messages=MESSAGES,
+                                      extra_body={"optscale": {"policy": "bon", "n_max": 4, "deadline_s": 0.3}})
+        assert err.value.status_code == 504 and err.value.body["param"] == "optscale.deadline_s"
+        r = c.chat.completions.create(model="fake-model", messages=MESSAGES, extra_body={"optscale": {
+            "policy": "bon", "max_total_tokens": 1200, "return_samples": True}})
+        o = r.model_extra["optscale"]
+        assert o["stop_reason"] == "max_total_tokens" and 1 <= o["n_used"] < 8
+        spent = r.usage.completion_tokens
+        assert 1200 <= spent <= 1200 + 8 * 40  # stopped within a poll of the streams (a few tokens each)
+
+
+def test_upstream_failure_is_502_and_a_stream_error_event():
+    config = fakes.FakeConfig(fail_keys=("bad",))
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=2) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        bad = [{"role": "user", "content": "Problem bad: ?"}]
+        with pytest.raises(openai.APIStatusError) as err:
+            c.chat.completions.create(model="fake-model", messages=bad)
+        assert err.value.status_code == 502 and "500" in err.value.body["message"]
+        with pytest.raises(openai.APIError, match="upstream failure"):
+            list(c.chat.completions.create(model="fake-model", messages=bad, stream=True))
+        assert c.chat.completions.create(model="fake-model", messages=MESSAGES).choices  # still serving
+
+
+def test_not_ready_is_503():
+    with Proxy("http://127.0.0.1:9/v1", wait_ready=False) as px:
+        r = httpx.get(px.url("/ready"))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        r = httpx.post(px.url("/v1/chat/completions"), json=OK)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert httpx.get(px.url("/health")).status_code == 200
+
+
+# -- auth and idempotency ------------------------------------------------------------------------
+def test_client_keys_are_checked_and_never_forwarded(tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# clients\nclient-key-1\n\nclient-key-2\n")
+    with fakes.FakeServer() as up, Proxy(up.base_url, n_max=2, api_keys_file=str(keys),
+                                         api_key="upstream-secret") as px:
+        for key, status in ((None, 401), ("wrong", 401), ("client-key-2", 200)):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            r = httpx.post(px.url("/v1/chat/completions"), json=OK, headers=headers)
+            assert r.status_code == status, r.text
+        assert r.json()["choices"]
+        assert httpx.get(px.url("/v1/models")).status_code == 401
+        sent = {a for _, a in up.auth}
+        assert sent == {"Bearer upstream-secret"}
+        c = openai.OpenAI(base_url=px.base_url, api_key="nope", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            c.chat.completions.create(model="fake-model", messages=MESSAGES)
+
+
+def test_idempotency_key_returns_the_stored_result_without_sampling_again(upstream, proxy):
+    url, key = proxy.url("/v1/chat/completions"), {"Idempotency-Key": f"k-{random.random()}"}
+    first = httpx.post(url, json=OK, headers=key)
+    served = len(upstream.served)
+    again = httpx.post(url, json=OK, headers=key)
+    assert again.status_code == 200 and again.json() == first.json() and len(upstream.served) == served
+    other = httpx.post(url, json={**OK, "temperature": 0.1}, headers=key)
+    assert other.status_code == 400 and other.json()["error"]["param"] == "Idempotency-Key"
+
+
+# -- the same decisions as offline replay -----------------------------------------------------------
+PRIORS = ConstantPriors(0.7, 0.2, 0.1, 0.05)
+
+
+@pytest.mark.parametrize("name", POLICIES.names())
+def test_proxy_decisions_equal_offline_replay(name):
+    """Samples recorded through the proxy, replayed offline, give the same stop and the same choice."""
+    settings = {"priors": PRIORS} if name == "optscale-t" else {}
+    try:
+        build_policy(name, 8, settings)
+    except InputError as exc:  # e.g. a fitted table, a server-side file this test cannot make
+        pytest.skip(f"{name} needs server-side settings: {exc}")
+    config = fakes.FakeConfig(seed=11, min_tokens=8, max_tokens=16)
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=8, in_flight=1, policy=name,
+                                               policy_settings=settings) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+
+        def record(**options):
+            up._rng = random.Random(11)  # the same draws for both requests
+            r = c.chat.completions.create(model="fake-model", messages=MESSAGES,
+                                          extra_body={"optscale": {"return_samples": True, **options}})
+            return r.model_extra["optscale"]
+
+        live = record()
+        full = record(policy="bon", n_max=8)
+    samples = full["samples"]
+    assert [s["text"] for s in live["samples"]] == [s["text"] for s in samples[:live["n_used"]]]
+    problem = SimpleNamespace(id="p1", question=Q, samples=[
+        SimpleNamespace(score=s["score"], answer=s["answer"], tokens=s["tokens"], correct=False) for s in samples])
+    decisions = build_policy(name, 8, settings).replay(build_batch([problem]))
+    assert live["n_used"] == decisions.n_used[0, 0]
+    assert live["chosen_index"] == decisions.chosen[0, 0]
+
+
+# -- parts -----------------------------------------------------------------------------------------
+def test_fair_limiter_takes_turns_between_episodes():
+    async def go():
+        limiter = FairLimiter(1)
+        a, b = limiter.lane(), limiter.lane()
+        order = []
+
+        async def take(lane, name, hold):
+            async with lane:
+                order.append(name)
+                await hold.wait()
+
+        gates = [asyncio.Event() for _ in range(4)]
+        tasks = [asyncio.create_task(take(a, f"a{i}", gates[i])) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(take(b, "b0", gates[3])))
+        for gate in gates:
+            await asyncio.sleep(0)
+            gate.set()
+        await asyncio.gather(*tasks)
+        assert limiter.in_use == 0
+        return order
+
+    # b0 queued after a1 and a2 but is served before a2: the freed slot goes to the other lane's turn
+    assert asyncio.run(go()) == ["a0", "a1", "b0", "a2"]
+
+
+def test_config_file_flags_and_located_errors(tmp_path):
+    path = tmp_path / "serve.toml"
+    path.write_text('upstream = "http://127.0.0.1:1/v1"\nmodel = "m"\nscorer = "confidence"\nmax_episodes = 3\n'
+                    "temperature = 0.2\n[client]\nbackoff = 1\n")
+    config = build_serve_config(flag_values={"max_episodes": 5}, config_file=str(path), env={})
+    assert config.max_episodes == 5 and config.generation.temperature == 0.2 and config.client.backoff == 1
+    assert config.client.retries == 2 and config.host == "127.0.0.1"
+    env = {"OPTSCALE_UPSTREAM_API_KEY": "up-key"}
+    assert build_serve_config(config_file=str(path), env=env).client.api_key.get_secret_value() == "up-key"
+    with pytest.raises(InputError, match="policy_settings.alpha"):
+        build_serve_config(flag_values={"policy_settings": {"alpha": 3}}, config_file=str(path), env={})
+    with pytest.raises(InputError, match="unknown setting 'colour'"):
+        build_serve_config(flag_values={"colour": 1}, config_file=str(path), env={})
