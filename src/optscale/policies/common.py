@@ -50,8 +50,11 @@ class PolicyBase(BaseModel):
 
     def missing_scores(self, source: str, field: str = "samples[].score") -> InputError:
         """The one error for a policy that reads scores given samples without them (``source``: the pool)."""
+        from .registry import POLICIES  # the registry imports this module
+
+        answer_based = ", ".join(name for name, cls in POLICIES.items() if not cls.needs_scores)
         return InputError(f"policy {self.name!r} needs sample scores and {source} has none; use an answer-based "
-                          "policy (sc, esc, asc, or bon with select=majority) or score the samples",
+                          f"policy ({answer_based}; with select=majority) or score the samples",
                           f"{source} field {field}")
 
     # -- live ----------------------------------------------------------------------------

@@ -94,10 +94,14 @@ class _Builder:
                                  f"{'has one' if self.has_scores else 'has none'}: a pool has a score on every sample "
                                  "or on none", f"{self.source} problem {problem.id!r} field samples[{j}].score")
         keys: dict[str, int] = {}
+        seen: dict[str | None, int] = {}  # raw answer -> code: normalise each distinct text once
         codes = np.empty(len(samples), dtype=np.int32)
         for j, s in enumerate(samples):
-            key = normalize_answer(s.answer)
-            codes[j] = -1 if key is None else keys.setdefault(key, len(keys))
+            code = seen.get(s.answer)
+            if code is None:
+                key = normalize_answer(s.answer)
+                code = seen[s.answer] = -1 if key is None else keys.setdefault(key, len(keys))
+            codes[j] = code
         score = np.array([s.score for s in samples], dtype=float) if self.has_scores else np.full(len(samples), np.nan)
         self.rows.append((score, codes, np.array([s.tokens for s in samples], dtype=float),
                           np.array([bool(s.correct) for s in samples], dtype=bool)))
