@@ -2,29 +2,36 @@
 
 Pools: simulated (``optscale simulate``), the default population and its weak-verifier variant
 (``verifier="weak"``), PROBLEMS x 64 samples, each replayed in ORDERS sample orders. For each of
-6 split seeds the problems are halved (calibration / held-out); for each budget N_max in
-16/32/64 and each policy, every setting of a small grid is replayed and the setting is chosen on
-the calibration half only; the numbers printed are the held-out half's.
+6 split seeds the problems are halved (calibration / held-out, :func:`optscale.replay.split_problems`);
+for each budget N_max in 16/32/64 and each policy, every setting of a small grid is replayed and
+the setting is chosen on the calibration half only; the numbers printed are the held-out half's.
 
-Baseline: the *envelope* of every fixed-N method (Best-of-N, majority vote, score-weighted vote;
-N = 1..N_max): the upper concave hull of the (mean tokens, accuracy) points, interpolated
-linearly (mixing two fixed budgets reaches any point on the segment), flat beyond its most
-accurate point. Computed here; ``optscale.replay`` gets its own envelope in the same issue.
+Baseline and selection are the library's (:mod:`optscale.replay.metrics`, the machinery of
+``optscale sweep``): the fixed curves of every selection rule (best score, majority, score-weighted
+vote; N = 1..N_max), their upper concave envelope at the policy's mean tokens, the paired bootstrap
+interval of the gain, and the sweep objectives, each decided on the calibration half:
 
-Objectives (chosen on calibration): ``gain``, the setting with the largest accuracy gain over the
-envelope at its own mean tokens; ``match``, the cheapest setting whose accuracy reaches the
-envelope's best (its most accurate fixed-N method within N_max).
+- ``gain``: the setting with the largest positive gain over the calibration envelope (none: not met);
+- ``match``: the cheapest setting whose calibration accuracy reaches the calibration envelope's
+  best accuracy (its most accurate fixed method up to N_max; none: not met).
 
-Columns: held-out accuracy (mean over splits); tok/N: mean tokens as a share of fixed N_max's;
-gain: accuracy minus the held-out envelope at the policy's held-out tokens, in points (mean and
-range over splits); beat: splits with gain > 0; match: splits whose ``match`` choice reached the
-held-out envelope's best accuracy with at most 50% of that point's tokens, and its mean token
-share of that point.
+Columns: held-out accuracy of the ``gain`` choice (mean over splits); tok/N: its mean tokens as a
+share of fixed BoN@N_max's; gain: held-out accuracy minus the held-out envelope at its held-out
+tokens, in points (mean and range over splits, splits where nothing was chosen count 0); beat:
+splits with gain > 0 (ci: whole 95% paired interval > 0); match: splits whose ``match`` choice
+reached the held-out envelope's best accuracy with at most 50% of that method's tokens; tok/best:
+that choice's mean token share of the envelope's best method (over splits where one was chosen).
 
-Targets (issue 10): the recommended policy (``learned``) beats the envelope in >= 5 of 6 splits
-at every budget, and reaches the envelope's best accuracy with <= 50% of its tokens at one budget
-or more. Usage: python benchmarks/policy_frontier.py [--quick] [--problems 2000] [--orders 2]
-[--json OUT]
+``learned`` is fitted per split on the calibration half (one table per grid point, see
+``learned_grid``); its setting is chosen on *out-of-fold* calibration outcomes (``--folds``, default
+2: each calibration fold replayed with tables fitted on the other folds), since a table replayed on
+its own calibration problems looks better than it is. Its design was tuned on a development pool of
+another simulate seed, never on the benchmark's pools.
+
+Targets (issue 10): the recommended policy beats the envelope in >= 5 of 6 splits at every budget,
+and reaches the envelope's best accuracy with <= 50% of its tokens at one budget or more.
+Usage: python benchmarks/policy_frontier.py [--quick] [--problems 2000] [--orders 2] [--seed 0]
+[--policies a,b] [--json OUT]
 """
 
 from __future__ import annotations
@@ -32,21 +39,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from optscale.errors import InputError
 from optscale.policies import POLICIES, make_policy
 from optscale.policies.base import ReplayBatch
-from optscale.policies.learned import fit_table, table_states
-from optscale.replay import split_problems, subset
+from optscale.policies.learned import fit_table
+from optscale.replay import Baseline, Outcome, collect, outcome_of, policy_stats, split_problems, subset
 from optscale.replay.batch import order_indices
+from optscale.replay.sweep import _choose
 from optscale.simulate import simulate_arrays
 
 BUDGETS = (16, 32, 64)
 SPLITS = 6
-RULES = ("best", "majority", "weighted")
+#: Share of the envelope's best method's tokens the ``match`` target allows.
+MATCH_SHARE = 0.5
 
 #: Small settings grids (policies absent from the registry are skipped; unknown ones run with defaults).
 GRIDS: dict[str, list[dict]] = {
@@ -64,23 +72,14 @@ GRIDS: dict[str, list[dict]] = {
 }
 #: Fixed-N rules are the envelope itself.
 FIXED = {"bon", "sc"}
-#: learned: one table per (selection rule, token budget in samples' worth: budget = x / N_max, or lam = 0),
-#: each fitted on the calibration half with the default features.
-LEARNED_SELECT = ("best", "weighted")
-LEARNED_SAMPLES = (1.25, 1.5, 2.0, 3.0, None)
+#: learned: one table per (selection rule, token budget in samples' worth: budget = x / N_max, or lam = 0).
+LEARNED_SELECT = ("best", "majority", "weighted")
+LEARNED_SAMPLES = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, None)
 
 
 def learned_grid(n_max: int) -> list[dict]:
     return [{"select": s, **({"lam": 0.0} if x is None else {"budget": x / n_max})}
-            for s in LEARNED_SELECT for x in LEARNED_SAMPLES]
-
-
-@dataclass
-class Outcome:
-    """Per-problem accuracy and mean tokens of one policy setting (means over orders)."""
-
-    correct: np.ndarray
-    tokens: np.ndarray
+            for s in LEARNED_SELECT for x in LEARNED_SAMPLES if x is None or x < n_max]
 
 
 def simulated_batch(problems: int, orders: int, verifier: str, seed: int) -> ReplayBatch:
@@ -89,187 +88,179 @@ def simulated_batch(problems: int, orders: int, verifier: str, seed: int) -> Rep
     idx = order_indices(np.full(p, n), n, orders, seed)
     take = lambda a: np.take_along_axis(a[:, None, :].repeat(orders, 1), idx, axis=2)  # noqa: E731
     return ReplayBatch(score=take(sim.scores), answer=take(sim.answer), tokens=take(sim.tokens.astype(float)),
-                       correct=take(sim.correct), available=np.full(p, n), ids=tuple(f"sim/{i}" for i in range(p)),
-                       questions=(None,) * p)
+                       correct=take(sim.correct), available=np.full(p, n),
+                       ids=tuple(f"sim{seed}/{i}" for i in range(p)), questions=(None,) * p)
 
 
-def outcome(batch: ReplayBatch, policy) -> Outcome:
-    d = policy.replay(batch)
-    picked = np.take_along_axis(batch.correct, np.maximum(d.chosen, 0)[..., None], axis=2)[..., 0] & (d.chosen >= 0)
-    used = np.arange(batch.shape[2])[None, None, :] < d.n_used[..., None]
-    tokens = np.where(used, batch.tokens, 0.0).sum(axis=2)
-    return Outcome(picked.mean(axis=1), tokens.mean(axis=1))
+def cross_fitted(batch: ReplayBatch, calib: np.ndarray, n_max: int, grid: list[dict], folds: int, seed: int) -> list:
+    """Out-of-fold outcomes of ``learned`` on the calibration problems (in ``calib`` order): each fold's
+    problems are replayed with tables fitted on the other folds, so that choosing a setting on
+    calibration does not see a table's in-sample optimism."""
+    fold = np.random.default_rng(1000 + seed).permutation(len(calib)) % folds
+    parts = [[] for _ in grid]
+    order = []
+    for f in range(folds):
+        fit_on, test_on = calib[fold != f], calib[fold == f]
+        cal, test = subset(batch, fit_on), subset(batch, test_on)
+        order.append(np.flatnonzero(fold == f))
+        for k, g in enumerate(grid):
+            pol = make_policy("learned", n_max, table=fit_table(cal, n_max, **g))
+            parts[k].append(outcome_of(test, pol.replay(test), pol))
+    back = np.argsort(np.concatenate(order))
+    return [Outcome.concat(ps).take(back) for ps in parts]
 
 
-def fixed_curves(batch: ReplayBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per rule: per-problem accuracy and tokens of fixed N = 1..64, shape (64, P)."""
-    p, r, n = batch.shape
-    cum = np.cumsum(batch.tokens, axis=2).mean(axis=1).T  # (n, P)
-    out = {}
-    for rule in RULES:
-        _, chosen = table_states(batch.flat("score"), batch.flat("answer"), batch.flat("tokens"), n, np.zeros(0), 1, False,
-                                 np.zeros(0), rule)
-        right = np.take_along_axis(batch.flat("correct"), np.maximum(chosen, 0), axis=1) & (chosen >= 0)
-        out[rule] = (right.reshape(p, r, n).mean(axis=1).T, cum)
-    return out
+def split_policies(name: str, n_max: int, cal: ReplayBatch) -> tuple[list[dict], list]:
+    """Grid and policies of a policy whose settings are fitted on the calibration half."""
+    if name == "learned":
+        grid = learned_grid(n_max)
+        return grid, [make_policy("learned", n_max, table=fit_table(cal, n_max, **g)) for g in grid]
+    from optscale.priors import PopulationPriors
+
+    prior = PopulationPriors.from_batch(cal, strict=False)
+    grid = GRIDS[name]
+    return grid, [make_policy(name, n_max, priors=prior, **g) for g in grid]
 
 
-class Envelope:
-    """Upper concave hull of fixed-N points (mean tokens, accuracy), flat beyond its best point."""
-
-    def __init__(self, tokens: np.ndarray, accuracy: np.ndarray):
-        order = np.lexsort((-accuracy, tokens))
-        t, a = tokens[order], accuracy[order]
-        hull: list[int] = []
-        for i in range(len(t)):
-            if hull and t[i] == t[hull[-1]]:
-                continue
-            while len(hull) >= 2:
-                (t1, a1), (t2, a2) = (t[hull[-2]], a[hull[-2]]), (t[hull[-1]], a[hull[-1]])
-                if (a2 - a1) * (t[i] - t1) <= (a[i] - a1) * (t2 - t1):
-                    hull.pop()
-                else:
-                    break
-            hull.append(i)
-        ht, ha = t[hull], a[hull]
-        top = int(np.argmax(ha))
-        self.t, self.a = ht[: top + 1], ha[: top + 1]
-        self.best_accuracy, self.best_tokens = float(self.a[-1]), float(self.t[-1])
-
-    def __call__(self, tokens: float) -> float:
-        return float(np.interp(tokens, self.t, self.a, left=np.nan, right=self.best_accuracy))
-
-
-def envelope(curves, rows: np.ndarray, n_max: int) -> Envelope:
-    tok, acc = [], []
-    for right, cum in curves.values():
-        acc.append(right[:n_max, rows].mean(axis=1))
-        tok.append(cum[:n_max, rows].mean(axis=1))
-    return Envelope(np.concatenate(tok), np.concatenate(acc))
-
-
-def choose(points: list[tuple[float, float]], env: Envelope, objective: str) -> int | None:
-    """Index of the chosen (tokens, accuracy) point on calibration, or None when none qualifies."""
-    if objective == "gain":
-        gains = [a - env(t) for t, a in points]
-        return int(np.nanargmax(gains))
-    ok = [i for i, (t, a) in enumerate(points) if a >= env.best_accuracy - 1e-12]
-    return min(ok, key=lambda i: points[i][0]) if ok else None
-
-
-def run_pool(batch: ReplayBatch, names: list[str], budgets, splits: int, notes: list[str]) -> dict:
+def run_pool(batch: ReplayBatch, names: list[str], budgets, splits: int, notes: list[str], bootstrap: int,
+             folds: int = 2) -> dict:
     p = batch.shape[0]
-    curves = fixed_curves(batch)
     halves = [split_problems(p, 0.5, seed) for seed in range(splits)]
-    results: dict = {}
-    for n_max in budgets:
-        envs = [(envelope(curves, c, n_max), envelope(curves, h, n_max)) for c, h in halves]
-        fixed_tok = [curves["best"][1][n_max - 1, h].mean() for _, h in halves]
-        rows = {}
+    fitted = {"learned", "optscale-t"}
+    static, keys = [], []  # policies replayed once for every split
+    for name in names:
+        if name in fitted:
+            continue
+        for n_max in budgets:
+            for g in GRIDS.get(name, [{}]):
+                try:
+                    static.append(make_policy(name, n_max, **g))
+                    keys.append((name, n_max, g))
+                except InputError as exc:
+                    notes.append(f"{name}@{n_max} {g}: skipped ({exc})")
+    curves, outcomes = collect(batch, static)
+    results: dict = {n_max: {"rows": {}, "envelope": []} for n_max in budgets}
+    for seed, (calib, held) in enumerate(halves):
+        base = {half: Baseline(curves.take(idx), bootstrap, seed) for half, idx in (("c", calib), ("h", held))}
+        groups: dict[tuple[str, int], tuple[list[dict], list, list, list | None]] = {}
+        for (name, n_max, g), pol, out in zip(keys, static, outcomes):
+            grid, pols, outs, _ = groups.setdefault((name, n_max), ([], [], [], None))
+            grid.append(g), pols.append(pol), outs.append(out)
+        cal = subset(batch, calib) if fitted & set(names) else None
         for name in names:
-            per_split = []  # one list of Outcome per split (grid settings)
-            if name == "learned":
-                grid = learned_grid(n_max)
-                for calib, _ in halves:
-                    cal = subset(batch, calib)
-                    outs = []
-                    for g in grid:
-                        table = fit_table(cal, n_max, **g)
-                        outs.append(outcome(batch, make_policy("learned", n_max, table=table)))
-                    per_split.append(outs)
-            elif name == "optscale-t":
-                from optscale.priors import PopulationPriors
-
-                grid = GRIDS[name]
-                for calib, _ in halves:
-                    prior = PopulationPriors.fit([batch.score[i, 0] for i in calib], [batch.ids[i] for i in calib],
-                                                 strict=False)
-                    per_split.append([outcome(batch, make_policy(name, n_max, priors=prior, **g)) for g in grid])
-            else:
-                grid, outs = [], []
-                for g in GRIDS.get(name, [{}]):
-                    try:
-                        pol = make_policy(name, n_max, **g)
-                    except InputError as exc:
-                        notes.append(f"{name}@{n_max} {g}: skipped ({exc})")
-                        continue
-                    grid.append(g)
-                    outs.append(outcome(batch, pol))
-                per_split = [outs] * splits
-            if not grid:
+            if name not in fitted or (name == "optscale-t" and name not in POLICIES.names()):
                 continue
-            rows[name] = summarise(per_split, grid, halves, envs, fixed_tok)
-        results[n_max] = {"rows": rows, "envelope_best": [float(e[1].best_accuracy) for e in envs],
-                          "envelope_best_share": [float(e[1].best_tokens / f) for e, f in zip(envs, fixed_tok)]}
+            for n_max in budgets:
+                grid, pols = split_policies(name, n_max, cal)
+                oof = cross_fitted(batch, calib, n_max, grid, folds, seed) if name == "learned" and folds > 1 else None
+                groups[name, n_max] = (grid, pols, [outcome_of(batch, q.replay(batch), q) for q in pols], oof)
+        for n_max in budgets:
+            env_c, env_h = base["c"].at(n_max, np.inf), base["h"].at(n_max, np.inf)
+            results[n_max]["envelope"].append({k: env_h[k] for k in ("envelope_best_accuracy",
+                                                                      "envelope_best_tokens", "envelope_best_method")}
+                                              | {"fixed_tokens": float(base["h"].curves.bon().mean_tokens[n_max - 1])})
+            for (name, nm), (grid, pols, outs, oof) in groups.items():
+                if nm != n_max:
+                    continue
+                rows_c = policy_stats(pols, oof or [o.take(calib) for o in outs], base["c"])
+                rows_h = policy_stats(pols, [o.take(held) for o in outs], base["h"])
+                fixed_tok = float(base["c"].curves.bon().mean_tokens[n_max - 1])
+                i, _ = _choose(rows_c, "gain", 0.0, fixed_tok, 1.0)
+                j, _ = _choose(rows_c, "match", env_c["envelope_best_accuracy"], fixed_tok, 1.0)
+                rec = results[n_max]["rows"].setdefault(name, {"splits": []})
+                rec["splits"].append({
+                    "gain_choice": None if i is None else {"settings": grid[i], **_row(rows_h[i])},
+                    "match_choice": None if j is None else {"settings": grid[j], **_row(rows_h[j])},
+                })
+    for n_max in budgets:
+        for rec in results[n_max]["rows"].values():
+            rec.update(_summary(rec["splits"]))
     return results
 
 
-def summarise(per_split, grid, halves, envs, fixed_tok) -> dict:
-    gain, acc, share, beat, chosen, matched, match_share = [], [], [], 0, [], 0, []
-    for outs, (calib, held), (env_c, env_h), ftok in zip(per_split, halves, envs, fixed_tok):
-        pts_c = [(o.tokens[calib].mean(), o.correct[calib].mean()) for o in outs]
-        pts_h = [(o.tokens[held].mean(), o.correct[held].mean()) for o in outs]
-        i = choose(pts_c, env_c, "gain")
-        t, a = pts_h[i]
-        g = a - env_h(t)
-        gain.append(g)
-        acc.append(a)
-        share.append(t / ftok)
-        beat += g > 0
-        chosen.append(grid[i])
-        j = choose(pts_c, env_c, "match")
-        if j is not None:
-            t, a = pts_h[j]
-            match_share.append(t / env_h.best_tokens)
-            matched += (a >= env_h.best_accuracy - 1e-12) and t <= 0.5 * env_h.best_tokens
-    return {"accuracy": float(np.mean(acc)), "token_share": float(np.mean(share)), "gain": [float(x) for x in gain],
-            "beat": int(beat), "chosen": chosen, "matched": int(matched),
-            "match_share": float(np.mean(match_share)) if match_share else None}
+def _row(s) -> dict:
+    return {"accuracy": s.accuracy, "mean_tokens": s.mean_tokens, "bon_tokens": s.bon_tokens,
+            "gain": s.gain_vs_envelope, "ci": [s.gain_vs_envelope_ci_low, s.gain_vs_envelope_ci_high],
+            "beats_ci": s.beats_envelope, "envelope_best_accuracy": s.envelope_best_accuracy,
+            "envelope_best_tokens": s.envelope_best_tokens, "share_of_best": s.token_share_of_envelope_best,
+            "envelope_mix": s.envelope_mix}
+
+
+def matched(r: dict | None) -> bool:
+    return r is not None and r["accuracy"] >= r["envelope_best_accuracy"] - 1e-12 and r["share_of_best"] <= MATCH_SHARE
+
+
+def _summary(splits: list[dict]) -> dict:
+    g = [s["gain_choice"] for s in splits]
+    m = [s["match_choice"] for s in splits]
+    chosen = [r for r in g if r is not None]
+    return {
+        "chosen": len(chosen),
+        "accuracy": float(np.mean([r["accuracy"] for r in chosen])) if chosen else float("nan"),
+        "token_share": float(np.mean([r["mean_tokens"] / r["bon_tokens"] for r in chosen])) if chosen else float("nan"),
+        "gain": [0.0 if r is None or not np.isfinite(r["gain"]) else float(r["gain"]) for r in g],
+        "beat": sum(r is not None and r["gain"] > 0 for r in g),
+        "beat_ci": sum(r is not None and r["beats_ci"] for r in g),
+        "matched": sum(matched(r) for r in m),
+        "match_chosen": sum(r is not None for r in m),
+        "match_share": float(np.mean([r["share_of_best"] for r in m if r is not None])) if any(m) else None,
+        "match_gap": [None if r is None else float(r["accuracy"] - r["envelope_best_accuracy"]) for r in m],
+    }
 
 
 def print_table(pool: str, n_max: int, res: dict, splits: int) -> None:
-    best = np.mean(res["envelope_best"])
-    print(f"\n{pool} pool, N_max {n_max}: envelope best {100 * best:.2f}% at "
-          f"{100 * np.mean(res['envelope_best_share']):.0f}% of fixed-{n_max} tokens (held-out, mean of {splits})")
-    print(f"{'policy':<11} {'acc %':>6} {'tok/N':>6} {'gain pp (range)':>22} {'beat':>5} {'match':>6} {'tok/best':>8}")
+    env = res["envelope"]
+    best = np.mean([e["envelope_best_accuracy"] for e in env])
+    share = np.mean([e["envelope_best_tokens"] / e["fixed_tokens"] for e in env])
+    methods = sorted({e["envelope_best_method"] for e in env})
+    print(f"\n{pool} pool, N_max {n_max}: envelope best {100 * best:.2f}% ({'/'.join(methods)}) at "
+          f"{100 * share:.0f}% of BoN@{n_max} tokens (held-out, mean of {splits})")
+    print(f"{'policy':<11} {'acc %':>6} {'tok/N':>6} {'gain pp (range)':>22} {'beat':>5} {'ci':>4} {'match':>6} "
+          f"{'tok/best':>8} {'acc-best pp (match)':>20}")
     for name, r in sorted(res["rows"].items(), key=lambda kv: -np.mean(kv[1]["gain"])):
         g = 100 * np.array(r["gain"])
         ms = "-" if r["match_share"] is None else f"{100 * r['match_share']:.0f}%"
-        print(f"{name:<11} {100 * r['accuracy']:6.2f} {100 * r['token_share']:5.0f}% "
-              f"{g.mean():+7.2f} ({g.min():+.2f}..{g.max():+.2f}) {r['beat']:>3}/{splits} "
-              f"{r['matched']:>3}/{splits} {ms:>8}")
+        gaps = [x for x in r["match_gap"] if x is not None]
+        gap = f"{100 * np.mean(gaps):+.2f} ({len(gaps)})" if gaps else "-"
+        acc = "     -" if not np.isfinite(r["accuracy"]) else f"{100 * r['accuracy']:6.2f}"
+        tok = "     -" if not np.isfinite(r["token_share"]) else f"{100 * r['token_share']:5.0f}%"
+        print(f"{name:<11} {acc} {tok} {g.mean():+7.2f} ({g.min():+.2f}..{g.max():+.2f}) {r['beat']:>3}/{splits} "
+              f"{r['beat_ci']:>4} {r['matched']:>3}/{splits} {ms:>8} {gap:>20}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="600 problems, 1 order")
+    ap.add_argument("--quick", action="store_true", help="600 problems, 1 order, 200 bootstrap resamples")
     ap.add_argument("--problems", type=int, default=2000)
     ap.add_argument("--orders", type=int, default=2)
     ap.add_argument("--splits", type=int, default=SPLITS)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the simulated pools")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples of the gain interval")
+    ap.add_argument("--folds", type=int, default=1, help="learned: choose its setting on out-of-fold calibration "
+                    "outcomes of this many folds (1: in-sample, on the tables' own calibration problems)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the simulated pools (the benchmark's: 0)")
     ap.add_argument("--pools", default="default,weak")
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--policies", default="", help="comma-separated subset (default: every registered policy)")
     ap.add_argument("--json", default="", help="also write every number to this JSON file")
     args = ap.parse_args()
-    problems, orders = (600, 1) if args.quick else (args.problems, args.orders)
+    problems, orders, bootstrap = (600, 1, 200) if args.quick else (args.problems, args.orders, args.bootstrap)
     names = [n for n in (args.policies.split(",") if args.policies else POLICIES.names()) if n not in FIXED]
     budgets = [int(b) for b in args.budgets.split(",")]
     out, notes = {}, []
     start = time.perf_counter()
     for pool in args.pools.split(","):
         batch = simulated_batch(problems, orders, pool, args.seed)
-        out[pool] = run_pool(batch, names, budgets, args.splits, notes)
+        out[pool] = run_pool(batch, names, budgets, args.splits, notes, bootstrap, args.folds)
         for n_max in budgets:
             print_table(pool, n_max, out[pool][n_max], args.splits)
-    print(f"\n{problems} problems x 64 samples x {orders} orders per pool, {args.splits} splits; "
-          f"{time.perf_counter() - start:.0f} s")
+    print(f"\n{problems} problems x 64 samples x {orders} orders per pool (simulate seed {args.seed}), "
+          f"{args.splits} splits, {bootstrap} bootstrap resamples; {time.perf_counter() - start:.0f} s")
     for note in sorted(set(notes)):
         print("note:", note)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"problems": problems, "orders": orders, "results": out, "notes": notes}, fh, indent=1,
-                      default=str)
+            json.dump({"problems": problems, "orders": orders, "seed": args.seed, "results": out, "notes": notes},
+                      fh, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+from live_fakes import FakeConfig, FakeServer
 
 from optscale.serve import build_serve_config, create_app
 
@@ -15,13 +16,15 @@ from optscale.serve import build_serve_config, create_app
 class Proxy:
     """``with Proxy(upstream_url, scorer="confidence", n_max=4) as proxy``: ``proxy.base_url``, ``proxy.app``."""
 
-    def __init__(self, upstream: str, env: dict[str, str] | None = None, wait_ready: bool = True, **settings: Any):
+    def __init__(self, upstream: str, env: dict[str, str] | None = None, wait_ready: bool = True,
+                 ready_timeout: float = 20.0, **settings: Any):
         values = {"upstream": upstream, "model": "fake-model", "scorer": "confidence", "keepalive_s": 0.05,
                   "client": {"backoff": 0.01, "backoff_max": 0.05, "idle_timeout": 2, "timeout": 20, "retries": 2},
                   **settings}
         self.config = build_serve_config(values, env={})
         self.app = create_app(self.config, env=env or {})
         self.wait_ready = wait_ready
+        self.ready_timeout = ready_timeout
 
     @property
     def service(self):
@@ -38,7 +41,7 @@ class Proxy:
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         self._sock = sock
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.ready_timeout
         while not self._server.started:
             if time.monotonic() > deadline:
                 raise RuntimeError("the proxy did not start")
@@ -60,3 +63,26 @@ class Proxy:
     @property
     def base_url(self) -> str:
         return self.url("/v1")
+
+
+class FaultyUpstream(FakeServer):
+    """The fake upstream with timed rate limits: fault ``"429:S"`` answers 429 with ``Retry-After: S``.
+
+    ``arrivals`` holds the monotonic time of every generation request (faulty or not), so a
+    test can see when the proxy came back after a ``Retry-After``.
+    """
+
+    def __init__(self, config: FakeConfig | None = None):
+        self.arrivals: list[float] = []
+        super().__init__(config)
+
+    async def _generate(self, body: dict[str, Any], chat: bool):
+        self.arrivals.append(time.monotonic())
+        with self._lock:
+            fault = self.config.faults[0] if self.config.faults else None
+            timed = isinstance(fault, str) and fault.startswith("429:")
+            if timed:
+                self.config.faults.pop(0)
+        if timed:
+            return self._error(429, "rate limited", {"retry-after": fault.partition(":")[2]})
+        return await super()._generate(body, chat)

@@ -164,7 +164,7 @@ def test_table_combines_result_files(pool_file, tmp_path, cli):
     assert out.count(r"\multicolumn{2}{c}{toy}") == 1 and "Best-of-N (BoN) ($N=4$)" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("dataset,policy\nx,bon\n")
-    one_error(*cli("table", bad)[::2], f"{bad}:2")
+    one_error(*cli("table", bad)[::2], f"{bad}:2 field n_max")
 
 
 def test_sweep_any_setting_objectives_and_splits(pool_file, tmp_path, cli):
@@ -187,3 +187,120 @@ def test_sweep_any_setting_objectives_and_splits(pool_file, tmp_path, cli):
     assert "envelope" in stdout and "over 2 split seeds" in stdout
     selected = (out / "selected.csv").read_text()
     assert "gain_vs_envelope_ci_low" in selected.splitlines()[0]
+
+
+# ----------------------------------------------------------------------------- review 9 regressions
+
+
+@pytest.mark.parametrize("value", ["8,nan", "8,inf", "8,1e400"])
+def test_sweep_budgets_must_be_finite(pool_file, tmp_path, cli, value):
+    # nan raised ValueError and inf/1e400 OverflowError (tracebacks) in the budgets parser.
+    one_error(*cli("sweep", pool_file, "--n-max", value, "--out", tmp_path / "sw")[::2], "--n-max")
+
+
+def test_demo_with_one_problem_fails_before_any_work(tmp_path, cli, monkeypatch):
+    import optscale.simulate
+
+    monkeypatch.setattr(optscale.simulate, "simulate_pool", lambda *a, **k: pytest.fail("simulated anyway"))
+    code, err = cli("demo", "--problems", 1, "--out", tmp_path / "d")[::2]
+    one_error(code, err, "--problems")
+    assert not (tmp_path / "d").exists()
+
+
+def test_sweep_default_grid_names_no_flag_the_user_did_not_type(pool_file, tmp_path, cli):
+    code, _, err = cli("sweep", pool_file, "--policy", "bon", "--n-max", "8", "--orders", 2, "--out", tmp_path / "sw")
+    assert code == 0 and "--s-min" not in err, err
+
+
+def test_settings_are_never_silently_ignored_or_overridden(pool_file, tmp_path, cli):
+    # priors read by nobody: optscale0 fits by maximum likelihood
+    one_error(*cli("replay", pool_file, "--policy", "optscale0", "--set", "priors=/proc/self/mem")[::2], "--set priors")
+    # a peek beyond the budget is fixed Best-of-N in disguise
+    one_error(*cli("replay", pool_file, "--n-max", 8, "--set", "peek=99999999999999999999")[::2], "--set peek")
+    # a repeated setting is refused, not last-one-wins
+    code, err = cli("replay", pool_file, "--set", "alpha=0.8", "--set", "alpha=0.9")[::2]
+    one_error(code, err, "--set")
+    assert "'alpha' is given twice" in err
+    # a swept setting cannot also be fixed
+    code, err = cli("sweep", pool_file, "--n-max", "8", "--s-min", "0.8,0.9", "--set", "s_min=0.9",
+                    "--out", tmp_path / "sw")[::2]
+    one_error(code, err, "--s-min")
+    one_error(*cli("sweep", pool_file, "--policy", "firstpass", "--n-max", "8", "--grid", "t=0.8,0.9", "--set", "t=0.9",
+                   "--out", tmp_path / "sw")[::2], "--grid t")
+    # a fixed setting replaces the default grid of that setting instead of being overridden by it
+    code, _, err = cli("sweep", pool_file, "--n-max", "8", "--set", "s_min=0.9", "--alpha", "0.5,0.9", "--orders", 2,
+                       "--out", tmp_path / "sw")
+    assert code == 0, err
+    header, *rows = (tmp_path / "sw" / "grid.csv").read_text().splitlines()
+    assert "s_min" not in header.split(",") and len(rows) == 2 * 2  # two alphas, calibration and held out
+
+
+def test_set_nan_says_finite(pool_file, cli):
+    code, err = cli("replay", pool_file, "--set", "s_min=nan")[::2]
+    one_error(code, err, "--set s_min")
+    assert "finite number" in err
+
+
+def test_replay_warns_when_the_budget_exceeds_the_pool(pool_file, cli):
+    code, out, err = cli("replay", pool_file, "--policy", "bon", "--n-max", 100, "--orders", 2, "--json")
+    assert code == 0, err
+    assert "warning: --n-max 100 exceeds the pool's 16 samples" in err
+    assert any("exceeds" in note for note in json.loads(out)["notes"])
+    code, out, err = cli("replay", pool_file, "--policy", "bon", "--n-max", 16, "--orders", 2, "--json")
+    assert code == 0 and "warning" not in err and json.loads(out)["notes"] == []
+
+
+def test_replay_counts_grading_timeouts(tmp_path, cli, monkeypatch):
+    import importlib
+
+    grading = importlib.import_module("optscale.answers.grade")
+    monkeypatch.setattr(grading._worker, "grade", lambda gold, prediction, timeout: grading.Grade(False, "timeout"))
+    grading._grade_cached.cache_clear()
+    pool = tmp_path / "ungraded.jsonl"
+    write_pool(pool, [PoolProblem.model_validate({"id": f"p{i}", "question": "q", "answer": "2", "samples": [
+        {"answer": f"{i}{j}", "score": 0.5, "tokens": 10} for j in range(4)]}) for i in range(3)])
+    try:
+        code, out, err = cli("replay", pool, "--policy", "bon", "--n-max", 4, "--orders", 1, "--json")
+    finally:
+        grading._grade_cached.cache_clear()
+    assert code == 0, err
+    assert "grading timed out on 12 answer(s)" in err
+    assert any("timed out" in note for note in json.loads(out)["notes"])
+
+
+def test_nstar_never_prints_negative_zero(cli):
+    code, out, err = cli("nstar", "--mu", "0.9", "--sigma", "0.1", "--s-min", "1", "--n-max", "64")
+    assert code == 0 and "= 0.0000" in out and "-0.0000" not in out, err
+
+
+def test_nstar_nan_sigma_says_number(cli):
+    code, err = cli("nstar", "--mu", "0.9", "--sigma", "nan")[::2]
+    one_error(code, err, "--sigma")
+    assert "got nan" in err and "[nan]" not in err
+
+
+def _results_csv(path, **change):
+    row = {"dataset": "toy", "policy": "bon", "n_max": "8", "accuracy": "0.5", "ci_low": "0.4", "ci_high": "0.6",
+           "mean_tokens": "1000"} | change
+    path.write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"accuracy": "nan"}, "accuracy"), ({"accuracy": "1.5"}, "accuracy"), ({"ci_low": "-0.1"}, "ci_low"),
+    ({"mean_tokens": "1e400"}, "mean_tokens"), ({"mean_tokens": "-3"}, "mean_tokens"), ({"n_max": "-5"}, "n_max"),
+    ({"n_max": "9" * 401}, "n_max"), ({"n_max": "2.5"}, "n_max"), ({"policy": ""}, "policy"), ({"dataset": " "}, "dataset"),
+])
+def test_table_validates_every_field(tmp_path, cli, change, field):
+    path = _results_csv(tmp_path / "res.csv", **change)
+    one_error(*cli("table", path)[::2], f"{path}:2 field {field}")
+
+
+def test_table_refuses_to_overwrite_its_input(tmp_path, cli):
+    path = _results_csv(tmp_path / "res.csv")
+    before = path.read_bytes()
+    code, out, err = cli("table", path)
+    assert code == 0 and "Best-of-N (BoN)" in out, err
+    one_error(*cli("table", path, "--out", path)[::2], "--out")
+    one_error(*cli("table", path, "--out", tmp_path / "sub" / ".." / "res.csv")[::2], "--out")
+    assert path.read_bytes() == before

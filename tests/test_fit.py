@@ -175,3 +175,16 @@ def test_flag_names_of_scalar_and_shaped_fits():
     assert moments_to_params(0.7, 0.1).flag_names() == ["ok"]
     grid = moments_to_params(np.full((2, 3), 0.7), 0.1)
     assert grid.flag_names() == ["ok"] * 6 and len(grid) == 6
+
+
+@pytest.mark.parametrize("fit", [fit_mle, lambda s: fit_map(s, 0.8, 0.1)])
+def test_a_flat_list_of_scores_is_refused_not_read_as_many_problems(fit):
+    # fit_mle([0.9, 0.95, 0.99]) silently fitted three one-sample problems.
+    with pytest.raises(InputError, match=r"for one problem pass \[scores\]") as info:
+        fit([0.9, 0.95, 0.99])
+    assert info.value.where == "samples[0]"
+    with pytest.raises(InputError) as info:
+        fit(np.array([0.9, 0.95, 0.99]))
+    assert info.value.where == "samples"
+    one = fit([[0.9, 0.95, 0.99]])
+    assert len(one) == 1 and one.n[0] == 3

@@ -125,16 +125,37 @@ def test_pool_draws_the_full_budget_for_offline_replay(tmp_path, monkeypatch, ca
     ("no_question", "problem 'c9' has no 'question' text"),
     ("missing_model", "error: --model: required"),
     ("temperature", "error: --temperature: Input should be greater than or equal to 0"),
+    # review 9: item 4b (not finite), 4e (port), 10 (query string), 5 (offset and config file places)
+    ("temperature_inf", "error: --temperature: Input should be a finite number"),
+    ("timeout_inf", "error: --timeout: Input should be a finite number"),
+    ("port", "error: --base-url: 'http://127.0.0.1:99999/v1' has an invalid port (use 1-65535)"),
+    ("query", "error: --base-url: 'http://127.0.0.1:"),
+    ("offset", "error: --offset: skips 99 problems, but "),
+    ("config_n_max", "run.toml key n_max: Input should be less than or equal to 1000000"),
+    ("config_temperature", "run.toml key temperature: Input should be a finite number"),
+    ("config_offset", "run.toml key offset: skips 99 problems"),
+    ("config_setting", "run.toml key policy_settings.s_min: Input should be less than 1"),
 ])
 def test_bad_input_gives_one_clear_line_and_leaves_no_run_folder(case, expected, tmp_path, monkeypatch, capsys):
+    """A bad value is named as the user gave it (flag, or config file and key); no folder is left behind."""
     data, out = dataset(tmp_path), tmp_path / "run"
     config = fakes.FakeConfig(logprobs=case != "no_logprobs")
     with fakes.FakeServer(config) as server:
         args = run_args(data, server.base_url, out)
         if case == "model":
             args[args.index(fakes.MODEL)] = "gpt-99"
+        if case in ("port", "query"):
+            i = args.index("--base-url") + 1
+            args[i] = "http://127.0.0.1:99999/v1" if case == "port" else args[i] + "?api-key=QSECRET42"
+        if case.startswith("config_"):
+            toml = tmp_path / "run.toml"
+            toml.write_text({"config_n_max": "n_max = 100000000000000\n", "config_temperature": "temperature = inf\n",
+                             "config_offset": "offset = 99\n", "config_setting": "[policy_settings]\ns_min = 7\n"}[case])
+            args += ["--config", toml]
         extra = {"policy_setting": ["--set", "alpha_typo=1"], "policy_value": ["--set", "s_min=7"],
-                 "n_max": ["--n-max", "0"], "policy": ["--policy", "nope"], "temperature": ["--temperature", "-1"]}
+                 "n_max": ["--n-max", "0"], "policy": ["--policy", "nope"], "temperature": ["--temperature", "-1"],
+                 "temperature_inf": ["--temperature", "inf"], "timeout_inf": ["--timeout", "1e400"],
+                 "offset": ["--offset", "99"]}
         args += extra.get(case, [])
         if case == "scorer_setting":
             args[args.index("confidence")] = "judge"
@@ -151,8 +172,9 @@ def test_bad_input_gives_one_clear_line_and_leaves_no_run_folder(case, expected,
             code, _, err = run_cli(args, monkeypatch, capsys)
     if case == "unreachable":  # the server is gone now
         code, _, err = run_cli(args, monkeypatch, capsys)
-    assert code == 2 and expected in err and "Traceback" not in err, err
-    assert not (out / "samples.jsonl").exists() and not (out / "config.json").exists()
+    assert code == 2 and expected in err and "Traceback" not in err and "QSECRET42" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # review 9 item 13: not even an empty folder (the unreachable server included)
 
 
 def test_run_help_shows_bracketed_defaults_and_placeholders(monkeypatch, capsys):
@@ -264,16 +286,99 @@ def test_a_server_error_that_echoes_the_key_is_masked_in_the_log_and_on_screen(t
     assert "sk-SECRET-KEY-1" not in err
 
 
-def test_the_store_masks_known_secrets_in_every_line_it_writes(tmp_path):
-    store = RunStore(tmp_path, redact=Redactor(["sk-LEAKED-KEY"]))
-    store.prepare({"model": "m"}, {"note": "sk-LEAKED-KEY"})
+def test_the_store_masks_known_secrets_in_error_values_only(tmp_path):
+    """Masking runs over the values that may echo a key (a server's error), never over whole lines.
+
+    Review 9 item 1: with ``--api-key test`` every ``"test"`` in the folder (the dataset split)
+    became ``***`` and the run could not resume; with ``token`` every ``tokens`` field was renamed.
+    """
+    store = RunStore(tmp_path, redact=Redactor(["token", "test"]))
+    store.prepare({"model": "m", "split": "test"}, {"note": "test"})
     store.open()
     asyncio.run(store.append({"type": "failed", "id": "a#0", "problem": "a", "index": 0, "tokens": 0,
-                              "error": "HTTP 401: bad key sk-LEAKED-KEY"}))
-    asyncio.run(store.finish({"id": "a", "note": "sk-LEAKED-KEY"}))
+                              "error": "HTTP 401: bad key Bearer token"}))
+    asyncio.run(store.append({"type": "sample", "id": "a#1", "problem": "a", "index": 1, "tokens": 5, "score": 0.5,
+                              "answer": "test", "text": "a test token"}))
+    asyncio.run(store.finish({"id": "a", "tokens": 5, "note": "test"}))
     store.close()
-    written = "".join(p.read_text() for p in tmp_path.iterdir() if p.is_file())
-    assert "sk-LEAKED-KEY" not in written and written.count("***") == 3
+    failed, sample = lines(tmp_path / "samples.jsonl")
+    assert failed["error"] == "HTTP 401: bad key Bearer ***" and failed["tokens"] == 0
+    assert sample["answer"] == "test" and sample["text"] == "a test token" and sample["tokens"] == 5
+    assert lines(tmp_path / "problems.jsonl") == [{"id": "a", "tokens": 5, "note": "test"}]
+    assert json.loads((tmp_path / "config.json").read_text()) == {"identity": {"model": "m", "split": "test"},
+                                                                 "runtime": {"note": "test"}}
+    assert RunStore(tmp_path).compatible({"model": "m", "split": "test"})
+
+
+@pytest.mark.parametrize("secret", ["key:test", "key:token", "url:answer:boxed"])
+def test_keys_that_are_common_words_leave_an_intact_resumable_folder_with_no_secret(secret, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Review 9 item 1, end to end: a key that is also a word in the records never rewrites them.
+
+    A failing request makes the server echo the Authorization it received into an error
+    that is logged; that echo is masked, and nothing else changes.
+    """
+    data, out = dataset(tmp_path, 2), tmp_path / "run"
+    kind, _, value = secret.partition(":")
+    with fakes.FakeServer(fakes.FakeConfig(faults=[None, "echo_key_500"])) as server:
+        url = server.base_url.replace("http://", f"http://{value}@") if kind == "url" else server.base_url
+        args = run_args(data, url, out, "--policy", "bon", "--n-max", "2", "--retries", "0",
+                        *(["--api-key", value] if kind == "key" else []))
+        code, _, err = run_cli(args, monkeypatch, capsys)
+        assert code == 0, err
+        served = len(server.served)
+        sent = {auth for _, auth in server.auth}
+        code, _, err = run_cli(args, monkeypatch, capsys)
+        assert code == 0 and "resumed" in err and len(server.served) == served, err
+    auth = sent - {None}
+    assert len(auth) == 1  # what the server was sent (Bearer key, or Basic user:password)
+    [echoed] = auth
+    config = json.loads((out / "config.json").read_text())
+    assert config["identity"]["split"] == "test" and "api_key" not in config["runtime"]
+    samples = lines(out / "samples.jsonl")
+    [failed] = [r for r in samples if r["type"] == "failed"]
+    assert failed["error"].endswith(f"Incorrect API key provided: {echoed.split()[0]} ***")
+    kept = [r for r in samples if r["type"] == "sample"]
+    assert len(kept) == 4 and all({"tokens", "answer", "prompt_tokens", "tokens_source"} <= set(r) for r in kept)
+    assert all(r["answer"] is not None and r["answer"] in r["text"] for r in kept)
+    problems = lines(out / "problems.jsonl")
+    assert len(problems) == 2 and all(isinstance(p["tokens"], int) and p["n_samples"] == 2 for p in problems)
+    written = "".join(p.read_text() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))
+    assert "***s" not in written and '"***"' not in written
+    assert echoed not in written  # the Authorization as sent: "Bearer <key>" or "Basic <base64 of user:pw>"
+    if kind == "url":
+        assert echoed.split()[1] not in written and "answer:boxed" not in written
+        assert all(r["endpoint"].startswith("http://***@") for r in kept)
+        assert config["runtime"]["base_url"][0].startswith("http://***@")
+    assert list(iter_pool(out / "pool.jsonl"))
+
+
+@pytest.mark.parametrize("who", ["generator", "judge"])
+def test_a_key_refused_in_the_middle_of_a_run_names_the_flag_that_holds_it(who, tmp_path, monkeypatch, capsys):
+    """Review 9 item 5: a mid-run HTTP 401 printed ``error: api_key: ...``, a name nobody typed."""
+    from fastapi.responses import JSONResponse
+
+    data, out = dataset(tmp_path, 2), tmp_path / "run"
+    gen = fakes.FakeServer(fakes.FakeConfig(faults=[None, "echo_key"] if who == "generator" else []))
+    judge = fakes.FakeServer()
+
+    @judge.app.middleware("http")
+    async def revoked(request, call_next):  # the checks pass, the run's first judge call is refused
+        if request.url.path.endswith("/chat/completions") and "Problem c" in (await request.body()).decode():
+            return JSONResponse({"error": {"message": f"key {request.headers.get('authorization')} revoked"}}, 401)
+        return await call_next(request)
+
+    with gen, judge:
+        args = run_args(data, gen.base_url, out, "--policy", "bon", "--n-max", "2", "--api-key", "sk-GEN-KEY-1")
+        if who == "judge":
+            args[args.index("confidence")] = "judge"
+            args += ["--scorer-set", f"base_url={judge.base_url}", "--scorer-set", "api_key=sk-JUDGE-KEY-2"]
+        code, _, err = run_cli(args, monkeypatch, capsys)
+    flag = "--api-key" if who == "generator" else "--scorer-set api_key"
+    assert code == 2 and f"error: {flag}: HTTP 401 from http://127.0.0.1:" in err and "Traceback" not in err, err
+    assert "sk-GEN-KEY-1" not in err and "sk-JUDGE-KEY-2" not in err
+    assert json.loads((out / "config.json").read_text())["identity"]["policy"] == "bon"
+    lines(out / "samples.jsonl")  # every logged line is whole
 
 
 def test_printed_errors_never_show_a_known_key_whatever_raised_them(tmp_path, monkeypatch, capsys):
@@ -358,6 +463,72 @@ def test_dataset_encoding_errors_are_located_and_gzip_is_read(kind, tmp_path, mo
     else:
         assert code == 0, err
         assert [p["id"] for p in lines(tmp_path / "run" / "problems.jsonl")] == ["g0"]
+
+
+@pytest.mark.parametrize("where", ["folder", "cwd"])
+def test_a_folder_that_holds_something_else_is_never_taken_over(where, tmp_path, monkeypatch, capsys):
+    """Review 9 item 2: ``--out DIR`` (or ``--out .``) overwrote pool.jsonl and report/ of any folder."""
+    data = dataset(tmp_path, 1)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "pool.jsonl").write_text("keep me\n")
+    (other / "notes.txt").write_text("mine\n")
+    before = {p.name: p.read_text() for p in other.iterdir()}
+    with fakes.FakeServer() as server:
+        if where == "cwd":
+            monkeypatch.chdir(other)
+        code, _, err = run_cli(run_args(data, server.base_url, "." if where == "cwd" else other, "--policy", "bon",
+                                        "--n-max", "1"), monkeypatch, capsys)
+        assert code == 2 and "error: --out: " in err and "is not empty and holds no run" in err, err
+        assert {p.name: p.read_text() for p in other.iterdir()} == before and len(server.served) == 0
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        code, _, err = run_cli(run_args(data, server.base_url, empty, "--policy", "bon", "--n-max", "1"),
+                               monkeypatch, capsys)
+    assert code == 0 and (empty / "pool.jsonl").exists(), err  # an empty folder is a new run's
+
+
+def test_unknown_token_counts_are_shown_as_unknown_not_zero(tmp_path, monkeypatch, capsys):
+    """Review 9 item 7: a server with no usage, no logprobs and no streaming gave "tokens (all requests) 0"."""
+    from fastapi.responses import JSONResponse
+
+    data, out = dataset(tmp_path, 2), tmp_path / "run"
+    server, judge = fakes.FakeServer(), fakes.FakeServer()
+
+    @server.app.middleware("http")
+    async def bare(request, call_next):  # every answer without usage or logprobs (the judge's server is normal)
+        if request.url.path.endswith("/chat/completions"):
+            gold = fakes.fake_gold(json.loads(await request.body())["messages"][-1]["content"])
+            return JSONResponse({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": f"q=0.9000 The answer is \\boxed{{{gold}}}."}}]})
+        return await call_next(request)
+
+    with server, judge:
+        args = [a for a in run_args(data, server.base_url, out, "--policy", "bon", "--n-max", "2", "--no-stream")
+                if a != "--no-report"]
+        args[args.index("confidence")] = "judge"
+        code, _, err = run_cli(args + ["--scorer-set", f"base_url={judge.base_url}"], monkeypatch, capsys)
+        assert code == 0, err
+        confidence = run_args(data, server.base_url, tmp_path / "conf", "--no-stream")
+        code, _, err2 = run_cli(confidence, monkeypatch, capsys)
+    assert "unknown (4 responses uncounted)" in err
+    assert all(p["tokens_unknown"] == 2 for p in lines(out / "problems.jsonl"))
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["total_tokens"] is None and summary["uncounted_responses"] == 4
+    assert code == 2 and "error: --scorer: the server returned no token logprobs" in err2, err2
+    assert not (tmp_path / "conf").exists()
+
+
+def test_invalid_usage_reports_are_flagged_and_counted_in_the_summary(tmp_path, monkeypatch, capsys):
+    """Review 9 item 9: samples with an impossible usage report were not flagged and no summary showed them."""
+    data, out = dataset(tmp_path, 1), tmp_path / "run"
+    with fakes.FakeServer(fakes.FakeConfig(faults=[None, "negative_usage", "huge_usage", "float_usage"])) as server:
+        code, _, err = run_cli(run_args(data, server.base_url, out, "--policy", "bon", "--n-max", "3",
+                                        "--in-flight", "1"), monkeypatch, capsys)
+    assert code == 0, err
+    assert sum(r["flag"] == "usage_invalid" for r in lines(out / "samples.jsonl")) == 3
+    assert "flagged samples / failed requests" in err and "3 / 0" in err
+    assert "invalid usage reports" in err
 
 
 def test_the_runner_closes_the_generator_when_the_scorer_cannot_be_built(tmp_path, monkeypatch):

@@ -48,6 +48,20 @@ def test_offset_limit_and_field_names(tmp_path):
     assert [(p.id, p.question, p.answer) for p in got] == [("k1", "q1", "1"), ("k2", "q2", "2")]
 
 
+def test_an_offset_past_the_end_names_the_offset(tmp_path):
+    """Review 9 item 5: ``--offset 99`` was reported as ``ds.jsonl: no problems selected``."""
+    path = write_jsonl(tmp_path / "x.jsonl", [{"id": f"k{i}", "question": f"q{i}"} for i in range(3)])
+    with pytest.raises(InputError, match="skips 99 problems, but .*x.jsonl has only 3") as info:
+        load_problems(DatasetSpec(str(path), offset=99))
+    assert info.value.where == "offset"
+    assert [p.id for p in load_problems(DatasetSpec(str(path), offset=2))] == ["k2"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(InputError, match="no problems in it") as info:
+        load_problems(DatasetSpec(str(empty)))
+    assert info.value.where == str(empty)
+
+
 def test_a_row_without_a_question_names_the_line_and_the_problem(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"id": "ok", "question": "q"}, {"id": "p7", "answer": "1"}])
     with pytest.raises(InputError, match="problem 'p7' has no 'question' text") as info:
@@ -120,7 +134,7 @@ def test_config_files_and_flags_merge_flags_winning(tmp_path):
 
 def test_config_errors_name_the_setting(tmp_path):
     with pytest.raises(InputError) as info:
-        build_config({}, {"dataset": "d", "out": "o", "base_url": ["u"], "scorer": "judge"})
+        build_config({}, {"dataset": "d", "out": "o", "base_url": ["http://h/v1"], "scorer": "judge"})
     assert info.value.where == "model"
     with pytest.raises(InputError) as info:
         build_config({}, base_flags(scorer="oracle"))
@@ -148,6 +162,57 @@ def test_config_errors_name_the_setting(tmp_path):
         load_config_file(bad)
 
 
+def test_a_policy_setting_given_at_its_default_is_the_same_run_as_none():
+    """Review 9 item 8: ``--set alpha=0.9`` (the default) used to be a different run than no ``--set``."""
+    plain = build_config({}, base_flags())
+    for settings in ({"alpha": "0.9"}, {"alpha": 0.9, "s_min": "0.95"}):
+        assert build_config({}, base_flags(policy_settings=settings)).identity() == plain.identity()
+    assert build_config({}, base_flags(policy_settings={"alpha": "0.8"})).identity() != plain.identity()
+    stored = plain.identity() | {"policy_settings": {"alpha": 0.9}}  # written by a version that kept it
+    assert plain.normalise_identity(stored) == plain.identity()
+
+
+@pytest.mark.parametrize("values, where", [
+    ({"temperature": float("inf")}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"timeout": float("inf")}, "timeout"), ({"idle_timeout": float("inf")}, "idle_timeout"),
+    ({"client": {"backoff": float("inf")}}, "client.backoff"), ({"top_p": float("nan")}, "top_p"),
+])
+def test_settings_that_are_not_finite_numbers_are_refused_by_name(values, where):
+    """Review 9 item 4b: ``--temperature inf`` crashed writing config.json (after the server check)."""
+    with pytest.raises(InputError, match="finite number") as info:
+        build_config(values, base_flags())
+    assert info.value.where == where
+
+
+def test_the_run_budget_is_bounded_as_the_policies_bound_it():
+    """Review 9 item 14: one bound of N for every engine, the policies' N_MAX_LIMIT."""
+    from optscale.policies.common import N_MAX_LIMIT
+
+    assert build_config({}, base_flags(n_max=N_MAX_LIMIT)).n_max == N_MAX_LIMIT
+    with pytest.raises(InputError, match=f"less than or equal to {N_MAX_LIMIT}") as info:
+        build_config({}, base_flags(n_max=N_MAX_LIMIT + 1))
+    assert info.value.where == "n_max"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:99999/v1", "invalid port"), ("http://h:0/v1", "invalid port"),
+    ("http://h/v1?api-key=QSECRET42", "query string"), ("http://h/v1#QSECRET42", "fragment"),
+])
+def test_server_urls_with_a_bad_port_or_a_query_are_refused_without_showing_it(url, message):
+    """Review 9 items 4e and 10: port 99999 crashed inside httpx; a query string was mangled and printed."""
+    with pytest.raises(InputError, match=message) as info:
+        build_config({}, base_flags(base_url=[url]))
+    assert info.value.where == "base_url" and "QSECRET42" not in str(info.value)
+
+
+def test_a_key_and_url_credentials_together_are_refused():
+    """Review 9 item 16: httpx sent the URL's userinfo as Basic auth and silently dropped the bearer key."""
+    with pytest.raises(InputError, match="Basic auth") as info:
+        build_config({}, base_flags(base_url=["http://alice:PW12@h/v1"], api_key="sk-key"))
+    assert info.value.where == "api_key" and "PW12" not in str(info.value) and "sk-key" not in str(info.value)
+    assert build_config({}, base_flags(base_url=["http://alice:PW12@h/v1"])).client.api_key is None
+
+
 def test_flat_and_nested_config_files_build_the_same_settings_models(tmp_path):
     flat = build_config({"temperature": 0.2, "timeout": 30, "concurrency": 3, "limit": 5, "split": "train"},
                         base_flags())
@@ -167,7 +232,7 @@ def test_identity_is_computed_from_normalised_settings():
     b = build_config({"policy_settings": {"s_min": 0.90, "peek": 3}}, base_flags())
     c = build_config({}, base_flags(policy_settings={"s_min": "9e-1", "peek": "3.0"}))
     assert a.identity() == b.identity() == c.identity()
-    assert a.identity()["policy_settings"] == {"peek": 3, "s_min": 0.9}
+    assert a.identity()["policy_settings"] == {"s_min": 0.9}  # peek=3 is the default: the same run as without it
     assert build_config({}, base_flags(policy_settings={"s_min": "0.91"})).identity() != a.identity()
     judge = build_config({}, base_flags(scorer="judge", scorer_settings={"concurrency": "4"}))
     assert judge.identity() == build_config({}, base_flags(scorer="judge")).identity()

@@ -354,3 +354,49 @@ def test_a_body_that_cannot_be_decoded_is_a_transient_failure():
     with pytest.raises(RequestFailed, match="DecodingError"):
         run_with(lambda: OpenAIGenerator("http://server/v1", MODEL, GenerationSettings(stream=False), client=FAST,
                                          transport=httpx.MockTransport(handler)), lambda g: g.generate(PROMPT))
+
+
+# -- regressions of review 9 ---------------------------------------------------------------
+def test_the_logprobs_check_fails_when_the_server_reports_neither_logprobs_nor_usage():
+    """Review 9 item 7: the check let through a server whose answer had text but no token count."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": MODEL}]})
+        return httpx.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop",
+                                                      "message": {"content": "OK"}}]})
+
+    with pytest.raises(InputError, match="returned no token logprobs") as info:
+        run_with(lambda: OpenAIGenerator("http://server/v1", MODEL, GenerationSettings(stream=False), client=FAST,
+                                         transport=httpx.MockTransport(handler)),
+                 lambda g: g.check(need_logprobs=True, why="scorer"))
+    assert info.value.where == "scorer"
+
+
+@pytest.mark.parametrize("names", ["", "scorer."])
+def test_a_key_and_credentials_in_the_url_are_refused_not_one_silently_dropped(names):
+    """Review 9 item 16: httpx sends a URL's userinfo as Basic auth; the bearer key was silently not sent."""
+    with pytest.raises(InputError, match="Basic auth") as info:
+        OpenAIGenerator("http://bob:PW-123@server/v1", MODEL, client=FAST.model_copy(update={"api_key": "sk-KEY-9"}),
+                        names=names)
+    assert info.value.where == names + "api_key"
+    assert "PW-123" not in str(info.value) and "sk-KEY-9" not in str(info.value)
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"choices": [{"index": 0, "message": {"content": "x"}}]})
+
+    for url, key, expected in [("http://bob:PW-123@server/v1", None, "Basic "), ("http://server/v1", "sk-KEY-9",
+                                                                                 "Bearer sk-KEY-9")]:
+        run_with(lambda: OpenAIGenerator(url, MODEL, GenerationSettings(stream=False),
+                                         client=FAST.model_copy(update={"api_key": key}),
+                                         transport=httpx.MockTransport(handler)), lambda g: g.generate(PROMPT))
+        assert sent[-1].startswith(expected)
+
+
+@pytest.mark.parametrize("url", ["http://server/v1?api-key=QSECRET42", "http://server:99999/v1"])
+def test_a_url_with_a_query_or_a_bad_port_is_refused_up_front(url):
+    """Review 9 items 10 and 4e: a query string was mangled into request paths and printed; port 99999 crashed."""
+    with pytest.raises(InputError) as info:
+        OpenAIGenerator(url, MODEL, client=FAST)
+    assert info.value.where == "base_url" and "QSECRET42" not in str(info.value)

@@ -377,3 +377,58 @@ def test_an_impossible_usage_report_is_flagged_on_the_sample():
     [sample] = res.samples
     assert sample["tokens"] == server.served[0].sent > 0 and sample["tokens_source"] == "logprobs"
     assert "completion_tokens -5" in sample["usage_invalid"] and res.summary["sample_tokens"] == sample["tokens"]
+
+
+# -- regressions of review 9 ---------------------------------------------------------------
+def test_the_prompt_of_a_request_for_several_samples_is_counted_once():
+    """Review 9 item 6: each of ``n`` choices copied the request's prompt_tokens, so sums counted it n times."""
+    with fakes.FakeServer() as server:
+        [res] = run(server, problems(1), make_policy("bon", 4), stream=False,
+                    settings=SamplerSettings(concurrency=1, in_flight=4, n_per_request=4))
+    from optscale.live.prompts import PromptTemplate
+
+    prompt = len(PromptTemplate().render(problems(1)[0].question).messages[-1]["content"].split())  # as the fake counts
+    sizes = [s["prompt_tokens"] for s in sorted(res.samples, key=lambda s: s["index"])]
+    assert len(server.served) == 1 and sizes == [prompt, 0, 0, 0]
+    assert res.summary["prompt_tokens"] == prompt
+
+
+def test_a_sample_with_an_invalid_usage_report_counts_as_flagged():
+    """Review 9 item 9: samples carried usage_invalid but ``flag`` stayed null and nothing counted them."""
+    with fakes.FakeServer(fakes.FakeConfig(faults=["negative_usage", None, "huge_usage"])) as server:
+        [res] = run(server, problems(1), make_policy("bon", 3), logprobs=True,
+                    settings=SamplerSettings(concurrency=1, in_flight=1))
+    flags = [s["flag"] for s in sorted(res.samples, key=lambda s: s["index"])]
+    assert flags == ["usage_invalid", None, "usage_invalid"]
+    assert res.summary["n_flagged"] == 2 and res.summary["n_usage_invalid"] == 2
+
+
+def test_responses_whose_tokens_nobody_reported_are_counted_as_unknown():
+    """Review 9 item 7: no streaming, no usage and no logprobs gave ``tokens 0`` with nothing saying so."""
+    def handler(request):
+        import httpx
+
+        return httpx.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "content": "The answer is \\boxed{4}."}}]})
+
+    async def go():
+        import httpx
+
+        from optscale.live.scorers import Score
+
+        class Half:
+            needs_logprobs = False
+
+            async def score(self, items):
+                return [Score(0.5) for _ in items]
+
+            async def aclose(self):
+                pass
+
+        async with OpenAIGenerator("http://server/v1", fakes.MODEL, GenerationSettings(stream=False), client=FAST,
+                                   transport=httpx.MockTransport(handler)) as g:
+            return await sample_problems(problems(1), g, Half(), make_policy("bon", 2))
+
+    [res] = asyncio.run(go())
+    assert all(s["tokens"] == 0 and s["tokens_source"] == "unknown" for s in res.samples)
+    assert res.summary["tokens_unknown"] == 2 and res.summary["tokens"] == 0

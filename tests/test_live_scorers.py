@@ -20,7 +20,7 @@ from optscale.live.scorers import (
     scorer_settings,
     split_steps,
 )
-from optscale.live.scorers.base import positive_probability
+from optscale.live.scorers.base import positive_probability, reported_tokens, share_tokens
 
 
 def test_split_steps_uses_paragraphs():
@@ -62,7 +62,36 @@ def test_confidence_is_the_geometric_mean_token_probability():
         ScoreRequest("q", "text", None),
     ]))
     assert got[0].value == pytest.approx(math.sqrt(0.4)) and got[0].flag is None
-    assert got[1] == Score(0.0, flag="empty") and got[2] == Score(0.0, flag="no_logprobs")
+    assert got[1] == Score(0.0, flag="empty", tokens=0) and got[2] == Score(0.0, flag="no_logprobs", tokens=0)
+    assert got[0].tokens == 0  # no second model: the confidence costs no tokens
+
+
+@pytest.mark.parametrize("bad", [50.0, 0.01, math.nan, math.inf, -math.inf])
+def test_confidence_flags_logprobs_that_are_no_probabilities(bad):
+    """A positive (or non-finite) logprob used to give confidence 1.0 with no flag."""
+    [got] = asyncio.run(ConfidenceScorer().score([ScoreRequest("q", "text", (math.log(0.5), bad))]))
+    assert got.value == 0.0 and got.flag.startswith("invalid_logprobs: token 1")
+
+
+def test_confidence_accepts_a_logprob_of_zero_and_its_rounding():
+    [got] = asyncio.run(ConfidenceScorer().score([ScoreRequest("q", "text", (0.0, 1e-9))]))
+    assert got.value == pytest.approx(1.0) and got.flag is None
+
+
+@pytest.mark.parametrize("total, weights, expected", [
+    (10, [1, 1], [5, 5]), (12, [1, 2, 1], [3, 6, 3]), (10, [1, 2, 1], [3, 5, 2]),
+    (1, [3, 2], [1, 0]), (7, [0, 0], [4, 3]),
+    (None, [1, 2], [None, None]), (0, [5], [0]),
+])
+def test_share_tokens_splits_a_batch_total_by_size_and_keeps_the_sum(total, weights, expected):
+    got = share_tokens(total, weights)
+    assert got == expected and (total is None or sum(got) == total)
+
+
+@pytest.mark.parametrize("value, expected", [(5, 5), (0, 0), (-1, None), (True, None), (2.5, None), ("7", None),
+                                             (None, None), (10**30, None)])
+def test_reported_tokens_refuses_impossible_usage(value, expected):
+    assert reported_tokens(value) == expected
 
 
 def test_batching_scorer_batches_concurrent_requests():
@@ -199,7 +228,8 @@ def test_judge_reads_p_yes_from_top_logprobs():
     with fakes.FakeServer() as server:
         got = judge_scores(server.base_url, [ScoreRequest("Problem a: x?", SOLUTION), ScoreRequest("q", " ")])
     assert got[0].value == pytest.approx(0.8, abs=1e-6) and got[0].flag is None
-    assert got[1].flag == "empty" and got[1].value == 0.0
+    assert got[0].tokens == 10 + 1  # the judge server's usage: prompt and completion tokens
+    assert got[1].flag == "empty" and got[1].value == 0.0 and got[1].tokens == 0  # no call made
 
 
 def test_judge_without_logprobs_fails_its_check():
@@ -229,8 +259,10 @@ def test_vllm_prm_scores_each_step_in_one_batched_request():
                                            ScoreRequest("q", "q=0.2500\n\nno answer")], aggregate="min")
         assert server.pooled == 1 + 2  # the check's probe, then the two non-empty texts together
     assert got[0].steps == pytest.approx((0.8, 0.8, 0.8)) and got[0].value == pytest.approx(0.8)
-    assert got[1].flag == "empty"
+    assert got[1].flag == "empty" and got[1].tokens == 0
     assert got[2].steps == pytest.approx((0.25, 0.25))
+    # the fake server reports 1 token per pooling request: the batch's total, shared by size
+    assert got[0].tokens + got[2].tokens == 1 and got[0].tokens == 1
 
 
 def test_vllm_prm_of_the_wrong_shape_is_refused_with_a_hint():

@@ -262,3 +262,40 @@ def test_episodes_and_batches_refuse_scores_on_some_samples_only():
     with pytest.raises(InputError, match="missing, but the first sample of the pool has one") as info:
         build_batch(mixed, source="pool.jsonl")
     assert info.value.where == "pool.jsonl problem 'toy/2' field samples[1].score"
+
+
+# ----------------------------------------------------------------------------- review 9 regressions
+
+
+@pytest.mark.parametrize("name,settings,key", [
+    ("optscale0", {"priors": "/proc/self/mem"}, "priors"),  # OptScale^0 fits by maximum likelihood
+    ("optscale", {"priors": "p.jsonl"}, "priors"),  # the sequential rule's default estimator is the MLE
+    ("optscale0", {"prior_width": 0.1}, "prior_width"),
+])
+def test_priors_given_to_a_maximum_likelihood_fit_are_refused(name, settings, key):
+    with pytest.raises(InputError, match="only a MAP estimate reads") as info:
+        make_policy(name, 8, **settings)
+    assert info.value.where == f"settings.{key}"
+    assert make_policy("optscale", 8, estimator="map", priors="p.jsonl").priors == "p.jsonl"
+
+
+@pytest.mark.parametrize("name", ["optscale0", "optscale", "optscale-t", "beacon", "pandora"])
+def test_a_peek_beyond_the_budget_is_refused(name):
+    for peek in (9, 99999999999999999999):
+        with pytest.raises(InputError, match="at most n_max") as info:
+            make_policy(name, 8, peek=peek, **({"priors": "p.jsonl"} if name == "optscale-t" else {}))
+        assert info.value.where == "settings.peek" and "Value error" not in info.value.detail
+    assert make_policy(name, 2, **({"priors": "p.jsonl"} if name == "optscale-t" else {})).n_max == 2  # default peek
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_settings_say_finite(value):
+    with pytest.raises(InputError, match="finite number") as info:
+        make_policy("optscale0", 8, s_min=value)
+    assert info.value.where == "settings.s_min"
+
+
+def test_a_setting_given_twice_is_refused():
+    with pytest.raises(InputError, match="'alpha' is given twice") as info:
+        parse_settings(["alpha=0.8", "alpha = 0.9"])
+    assert info.value.where == "settings"

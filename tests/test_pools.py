@@ -629,7 +629,7 @@ def test_convert_refuses_to_overwrite_its_source(tmp_path: Path) -> None:
     link.symlink_to(src)
     for dst in (src, link, tmp_path / "sub" / ".." / "flat.jsonl"):
         (tmp_path / "sub").mkdir(exist_ok=True)
-        with pytest.raises(InputError, match="is the source table") as info:
+        with pytest.raises(InputError, match="names the same file as") as info:
             convert_flat(src, dst, columns=MAPPING)
         assert info.value.where == "dst"
         assert src.read_bytes() == before
@@ -761,6 +761,7 @@ def test_cli_convert_and_validate(tmp_path: Path, cli) -> None:
         ),
         "samples with an answer": f"{100 * answered:.1f}%",
         "accuracy of a random sample": f"{100 * accuracy:.1f}%",
+        "answers whose grading timed out (counted wrong)": "0",
         "mean tokens per sample": f"{sum(s.tokens for s in samples) / len(samples):.1f}",
     }
 
@@ -916,3 +917,63 @@ def test_shared_answer_pools_validate_and_replay() -> None:
             make_policy("optscale0", 8).replay(batch)
         assert info.value.where == f"{path.name} field samples[].score"
         assert "policy 'optscale0' needs sample scores" in info.value.detail
+
+
+# ----------------------------------------------------------------------------- review 9 regressions
+
+
+@pytest.mark.parametrize("dst", [".", "/", ""])
+def test_convert_to_a_folder_fails_before_reading(tmp_path: Path, cli, monkeypatch, dst: str) -> None:
+    # `convert flat.jsonl .` crashed with "PosixPath('.') has an empty name" after reading the table.
+    import optscale.pools.convert as convert_module
+
+    src = write_flat(tmp_path / "flat.jsonl", FLAT_ROWS, "jsonl")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(convert_module._READERS, "jsonl", lambda path: pytest.fail("read before checking DST"))
+    code, _, err = cli("convert", src, dst, *_column_flags())
+    assert code == 2 and err.startswith("error: DST: ") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_convert_refuses_a_destination_that_is_not_json_lines(tmp_path: Path, cli) -> None:
+    # `convert flat.jsonl out.csv` wrote JSON Lines into a .csv file.
+    src = write_flat(tmp_path / "flat.jsonl", FLAT_ROWS, "jsonl")
+    for name in ("out.csv", "out.jsonl.gz", "out.parquet"):
+        code, _, err = cli("convert", src, tmp_path / name, *_column_flags())
+        assert code == 2 and err.startswith("error: DST: ") and ".jsonl" in err, err
+        assert not (tmp_path / name).exists()
+
+
+def test_atomic_open_refuses_paths_without_a_file_name(tmp_path: Path) -> None:
+    from optscale.io import atomic_open, write_text
+
+    for path in (".", "/", "", tmp_path):
+        with pytest.raises(InputError, match="is a folder, not a file name"):
+            write_text(path, "x")
+    with pytest.raises(InputError) as info, atomic_open(tmp_path / "..", "w"):
+        pass
+    assert info.value.where == str(tmp_path / "..")
+
+
+def test_a_symlink_loop_is_not_reported_as_missing(tmp_path: Path, cli) -> None:
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    code, _, err = cli("validate", loop)
+    assert code == 2 and err.strip() == f"error: {loop}: cannot read: a symbolic link loop", err
+
+
+def test_validate_counts_grading_timeouts(tmp_path: Path, cli, monkeypatch) -> None:
+    import importlib
+
+    grading = importlib.import_module("optscale.answers.grade")
+    monkeypatch.setattr(grading._worker, "grade", lambda gold, prediction, timeout: grading.Grade(False, "timeout"))
+    grading._grade_cached.cache_clear()
+    path = write_problems(tmp_path / "pool.jsonl", [problem("a", samples=[sample("7"), sample("8")]),
+                                                     problem("b", samples=[sample("7", correct=True)])])
+    try:
+        code, out, err = cli("validate", path)
+    finally:
+        grading._grade_cached.cache_clear()
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if "timed out" in line)
+    assert row.split("│")[2].strip() == "2"

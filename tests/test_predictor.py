@@ -478,3 +478,56 @@ def test_cli_checks_outputs_before_working_and_names_flags(train_file, tmp_path,
     res = runner.invoke(app, ["predictor", "train", "--kind", "kernel", "--data", str(train_file), "--out",
                               str(tmp_path / "m"), "--param", "gammas=[]"])
     assert isinstance(res.exception, InputError) and res.exception.where == "--param gammas"
+
+
+# ----------------------------------------------------------------------------- review 9 regressions
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from optscale.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999", str(2**32)])
+def test_cli_seed_out_of_range_names_the_flag_before_any_work(train_file, tmp_path, seed):
+    # scikit-learn raised "Seed must be between 0 and 2**32 - 1" as a traceback.
+    for args in (("train", "--kind", "constant", "--data", train_file, "--out", tmp_path / "m"),
+                 ("evaluate", "--data", train_file)):
+        res = _cli("predictor", *args, "--seed", seed)
+        assert res.exit_code != 0 and isinstance(res.exception, InputError), res.output
+        assert res.exception.where == "--seed"
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_outputs_never_overwrite_inputs_or_each_other(train_file, tmp_path):
+    before = train_file.read_bytes()
+    res = _cli("predictor", "predict", train_file, "--out", train_file)
+    assert isinstance(res.exception, InputError) and res.exception.where == "--out", res.output
+    assert train_file.read_bytes() == before
+    res = _cli("predictor", "evaluate", "--data", train_file, "--plot", tmp_path / "c.png", "--json", tmp_path / "c.png")
+    assert isinstance(res.exception, InputError) and res.exception.where == "--json", res.output
+    res = _cli("predictor", "evaluate", "--data", train_file, "--json", train_file)
+    assert isinstance(res.exception, InputError) and res.exception.where == "--json", res.output
+    assert train_file.read_bytes() == before and not (tmp_path / "c.png").exists()
+
+
+def test_embedding_disk_cache_is_bounded_and_read_with_a_bound(fake_encoder, monkeypatch):
+    encoder, fake = fake_encoder
+    monkeypatch.setattr(encoder, "DISK_ENTRIES", 5)
+    for i in range(8):
+        encoder.embed([f"text {i}"])
+    cache = encoder._disk_cache(256)
+    kept = cache.read()
+    newest = [encoder.hashlib.sha1(f"text {i}".encode()).hexdigest() for i in range(3, 8)]
+    assert list(kept) == newest and len(cache.shards()) == 1  # the newest 5 survive, oldest first
+    assert list(cache.read(2)) == newest[-2:]  # a bounded read takes the newest
+    # A fresh process reads no more than its memo holds.
+    monkeypatch.setattr(encoder, "MEMO_ENTRIES", 2)
+    monkeypatch.setattr(encoder, "_memo", type(encoder._memo)())
+    monkeypatch.setattr(encoder, "_disk_read", set())
+    fake.encoded.clear()
+    encoder.embed(["text 7"])
+    assert fake.encoded == [] and len(encoder._memo) == 2

@@ -388,3 +388,80 @@ def test_streaming_arrays_replay_chunk_by_chunk_exactly_like_one_batch(tmp_path)
     one, chunked = replay_policies(batch, pols, seed=1), replay_policies(source, pols, seed=1)
     assert [s.as_dict() for s in one.stats] == [s.as_dict() for s in chunked.stats]
     assert one.to_json()["envelope"] == chunked.to_json()["envelope"]
+
+
+# ----------------------------------------------------------------------------- review 9 regressions
+
+
+def test_staged_dir_removes_staging_left_by_a_killed_run_and_keeps_live_ones(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from optscale.io import staged_dir
+
+    out = tmp_path / "r"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = out / f".staging-{dead.pid}-abc"  # a report writer killed halfway
+    (killed / "sub").mkdir(parents=True)
+    (killed / "sub" / "table.md").write_text("half")
+    live = out / f".staging-{os.getppid()}-def"  # another writer still running
+    live.mkdir()
+    with staged_dir(out, "out") as stage:
+        (stage / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new"
+    assert not killed.exists() and live.is_dir()
+    assert [p.name for p in out.glob(".staging-*")] == [live.name]
+
+
+def test_staged_dir_doc_says_where_it_stages_and_what_a_crash_leaves():
+    from optscale.io import staged_dir
+
+    doc = " ".join(staged_dir.__doc__.split())
+    assert "inside ``out``" in doc and "beside" not in doc and "crash" in doc
+
+
+def test_check_sweep_refuses_a_setting_both_swept_and_fixed():
+    from optscale.replay import check_sweep
+
+    for kwargs, place in [(dict(s_mins=[0.8, 0.9], settings={"s_min": "0.9"}), "s_mins"),
+                          (dict(grid={"peek": ["3", "4"]}, settings={"peek": "5"}), "grid.peek")]:
+        with pytest.raises(InputError, match="both swept and fixed") as info:
+            check_sweep("optscale0", [8], **kwargs)
+        assert info.value.where == place
+
+
+def test_table_labels_come_from_the_policy_classes():
+    from optscale.policies import POLICIES
+    from optscale.report import METHOD_NAMES
+
+    assert set(METHOD_NAMES) == set(POLICIES.names())
+    for name, cls in POLICIES.items():
+        assert cls.label and METHOD_NAMES[name] == cls.label
+    assert list(METHOD_NAMES)[:7] == ["bon", "sc", "esc", "asc", "optscale0", "optscale-t", "optscale"]
+    rows = [{"dataset": "d", "policy": "pandora", "n_max": 8, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+             "mean_tokens": 10.0}]
+    assert "| Pandora's box | 8 |" in paper_table(rows)
+
+
+def test_nstar_map_defaults_come_from_the_optscale_model(tmp_path, monkeypatch):
+    import optscale.policies.optscale as optscale_policies
+    import optscale.stats
+    from optscale.policies import OptScale0
+    from optscale.report.plots import nstar_plot
+
+    fields = OptScale0.model_fields
+    assert optscale_policies.DEFAULT_TARGET == (fields["s_min"].default, fields["alpha"].default)
+    seen = {}
+
+    def capture(mu, sigma, s_min, alpha, n_max):
+        seen.update(s_min=s_min, alpha=alpha)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(optscale_policies, "DEFAULT_TARGET", (0.5, 0.6))  # the one place
+    monkeypatch.setattr(optscale.stats, "min_samples", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        nstar_plot(tmp_path / "n.png")
+    assert seen == {"s_min": 0.5, "alpha": 0.6}

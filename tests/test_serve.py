@@ -15,9 +15,11 @@ import openai
 import pytest
 from serve_fakes import Proxy
 
+from conftest import toy_pool
 from optscale.compose import build_policy
 from optscale.errors import InputError
 from optscale.policies import POLICIES, ConstantPriors
+from optscale.policies.learned import fit_table
 from optscale.replay import build_batch
 from optscale.serve import build_serve_config
 from optscale.serve.limits import FairLimiter
@@ -378,34 +380,52 @@ def test_idempotency_key_returns_the_stored_result_without_sampling_again(upstre
 PRIORS = ConstantPriors(0.7, 0.2, 0.1, 0.05)
 
 
+def fitted_table(directory, n_max: int = 8, name: str = "t8.json"):
+    """A stopping table fitted on a toy calibration pool, saved as ``directory/name``."""
+    directory.mkdir(exist_ok=True)
+    calib = build_batch(toy_pool(problems=80, samples=n_max, seed=5), orders=3, seed=1)
+    return fit_table(calib, n_max, budget=0.3).save(directory / name)
+
+
 @pytest.mark.parametrize("name", POLICIES.names())
-def test_proxy_decisions_equal_offline_replay(name):
+def test_proxy_decisions_equal_offline_replay(name, tmp_path):
     """Samples recorded through the proxy, replayed offline, give the same stop and the same choice."""
     settings = {"priors": PRIORS} if name == "optscale-t" else {}
+    server = {"policy": name, "policy_settings": settings}
+    request = {}
+    if name == "learned":  # a fitted table, named by the request among the server's tables
+        settings = {"table": str(fitted_table(tmp_path / "tables"))}
+        server = {"policy": "bon", "tables_dir": str(tmp_path / "tables")}
+        request = {"policy": "learned", "table": "t8.json"}
     try:
         build_policy(name, 8, settings)
-    except InputError as exc:  # e.g. a fitted table, a server-side file this test cannot make
+    except InputError as exc:  # a server-side file this test cannot make
         pytest.skip(f"{name} needs server-side settings: {exc}")
     config = fakes.FakeConfig(seed=11, min_tokens=8, max_tokens=16)
-    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=8, in_flight=1, policy=name,
-                                               policy_settings=settings) as px:
+    questions = (Q, "Problem p12: how many?")  # a hard problem and an easy one (low and high scores)
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=8, in_flight=1, **server) as px:
         c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
 
-        def record(**options):
+        def record(question, **options):
             up._rng = random.Random(11)  # the same draws for both requests
-            r = c.chat.completions.create(model="fake-model", messages=MESSAGES,
+            r = c.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": question}],
                                           extra_body={"optscale": {"return_samples": True, **options}})
             return r.model_extra["optscale"]
 
-        live = record()
-        full = record(policy="bon", n_max=8)
-    samples = full["samples"]
-    assert [s["text"] for s in live["samples"]] == [s["text"] for s in samples[:live["n_used"]]]
-    problem = SimpleNamespace(id="p1", question=Q, samples=[
-        SimpleNamespace(score=s["score"], answer=s["answer"], tokens=s["tokens"], correct=False) for s in samples])
-    decisions = build_policy(name, 8, settings).replay(build_batch([problem]))
-    assert live["n_used"] == decisions.n_used[0, 0]
-    assert live["chosen_index"] == decisions.chosen[0, 0]
+        runs = [(q, record(q, **request), record(q, policy="bon", n_max=8)) for q in questions]
+    for i, (question, live, full) in enumerate(runs):
+        assert live["policy"] == name and live["settings"].get("table") == request.get("table")
+        samples = full["samples"]
+        assert [s["text"] for s in live["samples"]] == [s["text"] for s in samples[:live["n_used"]]]
+        problem = SimpleNamespace(id=f"q{i}", question=question, samples=[
+            SimpleNamespace(score=s["score"], answer=s["answer"], tokens=s["tokens"], correct=False)
+            for s in samples])
+        decisions = build_policy(name, 8, settings).replay(build_batch([problem]))
+        assert live["n_used"] == decisions.n_used[0, 0], question
+        assert live["chosen_index"] == decisions.chosen[0, 0], question
+    print("DBG", name, [r[1]["n_used"] for r in runs])
+    if name == "learned":  # the table decides something on these samples (it stops early on the easy one)
+        assert runs[1][1]["n_used"] < 8
 
 
 # -- parts -----------------------------------------------------------------------------------------

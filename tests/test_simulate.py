@@ -65,7 +65,7 @@ def test_same_seed_same_pool_and_streams_are_independent(population):
 
 def test_pool_records_follow_the_pool_format(population):
     pool = simulate_pool(12, 16, seed=0, population=population)
-    assert [p.id for p in pool] == [f"sim/{i:04d}" for i in range(12)]
+    assert [p.id for p in pool] == [f"sim0/{i:04d}" for i in range(12)]
     for problem in pool:
         extra = problem.model_dump()
         assert {"mu", "sigma", "level"} <= extra.keys() and problem.question
@@ -73,7 +73,7 @@ def test_pool_records_follow_the_pool_format(population):
         for sample in problem.samples:
             assert 0.0 <= sample.score <= 1.0 and isinstance(sample.tokens, int) and sample.tokens >= 1
             assert sample.correct == (sample.answer == problem.answer)
-    assert simulate_pool(10001, 1, seed=0, population=population)[-1].id == "sim/10000"
+    assert simulate_pool(10001, 1, seed=0, population=population)[-1].id == "sim0/10000"
 
 
 def test_scores_are_exactly_truncated_normal_with_the_true_parameters(population):
@@ -319,3 +319,78 @@ def test_cli_rejects_bad_flags_with_one_clear_line(tmp_path, monkeypatch, capsys
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("error: ") and f"{flag}:" in err
     assert out.read_text() == "keep me\n"
+
+
+def test_ids_and_questions_carry_the_seed_so_other_seeds_are_other_problems(population):
+    from optscale.priors import PopulationPriors
+
+    a, b = simulate_pool(20, 8, 3, population), simulate_pool(20, 8, 4, population)
+    assert a[0].id == "sim3/0000" and b[0].id == "sim4/0000" and "seed 3" in a[0].question
+    assert not {p.id for p in a} & {p.id for p in b}
+    prior = PopulationPriors.fit([[s.score for s in p.samples] for p in a], [p.id for p in a], [p.question for p in a])
+    # Fitted on seed 3: refused as a leak on seed 3's problems, accepted on seed 4's.
+    with pytest.raises(InputError, match="calibration data of the population prior"):
+        prior.priors([p.id for p in a], [p.question for p in a])
+    assert prior.priors([p.id for p in b], [p.question for p in b]) is not None
+
+
+@pytest.mark.parametrize("value", [10**9, 1e9, 1e20, 10_001])
+def test_wrong_answers_is_bounded_with_a_located_error(population, value):
+    with pytest.raises(InputError, match="from 1 to 10,000") as info:
+        simulate_arrays(5, 4, 0, population, wrong_answers=value)
+    assert info.value.where == "wrong_answers"
+
+
+def test_many_wrong_answers_stay_small_and_fast(population):
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    sim = simulate_arrays(400, 64, 1, population, wrong_answers=10_000)
+    elapsed = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # problems x wrong answers = 4e6 probabilities (32 MB); never problems x samples x wrong answers (2 GB)
+    assert peak < 400e6 and elapsed < 20, (peak, elapsed)
+    assert sim.wrong.shape == (400, 10_000) and sim.answer.max() <= 10_000
+    # The same draws as the unblocked categorical: identical to a small-block run of the same seed.
+    few = simulate_arrays(30, 16, 2, population, wrong_answers=7)
+    rng = np.random.SeedSequence(2).spawn(6)[4]
+    draw = np.random.default_rng(rng)
+    gold = draw.integers(10, 1000, 30)
+    draw.integers(1, 50, (30, 7))
+    share = draw.dirichlet(np.full(7, population.model["wrong_concentration"]), 30)
+    u = draw.random((30, 16))
+    expected = 1 + (u[..., None] * share.cumsum(axis=1)[:, None, -1:] >= share.cumsum(axis=1)[:, None, :]).sum(-1)
+    expected = np.minimum(expected, 7)
+    wrong = few.answer > 0
+    assert np.array_equal(few.answer[wrong], expected[wrong]) and np.array_equal(few.gold, gold)
+    with pytest.raises(InputError, match="problems x 5000 wrong answers") as info:
+        simulate_arrays(10_000, 1, 0, population, wrong_answers=5000)
+    assert info.value.where == "wrong_answers"
+
+
+@pytest.mark.parametrize("extra, flag", [(["--wrong-answers", "1000000000"], "--wrong-answers"),
+                                         (["--set", "wrong_answers=1e20"], "--set wrong_answers"),
+                                         (["--set", "wrong_answers=1e9"], "--set wrong_answers")])
+def test_cli_bounds_wrong_answers(tmp_path, monkeypatch, capsys, extra, flag):
+    code, _, err = run_cli(["simulate", "--out", tmp_path / "p.jsonl", *extra], monkeypatch, capsys)
+    assert code != 0 and err.startswith(f"error: {flag}: must be an integer from 1 to 10,000"), err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_cli_refuses_a_folder_or_unwritable_out_before_simulating(tmp_path, monkeypatch, capsys):
+    import optscale.cli.simulate as cli
+
+    def boom(*args, **kwargs):
+        raise AssertionError("simulated before checking --out")
+
+    monkeypatch.setattr(cli, "simulate_pool", boom)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.chdir(tmp_path)
+    for out, text in ((".", "is a folder"), (tmp_path, "is a folder"), (blocker / "pool.jsonl", "--out:")):
+        code, _, err = run_cli(["simulate", "--out", out, "--problems", 3, "--samples", 2], monkeypatch, capsys)
+        assert code != 0 and err.startswith("error: --out:") and text in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -1,5 +1,6 @@
 """Exact statistics: N* closed form vs brute force, Monte Carlo, extremes, invariants."""
 
+import math
 import warnings
 
 import numpy as np
@@ -243,3 +244,15 @@ def test_vectorised_over_mixed_regimes():
     single = [min_samples(m, s, 0.8, 0.9, n_max=64) for m, s in zip(mu, sigma)]
     assert out.tolist() == single
     assert out.tolist()[1:5] == [11, 1, 64, 64]  # uniform: ceil(ln 0.1 / ln 0.8) = 11; point masses at 1, 0, 0.7
+
+
+def test_prob_best_at_least_is_never_negative_zero():
+    # `nstar --s-min 1` printed "Pr(...) = -0.0000": -expm1(0.0) is -0.0.
+    p = float(prob_best_at_least(1.0, 0.9, 0.1, 64))
+    assert p == 0.0 and math.copysign(1.0, p) == 1.0
+
+
+def test_nan_sigma_is_called_not_a_number():
+    with pytest.raises(InputError) as info:
+        min_samples_detail(0.9, float("nan"), 0.95, 0.9)
+    assert info.value.where == "sigma" and "got nan" in info.value.detail and "[nan]" not in info.value.detail

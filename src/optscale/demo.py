@@ -67,6 +67,21 @@ def _priors_file(problems, path: Path, seed: int) -> Path:
     return path
 
 
+def check_demo(out: Path, problems: int, samples: int, orders: int, seed: int) -> tuple[Path, int, int]:
+    """Every argument of :func:`run_demo` checked, and ``out`` created and proven writable, before any
+    work; errors name ``n_problems``, ``n_samples``, ``orders``, ``seed`` or ``out``."""
+    from .simulate import check_sizes
+
+    check_sizes(problems, samples)
+    if problems < 2:
+        raise InputError(f"the demo splits problems into a calibration and a held-out half: needs at least 2, "
+                         f"got {problems}", "n_problems")
+    if samples < min(BUDGETS):
+        raise InputError(f"the demo's smallest budget is {min(BUDGETS)}; got {samples}", "n_samples")
+    orders, seed = check_orders(orders), check_seed(seed)
+    return ensure_out_dir(out, "out"), orders, seed
+
+
 def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = 8, seed: int = 0, progress=None) -> DemoSummary:
     """Simulate, tune, replay and write the report into ``out``.
 
@@ -75,13 +90,9 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = 8,
     """
     from .pools import PoolProblem, write_pool
     from .report import write_replay_report, write_rows
-    from .simulate import check_sizes, simulate_pool
+    from .simulate import simulate_pool
 
-    check_sizes(problems, samples)
-    if samples < min(BUDGETS):
-        raise InputError(f"the demo's smallest budget is {min(BUDGETS)}; got {samples}", "n_samples")
-    orders, seed = check_orders(orders), check_seed(seed)
-    out = ensure_out_dir(out, "out")
+    out, orders, seed = check_demo(out, problems, samples, orders, seed)
     summary = DemoSummary()
     task = progress.add_task("demo", total=3 + len(TUNED)) if progress else None
     step = (lambda: progress.advance(task)) if progress else (lambda: None)

@@ -6,18 +6,20 @@ traceback for unreadable paths (``/proc/self/mem``, a folder, a missing file).
 
 Writing: every file goes through a temporary file in the same folder that is fsynced,
 renamed over the target and followed by an fsync of the folder, so a crash or a full disk
-never leaves half a file behind; :func:`staged_dir` does the same for a whole set of files
-(a report), which appears all at once or not at all.
+never leaves half a file behind; :func:`staged_dir` writes a whole set of files (a report)
+first and moves them into place only once every one of them was written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import IO, Any
 from .errors import InputError
 
 __all__ = [
-    "MAX_LINE_BYTES", "StrPath", "atomic_open", "ensure_out_dir", "iter_objects", "numbered_lines", "read_json",
+    "MAX_LINE_BYTES", "StrPath", "atomic_open", "check_out_file", "ensure_out_dir", "iter_objects", "numbered_lines", "read_json",
     "read_text", "same_file", "staged_dir", "write_bytes", "write_json", "write_jsonl", "write_text",
 ]
 
@@ -50,12 +52,15 @@ def _open_binary(path: StrPath) -> Iterator[IO[bytes]]:
     name = _name(path)
     p = Path(path)
     try:
-        if not p.exists():
-            raise InputError("file not found", name)
-        if not p.is_file():
+        if not p.is_file():  # a folder, a device, a FIFO; stat's own errors are told apart below
+            os.stat(p)
             raise InputError("not a regular file", name)
         raw = open(p, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise InputError("file not found", name) from None
+        if exc.errno == errno.ELOOP:
+            raise InputError("cannot read: a symbolic link loop", name) from None
         raise _cannot("read", exc, name) from None
     try:
         if p.suffix == ".gz":
@@ -174,6 +179,7 @@ def atomic_open(path: StrPath, mode: str = "w") -> Iterator[IO]:
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
     name = _name(path)
+    _check_file_name(target, name, name)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         handle = open(temporary, "x" if mode == "w" else "xb",  # noqa: SIM115 - closed below
@@ -194,6 +200,35 @@ def atomic_open(path: StrPath, mode: str = "w") -> Iterator[IO]:
             raise _cannot("write", exc, name) from exc
         raise
     _fsync_dir(target.parent)
+
+
+def _check_file_name(target: Path, name: str, where: str) -> None:
+    """A file path must end in a name (``.``, ``/`` and ``""`` do not) and not be a folder."""
+    if not target.name or target.name == ".." or target.is_dir():
+        shown = "" if where == name else f"{name or repr(name)} "
+        raise InputError(f"{shown}is a folder, not a file name", where)
+
+
+def check_out_file(path: StrPath, where: str | None = None, inputs: Iterable[StrPath] = ()) -> Path:
+    """Fail before any work when the output file ``path`` cannot be written: no file name, a folder,
+    an unwritable folder, or one of ``inputs`` (the command's input files and its other outputs,
+    compared through links and ``..``).
+
+    Errors name ``where`` (default: the path).
+    """
+    target = Path(path)
+    where = where or _name(path)
+    _check_file_name(target, _name(path), where)
+    for other in inputs:
+        if other is not None and _same_place(path, other):
+            raise InputError(f"names the same file as {_name(other)!r}; write to another file", where)
+    ensure_out_dir(target.parent, where)
+    return target
+
+
+def _same_place(a: StrPath, b: StrPath) -> bool:
+    """The same existing file, or the same path once resolved (for files not written yet)."""
+    return same_file(a, b) or Path(a).resolve() == Path(b).resolve()
 
 
 def write_bytes(path: StrPath, data: bytes) -> Path:
@@ -255,16 +290,46 @@ def ensure_out_dir(path: StrPath, where: str | None = None) -> Path:
     return out
 
 
+#: Staging folders of :func:`staged_dir`; the writer's process id follows the prefix.
+_STAGING = ".staging-"
+#: A staging folder whose writer cannot be identified counts as abandoned after this long.
+_STALE_S = 24 * 3600
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether a staging folder was left by a writer that no longer runs (killed mid-report)."""
+    pid = folder.name[len(_STAGING):].partition("-")[0]
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # alive, owned by another user
+        return False
+    try:
+        return not pid.isdigit() and time.time() - folder.stat().st_mtime > _STALE_S
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def staged_dir(out: StrPath, where: str | None = None) -> Iterator[Path]:
-    """Write a set of files into a hidden staging folder beside ``out``; publish them together.
+    """Write a set of files into a hidden staging folder inside ``out``; move them in once all are written.
 
-    On success every staged file is renamed into ``out`` (replacing older versions); on any
-    failure the staging folder is removed and ``out`` keeps exactly what it had.
+    The staging folder lives inside ``out`` so that every move is a rename on one file system.
+    On success each staged file is renamed into ``out`` (replacing its older version); a
+    reader sees every file either whole-old or whole-new, and only a crash during that short
+    loop of renames can leave a mix of the two sets. On any failure while writing, the staging
+    folder is removed and ``out`` keeps exactly what it had. Staging folders abandoned by an
+    earlier run that was killed are removed on entry.
     """
     target = ensure_out_dir(out, where)
+    for old in target.glob(_STAGING + "*"):
+        if old.is_dir() and _abandoned(old):
+            shutil.rmtree(old, ignore_errors=True)
     try:
-        staging = Path(tempfile.mkdtemp(dir=target, prefix=".staging-"))
+        staging = Path(tempfile.mkdtemp(dir=target, prefix=f"{_STAGING}{os.getpid()}-"))
     except OSError as exc:
         raise _cannot("write", exc, where or _name(out)) from None
     try:

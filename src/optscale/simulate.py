@@ -89,6 +89,7 @@ from .stats import truncnorm
 __all__ = [
     "FORMAT",
     "MAX_DRAWS",
+    "MAX_WRONG_ANSWERS",
     "MODEL_KEYS",
     "Population",
     "VERIFIERS",
@@ -133,7 +134,7 @@ _KIND_TEXT = {
     "positive": "a finite number > 0",
     "correlation": "a number in [-1, 1]",
     "probability": "a number in [0, 1]",
-    "count": "an integer >= 1",
+    "count": "an integer from 1 to {MAX_WRONG_ANSWERS:,}",
 }
 
 _ACCEPTS = {
@@ -142,19 +143,24 @@ _ACCEPTS = {
     "positive": lambda v: math.isfinite(v) and v > 0,
     "correlation": lambda v: -1 <= v <= 1,
     "probability": lambda v: 0 <= v <= 1,
-    "count": lambda v: float(v).is_integer() and v >= 1,
+    "count": lambda v: float(v).is_integer() and 1 <= v <= MAX_WRONG_ANSWERS,
 }
 
 # Independent random streams, so that changing one part of the model (say the number of
 # wrong answers) leaves every other draw of the same seed unchanged.
 _STREAMS = ("problems", "latents", "scores", "correct", "answers", "tokens")
 
+#: Most distinct wrong answers per problem (``wrong_answers``): every problem keeps a probability
+#: for each, so memory grows with problems x wrong answers (see also :data:`MAX_DRAWS`).
+MAX_WRONG_ANSWERS = 10_000
+
 
 def _check_value(name: str, value: Any) -> float:
     kind = MODEL_KEYS[name]
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if not ok or not _ACCEPTS[kind](float(value)):
-        raise InputError(f"must be {_KIND_TEXT[kind]}, got {value!r}", name)
+        raise InputError(f"must be {_KIND_TEXT[kind].format(MAX_WRONG_ANSWERS=MAX_WRONG_ANSWERS)}, got {value!r}",
+                         name)
     return int(value) if kind == "count" else float(value)
 
 
@@ -301,6 +307,18 @@ def _categorical(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(index, weights.shape[-1] - 1)
 
 
+def _categorical_rows(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``_categorical`` of row ``p`` of ``weights`` ``(P, K)`` at every ``u[p, i]`` ``(P, S)``, in blocks
+    of rows so that memory stays near ``P x K`` (never ``P x S x K``)."""
+    out = np.empty(u.shape, dtype=np.int64)
+    p, s = u.shape
+    step = max(1, 4_000_000 // max(1, s * weights.shape[1]))
+    for lo in range(0, p, step):
+        w, x = weights[lo:lo + step], u[lo:lo + step]
+        out[lo:lo + step] = _categorical(np.repeat(w, s, axis=0), x.ravel()).reshape(x.shape)
+    return out
+
+
 def latent_easiness(mu, sigma, noise, model: Mapping[str, float]) -> np.ndarray:
     """``eta_p``: the standardised easiness seen in the scores, blurred by ``noise`` (see module doc)."""
     mean, _ = truncnorm.mean_std(mu, sigma)
@@ -387,11 +405,14 @@ def simulate_arrays(
     correct = rng["correct"].random(shape) < special.expit(logit)
 
     k = int(model["wrong_answers"])
+    if n_problems * k > MAX_DRAWS:
+        raise InputError(f"{n_problems} problems x {k} wrong answers exceed {MAX_DRAWS:,} (each problem keeps a "
+                         "probability per wrong answer); simulate fewer problems or wrong answers", "wrong_answers")
     draw = rng["answers"]
     gold = draw.integers(10, 1000, n_problems)
     wrong = gold[:, None] + np.cumsum(draw.integers(1, 50, (n_problems, k)), axis=1)
     share = draw.dirichlet(np.full(k, model["wrong_concentration"]), n_problems)
-    pick = 1 + _categorical(np.repeat(share, n_samples, axis=0), draw.random(n_problems * n_samples)).reshape(shape)
+    pick = 1 + _categorical_rows(share, draw.random(shape))
     blank = draw.random(shape) < model["no_answer_rate"]
     answer = np.where(correct, 0, np.where(blank, -1, pick))
 
@@ -419,7 +440,8 @@ def simulate_pool(
 
     ``overrides`` replace model constants (:data:`MODEL_KEYS`, e.g. ``discrimination=2``);
     ``levels`` keeps only problems of those difficulty levels; ``verifier="weak"`` makes the
-    scores less informative of correctness (:data:`VERIFIERS`). Ids are ``sim/0000``...; each
+    scores less informative of correctness (:data:`VERIFIERS`). Ids are ``sim<seed>/0000``... (the
+    seed in the id and the question: pools of two seeds are different problems); each
     problem also carries its true ``mu``, ``sigma`` and ``level``, which tests and plots can
     compare with estimates.
     """
@@ -427,9 +449,10 @@ def simulate_pool(
     width = max(4, len(str(n_problems - 1)))
     problems = []
     for p in range(n_problems):
-        names = [str(sim.gold[p]), *(str(w) for w in sim.wrong[p])]
+        gold, wrong = sim.gold[p], sim.wrong[p]
         samples = [
-            {"answer": None if a < 0 else names[a], "score": s, "tokens": t, "correct": c}
+            {"answer": None if a < 0 else str(gold if a == 0 else wrong[a - 1]), "score": s, "tokens": t,
+             "correct": c}
             for a, s, t, c in zip(
                 sim.answer[p].tolist(), sim.scores[p].tolist(), sim.tokens[p].tolist(), sim.correct[p].tolist()
             )
@@ -437,9 +460,10 @@ def simulate_pool(
         problems.append(
             PoolProblem.model_validate(
                 {
-                    "id": f"sim/{p:0{width}d}",
-                    "question": f"Simulated problem {p} (level {sim.level[p]}); its scores follow TN(mu, sigma).",
-                    "answer": names[0],
+                    "id": f"sim{seed}/{p:0{width}d}",
+                    "question": f"Simulated problem {p} of seed {seed} (level {sim.level[p]}); its scores follow "
+                                "TN(mu, sigma).",
+                    "answer": str(gold),
                     "samples": samples,
                     "mu": float(sim.mu[p]),
                     "sigma": float(sim.sigma[p]),

@@ -30,7 +30,7 @@ if importlib.util.find_spec("httpx") is None:  # say so instead of failing on th
     raise InputError("live sampling needs the live extra: pip install 'optscale[live]'", "optscale run")
 
 from ..io import read_text  # noqa: E402 - after the check of the live extra
-from ..live.config import FLAT, RunConfig, build_config, load_config_file  # noqa: E402
+from ..live.config import FLAT, RunConfig, build_config, load_config_file, setting_places  # noqa: E402
 from ..live.scorers import SCORERS  # noqa: E402
 from ..live.secrets import Redactor  # noqa: E402
 from ..policies import POLICIES, parse_settings, settings_help  # noqa: E402
@@ -155,8 +155,9 @@ def _text_or_file(value: str | None, flag: str) -> str | None:
         raise InputError(exc.detail, f"{flag} {exc.where}") from None
 
 
-def _config(values: dict[str, Any], config_file: Path | None, policy_pairs: list[str] | None,
-            scorer_pairs: list[str] | None) -> RunConfig:
+def _values(values: dict[str, Any], config_file: Path | None, policy_pairs: list[str] | None,
+            scorer_pairs: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config file's values and the flags' values (flags not given are None)."""
     file_values = load_config_file(config_file) if config_file else {}
     values["out"] = str(values["out"]) if values.get("out") is not None else None
     values["system"] = _text_or_file(values.get("system"), "--system")
@@ -166,7 +167,18 @@ def _config(values: dict[str, Any], config_file: Path | None, policy_pairs: list
         values["scorer_settings"] = parse_settings(scorer_pairs)
     except InputError as exc:
         raise InputError(exc.detail, "--scorer-set") from None
-    return build_config(file_values, values)
+    return file_values, values
+
+
+def _names(names: dict[str, str], file_values: dict[str, Any], flag_values: dict[str, Any],
+           config_file: Path | None) -> dict[str, str]:
+    """``names`` where a setting the config file gave (and no flag overrode) is named by file and key."""
+    given = {k: v for k, v in flag_values.items() if v is not None and v != [] and v != {}}
+    from_file = setting_places(file_values) - setting_places(given)
+    if config_file is None:
+        return names
+    return names | {"config": str(config_file)} | {place: f"{config_file} key {place}" for place in from_file} \
+        | {place + ".": f"{config_file} key {place}." for place in from_file}
 
 
 class _ProgressListener:
@@ -218,6 +230,8 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
     tokens = sum(r.tokens for r in finished)
     prompt = [r.summary.get("prompt_tokens") for r in finished]
     cancelled = sum(r.summary.get("cancelled_tokens", 0) for r in finished)
+    uncounted = sum(r.summary.get("tokens_unknown", 0) for r in finished)
+    invalid = sum(r.summary.get("n_usage_invalid", 0) for r in finished)
     flagged = sum(r.summary.get("n_flagged", 0) for r in finished)
     failed = sum(r.summary.get("n_failed", 0) for r in finished)
     table = Table(title=escape(f"run {out}" + (" (resumed)" if outcome.resumed else "")), show_header=False)
@@ -229,11 +243,16 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
     if finished:
         table.add_row("samples per problem", f"{samples / len(finished):.2f} (budget {n_max})")
         table.add_row("samples saved vs budget", f"{100 * (1 - samples / (n_max * len(finished))):.1f}%")
-        table.add_row("tokens (all requests)", f"{tokens:,} ({tokens / len(finished):,.0f} per problem)")
+        if uncounted:
+            table.add_row("tokens (all requests)", f"unknown ({uncounted} responses uncounted)")
+        else:
+            table.add_row("tokens (all requests)", f"{tokens:,} ({tokens / len(finished):,.0f} per problem)")
         known = all(isinstance(p, int) for p in prompt)
         table.add_row("prompt tokens", f"{sum(prompt):,}" if known else "unknown (not reported by the server)")
         table.add_row("tokens of cancelled requests", f"{cancelled:,}")
         table.add_row("flagged samples / failed requests", f"{flagged} / {failed}")
+        if invalid:
+            table.add_row("invalid usage reports (counted tokens used)", f"{invalid}")
     table.add_row("wall time", f"{outcome.wall_s:.1f} s")
     return table
 
@@ -335,7 +354,9 @@ def run(
     for key in ("config_file", "settings", "scorer_set", "show_progress", "report"):
         values.pop(key)
     with flags(RUN_FLAGS):
-        config = _config(values, config_file, settings, scorer_set)
+        file_values, flag_values = _values(values, config_file, settings, scorer_set)
+    with flags(_names(RUN_FLAGS, file_values, flag_values, config_file)):
+        config = build_config(file_values, flag_values)
         _execute(config, show_progress, report)
 
 
@@ -382,7 +403,9 @@ def pool(
         values.pop(key)
     values.update(policy="bon", n_max=n)
     with flags(POOL_FLAGS):
-        config = _config(values, config_file, None, scorer_set)
+        file_values, flag_values = _values(values, config_file, None, scorer_set)
+    with flags(_names(POOL_FLAGS, file_values, flag_values, config_file)):
+        config = build_config(file_values, flag_values)
         if config.policy != "bon" or config.policy_settings:
             raise InputError("a pool draws the full budget; remove policy settings from the config file", "--config")
         _execute(config, show_progress, report=False)

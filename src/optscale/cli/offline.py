@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -15,8 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import InputError
-from ..io import ensure_out_dir, numbered_lines, write_text
+from ..io import check_out_file, ensure_out_dir, numbered_lines, write_text
 from ..policies import POLICIES  # command modules load only when their command runs (see commands.py)
+from ..policies.optscale import DEFAULT_TARGET
 from .flags import flags
 
 # Wide enough for the comparison table when output goes to a file or pipe (rich assumes 80).
@@ -57,6 +59,8 @@ def _floats(text: str, name: str) -> list[float]:
         raise InputError(f"expected comma-separated numbers, got {text!r}", name) from None
     if not values:
         raise InputError("needs at least one value", name)
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"expected comma-separated finite numbers, got {text!r}", name)
     return values
 
 
@@ -88,6 +92,25 @@ def _grid(pairs: list[str] | None) -> dict[str, list[str]]:
             raise InputError(f"{key} is given twice", f"grid.{key}")
         out[key] = items
     return out
+
+
+def grading_timeouts() -> int:
+    """Answers whose grading has timed out in this process so far (counted as wrong)."""
+    from ..answers.grade import COUNTS
+
+    return COUNTS["timeouts"]
+
+
+def _pool_notes(batch, n_max: int, timeouts: int) -> list[str]:
+    """What the reader of a replay must know about the pool: a budget it cannot fill, grading timeouts."""
+    notes = []
+    most = batch.shape[2]
+    if n_max > most:
+        notes.append(f"--n-max {n_max} exceeds the pool's {most} samples per problem at most: the policy is "
+                     f"replayed on what is stored, so @{n_max} spends at most {most}")
+    if timeouts:
+        notes.append(f"grading timed out on {timeouts} answer(s); they count as wrong")
+    return notes
 
 
 def _check_run(orders: int, seed: int, out: Path | None) -> None:
@@ -160,17 +183,21 @@ def replay(
 
         pol = build_policy(policy, n_max, parse_settings(settings))
         _check_run(orders, seed, out)
+        timeouts = grading_timeouts()
         batch = load_batch(pool, orders, seed)
+        notes = _pool_notes(batch, n_max, grading_timeouts() - timeouts)
+        for note in notes:
+            typer.echo(f"warning: {note}", err=True)
         result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
         stats = result.stats[0]
         if out is not None:
             from ..report import write_replay_report
 
-            write_replay_report(out, [result], s_min=getattr(pol, "s_min", 0.95), alpha=getattr(pol, "alpha", 0.9))
+            write_replay_report(out, [result], s_min=getattr(pol, "s_min", None), alpha=getattr(pol, "alpha", None))
     if as_json:
         from ..report import json_ready
 
-        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset,
+        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "notes": notes,
                                            "bon_curve": result.curve.rows(),
                                            "fixed_curves": result.baseline.curves.rows(),
                                            "envelope": result.envelope_rows()})))
@@ -215,12 +242,13 @@ def sweep(
 
         budgets = _ints(n_max, "budgets")
         fields = registry.get(policy, "policy").model_fields
-        given = _grid(grid)
+        given, fixed = _grid(grid), parse_settings(settings)
+        # The default grids apply to a policy with that setting that neither --grid nor --set fixes.
         s_mins = _floats(s_min, "s_mins") if s_min is not None else (
-            _floats(DEFAULT_S_MIN, "s_mins") if "s_min" in fields and "s_min" not in given else None)
+            _floats(DEFAULT_S_MIN, "s_mins") if "s_min" in fields and not {"s_min"} & {*given, *fixed} else None)
         alphas = _floats(alpha, "alphas") if alpha is not None else (
-            _floats(DEFAULT_ALPHA, "alphas") if "alpha" in fields and "alpha" not in given else None)
-        extra = with_default_priors(policy, parse_settings(settings))
+            _floats(DEFAULT_ALPHA, "alphas") if "alpha" in fields and not {"alpha"} & {*given, *fixed} else None)
+        extra = with_default_priors(policy, fixed)
         options = dict(grid=given, target=target, token_share=token_share, splits=splits)
         pairs = check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
                             **options)  # before the long run
@@ -263,8 +291,8 @@ def splits_table(summary: list[dict], title: str) -> Table:
 def nstar(
     mu: Annotated[float, typer.Option(help="untruncated mean of the score distribution")],
     sigma: Annotated[float, typer.Option(help="untruncated standard deviation (> 0; inf: uniform scores)")],
-    s_min: Annotated[float, typer.Option("--s-min", help="target score")] = 0.95,
-    alpha: Annotated[float, typer.Option(help="required probability that the best sample reaches s_min")] = 0.9,
+    s_min: Annotated[float, typer.Option("--s-min", help="target score")] = DEFAULT_TARGET[0],
+    alpha: Annotated[float, typer.Option(help="required probability that the best sample reaches s_min")] = DEFAULT_TARGET[1],
     n_max: Annotated[Optional[int], typer.Option("--n-max", help="cap on N")] = None,
 ) -> None:
     """Print the least N with Pr(best of N >= s_min) >= alpha for one (mu, sigma)."""
@@ -290,7 +318,11 @@ def demo(
     """Simulate a pool from real PRM score statistics, replay every policy, write a report."""
     from ..demo import run_demo
 
+    from ..demo import check_demo
+
     start = time.perf_counter()
+    with flags(DEMO_FLAGS):
+        check_demo(out, problems, samples, orders, seed)  # before the progress bar starts
     with flags(DEMO_FLAGS), progress_bar() as bar:
         summary = run_demo(out, problems=problems, samples=samples, orders=orders, seed=seed, progress=bar)
     for title, rows in summary.tables:
@@ -299,6 +331,33 @@ def demo(
         console.print(f"note: {note}")
     console.print(f"report written to {out}/ in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(p.name for p in summary.files))
+
+
+def _result_row(row: dict, where: str) -> dict:
+    """One results row, every field checked: ``file:line field NAME`` names what is wrong."""
+    from ..policies.common import N_MAX_LIMIT
+
+    def field(name: str) -> str:
+        value = row.get(name)
+        if value is None or not value.strip():
+            raise InputError("missing or empty", f"{where} field {name}")
+        return value.strip()
+
+    def number(name: str, low: float, high: float, what: str) -> float:
+        try:
+            value = float(field(name))
+        except ValueError:
+            raise InputError(f"expected a number, got {row[name]!r}", f"{where} field {name}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise InputError(f"must be {what}, got {row[name]!r}", f"{where} field {name}")
+        return value
+
+    text = field("n_max")
+    if not text.isdigit() or not 1 <= int(text) <= N_MAX_LIMIT:
+        raise InputError(f"must be an integer from 1 to {N_MAX_LIMIT}, got {text[:20]!r}", f"{where} field n_max")
+    return {"dataset": field("dataset"), "policy": field("policy"), "n_max": int(text),
+            **{k: number(k, 0.0, 1.0, "a share from 0 to 1") for k in ("accuracy", "ci_low", "ci_high")},
+            "mean_tokens": number("mean_tokens", 0.0, math.inf, "a finite number >= 0")}
 
 
 def table(
@@ -313,17 +372,15 @@ def table(
 
     if fmt not in ("markdown", "latex"):
         raise InputError(f"unknown format {fmt!r}; use markdown or latex", "--format")
+    if out is not None:
+        check_out_file(out, "--out", inputs=results)
     rows = []
     for path in results:
         reader = csv.DictReader(line for _, line in numbered_lines(path))
         for row in reader:
             if row.get("split", "held_out") != "held_out":
                 continue  # sweeps: report held-out numbers only
-            try:
-                rows.append({"dataset": row["dataset"], "policy": row["policy"], "n_max": int(row["n_max"]),
-                             **{k: float(row[k]) for k in ("accuracy", "ci_low", "ci_high", "mean_tokens")}})
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InputError(f"not a results row ({exc})", f"{path}:{reader.line_num}") from None
+            rows.append(_result_row(row, f"{path}:{reader.line_num}"))
     text = paper_table(rows, fmt)
     if out is None:
         typer.echo(text, nl=False)

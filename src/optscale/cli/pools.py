@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..answers.grade import COUNTS
 from ..errors import InputError
 from ..pools import FLAT_COLUMNS, convert_flat, iter_pool
 from .flags import flags
@@ -77,6 +78,7 @@ def validate(
     counts: list[int] = []
     with_answer = tokens = graded = 0
     accuracy = 0.0
+    timeouts = COUNTS["timeouts"]
     for problem in iter_pool(pool, grade_missing=grade):
         counts.append(len(problem.samples))
         with_answer += sum(sample.answer is not None for sample in problem.samples)
@@ -102,5 +104,7 @@ def validate(
     else:
         coverage = ""
     table.add_row("accuracy of a random sample", _percent(accuracy, graded) + coverage)
+    if grade:
+        table.add_row("answers whose grading timed out (counted wrong)", str(COUNTS["timeouts"] - timeouts))
     table.add_row("mean tokens per sample", f"{tokens / samples:.1f}")
     Console().print(table)

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputError
-from ..io import ensure_out_dir, write_jsonl, write_text
+from ..io import check_out_file, ensure_out_dir, write_jsonl, write_text
 from ..predictor import DEFAULT_MODEL, KINDS, load, load_problems, load_training, prior_rows, shared_data_dir
-from ..predictor.base import metrics
+from ..predictor.base import check_seed, metrics
 from ..predictor.evaluate import compare_file, cross_validated
 from ..report.plots import calibration_plot
 from .flags import flags
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
 #: Library names -> this module's flags (see :func:`optscale.cli.flags.flags`).
 FLAGS = {"data": "--data", "kind": "--kind", "params": "--param", "folds": "--folds", "out": "--out",
-         "plot": "--plot", "json": "--json"}
+         "plot": "--plot", "json": "--json", "seed": "--seed"}
 
 
 def _default_data(data: Path | None) -> Path:
@@ -55,13 +55,6 @@ def _params(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             out[name] = text
     return out
-
-
-def _check_out_file(path: Path, where: str) -> None:
-    """Fail before any work when an output file cannot be written (a folder, an unwritable place)."""
-    if path.is_dir():
-        raise InputError(f"{path} is a folder, not a file", where)
-    ensure_out_dir(path.parent, where)
 
 
 def _metrics_row(table: Table, name: str, m: dict) -> None:
@@ -97,6 +90,7 @@ def train(
     with flags({**FLAGS, **{name: f"--param {name}" for name in cls.defaults}}):
         if (out / "config.json").exists() and not force:
             raise InputError("a model is already there; pass --force to overwrite it", str(out))
+        check_seed(seed)
         ensure_out_dir(out, "out")
         data = _default_data(data)
         training = load_training(data)
@@ -119,7 +113,7 @@ def predict(
 ) -> None:
     """Write per-problem priors: predicted score moments, their uncertainty, and (mu, sigma) priors."""
     with flags(FLAGS):
-        _check_out_file(out, "out")
+        check_out_file(out, "out", inputs=[benchmark])
         problems = load_problems(benchmark)
         predictor = load(model or DEFAULT_MODEL)
         rows = prior_rows(predictor, problems)
@@ -145,9 +139,12 @@ def evaluate(
 ) -> None:
     """MAE, RMSE and R^2 of mean and std vs the constant baseline and other priors files, with calibration."""
     with flags(FLAGS):
+        check_seed(seed)
+        inputs = [data, *priors]
         for path, where in ((plot, "plot"), (json_out, "json")):
             if path is not None:
-                _check_out_file(path, where)
+                check_out_file(path, where, inputs=inputs)
+                inputs.append(path)
         _evaluate(_default_data(data), model, fitted, priors, folds, seed, plot, json_out)
 
 

@@ -28,7 +28,7 @@ from ..serve.settings import UPSTREAM_KEY_ENV, ServeConfig, build_serve_config  
 from .flags import flags  # noqa: E402
 
 _OWN = ("upstream", "model", "scorer", "policy", "n_max", "host", "port", "api_keys_file", "max_episodes",
-        "max_in_flight", "in_flight", "max_deadline_s", "max_total_tokens", "log_format")
+        "max_in_flight", "in_flight", "max_deadline_s", "max_total_tokens", "log_format", "tables_dir")
 SERVE_FLAGS: dict[str, str] = {
     **{name: "--" + name.replace("_", "-") for name in _OWN},
     "config": "--config",
@@ -80,6 +80,7 @@ def serve(
     max_deadline_s: Annotated[float | None, _opt("max_deadline_s")] = None,
     max_total_tokens: Annotated[int | None, _opt("max_total_tokens")] = None,
     log_format: Annotated[str | None, _opt("log_format")] = None,
+    tables_dir: Annotated[Path | None, _opt("tables_dir")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help=escape("TOML, YAML or JSON file with any setting of docs/serve.md (underscored names); "
                                 f"flags override it. The upstream key: api_key there or {UPSTREAM_KEY_ENV}."),
@@ -91,7 +92,7 @@ def serve(
                   "host": host, "port": port, "api_keys_file": str(api_keys_file) if api_keys_file else None,
                   "max_episodes": max_episodes, "max_in_flight": max_in_flight, "in_flight": in_flight,
                   "max_deadline_s": max_deadline_s, "max_total_tokens": max_total_tokens, "log_format": log_format,
-                  "policy_settings": parse_settings(settings)}
+                  "tables_dir": str(tables_dir) if tables_dir else None, "policy_settings": parse_settings(settings)}
         try:
             values["scorer_settings"] = parse_settings(scorer_set)
         except InputError as exc:

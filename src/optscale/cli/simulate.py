@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import InputError
+from ..io import ensure_out_dir
 from ..pools import write_pool
 from ..simulate import MODEL_KEYS, VERIFIERS, Population, simulate_pool
 from .flags import flags
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
 #: Library names -> flags of ``simulate`` (see :func:`optscale.cli.flags.flags`).
 SIMULATE_FLAGS = {
     "n_problems": "--problems", "n_samples": "--samples", "seed": "--seed", "levels": "--level", "settings": "--set",
-    "verifier": "--verifier",
+    "verifier": "--verifier", "out": "--out",
     **{name: f"--set {name}" for name in MODEL_KEYS}, **{name: "--" + name.replace("_", "-") for name in _OWN_FLAGS},
 }
 
@@ -70,7 +71,8 @@ def simulate(
         float | None, typer.Option(help="Share of wrong samples that give no answer, in [0, 1].")
     ] = None,
     wrong_answers: Annotated[
-        int | None, typer.Option(help="Distinct wrong answers per problem (>= 1); fewer makes majority votes riskier.")
+        int | None, typer.Option(help="Distinct wrong answers per problem (1 to 10,000); fewer makes majority votes "
+                                      "riskier.")
     ] = None,
     setting: Annotated[
         list[str] | None,
@@ -95,7 +97,12 @@ def simulate(
         "discrimination": discrimination, "discrimination_sd": discrimination_sd, "intercept": intercept,
         "difficulty_spread": difficulty_spread, "no_answer_rate": no_answer_rate, "wrong_answers": wrong_answers,
     }
-    with flags(SIMULATE_FLAGS):
+    names = {**SIMULATE_FLAGS, **{name: f"--set {name}" for name in _OWN_FLAGS if given[name] is None}}
+    with flags(names):
+        # The output path first: a folder or an unwritable place is refused before any simulation.
+        if out.exists() and out.is_dir():
+            raise InputError(f"{out} is a folder; give the pool's file name (e.g. {out / 'pool.jsonl'})", "out")
+        ensure_out_dir(out.parent, "out")
         overrides = _settings(setting or [], given)
         pop = Population.load(population)
         pool = simulate_pool(problems, samples, seed, pop, levels=level, verifier=verifier, **overrides)

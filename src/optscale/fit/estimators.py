@@ -77,7 +77,10 @@ class SufficientStats:
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sequence[float]] | np.ndarray) -> "SufficientStats":
-        """Reduce a list of 1-D score arrays (ragged) or a 2-D array (one row per problem)."""
+        """Reduce a list of 1-D score arrays (ragged) or a 2-D array (one row per problem).
+
+        A flat list of numbers is refused (:class:`InputError` at ``samples[0]``) rather than
+        guessed to be one problem or many one-sample problems."""
         if isinstance(samples, np.ndarray) and samples.ndim == 2:
             x = np.asarray(samples, dtype=float)
             _check_scores(x.ravel(), lambda k: f"samples[{k // x.shape[1]}][{k % x.shape[1]}]")
@@ -85,7 +88,16 @@ class SufficientStats:
             mean = x.mean(axis=1) if x.shape[1] else np.zeros(x.shape[0])
             var = ((x - mean[:, None]) ** 2).mean(axis=1) if x.shape[1] else np.zeros(x.shape[0])
             return cls(n, mean, var)
-        rows = [np.asarray(s, dtype=float).ravel() for s in samples]
+        if isinstance(samples, np.ndarray) and samples.ndim != 2:
+            raise InputError(f"expected one row of scores per problem (a 2-D array or a list of lists), got a "
+                             f"{samples.ndim}-D array; for one problem pass [scores]", "samples")
+        rows = [np.asarray(s, dtype=float) for s in samples]
+        flat_at = next((i for i, r in enumerate(rows) if r.ndim != 1), None)
+        if flat_at is not None:
+            got = "a single number" if rows[flat_at].ndim == 0 else f"a {rows[flat_at].ndim}-D array"
+            raise InputError(f"expected one sequence of scores per problem (a list of lists), got {got}: a flat "
+                             "list is not read as many one-sample problems; for one problem pass [scores]",
+                             f"samples[{flat_at}]")
         n = np.array([r.size for r in rows], dtype=np.int64)
         flat = np.concatenate(rows) if rows else np.zeros(0)
         starts = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
@@ -330,8 +342,9 @@ def fit_mle(samples, mu_bounds=MU_BOUNDS, sigma_bounds=SIGMA_BOUNDS) -> FitResul
     """Maximum-likelihood ``(mu, sigma)`` per problem (OptScale^0).
 
     ``samples`` is a list of 1-D score arrays, one per problem, of any lengths (or a 2-D
-    array). Scores must lie in [0, 1]; anything else raises :class:`InputError` naming
-    ``samples[i][j]``. Never returns NaN; see :class:`FitFlag` for the degenerate cases.
+    array); one problem is ``[scores]``, and a flat list of numbers is refused. Scores must lie
+    in [0, 1]; anything else raises :class:`InputError` naming ``samples[i][j]``. Never
+    returns NaN; see :class:`FitFlag` for the degenerate cases.
     """
     return fit_stats(SufficientStats.from_samples(samples), None, mu_bounds, sigma_bounds)
 

@@ -30,15 +30,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import InputError
 from ..io import read_text
 from ..policies import make_policy
+from ..policies.common import N_MAX_LIMIT
 from .datasets import DatasetSpec
 from .openai import OpenAIGenerator
 from .prompts import BOXED_INSTRUCTION, PromptTemplate
 from .sampler import SamplerSettings
 from .scorers import SCORERS, Scorer, ScorerContext, build_scorer, scorer_settings
 from .secrets import redact_url, url_secrets
+from .transport import check_credentials, check_url
 from .types import ClientSettings, EndpointKind, GenerationSettings
 
-__all__ = ["FLAT", "RunConfig", "build_config", "build_generator", "build_run_scorer", "load_config_file"]
+__all__ = ["FLAT", "RunConfig", "build_config", "build_generator", "build_run_scorer", "load_config_file",
+           "setting_places"]
 
 #: Flat names of config files and flags -> (settings model field of :class:`RunConfig`, its field).
 FLAT: dict[str, tuple[str, str]] = {
@@ -74,7 +77,7 @@ class RunConfig(BaseModel):
     scorer: str = Field(description="how responses are scored")
     scorer_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the scorer")
     policy: str = Field("optscale", description="the policy deciding how many samples each problem gets")
-    n_max: int = Field(16, ge=1, le=2**31, description="most samples per problem")
+    n_max: int = Field(16, ge=1, le=N_MAX_LIMIT, description="most samples per problem")
     policy_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the policy")
     dataset: DatasetSpec
     generation: GenerationSettings = GenerationSettings()
@@ -93,6 +96,11 @@ class RunConfig(BaseModel):
     def _urls(cls, urls: list[str]) -> list[str]:
         if any(not u.strip() for u in urls):
             raise ValueError("a server URL is empty")
+        for url in urls:
+            try:
+                check_url(url, "base_url")
+            except InputError as exc:
+                raise ValueError(exc.detail) from None
         return urls
 
     # -- validated, normalised views --------------------------------------------------------
@@ -169,7 +177,7 @@ class RunConfig(BaseModel):
                 found.append(key.get_secret_value())
         for url in [*self.base_url, *(getattr(scorer, "base_url", None) or [])]:
             found.extend(url_secrets(url))
-        return found + [json.dumps(s)[1:-1] for s in found]  # as they appear inside a JSON string too
+        return found
 
 
 def _policy_settings(policy: Any, n_max: Any, settings: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +185,8 @@ def _policy_settings(policy: Any, n_max: Any, settings: dict[str, Any]) -> dict[
         built = make_policy(policy, n_max, **settings)
     except InputError as exc:
         raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
-    return dict(sorted(built.model_dump(mode="json", include=set(settings)).items()))
+    # Only values that differ from the policy's defaults: a default given explicitly is the same run.
+    return dict(sorted(built.model_dump(mode="json", include=set(settings), exclude_defaults=True).items()))
 
 
 def _scorer_identity(settings: BaseModel | None) -> dict[str, Any]:
@@ -248,6 +257,22 @@ def _place(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "config"
 
 
+def setting_places(values: dict[str, Any]) -> set[str]:
+    """The places errors name for the settings ``values`` gives (flat keys and tables, as in a file).
+
+    Lets an application tell which source a bad value came from (``n_max`` in a config file
+    versus the ``--n-max`` flag).
+    """
+    places: set[str] = set()
+    for key, value in _nested(_listed(values)).items():
+        places.add(key)
+        if isinstance(value, dict) and key in _SECTIONS:
+            places |= {_place((key, field)) for field in value}
+        elif isinstance(value, dict):
+            places |= {f"{key}.{field}" for field in value}
+    return places
+
+
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
     """Flags over file values over the models' defaults, validated; errors name the setting.
 
@@ -274,6 +299,8 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Ru
         message = str(cause) if cause is not None else err["msg"]
         shown = "" if where.endswith("api_key") or cause is not None else f" (got {repr(err.get('input'))[:100]})"
         raise InputError(message + shown, where) from None
+    key = config.client.api_key
+    check_credentials(config.base_url, key.get_secret_value() if key is not None else None, "api_key")
     config.template_obj()
     config.policy_config()
     config.scorer_config()

@@ -148,7 +148,9 @@ def load_problems(spec: DatasetSpec) -> list[LiveProblem]:
         stem = spec.source.rsplit("/", 1)[-1]
     problems: list[LiveProblem] = []
     seen: dict[str, str] = {}
+    count = 0
     for number, (where, row) in enumerate(rows):
+        count = number + 1
         if number < spec.offset:
             continue
         if spec.limit is not None and len(problems) >= spec.limit:
@@ -164,6 +166,8 @@ def load_problems(spec: DatasetSpec) -> list[LiveProblem]:
         seen[pid] = where
         extra = {k: v for k, v in row.items() if k not in (spec.id_field, spec.question_field, spec.answer_field)}
         problems.append(LiveProblem(pid, question, _gold(row.get(spec.answer_field)), extra))
+    if not problems and count:
+        raise InputError(f"skips {spec.offset} problems, but {spec.source} has only {count}", "offset")
     if not problems:
-        raise InputError("no problems selected", spec.source)
+        raise InputError("no problems in it", spec.source)
     return problems

@@ -176,7 +176,7 @@ class OpenAIGenerator:
             raise InputError(exc.detail, exc.where) from None
         except RequestFailed as exc:
             raise InputError(f"test request failed: {exc}", self.transport.where("base_url")) from None
-        if need_logprobs and completion.logprobs is None and completion.tokens > 0:
+        if need_logprobs and completion.logprobs is None and (completion.tokens > 0 or completion.text):
             raise InputError(
                 "the server returned no token logprobs, which this scorer needs (llama-cpp-python: start it with "
                 "--logits_all true; hosted APIs: check that the model supports logprobs)", why)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +33,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import InputError
-from ..io import MAX_LINE_BYTES, parse_json, read_json, write_text
+from ..io import MAX_LINE_BYTES, parse_json, read_json, write_json
 
-__all__ = ["RunFolder", "RunStore", "RunState", "ProblemLog", "MemoryStore", "RECORD_KINDS", "MAX_RECORD_TOKENS"]
+__all__ = ["RunFolder", "RunStore", "check_storable", "RunState", "ProblemLog", "MemoryStore", "RECORD_KINDS", "MAX_RECORD_TOKENS"]
 
 log = logging.getLogger(__name__)
 
@@ -246,18 +247,16 @@ class _DurableLog:
     Each line goes out in one ``write`` on an ``O_APPEND`` descriptor; the ``fsync`` runs in
     a worker thread so the event loop keeps streaming, and is shared (group commit): appends
     that arrive while one ``fsync`` runs wait for the next, which covers all of them. A
-    cancelled waiter does not cancel the ``fsync`` others wait on. ``redact`` masks known
-    secrets in every line before it is written.
+    cancelled waiter does not cancel the ``fsync`` others wait on.
     """
 
-    def __init__(self, path: Path, redact: Callable[[str], str]):
+    def __init__(self, path: Path):
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.redact = redact
         self._running: asyncio.Future | None = None
         self._next: asyncio.Future | None = None
 
     async def append(self, record: dict[str, Any]) -> None:
-        data = (self.redact(json.dumps(record, ensure_ascii=False)) + "\n").encode("utf-8")
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         while data:
             data = data[os.write(self.fd, data):]
         waiter = self._next
@@ -301,9 +300,14 @@ def _unchanged(text: str) -> str:
 class RunStore(RunFolder):
     """A run folder on disk; one writer at a time (a lock file refuses a second live run).
 
-    ``redact`` masks known secrets (API keys, URL credentials) in everything the store
-    writes, so a server error that echoes a key never reaches the folder.
+    ``redact`` masks known secrets (API keys, URL credentials) in the values that may echo
+    them, the :data:`FREE_TEXT` fields (a server's error message), before a record is
+    written; nothing else is touched, so a short key never alters field names or data.
+    What else the store writes holds no secret by construction (URLs are stored redacted).
     """
+
+    #: Record fields holding text a server wrote, which may echo a key it was sent.
+    FREE_TEXT = ("error",)
 
     def __init__(self, path: str | os.PathLike[str], redact: Callable[[str], str] = _unchanged):
         super().__init__(path)
@@ -329,6 +333,9 @@ class RunStore(RunFolder):
             if self.samples.exists() or self.problems.exists():
                 raise InputError(f"{self.path} holds run logs but no config.json; start the run in another "
                                  "folder", "out")
+            if self.path.exists() and any(not _leftover(entry.name) for entry in self.path.iterdir()):
+                raise InputError(f"{self.path} is not empty and holds no run (no config.json); give a new or "
+                                 "empty folder", "out")
             return False
         old = stored["identity"]
         if normalise is not None:
@@ -348,9 +355,9 @@ class RunStore(RunFolder):
         ``runtime`` (URLs, concurrency, timeouts) may change between sessions and is rewritten.
         """
         resuming = self.compatible(identity, normalise)
+        check_storable({"identity": identity, "runtime": runtime})
         self.path.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"identity": identity, "runtime": runtime}, indent=2, ensure_ascii=False, allow_nan=False)
-        write_text(self.config, self.redact(text) + "\n")
+        write_json(self.config, {"identity": identity, "runtime": runtime})
         return resuming
 
     # -- logs ----------------------------------------------------------------------------
@@ -389,8 +396,8 @@ class RunStore(RunFolder):
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         self._lock = lock
-        self._samples = _DurableLog(self.samples, self.redact)
-        self._problems = _DurableLog(self.problems, self.redact)
+        self._samples = _DurableLog(self.samples)
+        self._problems = _DurableLog(self.problems)
 
     async def aclose(self) -> None:
         """:meth:`close` from inside the event loop, once no ``fsync`` is still under way."""
@@ -410,10 +417,15 @@ class RunStore(RunFolder):
 
     async def append(self, record: dict[str, Any]) -> None:
         """Durably log one event; returns once it is on disk, before anyone acts on it."""
-        await self._samples.append(record)
+        await self._samples.append(self._masked(record))
 
     async def finish(self, summary: dict[str, Any]) -> None:
-        await self._problems.append(summary)
+        await self._problems.append(self._masked(summary))
+
+    def _masked(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with known secrets masked in its :data:`FREE_TEXT` values (a copy if any changed)."""
+        masked = {k: self.redact(v) for k in self.FREE_TEXT if isinstance(v := record.get(k), str)}
+        return record | masked if masked else record
 
     def write_pool(self, problems: Sequence[Any]) -> Path | None:
         """``pool.jsonl``: every graded problem's logged samples in the pool format of offline replay.
@@ -456,6 +468,25 @@ class RunStore(RunFolder):
 
         write_pool(self.pool, lines())
         return self.pool
+
+
+def _leftover(name: str) -> bool:
+    """Files a run store or a writability probe may leave in a folder that holds no run yet."""
+    return name == RunFolder.LOCK or name.startswith(".optscale-probe-") or (
+        name.startswith(f".{RunFolder.CONFIG}.") and name.endswith(".tmp"))
+
+
+def check_storable(value: Any, where: str = "") -> None:
+    """Refuse a value JSON cannot store (inf, nan), naming its key, before anything is written."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{value} is not a finite number", where.removeprefix("runtime.").removeprefix("identity.")
+                         or "config")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_storable(item, where)
 
 
 def _alive(pid: int) -> bool:

@@ -126,7 +126,10 @@ def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], out
 
     ``verdict`` is the grade of the chosen answer (None without a gold answer). A total that
     is not known for every sample (servers that stream without a usage report send no prompt
-    size) is ``None``, never a partial sum.
+    size) is ``None``, never a partial sum. ``tokens_unknown`` counts the responses and
+    requests whose token count nobody reported (logged as 0 with ``tokens_source``
+    ``unknown``), so that ``tokens`` is known to be a lower bound; ``n_flagged`` counts
+    samples with a ``flag`` or an invalid usage report.
     """
     chosen = samples[outcome.chosen] if outcome.chosen is not None else None
     sample_tokens = sum(int(s["tokens"]) + int(s.get("wasted_tokens") or 0) for s in samples)
@@ -149,7 +152,9 @@ def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], out
         "prompt_tokens": sum(prompt_sizes) if None not in prompt_sizes else None,
         "n_cancelled": len(cancelled),
         "n_failed": len(failed),
-        "n_flagged": sum(1 for s in samples if s.get("flag")),
+        "n_flagged": sum(1 for s in samples if s.get("flag") or s.get("usage_invalid")),
+        "n_usage_invalid": sum(1 for s in samples if s.get("usage_invalid")),
+        "tokens_unknown": sum(1 for r in samples + events if r.get("tokens_source") == "unknown"),
         "stop_reason": outcome.stop_reason,
         "chosen": chosen["id"] if chosen else None,
         "score": chosen["score"] if chosen else None,
@@ -252,12 +257,16 @@ class _Sampler:
         value, flag = score.value, score.flag
         if flag is None and answer is None and self.settings.zero_unanswered:
             value, flag = 0.0, "no_answer"
+        if flag is None and c.usage_invalid:
+            flag = "usage_invalid"
         return {
             "type": "sample", "id": f"{problem.id}#{index}", "problem": problem.id, "index": index,
             "score": value, "raw_score": score.value, "flag": flag, "answer": answer,
             "step_scores": list(score.steps) if score.steps is not None else None,
             "tokens": c.tokens, "tokens_source": c.tokens_source,
-            "wasted_tokens": c.wasted_tokens if first else 0, "prompt_tokens": c.prompt_tokens,
+            # The prompt (and earlier failed attempts) were paid once per request, not per choice.
+            "wasted_tokens": c.wasted_tokens if first else 0,
+            "prompt_tokens": c.prompt_tokens if first or c.prompt_tokens is None else 0,
             "finish_reason": c.finish_reason, "endpoint": c.endpoint, "attempts": c.attempts,
             "latency_s": round(c.latency_s, 3), "usage_invalid": c.usage_invalid, "text": c.text,
         }

@@ -1,14 +1,17 @@
 """Keeping credentials out of files, logs and messages.
 
-A server URL may carry credentials (``http://user:KEY@host/v1``) and a server's error body
-may echo the key it was sent. Nothing the library stores or prints passes through
-unredacted: URLs lose their userinfo, and every known secret is masked in free text.
+A server URL may carry credentials (``http://user:KEY@host/v1``, or a key in its query
+string) and a server's error body may echo the key it was sent. URLs are shown and stored
+without their userinfo and query; free text that may echo a key (error messages) has every
+known secret masked. Masking is for such values only: it is never run over a whole record,
+where a short key (``test``) would also hit field names and unrelated values.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 __all__ = ["MASK", "Redactor", "redact_url", "url_secrets"]
 
@@ -16,28 +19,39 @@ MASK = "***"
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its userinfo (``http://u:p@h:1/v1`` -> ``http://***@h:1/v1``)."""
+    """``url`` without its userinfo, query or fragment (``http://u:p@h:1/v1?k=x`` -> ``http://***@h:1/v1?***``)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return MASK
-    if "@" not in parts.netloc:
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
         return url
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{MASK}@{host}", parts.path, parts.query, parts.fragment))
+    netloc = f"{MASK}@{host}" if "@" in parts.netloc else host
+    return urlunsplit((parts.scheme, netloc, parts.path, MASK if parts.query else "", MASK if parts.fragment else ""))
 
 
 def url_secrets(url: str) -> list[str]:
-    """The username and password written into ``url``, if any (to mask them elsewhere)."""
+    """The credentials written into ``url`` (to mask them elsewhere).
+
+    Its username and password, the ``Basic`` authorization httpx builds from them (which a
+    server may echo), and the values of its query string.
+    """
     try:
         parts = urlsplit(url)
+        query = [value for _, value in parse_qsl(parts.query)]
     except ValueError:
         return []
-    return [s for s in (parts.username, parts.password) if s]
+    found = [s for s in (parts.username, parts.password) if s]
+    found += [unquote(s) for s in found if unquote(s) != s]
+    if parts.username is not None or parts.password is not None:
+        userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        found.append(base64.b64encode(userinfo.encode()).decode("ascii"))
+    return found + [v for v in query if v]
 
 
 class Redactor:
-    """Masks every known secret (keys, URL credentials) in text before it is stored or shown."""
+    """Masks every known secret (keys, URL credentials) in free text, such as an error message."""
 
     def __init__(self, secrets: Iterable[str | None] = ()):
         # Longest first, so a key that contains another is masked whole; very short strings

@@ -33,7 +33,7 @@ from ..errors import InputError
 from .secrets import Redactor, redact_url, url_secrets
 from .types import ClientSettings, RequestFailed, RequestRejected, TokenMeter
 
-__all__ = ["Transient", "Endpoint", "EndpointPool", "TransportStats", "HttpTransport", "read_body", "read_lines"]
+__all__ = ["check_credentials", "check_url", "Transient", "Endpoint", "EndpointPool", "TransportStats", "HttpTransport", "read_body", "read_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,34 @@ class Endpoint:
         return self.down_until <= now
 
 
+def check_url(url: str, where: str) -> None:
+    """An http(s) URL with a host, a valid port and nothing after its path (errors never show credentials)."""
+    shown = repr(redact_url(url))
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port outside 0-65535
+    except ValueError as exc:
+        if "port" in str(exc).lower():
+            raise InputError(f"{shown} has an invalid port (use 1-65535)", where) from None
+        raise InputError(f"{shown} is not an http(s) URL like http://host:8000/v1", where) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{shown} is not an http(s) URL like http://host:8000/v1", where)
+    if port == 0:
+        raise InputError(f"{shown} has an invalid port (use 1-65535)", where)
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        raise InputError(f"{shown} has a query string or fragment; give the server's base URL alone, like "
+                         "http://host:8000/v1", where)
+
+
+def check_credentials(urls: Sequence[str], key: str | None, where: str) -> None:
+    """Refuse a key together with URL credentials: httpx would send the URL's as Basic auth, dropping the key."""
+    with_userinfo = [url for url in urls if "@" in url.partition("://")[2].partition("/")[0]]
+    if key and with_userinfo:
+        raise InputError(f"{redact_url(with_userinfo[0])} carries user:password credentials (sent as Basic auth) "
+                         "and a bearer key is given too, but a request carries one Authorization: give one of "
+                         "them", where)
+
+
 class EndpointPool:
     """Spreads requests over several endpoints of one model and rests the failing ones.
 
@@ -86,13 +114,7 @@ class EndpointPool:
         if not urls:
             raise InputError("give at least one server URL", where)
         for url in urls:
-            try:
-                parts = urlsplit(url)
-                ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise InputError(f"{redact_url(url)!r} is not an http(s) URL like http://host:8000/v1", where)
+            check_url(url, where)
         self.endpoints = [Endpoint(url.rstrip("/")) for url in urls]
         self.fail_threshold = fail_threshold
         self.rest = rest
@@ -216,6 +238,7 @@ class HttpTransport:
         self.pool = EndpointPool(urls, where=self.where("base_url"))
         key = self.settings.api_key
         key = key.get_secret_value() if isinstance(key, SecretStr) else key  # model_copy does not validate
+        check_credentials(urls, key, self.where("api_key"))
         self.redact = Redactor([key, *(s for url in urls for s in url_secrets(url))])
         self.stats = TransportStats()
         cs = self.settings

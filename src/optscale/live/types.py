@@ -56,7 +56,8 @@ class RequestFailed(GenerationError):
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused: neither is a usable temperature or timeout, nor valid JSON in a run folder.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GenerationSettings(_Settings):

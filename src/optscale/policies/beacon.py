@@ -150,6 +150,7 @@ class Beacon(PolicyBase):
     """BEACON (Wan et al. 2025): NIG posterior, universal index table by backward induction, cost per sample."""
 
     name: ClassVar[str] = "beacon"
+    label: ClassVar[str] = "BEACON"  # row name in report tables
     cost: float = Field(0.003, gt=0, lt=1, description="price of one more sample in score units; stop once the "
                                                        "index h_k(z) is at most cost / sigma_k")
     mu0: float = Field(0.5, ge=-10, le=10, description="prior mean of the scores' mean (no effect while nu0 = 0)")

@@ -162,6 +162,7 @@ class BestOfInfinity(PolicyBase):
     """Best-of-infinity: stop once the Bayes factor that the majority answer is the mode reaches ``bf``."""
 
     name: ClassVar[str] = "boinf"
+    label: ClassVar[str] = "Best-of-$\\infty$"  # row name in report tables
     needs_scores: ClassVar[bool] = False
     select: Selection = Field(Selection.MAJORITY, description="how the returned sample is chosen (Best-of-infinity: "
                                                              "majority)")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..errors import InputError
 from ..fit import SufficientStats
@@ -33,15 +33,28 @@ N_MAX_LIMIT = 1_000_000
 class PolicyBase(BaseModel):
     """Configuration of a policy; validated once, immutable, cheap to copy with new settings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    # NaN and infinity pass every bound check silently (nan < 1 is False, yet no error): refused by type.
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
 
     name: ClassVar[str] = ""
+    #: Display name in report tables (the paper's for the paper's methods).
+    label: ClassVar[str] = ""
     #: Whether the stopping rule reads verifier scores. Answer-only rules (sc, esc, asc, boinf)
     #: set it False; whether a configured policy needs scores also depends on its selection
     #: rule: see :meth:`requires_scores`.
     needs_scores: ClassVar[bool] = True
     n_max: int = Field(ge=1, le=N_MAX_LIMIT, description="most samples ever drawn for one problem")
     select: Selection = Field(Selection.BEST, description="how the returned sample is chosen: best, majority or weighted")
+
+    @field_validator("peek", check_fields=False)
+    @classmethod
+    def _peek_within_budget(cls, value, info: ValidationInfo):
+        """A peek beyond the budget would silently make the policy fixed Best-of-n_max."""
+        n_max = info.data.get("n_max")
+        if value is not None and n_max is not None and value > n_max:
+            raise ValueError(f"must be at most n_max ({n_max}): a larger peek draws the whole budget, "
+                             f"which is fixed Best-of-N")
+        return value
 
     def requires_scores(self) -> bool:
         """Whether this policy, as configured, reads sample scores: its stopping rule does

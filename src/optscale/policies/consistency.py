@@ -27,6 +27,7 @@ class EarlyStoppingSC(PolicyBase):
     """Early-stopping self-consistency: stop after the first window of agreeing answers."""
 
     name: ClassVar[str] = "esc"
+    label: ClassVar[str] = "Early-stopping SC (ESC)"  # row name in report tables
     needs_scores: ClassVar[bool] = False
     select: Selection = Selection.MAJORITY
     window: int = Field(5, ge=1, description="samples per window")
@@ -65,6 +66,7 @@ class AdaptiveSC(PolicyBase):
     """Adaptive self-consistency: stop once the leading answer wins with posterior probability ``threshold``."""
 
     name: ClassVar[str] = "asc"
+    label: ClassVar[str] = "Adaptive SC (ASC)"  # row name in report tables
     needs_scores: ClassVar[bool] = False
     select: Selection = Selection.MAJORITY
     threshold: float = Field(0.95, gt=0.5, lt=1, description="posterior confidence needed to stop")

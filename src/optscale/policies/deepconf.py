@@ -53,6 +53,7 @@ class DeepConf(PolicyBase):
     """DeepConf consensus: confidence-weighted vote, stop once the leader's weighted share reaches ``tau``."""
 
     name: ClassVar[str] = "deepconf"
+    label: ClassVar[str] = "DeepConf"  # row name in report tables
     select: Selection = Field(Selection.WEIGHTED, description="how the returned sample is chosen (DeepConf: "
                                                              "weighted, the confidence-weighted vote)")
     tau: float = Field(0.95, gt=0, le=1, description="weighted share of the leading answer that stops sampling "

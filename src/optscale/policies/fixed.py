@@ -18,6 +18,7 @@ class BestOfN(PolicyBase):
     """
 
     name: ClassVar[str] = "bon"
+    label: ClassVar[str] = "Best-of-N (BoN)"  # row name in report tables
     needs_scores: ClassVar[bool] = False
 
     def decide(self, episode) -> Step:
@@ -31,4 +32,5 @@ class SelfConsistency(BestOfN):
     """Draw ``n_max`` samples and return the majority answer (Wang et al., 2023)."""
 
     name: ClassVar[str] = "sc"
+    label: ClassVar[str] = "Self-Consistency"  # row name in report tables
     select: Selection = Selection.MAJORITY

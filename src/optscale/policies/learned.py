@@ -517,6 +517,7 @@ class Learned(PolicyBase):
     P(correct now) >= E[value after one more sample] - lambda x its tokens."""
 
     name: ClassVar[str] = "learned"
+    label: ClassVar[str] = "Learned stopping table"  # row name in report tables
     table: Any = Field(None, validate_default=True,
                        description="stopping table: a JSON file written by `optscale policy fit`, or a StoppingTable; "
                                    "select defaults to the table's")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..errors import InputError
 from ..fit import FitResult, fit_stats
@@ -28,7 +28,7 @@ from .common import PolicyBase, prefix_stats
 from .episode import Step
 from ..priors import POPULATION, FilePriors, PriorArrays, PriorSource
 
-__all__ = ["OptScale0", "OptScaleT", "SequentialOptScale", "paper_peek"]
+__all__ = ["DEFAULT_TARGET", "OptScale0", "OptScaleT", "SequentialOptScale", "paper_peek"]
 
 
 def paper_peek(n_max: int) -> int:
@@ -60,6 +60,15 @@ class _OptScaleBase(PolicyBase):
         if value is None or isinstance(value, (str, Path)) or isinstance(value, PriorSource):
             return value
         raise ValueError("priors must be a file path or an object with a priors(ids, questions) method")
+
+    @field_validator("priors", "prior_width")
+    @classmethod
+    def _only_for_map(cls, value, info: ValidationInfo):
+        """Priors given to a maximum-likelihood fit would be silently ignored."""
+        if value is not None and info.data.get("estimator") == "mle":
+            raise ValueError(f"only a MAP estimate reads {info.field_name} and policy {cls.name!r} makes a "
+                             "maximum-likelihood one: use optscale-t, or optscale with estimator=map")
+        return value
 
     # -- shared machinery ----------------------------------------------------------------
     def peek_size(self) -> int:
@@ -134,6 +143,12 @@ class _OptScaleBase(PolicyBase):
         return {k: (v[0].item() if isinstance(v, np.ndarray) else v) for k, v in values.items()}
 
 
+#: OptScale's default target ``(s_min, alpha)``, declared once by its settings above; reports and
+#: ``optscale nstar`` show the same numbers.
+DEFAULT_TARGET: tuple[float, float] = (_OptScaleBase.model_fields["s_min"].default,
+                                       _OptScaleBase.model_fields["alpha"].default)
+
+
 class _PeekOptScale(_OptScaleBase):
     """Peek, estimate once, then commit to a total budget."""
 
@@ -174,6 +189,7 @@ class OptScale0(_PeekOptScale):
     """OptScale^0: maximum-likelihood estimate from the peek samples, no training."""
 
     name: ClassVar[str] = "optscale0"
+    label: ClassVar[str] = "OptScale$^0$ (MLE)"  # row name in report tables
     estimator: Literal["mle"] = "mle"
 
 
@@ -181,6 +197,7 @@ class OptScaleT(_PeekOptScale):
     """OptScale^t: MAP estimate from the peek samples under per-problem priors."""
 
     name: ClassVar[str] = "optscale-t"
+    label: ClassVar[str] = "OptScale$^t$ (MAP)"  # row name in report tables
     estimator: Literal["map"] = "map"
 
 
@@ -188,6 +205,7 @@ class SequentialOptScale(_OptScaleBase):
     """The paper's sequential rule: refit after every sample, stop once ``n >= N*``."""
 
     name: ClassVar[str] = "optscale"
+    label: ClassVar[str] = "OptScale (sequential)"  # row name in report tables
     peek: int | None = Field(3, ge=1, description="samples drawn before the first estimate")
 
     def initial_plan(self) -> int:

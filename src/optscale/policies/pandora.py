@@ -36,6 +36,7 @@ class Pandora(PolicyBase):
     """Pandora's box (Weitzman; Kalayci et al. 2025): stop once the expected improvement of the best score is below ``cost``."""
 
     name: ClassVar[str] = "pandora"
+    label: ClassVar[str] = "Pandora's box"  # row name in report tables
     cost: float = Field(0.001, gt=0, lt=1, description="price of one more sample in score units: stop once "
                                                        "E[max(best, X)] - best falls below it")
     estimator: Literal["mle", "map"] = Field("mle", description="mle: maximum likelihood; map: MAP toward the "

@@ -51,17 +51,24 @@ def make_policy(name: str, n_max: int, **settings: Any) -> PolicyBase:
         if err["type"] == "extra_forbidden":
             raise InputError(f"policy {name!r} has no setting {key!r} (settings: {', '.join(_settings(cls))})",
                              where) from None
-        raise InputError(f"{err['msg']} (got {err.get('input')!r})", where) from None
+        message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        raise InputError(f"{message} (got {err.get('input')!r})", where) from None
 
 
 def parse_settings(pairs: list[str] | None) -> dict[str, str]:
-    """``["alpha=0.9", "peek=5"]`` -> ``{"alpha": "0.9", "peek": "5"}``; pydantic converts the types."""
+    """``["alpha=0.9", "peek=5"]`` -> ``{"alpha": "0.9", "peek": "5"}``; pydantic converts the types.
+
+    A key given twice is an error rather than a silent last-one-wins."""
     out: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise InputError(f"expected key=value, got {pair!r}", "settings")
-        out[key.strip()] = value.strip()
+        if key in out:
+            raise InputError(f"setting {key!r} is given twice ({out[key]!r} and {value.strip()!r}); give it once",
+                             "settings")
+        out[key] = value.strip()
     return out
 
 

@@ -33,6 +33,7 @@ class FirstPass(PolicyBase):
     """First pass: stop at the first sample scoring at least ``t``."""
 
     name: ClassVar[str] = "firstpass"
+    label: ClassVar[str] = "First pass (threshold)"  # row name in report tables
     t: float = Field(0.95, ge=0, le=1, description="score that ends the search (the default equals optscale's s_min)")
 
     def initial_plan(self) -> int:
@@ -67,6 +68,7 @@ class AgreeThreshold(PolicyBase):
     """Agreement: stop when ``k`` samples with the same answer all score at least ``t``."""
 
     name: ClassVar[str] = "agree"
+    label: ClassVar[str] = "Agreement threshold"  # row name in report tables
     select: Selection = Field(Selection.WEIGHTED, description="how the returned sample is chosen: best, majority or "
                                                              "weighted (default: the agreed answer carries the most "
                                                              "score)")

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..answers import extract_answer
 from ..errors import InputError
-from ..io import StrPath, iter_objects, numbered_lines, parse_json, same_file
+from ..io import StrPath, check_out_file, iter_objects, numbered_lines, parse_json
 from .io import validation_message, write_pool
 from .schema import PoolProblem, PoolSample
 
@@ -171,11 +171,13 @@ def convert_flat(
     column named in ``columns`` must exist, the other optional ones may be missing. ``score``
     is filled in every row or in none (an answer-only pool, e.g. with no ``score`` column). A row without an answer but with a ``text`` gets the answer extracted from the
     text. One id with two different gold answers is an error. ``correct`` is stored only where
-    the table gives it (the pool reader grades the rest). A ``dst`` naming the same file as
-    ``src`` (also through a link) is refused before anything is read. Returns the problems written.
+    the table gives it (the pool reader grades the rest). A ``dst`` that is not a ``.jsonl``
+    file, or that names ``src`` (also through a link), is refused before anything is read.
+    Returns the problems written.
     """
-    if same_file(src, dst):
-        raise InputError(f"is the source table {os.fspath(src)!r}; write the pool to another file", where="dst")
+    if not os.fspath(dst).endswith(".jsonl"):
+        raise InputError(f"a pool is written as JSON Lines: name it *.jsonl, got {os.fspath(dst)!r}", where="dst")
+    check_out_file(dst, "dst", inputs=[src])
     kind = detect_format(src, fmt)
     names = _column_map(columns)
     explicit = set(columns or {})

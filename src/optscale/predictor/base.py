@@ -117,10 +117,22 @@ class Prediction:
         return expit(lo[:, 0]), expit(hi[:, 0]), np.exp(lo[:, 1]), np.exp(hi[:, 1])
 
 
+#: Largest seed of the fold assignment (scikit-learn's random_state takes 32 bits).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed) -> int:
+    """A fold-assignment seed: an integer from 0 to :data:`MAX_SEED`; anything else names ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"must be an integer from 0 to 2**32-1, got {seed!r}", "seed")
+    return int(seed)
+
+
 def group_folds(problems: Problems, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Shuffled K-fold splits that keep every copy of a question in one fold."""
     from sklearn.model_selection import GroupKFold
 
+    seed = check_seed(seed)
     if folds < 2:
         raise InputError(f"need at least 2 folds, got {folds}", "folds")
     groups = np.unique(np.asarray(problems.questions, dtype=object), return_inverse=True)[1]

@@ -19,11 +19,12 @@ Two ways to embed a question:
 
 Contextual embeddings are memoised per text in the process (cross-validation embeds every text
 once, not once per fold), in a least-recently-used table of at most :data:`MEMO_ENTRIES`
-texts, and, when ``$OPTSCALE_EMBEDDING_CACHE`` names a folder, on disk too. The token table
-is bounded by the tokenizer's vocabulary (30,522 tokens, 47 MB). Both disk caches are
-append-only folders of shards: a call writes one small file holding only the vectors it
-computed (atomically), never the whole cache again; many shards are merged into one now and
-then.
+texts, and, when ``$OPTSCALE_EMBEDDING_CACHE`` names a folder, on disk too: at most
+:data:`DISK_ENTRIES` vectors, the newest, of which a process reads only as many as its memo
+holds. The token table is bounded by the tokenizer's vocabulary (30,522 tokens, 47 MB). Both
+disk caches are append-only folders of shards: a call writes one small file holding only the
+vectors it computed (atomically), never the whole cache again; many shards are merged into
+one now and then, dropping the oldest vectors beyond the bound.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import importlib.util
 import logging
 import os
 import tempfile
+import time
 import uuid
 import zipfile
 from collections import OrderedDict
@@ -54,6 +56,8 @@ DIMENSION = 384
 MEMO_ENTRIES = 20_000
 #: Shards a disk cache may hold before they are merged into one.
 MAX_SHARDS = 32
+#: Most contextual embeddings kept on disk (``$OPTSCALE_EMBEDDING_CACHE``; 1.5 KB each): the newest stay.
+DISK_ENTRIES = 100_000
 
 
 def _package_dir(name: str) -> Path | None:
@@ -102,40 +106,74 @@ def model_dir() -> Path:
 
 
 class ShardCache:
-    """Vectors by key in a folder of ``.npz`` shards that only ever grows by whole new files."""
+    """Vectors by key in a folder of ``.npz`` shards that only ever grows by whole new files.
 
-    def __init__(self, folder: Path):
+    With ``max_entries`` the folder is bounded: once it holds more vectors (or more than
+    :data:`MAX_SHARDS` shards), the newest ``max_entries`` vectors are merged into one shard and
+    the older ones are dropped (they are only recomputed when needed again).
+    """
+
+    def __init__(self, folder: Path, max_entries: int | None = None):
         self.folder = folder
+        self.max_entries = max_entries
 
     def shards(self) -> list[Path]:
-        return sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []
-
-    def read(self) -> dict:
-        """Every cached vector; a shard that another process merged away meanwhile, or that is
-        damaged, is skipped (its vectors are only recomputed)."""
-        out: dict = {}
-        for shard in self.shards():
+        """The shards, oldest first (by modification time)."""
+        if not self.folder.is_dir():
+            return []
+        dated = []
+        for shard in self.folder.glob("*.npz"):
             try:
-                with np.load(shard) as data:
-                    out.update(zip(data["keys"].tolist(), data["vectors"]))
-            except (OSError, ValueError, KeyError):
+                dated.append((shard.stat().st_mtime_ns, shard.name, shard))
+            except OSError:  # merged away by another process meanwhile
                 continue
-        return out
+        return [shard for *_, shard in sorted(dated)]
+
+    @staticmethod
+    def _load(shard: Path, what: str = "vectors"):
+        """A shard's keys (and vectors); None for one merged away meanwhile or damaged."""
+        try:
+            with np.load(shard) as data:
+                keys = data["keys"].tolist()
+                return (keys, data["vectors"]) if what == "vectors" else (keys, None)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def read(self, limit: int | None = None) -> dict:
+        """The newest ``limit`` cached vectors (all without a limit), oldest first; a shard that
+        another process merged away meanwhile, or that is damaged, is skipped (its vectors are
+        only recomputed)."""
+        newest: dict = {}
+        for shard in reversed(self.shards()):
+            loaded = self._load(shard)
+            if loaded is None:
+                continue
+            for key, vector in zip(reversed(loaded[0]), loaded[1][::-1]):
+                if limit is not None and len(newest) >= limit:
+                    break
+                newest.setdefault(key, vector)
+            if limit is not None and len(newest) >= limit:
+                break
+        return dict(reversed(newest.items()))
+
+    def _entries(self, shards: list[Path]) -> int:
+        return sum(len(loaded[0]) for loaded in (self._load(s, "keys") for s in shards) if loaded is not None)
 
     def _write(self, keys, vectors) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_open(self.folder / f"{uuid.uuid4().hex}.npz", "wb") as handle:
+        # Named by creation time too: shards written within one clock tick still sort oldest first.
+        with atomic_open(self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex}.npz", "wb") as handle:
             np.savez(handle, keys=np.asarray(keys), vectors=np.stack(vectors))
 
     def append(self, keys, vectors) -> None:
-        """Add one shard with these vectors; merge all shards into one once there are too many."""
+        """Add one shard with these vectors; merge (and trim to ``max_entries``) when there are too many."""
         if not keys:
             return
         self._write(keys, vectors)
         old = self.shards()
-        if len(old) > MAX_SHARDS:
+        if len(old) > MAX_SHARDS or (self.max_entries is not None and self._entries(old) > self.max_entries):
             log.debug("merging %d shards of %s", len(old), self.folder)
-            merged = self.read()
+            merged = self.read(self.max_entries)
             self._write(list(merged), list(merged.values()))
             for shard in old:
                 shard.unlink(missing_ok=True)
@@ -170,14 +208,14 @@ def _remember(key: tuple[int, str], vector: np.ndarray) -> None:
 
 def _disk_cache(max_seq_length: int) -> ShardCache | None:
     folder = os.environ.get("OPTSCALE_EMBEDDING_CACHE")
-    return ShardCache(Path(folder) / f"{MODEL_NAME}-{max_seq_length}") if folder else None
+    return ShardCache(Path(folder) / f"{MODEL_NAME}-{max_seq_length}", DISK_ENTRIES) if folder else None
 
 
 def embed(texts, max_seq_length: int = 256, batch_size: int = 32) -> np.ndarray:
     """Unit-norm float32 embeddings ``(n, 384)`` of ``texts``."""
     disk = _disk_cache(max_seq_length)
     if disk is not None and max_seq_length not in _disk_read:
-        for key, vec in disk.read().items():
+        for key, vec in disk.read(MEMO_ENTRIES).items():  # the newest, as many as the memo keeps
             _remember((max_seq_length, str(key)), vec)
         _disk_read.add(max_seq_length)
     keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]

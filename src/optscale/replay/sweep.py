@@ -121,6 +121,7 @@ def check_sweep(policy: str, budgets: Sequence[int], s_mins: Sequence[float] | N
                 target: float | None = None, token_share: float = 0.5, splits: int = 1) -> list[tuple[int, dict]]:
     """Check every argument of :func:`sweep` and build each policy of the grid once, before any work.
 
+    A setting both swept and fixed in ``settings`` is refused (the grid would silently win).
     Returns the ``(budget, setting)`` pairs of the grid. Errors name ``budgets``, ``s_mins``,
     ``alphas``, ``grid.<key>`` for the grid, else the argument (``calib_fraction``, ``seed``,
     ``objective``, ``target``, ``token_share``, ``splits``, ``policy``, ``settings.<key>``).
@@ -138,6 +139,11 @@ def check_sweep(policy: str, budgets: Sequence[int], s_mins: Sequence[float] | N
     if len(budgets) == 0:
         raise InputError("needs at least one value", "budgets")
     keys, points = grid_points(s_mins, alphas, grid)
+    both = [k for k in keys if k in (settings or {})]
+    if both:
+        where = {"s_min": "s_mins", "alpha": "alphas"}.get(both[0], f"grid.{both[0]}")
+        raise InputError(f"{both[0]} is both swept and fixed to {settings[both[0]]!r}: sweep it or fix it, "
+                         "not both", where)
     names = {"n_max": "budgets", "settings.s_min": "s_mins", "settings.alpha": "alphas"}
     names.update({f"settings.{k}": f"grid.{k}" for k in (grid or {})})
     base = {k: v for k, v in (settings or {}).items() if not (k == "priors" and _is_population(settings))}

@@ -25,8 +25,11 @@ def _policy_rows(results) -> list[dict]:
     return [{"dataset": res.dataset, **s.as_dict()} for res in results for s in res.stats]
 
 
-def write_replay_report(out: str | Path, results: Sequence, s_min: float = 0.95, alpha: float = 0.9) -> list[Path]:
+def write_replay_report(out: str | Path, results: Sequence, s_min: float | None = None,
+                        alpha: float | None = None) -> list[Path]:
     """Everything a replay produced, in one folder: tables, curves, the envelope, plots and a JSON summary.
+
+    ``s_min`` and ``alpha`` set the N* map (default: OptScale's default target).
 
     The files appear together or not at all; errors name ``out``.
     """

@@ -90,12 +90,17 @@ def pareto_plot(
     return save_figure(fig, path)
 
 
-def nstar_plot(path: str | Path, s_min: float = 0.95, alpha: float = 0.9, n_max: int = 64) -> Path:
-    """Heat map of N* (capped at ``n_max``) over a grid of (mu, sigma)."""
+def nstar_plot(path: str | Path, s_min: float | None = None, alpha: float | None = None, n_max: int = 64) -> Path:
+    """Heat map of N* (capped at ``n_max``) over a grid of (mu, sigma); ``s_min`` and ``alpha``
+    default to OptScale's (:data:`optscale.policies.optscale.DEFAULT_TARGET`)."""
     from matplotlib.colors import LogNorm
+
+    from ..policies.optscale import DEFAULT_TARGET
 
     from ..stats import min_samples
 
+    s_min = DEFAULT_TARGET[0] if s_min is None else s_min
+    alpha = DEFAULT_TARGET[1] if alpha is None else alpha
     plt = pyplot()
     mu = np.linspace(0.4, 1.4, 201)
     sigma = np.geomspace(0.005, 0.5, 200)

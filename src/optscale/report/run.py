@@ -2,8 +2,8 @@
 
 It reads the folder in the layout the run store writes (:class:`optscale.live.runs.RunFolder`):
 the budget ``n_max`` from the stored identity, the problems from ``problems.jsonl``. A token
-count that the server never reported (prompt tokens of llama.cpp streams) is reported as
-unknown (null), never as 0.
+count that the server never reported (prompt tokens of llama.cpp streams, every count of a
+server that sends neither usage nor logprobs) is reported as unknown (null), never as 0.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
         n_max = folder.n_max()
     samples = np.array([r.get("n_samples", 0) for r in rows], dtype=float)
     tokens = np.array([r.get("tokens", 0) for r in rows], dtype=float)
+    uncounted = sum(int(r.get("tokens_unknown") or 0) for r in rows)  # responses logged as 0 tokens, unknown
     prompt_tokens = _known_total(rows, "prompt_tokens")
     graded = [bool(r["correct"]) for r in rows if r.get("correct") is not None]
     accuracy = float(np.mean(graded)) if graded else None
@@ -58,7 +59,10 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
         ci = [float(x) for x in np.quantile(boots, [0.025, 0.975])]
     summary = {
         "problems": len(rows), "graded": len(graded), "accuracy": accuracy, "accuracy_ci95": ci,
-        "mean_samples": float(samples.mean()), "mean_tokens": float(tokens.mean()), "total_tokens": float(tokens.sum()),
+        "mean_samples": float(samples.mean()),
+        "mean_tokens": None if uncounted else float(tokens.mean()),
+        "total_tokens": None if uncounted else float(tokens.sum()),
+        "uncounted_responses": uncounted,
         "total_prompt_tokens": prompt_tokens,
         "n_max": n_max, "samples_saved_vs_budget": None if n_max is None else float(1 - samples.mean() / n_max),
         "stop_reasons": dict(Counter(str(r.get("stop_reason")) for r in rows)),
@@ -66,6 +70,7 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
     acc = "-" if accuracy is None else f"{100 * accuracy:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
     saved = "-" if n_max is None else f"{100 * summary['samples_saved_vs_budget']:.1f}% of {n_max} per problem"
     prompt = "unknown" if prompt_tokens is None else f"{prompt_tokens:,}"
+    mean_tokens = f"unknown ({uncounted} responses uncounted)" if uncounted else f"{tokens.mean():,.0f}"
     reasons = ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items())
     names = ["summary.json", "table.md", "samples.png"]
     with staged_dir(folder.report) as staging:
@@ -73,7 +78,7 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
         (staging / names[1]).write_text(
             "| problems | accuracy (95% CI) | mean samples | mean tokens | prompt tokens | samples saved vs budget "
             "| stop reasons |\n|---:|---:|---:|---:|---:|---:|---|\n"
-            f"| {len(rows)} | {acc} | {samples.mean():.2f} | {tokens.mean():,.0f} | {prompt} | {saved} | {reasons} |\n",
+            f"| {len(rows)} | {acc} | {samples.mean():.2f} | {mean_tokens} | {prompt} | {saved} | {reasons} |\n",
             encoding="utf-8")
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -10,19 +10,16 @@ from typing import Iterable, Mapping, Sequence
 
 from ..errors import InputError
 from ..io import atomic_open
+from ..policies import POLICIES
 
 __all__ = ["METHOD_NAMES", "write_rows", "paper_table", "baseline_table", "envelope_table", "splits_table"]
 
-#: Row labels of the paper's main table.
-METHOD_NAMES = {
-    "bon": "Best-of-N (BoN)",
-    "sc": "Self-Consistency",
-    "esc": "Early-stopping SC (ESC)",
-    "asc": "Adaptive SC (ASC)",
-    "optscale0": "OptScale$^0$ (MLE)",
-    "optscale-t": "OptScale$^t$ (MAP)",
-    "optscale": "OptScale (sequential)",
-}
+#: The paper's methods in the row order of its main table; the registry's other policies follow.
+PAPER_ORDER = ("bon", "sc", "esc", "asc", "optscale0", "optscale-t", "optscale")
+
+#: Row labels: each registered policy's ``label`` (the paper's names for the paper's methods).
+METHOD_NAMES = {name: POLICIES.get(name, "policy").label or name
+                for name in (*PAPER_ORDER, *(n for n in POLICIES.names() if n not in PAPER_ORDER))}
 
 
 def _cell(value):

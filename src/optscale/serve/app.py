@@ -34,7 +34,8 @@ from .errors import ApiError, error_body
 from .idempotency import IdempotencyStore
 from .metrics import CONTENT_TYPE_LATEST
 from .responses import chat_completion, chat_stream, sse, text_completion, text_stream
-from .schemas import HEADER_POLICY, HEADER_SETTINGS, OPTION_KEYS, SERVER_ONLY, parse_request, resolve_options
+from .schemas import (HEADER_POLICY, HEADER_SETTINGS, OPTION_KEYS, SERVER_ONLY, parse_request, resolve_options,
+                      table_names)
 from .settings import ServeConfig
 
 __all__ = ["create_app", "JsonFormatter"]
@@ -303,13 +304,20 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     async def policies(request: Request):
         caller(request)
         data = []
+        tables = table_names(config.tables_dir) if config.tables_dir is not None else []
         for name in POLICIES.names():
             schema = policy_settings_schema(name)
             for key in SERVER_ONLY:
-                schema["properties"].pop(key, None)
+                if key == "table" and config.tables_dir is not None and key in schema["properties"]:
+                    schema["properties"][key] = {"type": "string", "enum": tables, "description": (
+                        "a stopping table of this server, by file name (one of `tables`)")}
+                else:
+                    schema["properties"].pop(key, None)
+            if "required" in schema:
+                schema["required"] = [k for k in schema["required"] if k in schema["properties"]]
             data.append({"id": name, "description": schema["description"], "settings_schema": schema})
         return {"object": "list", "data": data, "default": {"policy": config.policy, "n_max": config.n_max},
-                "request_options": list(OPTION_KEYS)}
+                "request_options": list(OPTION_KEYS), "tables": tables}
 
     @app.post("/v1/optscale/plan")
     async def plan(request: Request):

@@ -50,6 +50,7 @@ class EpisodeResult:
     chosen: int  # index into samples of the answer returned first
     timings: dict[str, float]
     prompt_tokens: int | None
+    scorer_tokens: int | None = None
 
     @property
     def n_launched(self) -> int:
@@ -60,7 +61,8 @@ class EpisodeResult:
         cancelled = sum(int(e["tokens"]) for e in self.events if e["type"] == "cancelled")
         failed = sum(int(e["tokens"]) for e in self.events if e["type"] == "failed")
         return {"generation_completion_tokens": used, "cancelled_completion_tokens": cancelled,
-                "failed_completion_tokens": failed, "prompt_tokens": self.prompt_tokens, "scorer_tokens": None}
+                "failed_completion_tokens": failed, "prompt_tokens": self.prompt_tokens,
+                "scorer_tokens": self.scorer_tokens}
 
     def usage(self) -> dict[str, int]:
         b = self.breakdown()
@@ -111,25 +113,36 @@ class _Accounting(Listener):
 
 
 class _CountedScorer:
-    """The shared scorer as one episode calls it: each call counted in the metrics and traced."""
+    """The shared scorer as one episode calls it: each call counted in the metrics and traced.
+
+    It adds up the tokens the scorer's model spent for this episode (``tokens``: None as soon
+    as one score's cost is unknown, since a sum with a hole in it would be a lie).
+    """
 
     def __init__(self, service: Service, model: str):
         self.inner, self.service, self.model = service.scorer, service, model
         self.kind, self.needs_logprobs = self.inner.kind, self.inner.needs_logprobs
+        self.tokens: int | None = 0
 
     async def check(self) -> None:
         await self.inner.check()
 
     async def score(self, items: Sequence[ScoreRequest]) -> list[Score]:
         counter = self.service.metrics.scorer
-        with self.service.tracing.scorer_call(self.kind, len(items)):
+        with self.service.tracing.scorer_call(self.kind, len(items)) as span:
             try:
                 scores = await self.inner.score(items)
             except Exception:
                 counter.labels(model=self.model, status="error").inc(len(items))
                 raise
+            spent = [s.tokens for s in scores]
+            known = None if None in spent else sum(spent)
+            self.service.tracing.scorer_result(span, scores, known)
         for s in scores:
             counter.labels(model=self.model, status="flagged" if s.flag else "ok").inc()
+        self.tokens = None if known is None or self.tokens is None else self.tokens + known
+        if known:
+            self.service.metrics.tokens.labels(model=self.model, kind="scorer").inc(known)
         return scores
 
     async def aclose(self) -> None:
@@ -199,11 +212,12 @@ class Service:
         """Sample one request (admitted by :meth:`admit`; the caller leaves the gate)."""
         labels = {"model": self.config.model, "policy": options.name}
         accounting = _Accounting(self, labels, span)
+        scorer = _CountedScorer(self, self.config.model)
         start = time.monotonic()
         episode = options.policy.start(Problem(id=request_id, question=question))
         try:
             run = await sample_episode(
-                episode, prompt, question, self.generators[kind], _CountedScorer(self, self.config.model),
+                episode, prompt, question, self.generators[kind], scorer,
                 id=request_id, settings=self.sampler_settings, generation=generation, requests=self.limiter.lane(),
                 deadline=start + options.deadline_s, max_total_tokens=options.max_total_tokens, listener=accounting)
         except RequestRejected as exc:
@@ -243,7 +257,7 @@ class Service:
         scored = [float(s.get("latency_s") or 0.0) for s in run.samples]
         timings = {"total_s": round(elapsed, 4), "first_sample_s": round(min(scored), 4) if scored else None}
         return EpisodeResult(options, run.samples, run.events, outcome, stop, chosen, timings,
-                             accounting.prompt_tokens())
+                             accounting.prompt_tokens(), scorer.tokens)
 
 
 def plain(value: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["Tracing"]
@@ -55,10 +55,21 @@ class Tracing:
         span.end(end_time=end)
 
     @contextlib.contextmanager
-    def scorer_call(self, kind: str, items: int) -> Iterator[None]:
+    def scorer_call(self, kind: str, items: int) -> Iterator[Any]:
+        """A scorer call's span (a child of the request's), or None."""
         if self.tracer is None:
-            yield
+            yield None
             return
         with self.tracer.start_as_current_span(f"score {kind}", attributes={
-                "gen_ai.operation.name": "score", "optscale.scorer.kind": kind, "optscale.scorer.items": items}):
-            yield
+                "gen_ai.operation.name": "score", "gen_ai.system": "optscale", "optscale.scorer.kind": kind,
+                "optscale.scorer.items": items}) as span:
+            yield span
+
+    @staticmethod
+    def scorer_result(span: Any, scores: Sequence[Any], tokens: int | None) -> None:
+        """What the scorer call gave: its tokens (when its server reported them) and flagged scores."""
+        if span is None:
+            return
+        if tokens is not None:
+            span.set_attribute("optscale.scorer.tokens", tokens)
+        span.set_attribute("optscale.scorer.flagged", sum(1 for s in scores if s.flag))

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import re
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
@@ -33,8 +37,47 @@ HEADER_SETTINGS = "X-OptScale-Settings"
 #: Keys of the ``optscale`` object that are the request's own, not the policy's settings.
 OPTION_KEYS = ("policy", "n_max", "deadline_s", "max_total_tokens", "return_samples")
 #: Policy settings a request may not set: they name files on the server (set them with ``--set``).
+#: ``table`` is the exception where the server has a ``tables_dir``: a request names a file in it.
 SERVER_ONLY = ("priors", "table")
 MAX_HEADER_CHARS = 8192
+TABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_TABLES_LISTED = 1000
+
+
+def table_names(tables_dir: str) -> list[str]:
+    """The stopping tables a request may name: the ``.json`` files of ``tables_dir`` (sorted, bounded)."""
+    try:
+        with os.scandir(tables_dir) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".json") and TABLE_NAME.match(e.name)
+                           and e.is_file())
+    except OSError:
+        return []
+    return names[:MAX_TABLES_LISTED]
+
+
+def table_file(tables_dir: str, name: Any, place: str) -> tuple[str, tuple[int, int]]:
+    """The file of the table a request named (a name in ``tables_dir``, never a path) and its (mtime, size).
+
+    Names with a separator or a leading dot, and links that lead out of the directory, are
+    refused: a request can only choose among the tables the operator put there.
+    """
+    if not isinstance(name, str) or not TABLE_NAME.match(name):
+        raise ApiError(400, f"{place}: the file name of a stopping table in the server's tables directory (letters, "
+                       f"digits, '.', '_', '-'; no path), got {json.dumps(name, default=str)[:100]}", place,
+                       "invalid_setting")
+    root = Path(tables_dir).resolve()
+    path = (root / name).resolve()
+    try:
+        st = path.stat()
+        found = path.parent == root and stat.S_ISREG(st.st_mode)
+    except OSError:
+        found = False
+    if not found:
+        known = table_names(tables_dir)
+        listed = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none"
+        raise ApiError(400, f"{place}: no stopping table {name!r} on this server (tables: {listed})", place,
+                       "invalid_setting")
+    return str(path), (st.st_mtime_ns, st.st_size)
 
 
 def located(exc: ValidationError, prefix: str = "") -> ApiError:
@@ -179,13 +222,13 @@ class Options:
         return self.policy.name
 
 
-_POLICY_CACHE: collections.OrderedDict[tuple[str, int, str], PolicyBase] = collections.OrderedDict()
+_POLICY_CACHE: collections.OrderedDict[tuple[Any, ...], PolicyBase] = collections.OrderedDict()
 _POLICY_CACHE_SIZE = 512
 
 
-def _policy(name: str, n_max: int, settings: dict[str, Any]) -> PolicyBase:
+def _policy(name: str, n_max: int, settings: dict[str, Any], stamp: tuple[int, int] | None = None) -> PolicyBase:
     """The policy for these settings, built once (policies are immutable) and kept for the next requests."""
-    key = (name, n_max, json.dumps(settings, sort_keys=True, default=lambda v: f"{type(v).__name__}@{id(v)}"))
+    key = (name, n_max, json.dumps(settings, sort_keys=True, default=lambda v: f"{type(v).__name__}@{id(v)}"), stamp)
     policy = _POLICY_CACHE.get(key)
     if policy is None:
         policy = _POLICY_CACHE[key] = build_policy(name, n_max, settings)
@@ -245,11 +288,15 @@ def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any
     if name == config.policy:
         merged.update(config.policy_settings)
         origin.update({k: f"policy_settings.{k}" for k in config.policy_settings})
+    stamp = None  # the named table file's (mtime, size): a changed file makes a new policy
     for source, prefix in ((body, body_place), (header, HEADER_SETTINGS)):
         for key, value in source.items():
-            if key in SERVER_ONLY:
+            if key == "table" and config.tables_dir is not None:
+                value, stamp = table_file(config.tables_dir, value, _at(prefix, key))
+            elif key in SERVER_ONLY:
+                why = " (this server has no tables_dir)" if key == "table" else ""
                 raise ApiError(400, f"{_at(prefix, key)}: a server setting (a file on the server); it cannot be "
-                               "set per request", _at(prefix, key), "invalid_setting")
+                               f"set per request{why}", _at(prefix, key), "invalid_setting")
             merged[key] = value
             origin[key] = _at(prefix, key)
     own = {k: merged.pop(k) for k in OPTION_KEYS if k in merged}
@@ -273,12 +320,23 @@ def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any
                        f"({config.max_total_tokens})",
                        origin["max_total_tokens"], "invalid_setting")
     try:
-        policy = _policy(name, n_max, merged)
+        policy = _policy(name, n_max, merged, stamp)
     except InputError as exc:
         key = (exc.where or "").removeprefix("settings.")
         param = origin.get(key, body_place or None) if exc.where != "n_max" else origin.get("n_max", "n_max")
-        raise ApiError(400, f"{param}: {exc.detail}" if param else exc.detail, param, "invalid_setting") from None
+        detail = _hide_tables_dir(config, exc.detail)
+        raise ApiError(400, f"{param}: {detail}" if param else detail, param, "invalid_setting") from None
     except (TypeError, ValueError) as exc:
-        raise ApiError(400, f"invalid settings: {exc}", body_place or None, "invalid_setting") from None
+        raise ApiError(400, f"invalid settings: {_hide_tables_dir(config, str(exc))}", body_place or None,
+                       "invalid_setting") from None
     settings = policy.model_dump(mode="json", exclude={"priors"})
+    if isinstance(settings.get("table"), str):  # the table's name, not where the server keeps it
+        settings["table"] = Path(settings["table"]).name
     return Options(policy, settings, deadline, cap, options.return_samples)
+
+
+def _hide_tables_dir(config: ServeConfig, text: str) -> str:
+    """``text`` without the server's tables directory (a client named the table, not the path)."""
+    if config.tables_dir is None:
+        return text
+    return text.replace(str(Path(config.tables_dir).resolve()) + os.sep, "")

@@ -68,6 +68,9 @@ class ServeConfig(BaseModel):
     in_flight: int = Field(8, ge=1, le=100_000, description="upstream requests under way at once for one episode")
     max_failures: int = Field(3, ge=1, le=1000, description="failed upstream requests after which an episode "
                               "gives up")
+    tables_dir: str | None = Field(None, description="directory of stopping tables (written by `optscale policy "
+                                   "fit`) that a request may name with the learned policy's setting table: a file "
+                                   "name in it, never a path; without it requests cannot set table")
     max_n_max: int = Field(64, ge=1, le=1_000_000, description="largest n_max a request may ask for")
     max_deadline_s: float = Field(600.0, gt=0, description="longest deadline_s a request may ask for (and the "
                                   "deadline of requests that give none)")
@@ -177,5 +180,7 @@ def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values
         raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
     if config.n_max > config.max_n_max:
         raise InputError(f"must not exceed max_n_max ({config.max_n_max})", "n_max")
+    if config.tables_dir is not None and not os.path.isdir(config.tables_dir):
+        raise InputError(f"{config.tables_dir!r} is not a directory", "tables_dir")
     config.scorer_config()
     return config

@@ -53,6 +53,8 @@ def _check_params(mu, sigma, s_min) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     mu, sigma, s_min = (np.asarray(v, dtype=float) for v in (mu, sigma, s_min))
     if np.any(~np.isfinite(mu)):
         raise InputError(f"must be a finite number, got {mu.ravel()[~np.isfinite(mu.ravel())][:3].tolist()}", "mu")
+    if np.any(np.isnan(sigma)):
+        raise InputError("must be a positive number (inf: uniform scores), got nan", "sigma")
     if np.any(~(sigma > 0)):
         raise InputError(f"must be positive (inf: uniform scores), got {sigma.ravel()[~(sigma.ravel() > 0)][:3].tolist()}",
                          "sigma")
@@ -114,7 +116,7 @@ def best_of_n_logcdf(x, mu, sigma, n) -> np.ndarray:
 def prob_best_at_least(s_min, mu, sigma, n) -> np.ndarray:
     """``Pr(best of n >= s_min) = 1 - F(s_min)**n``, without cancellation near 0."""
     with np.errstate(invalid="ignore"):
-        return -np.expm1(best_of_n_logcdf(s_min, mu, sigma, n))
+        return 0.0 - np.expm1(best_of_n_logcdf(s_min, mu, sigma, n))  # 0.0 - 0.0 is +0.0, never -0.0
 
 
 _GL_X, _GL_W = special.roots_legendre(96)

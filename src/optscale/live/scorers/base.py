@@ -27,6 +27,8 @@ __all__ = [
     "ScoringError",
     "aggregate_steps",
     "split_steps",
+    "reported_tokens",
+    "share_tokens",
     "prm_conversation",
     "PRM_SYSTEM",
     "PrmStepSettings",
@@ -50,11 +52,17 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class Score:
-    """A score in [0, 1]; ``steps`` are the per-step scores of a PRM, ``flag`` why a score is degraded."""
+    """A score in [0, 1]; ``steps`` are the per-step scores of a PRM, ``flag`` why a score is degraded.
+
+    ``tokens`` is what the scorer's own model spent on this score (prompt and completion tokens
+    of its calls, as its server reported them): 0 when it called no model, None when the
+    server did not say. A batch's reported total is shared out over its responses.
+    """
 
     value: float
     steps: tuple[float, ...] | None = None
     flag: str | None = None
+    tokens: int | None = None
 
 
 class Scorer(Protocol):
@@ -95,6 +103,31 @@ def aggregate_steps(steps: Sequence[float], how: Aggregate) -> float:
 
 def clip(value: float) -> float:
     return min(1.0, max(0.0, value))
+
+
+def reported_tokens(value: Any) -> int | None:
+    """A token count from a server's usage report, or None when it is absent or impossible."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return None
+
+
+def share_tokens(total: int | None, weights: Sequence[int]) -> list[int | None]:
+    """``total`` split over items in proportion to ``weights`` (largest remainders), summing to it exactly.
+
+    A batched request reports one total for all its inputs; this attributes it to each input
+    by size, so that per-request sums stay honest where batches mix requests.
+    """
+    if total is None:
+        return [None] * len(weights)
+    whole = sum(weights)
+    if whole <= 0:
+        return [total // len(weights) + (i < total % len(weights)) for i in range(len(weights))] if weights else []
+    exact = [total * w / whole for w in weights]
+    out = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: out[i] - exact[i])[:total - sum(out)]:
+        out[i] += 1
+    return out
 
 
 def positive_probability(entry: Any) -> float:

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, 
 from ...errors import InputError
 from ..openai import OpenAIGenerator
 from ..secrets import redact_url
-from ..types import GenerationSettings, Prompt
-from .base import Score, ScoreRequest, clip
+from ..types import Completion, GenerationSettings, Prompt
+from .base import Score, ScoreRequest, clip, reported_tokens
 
 __all__ = ["JUDGE_PROMPT", "JudgeScorer", "JudgeSettings"]
 
@@ -80,13 +80,22 @@ class JudgeScorer:
         text = self.prompt.replace("{question}", item.question).replace("{solution}", solution)
         return ({"role": "user", "content": text},)
 
+    @staticmethod
+    def _spent(reply: Completion) -> int | None:
+        """The judge call's prompt and completion tokens, when its server reported both."""
+        prompt = reported_tokens(reply.prompt_tokens)
+        if prompt is None or reply.tokens_source == "unknown" or reply.usage_invalid:
+            return None
+        return prompt + reply.tokens + reply.wasted_tokens
+
     async def _one(self, item: ScoreRequest) -> Score:
         if not item.text.strip():
-            return Score(0.0, flag="empty")
+            return Score(0.0, flag="empty", tokens=0)
         async with self._limit:
             [reply, *_] = await self.judge.generate(Prompt(messages=self._messages(item)), settings=self._settings)
+        tokens = self._spent(reply)
         if not reply.top_logprobs:
-            return Score(0.0, flag="judge_no_logprobs")
+            return Score(0.0, flag="judge_no_logprobs", tokens=tokens)
         yes = no = 0.0
         for token, logprob in reply.top_logprobs[0].items():
             word = token.strip().lower()
@@ -95,8 +104,8 @@ class JudgeScorer:
             elif word == "no":
                 no += math.exp(min(logprob, 0.0))
         if yes + no <= 0.0:
-            return Score(0.0, flag="judge_no_yes_no")
-        return Score(clip(yes / (yes + no)))
+            return Score(0.0, flag="judge_no_yes_no", tokens=tokens)
+        return Score(clip(yes / (yes + no)), tokens=tokens)
 
     async def score(self, items: Sequence[ScoreRequest]) -> list[Score]:
         return list(await asyncio.gather(*(self._one(item) for item in items)))

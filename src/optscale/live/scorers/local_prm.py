@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,9 +96,11 @@ class LocalPrmScorer(PrmBase):
                                      "scorer.model")
                 probs = torch.softmax(logits.float(), dim=-1)[..., 1]
                 mask = (enc["input_ids"] == self._tag_id) & enc["attention_mask"].bool()
+                sizes = enc["attention_mask"].sum(dim=-1).tolist()
                 for row, k in enumerate(live):
-                    scores[k] = self.combine(len(steps[k]), probs[row][mask[row]].tolist())
-            out.extend(scores.get(k, Score(0.0, flag="empty")) for k in range(len(chunk)))
+                    score = self.combine(len(steps[k]), probs[row][mask[row]].tolist())
+                    scores[k] = dataclasses.replace(score, tokens=int(sizes[row]))
+            out.extend(scores.get(k, Score(0.0, flag="empty", tokens=0)) for k in range(len(chunk)))
         return out
 
     async def check(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from ...errors import InputError
 from ..openai import OpenAIGenerator
 from ..prompts import render_markup
 from ..secrets import redact_url
-from .base import PrmBase, PrmStepSettings, Score, ScoreRequest, prm_conversation
+from .base import PrmBase, PrmStepSettings, Score, ScoreRequest, prm_conversation, reported_tokens, share_tokens
 
 __all__ = ["PrmSettings", "VllmPrmScorer"]
 
@@ -76,13 +77,17 @@ class VllmPrmScorer(PrmBase):
         for i, item in enumerate(items):
             steps = self.steps(item.text)
             if not steps:
-                out[i] = Score(0.0, flag="empty")
+                out[i] = Score(0.0, flag="empty", tokens=0)
             else:
                 batch.append((i, len(steps), self._input(item, steps)))
         if batch:
             reply = await self.client.post_json(
                 self.path, {"model": self.client.model, "input": [text for _, _, text in batch]}, root=True)
             rows = reply.get("data") if isinstance(reply, dict) else None
+            usage = reply.get("usage") if isinstance(reply, dict) else None
+            usage = usage if isinstance(usage, dict) else {}
+            spent = reported_tokens(usage.get("total_tokens", usage.get("prompt_tokens")))
+            shares = share_tokens(spent, [len(text) for _, _, text in batch])
             by_index: dict[int, Any] = {}
             for k, row in enumerate(rows if isinstance(rows, list) else []):
                 index = row.get("index", k) if isinstance(row, dict) else None
@@ -90,9 +95,10 @@ class VllmPrmScorer(PrmBase):
                     by_index[index] = row.get("data")
             for k, (i, expected, _) in enumerate(batch):
                 if k not in by_index:
-                    out[i] = Score(0.0, flag=f"prm_shape: no output for input {k} of {len(batch)}")
+                    score = Score(0.0, flag=f"prm_shape: no output for input {k} of {len(batch)}")
                 else:
-                    out[i] = self.combine(expected, by_index[k])
+                    score = self.combine(expected, by_index[k])
+                out[i] = dataclasses.replace(score, tokens=shares[k])
         return [s for s in out if s is not None]
 
     async def aclose(self) -> None:
