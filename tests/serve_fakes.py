@@ -17,12 +17,12 @@ class Proxy:
     """``with Proxy(upstream_url, scorer="confidence", n_max=4) as proxy``: ``proxy.base_url``, ``proxy.app``."""
 
     def __init__(self, upstream: str, env: dict[str, str] | None = None, wait_ready: bool = True,
-                 ready_timeout: float = 20.0, **settings: Any):
+                 ready_timeout: float = 20.0, tracer_provider: Any = None, **settings: Any):
         values = {"upstream": upstream, "model": "fake-model", "scorer": "confidence", "keepalive_s": 0.05,
                   "client": {"backoff": 0.01, "backoff_max": 0.05, "idle_timeout": 2, "timeout": 20, "retries": 2},
                   **settings}
         self.config = build_serve_config(values, env={})
-        self.app = create_app(self.config, env=env or {})
+        self.app = create_app(self.config, env=env or {}, tracer_provider=tracer_provider)
         self.wait_ready = wait_ready
         self.ready_timeout = ready_timeout
 

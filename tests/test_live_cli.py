@@ -310,6 +310,17 @@ def test_the_store_masks_known_secrets_in_error_values_only(tmp_path):
     assert RunStore(tmp_path).compatible({"model": "m", "split": "test"})
 
 
+def test_the_store_refuses_a_value_json_cannot_hold_before_writing_anything(tmp_path):
+    """Review 9 item 4b: an infinite setting crashed json.dumps in prepare (a ValueError, an empty folder)."""
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="inf is not a finite number") as info:
+        RunStore(out).prepare({"model": "m", "policy_settings": {"gain": float("inf")}}, {})
+    assert info.value.where == "policy_settings.gain" and not out.exists()
+    with pytest.raises(InputError) as info:
+        RunStore(out).prepare({"model": "m"}, {"timeout": float("nan")})
+    assert info.value.where == "timeout" and not out.exists()
+
+
 @pytest.mark.parametrize("secret", ["key:test", "key:token", "url:answer:boxed"])
 def test_keys_that_are_common_words_leave_an_intact_resumable_folder_with_no_secret(secret, tmp_path, monkeypatch,
                                                                                    capsys):

@@ -76,6 +76,7 @@ def test_chat_completion_returns_the_chosen_sample_and_honest_usage(upstream, cl
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     b = o["usage_breakdown"]
     assert b["generation_completion_tokens"] == sent and b["cancelled_completion_tokens"] == 0
+    assert b["scorer_tokens"] == 0  # the confidence scorer calls no model
     assert set(o) >= {"settings", "n_cancelled", "n_star", "estimates", "timings"}
 
 
@@ -161,6 +162,7 @@ BAD = [
     ({**OK, "optscale": {"deadline_s": -1}}, {}, 400, "optscale.deadline_s"),
     ({**OK, "optscale": {"return_samples": "yes"}}, {}, 400, "optscale.return_samples"),
     ({**OK, "optscale": {"priors": "/etc/passwd"}}, {}, 400, "optscale.priors"),
+    ({**OK, "optscale": {"policy": "learned", "table": "t.json"}}, {}, 400, "optscale.table"),  # no tables_dir
     ({**OK, "optscale": {"policy": "magic"}}, {}, 404, "optscale.policy"),
     ({**OK, "optscale": "fast"}, {}, 400, "optscale"),
     (OK, {"X-OptScale-Policy": "magic"}, 404, "X-OptScale-Policy"),
@@ -423,9 +425,47 @@ def test_proxy_decisions_equal_offline_replay(name, tmp_path):
         decisions = build_policy(name, 8, settings).replay(build_batch([problem]))
         assert live["n_used"] == decisions.n_used[0, 0], question
         assert live["chosen_index"] == decisions.chosen[0, 0], question
-    print("DBG", name, [r[1]["n_used"] for r in runs])
     if name == "learned":  # the table decides something on these samples (it stops early on the easy one)
         assert runs[1][1]["n_used"] < 8
+
+
+def test_a_request_names_a_table_of_the_servers_tables_dir_never_a_path(upstream, tmp_path):
+    tables = tmp_path / "tables"
+    fitted_table(tables)
+    fitted_table(tables, n_max=4, name="t4.json")
+    (tmp_path / "outside.json").write_text(fitted_table(tmp_path / "other").read_text())
+    (tables / "link.json").symlink_to(tmp_path / "outside.json")
+    with Proxy(upstream.base_url, n_max=8, tables_dir=str(tables)) as px:
+        url = px.url("/v1/chat/completions")
+
+        def ask(table, **extra):
+            return httpx.post(url, json={**OK, "optscale": {"policy": "learned", "table": table, **extra}})
+
+        r = ask("t8.json")
+        assert r.status_code == 200 and r.json()["optscale"]["settings"]["table"] == "t8.json"
+        for name in ("../outside.json", "/etc/passwd", "sub/t8.json", ".t8.json", 8, ["t8.json"]):
+            err = ask(name).json()["error"]
+            assert err["param"] == "optscale.table" and "no path" in err["message"], (name, err)
+        for name in ("link.json", "nope.json"):  # a link out of the directory, a missing table
+            err = ask(name).json()["error"]
+            assert err["param"] == "optscale.table" and "no stopping table" in err["message"], (name, err)
+            assert "tables: link.json, t4.json, t8.json" in err["message"] and str(tmp_path) not in err["message"]
+        err = ask("t4.json").json()["error"]  # fitted for another n_max: refused, without the server's path
+        assert err["param"] == "optscale.table" and "t4.json was fitted for n_max 4, not 8" in err["message"]
+        assert str(tables) not in err["message"]
+        assert ask("t4.json", n_max=4).status_code == 200
+        r = httpx.post(url, json=OK, headers={"X-OptScale-Policy": "learned",
+                                              "X-OptScale-Settings": json.dumps({"table": "../outside.json"})})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "X-OptScale-Settings.table"
+        listed = httpx.get(px.url("/v1/optscale/policies")).json()
+        assert listed["tables"] == ["link.json", "t4.json", "t8.json"]
+        learned = {p["id"]: p for p in listed["data"]}["learned"]["settings_schema"]
+        assert learned["properties"]["table"]["type"] == "string"
+        assert "priors" not in {p["id"]: p for p in listed["data"]}["optscale"]["settings_schema"]["properties"]
+    with pytest.raises(InputError, match="not a directory") as info:
+        build_serve_config({"upstream": "http://x/v1", "model": "m", "scorer": "confidence",
+                            "tables_dir": str(tmp_path / "none")}, env={})
+    assert info.value.where == "tables_dir"
 
 
 # -- parts -----------------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ class RunFolder:
     ``config.json`` is ``{"identity": {...}, "runtime": {...}}``; the identity holds what
     makes samples comparable, among it ``policy`` and ``n_max`` (the sample budget per
     problem). ``problems.jsonl`` lines hold at least ``id``, ``correct``, ``n_samples``,
-    ``tokens``, ``prompt_tokens`` (None when the server reported none) and ``stop_reason``.
+    ``tokens``, ``prompt_tokens`` (None when the server reported none), ``tokens_unknown``
+    (responses whose token count nobody reported; absent in older folders) and ``stop_reason``.
+    A folder without ``config.json`` is a run folder only while it is empty.
     """
 
     CONFIG = "config.json"

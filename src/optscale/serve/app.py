@@ -146,11 +146,12 @@ async def _disconnected(request: Request) -> None:
 
 
 def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
-               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """The app for ``config``; ``env`` supplies the client keys variable (default ``os.environ``)."""
+               transport: httpx.AsyncBaseTransport | None = None, tracer_provider: Any = None) -> FastAPI:
+    """The app for ``config``; ``env`` supplies the client keys variable (default ``os.environ``),
+    ``tracer_provider`` an OpenTelemetry TracerProvider (default: the process's global one)."""
     env = os.environ if env is None else env
     keys = load_client_keys(config.api_keys_file, env)
-    service = Service(config, transport=transport)
+    service = Service(config, transport=transport, tracer_provider=tracer_provider)
     store = IdempotencyStore(config.idempotency_ttl_s, config.idempotency_max_entries)
 
     async def check_until_ready() -> None:

@@ -152,7 +152,8 @@ class _CountedScorer:
 class Service:
     """What every request shares; :meth:`run` samples one request's episode."""
 
-    def __init__(self, config: ServeConfig, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, config: ServeConfig, transport: httpx.AsyncBaseTransport | None = None,
+                 tracer_provider: Any = None):
         self.config = config
         client = config.client
         if "max_connections" not in client.model_fields_set:
@@ -167,7 +168,7 @@ class Service:
         self.limiter = FairLimiter(config.max_in_flight)
         self.gate = EpisodeGate(config.max_episodes)
         self.metrics = Metrics(lambda: self.limiter.in_use)
-        self.tracing = Tracing()
+        self.tracing = Tracing(provider=tracer_provider)
         self.redact = Redactor(config.secrets())
         self.sampler_settings = config.sampler_settings()
         self.ready = False
