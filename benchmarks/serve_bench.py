@@ -7,11 +7,12 @@ each run in their own process, as in a deployment; clients are httpx in this pro
    upstream directly and through the proxy, one at a time: p50/p99 of both and the difference
    (target: p50 added <= 5 ms on 2 cores).
 2. load: 200 concurrent clients x 5 requests each, ``bon`` N_max 2 then ``optscale`` N_max 8,
-   20-50 ms per sample; errors, throughput, p50/p99, the proxy's RSS before and after two
+   20-50 ms per sample (10-25 tokens at 2 ms); errors, throughput, p50/p99, the proxy's RSS before and after two
    identical rounds, upstream requests left in flight and connections to the upstream.
 3. storm: 100 clients leave mid-episode; time until the proxy has no upstream request in flight.
 
-Usage: python benchmarks/serve_bench.py [latency|load|storm|all] [--requests 300]
+Usage: python benchmarks/serve_bench.py [latency|load|storm|all] [--requests 300] [--clients 200]
+[--per-client 5] [--storm-clients 100]
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ async def _round(url: str, clients: int, per_client: int, options: dict) -> tupl
 
 
 def load(clients: int = 200, per_client: int = 5) -> None:
-    up = Upstream(0.002)  # 8-24 tokens: 16-48 ms per sample
+    up = Upstream(0.002, 10, 25)  # 10-25 tokens at 2 ms: 20-50 ms per sample
     proxy = ProxyProcess(up.url, "--max-episodes", str(clients), "--max-in-flight", "512", "--in-flight", "8")
     try:
         for options in ({"policy": "bon", "n_max": 2}, {"policy": "optscale", "n_max": 8}):
@@ -203,24 +204,33 @@ def storm(clients: int = 100) -> None:
             time.sleep(0.01)
         drained = time.perf_counter() - left
         print(f"storm: {clients} clients left mid-episode; in flight when the last left: {peak:.0f}; "
-              f"0 in flight after {drained * 1000:.0f} ms; cancelled {proxy.metric('optscale_samples_cancelled_total'):.0f}")
+              f"0 in flight after {drained * 1000:.0f} ms; "
+              f"cancelled {proxy.metric('optscale_samples_cancelled_total'):.0f}")
     finally:
         proxy.close()
         up.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("what", nargs="?", default="all", choices=["latency", "load", "storm", "all"])
-    parser.add_argument("--requests", type=int, default=300)
+    parser = argparse.ArgumentParser(description="Measure optscale serve: added latency, load, disconnect storm "
+                                     "(bon N_max 2 and optscale N_max 8 under load; fake upstream 20-50 ms per "
+                                     "sample).")
+    parser.add_argument("what", nargs="?", default="all", choices=["latency", "load", "storm", "all"],
+                        help="which measurement (default: all)")
+    parser.add_argument("--requests", type=int, default=300, help="sequential requests of the latency run "
+                        "(default: 300)")
+    parser.add_argument("--clients", type=int, default=200, help="concurrent clients of the load run (default: 200)")
+    parser.add_argument("--per-client", type=int, default=5, help="requests per client in the load run (default: 5)")
+    parser.add_argument("--storm-clients", type=int, default=100, help="clients that leave mid-episode in the storm "
+                        "(default: 100)")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(ROOT / "src"))
     if args.what in ("latency", "all"):
         latency(args.requests)
     if args.what in ("load", "all"):
-        load()
+        load(args.clients, args.per_client)
     if args.what in ("storm", "all"):
-        storm()
+        storm(args.storm_clients)
 
 
 if __name__ == "__main__":
