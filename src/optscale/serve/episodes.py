@@ -107,9 +107,13 @@ class _Accounting(Listener):
         self.service.tracing.sample(self.span, record)
 
     def prompt_tokens(self) -> int | None:
-        """The prompt's size (reported by the upstream) times the upstream requests made for it."""
-        sizes = [r.get("prompt_tokens") for r in self.records if r.get("prompt_tokens") is not None]
-        return int(sizes[0]) * len(self.records) if sizes else None
+        """The prompt's size (reported by the upstream) times the upstream requests made for it.
+
+        The proxy asks one sample per request, so every record (sample, cancelled, failed) is one
+        request; cancelled streams report no usage, so the size comes from those that did.
+        """
+        sizes = [int(r["prompt_tokens"]) for r in self.records if r.get("prompt_tokens")]
+        return max(sizes) * len(self.records) if sizes else None
 
 
 class _CountedScorer:
