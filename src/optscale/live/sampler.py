@@ -268,7 +268,8 @@ class _Sampler:
             "wasted_tokens": c.wasted_tokens if first else 0,
             "prompt_tokens": c.prompt_tokens if first or c.prompt_tokens is None else 0,
             "finish_reason": c.finish_reason, "endpoint": c.endpoint, "attempts": c.attempts,
-            "latency_s": round(c.latency_s, 3), "usage_invalid": c.usage_invalid, "text": c.text,
+            "latency_s": round(c.latency_s, 3), "usage_invalid": c.usage_invalid, "scorer_tokens": score.tokens,
+            "text": c.text,
         }
 
     def _event(self, kind: str, problem: LiveProblem, slot: _Slot, index: int, tokens: int,
