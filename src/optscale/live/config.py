@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -84,24 +85,8 @@ class RunConfig(BaseModel):
     client: ClientSettings = ClientSettings()
     sampler: SamplerSettings = SamplerSettings()
 
-    @field_validator("scorer")
-    @classmethod
-    def _known_scorer(cls, kind: str) -> str:
-        if kind not in SCORERS:
-            raise ValueError(f"unknown scorer {kind!r}; choose from {', '.join(SCORERS)}")
-        return kind
-
-    @field_validator("base_url")
-    @classmethod
-    def _urls(cls, urls: list[str]) -> list[str]:
-        if any(not u.strip() for u in urls):
-            raise ValueError("a server URL is empty")
-        for url in urls:
-            try:
-                check_url(url, "base_url")
-            except InputError as exc:
-                raise ValueError(exc.detail) from None
-        return urls
+    _known_scorer = field_validator("scorer")(lambda kind: known_scorer(kind))
+    _urls = field_validator("base_url")(lambda urls: server_urls(urls))
 
     # -- validated, normalised views --------------------------------------------------------
     def template_obj(self) -> PromptTemplate:
@@ -113,10 +98,7 @@ class RunConfig(BaseModel):
 
     def scorer_config(self) -> BaseModel | None:
         """The scorer's validated settings model (None for a scorer without settings)."""
-        try:
-            return scorer_settings(self.scorer, self.scorer_settings)
-        except InputError as exc:
-            raise exc.renamed({"scorer.": "scorer_settings."}) from None
+        return validated_scorer(self.scorer, self.scorer_settings)
 
     def identity(self) -> dict[str, Any]:
         """What samples depend on, from validated settings; a resumed run must match it exactly."""
@@ -169,15 +151,7 @@ class RunConfig(BaseModel):
 
     def secrets(self) -> list[str]:
         """Every key and URL credential of this configuration (to mask them in what is stored or shown)."""
-        found: list[str] = []
-        scorer = self.scorer_config()
-        for holder in (self.client, scorer):
-            key = getattr(holder, "api_key", None)
-            if key is not None:
-                found.append(key.get_secret_value())
-        for url in [*self.base_url, *(getattr(scorer, "base_url", None) or [])]:
-            found.extend(url_secrets(url))
-        return found
+        return config_secrets(self.client, self.scorer_config(), self.base_url)
 
 
 def _policy_settings(policy: Any, n_max: Any, settings: dict[str, Any]) -> dict[str, Any]:
@@ -230,18 +204,61 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _nested(values: dict[str, Any]) -> dict[str, Any]:
-    """Flat names onto the settings models; tables of a model's fields are merged in."""
+def nested_settings(values: Mapping[str, Any], flat: Mapping[str, tuple[str, str]] = FLAT,
+                    sections: tuple[str, ...] = _SECTIONS) -> dict[str, Any]:
+    """Flat names onto the settings models (``flat``); tables of a model's fields are merged in."""
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if key in _SECTIONS and isinstance(value, dict):
+        if key in sections and isinstance(value, dict):
             out.setdefault(key, {}).update({str(k).replace("-", "_"): v for k, v in value.items()})
-        elif key in FLAT:
-            section, field = FLAT[key]
+        elif key in flat:
+            section, field = flat[key]
             out.setdefault(section, {})[field] = value
         else:
             out[key] = value
     return out
+
+
+# -- what a run and the proxy share ------------------------------------------------------------
+
+
+def known_scorer(kind: str) -> str:
+    """Validator of a ``scorer`` field: a name of the scorer registry."""
+    if kind not in SCORERS:
+        raise ValueError(f"unknown scorer {kind!r}; choose from {', '.join(SCORERS)}")
+    return kind
+
+
+def server_urls(urls: list[str]) -> list[str]:
+    """Validator of server URL fields: http(s), a valid port, no query (it could hold a key)."""
+    if any(not u.strip() for u in urls):
+        raise ValueError("a server URL is empty")
+    for url in urls:
+        try:
+            check_url(url, "url")
+        except InputError as exc:
+            raise ValueError(exc.detail) from None
+    return urls
+
+
+def validated_scorer(kind: str, values: dict[str, Any]) -> BaseModel | None:
+    """The scorer's settings model; errors name ``scorer_settings.<key>``."""
+    try:
+        return scorer_settings(kind, values)
+    except InputError as exc:
+        raise exc.renamed({"scorer.": "scorer_settings."}) from None
+
+
+def config_secrets(client: ClientSettings, scorer: BaseModel | None, urls: list[str]) -> list[str]:
+    """Every key and URL credential of a configuration (to mask them in what is stored or shown)."""
+    found: list[str] = []
+    for holder in (client, scorer):
+        key = getattr(holder, "api_key", None)
+        if key is not None:
+            found.append(key.get_secret_value())
+    for url in [*urls, *(getattr(scorer, "base_url", None) or [])]:
+        found.extend(url_secrets(url))
+    return found
 
 
 def _listed(values: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +281,7 @@ def setting_places(values: dict[str, Any]) -> set[str]:
     versus the ``--n-max`` flag).
     """
     places: set[str] = set()
-    for key, value in _nested(_listed(values)).items():
+    for key, value in nested_settings(_listed(values)).items():
         places.add(key)
         if isinstance(value, dict) and key in _SECTIONS:
             places |= {_place((key, field)) for field in value}
@@ -280,8 +297,8 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Ru
     validated here too, so a bad value fails before any server is contacted.
     """
     given = {k: v for k, v in flag_values.items() if v is not None and v != [] and v != {}}
-    values = _nested(_listed(file_values))
-    for key, value in _nested(_listed(given)).items():
+    values = nested_settings(_listed(file_values))
+    for key, value in nested_settings(_listed(given)).items():
         if isinstance(values.get(key), dict) and isinstance(value, dict):
             values[key] = {**values[key], **value}
         else:

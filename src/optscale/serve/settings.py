@@ -22,10 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..compose import build_policy
 from ..errors import InputError
-from ..live.config import load_config_file
+from ..live.config import (config_secrets, known_scorer, load_config_file, nested_settings, server_urls,
+                           validated_scorer)
 from ..live.sampler import SamplerSettings
-from ..live.scorers import SCORERS, scorer_settings
-from ..live.secrets import url_secrets
 from ..live.types import ClientSettings, GenerationSettings
 from ..policies import POLICIES
 
@@ -89,12 +88,8 @@ class ServeConfig(BaseModel):
     generation: GenerationSettings = GenerationSettings()
     client: ClientSettings = ClientSettings(retries=2, timeout=300.0)
 
-    @field_validator("scorer")
-    @classmethod
-    def _known_scorer(cls, kind: str) -> str:
-        if kind not in SCORERS:
-            raise ValueError(f"unknown scorer {kind!r}; choose from {', '.join(SCORERS)}")
-        return kind
+    _known_scorer = field_validator("scorer")(lambda kind: known_scorer(kind))
+    _urls = field_validator("upstream")(lambda urls: server_urls(urls))
 
     @field_validator("policy")
     @classmethod
@@ -109,34 +104,17 @@ class ServeConfig(BaseModel):
                                zero_unanswered=self.zero_unanswered)
 
     def scorer_config(self) -> BaseModel | None:
-        try:
-            return scorer_settings(self.scorer, self.scorer_settings)
-        except InputError as exc:
-            raise exc.renamed({"scorer.": "scorer_settings."}) from None
+        return validated_scorer(self.scorer, self.scorer_settings)
 
     def secrets(self) -> list[str]:
         """Every upstream key and URL credential (to mask them in anything shown)."""
-        found: list[str] = []
-        scorer = self.scorer_config()
-        for holder in (self.client, scorer):
-            key = getattr(holder, "api_key", None)
-            if key is not None:
-                found.append(key.get_secret_value())
-        for url in [*self.upstream, *(getattr(scorer, "base_url", None) or [])]:
-            found.extend(url_secrets(url))
-        return found
+        return config_secrets(self.client, self.scorer_config(), self.upstream)
 
 
 def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in _SECTIONS and isinstance(value, dict):
-            out.setdefault(key, {}).update({str(k).replace("-", "_"): v for k, v in value.items()})
-        elif key in FLAT:
-            section, name = FLAT[key]
-            out.setdefault(section, {})[name] = value
-        else:
-            out[key] = [value] if key == "upstream" and isinstance(value, str) else value
+    out = nested_settings(values, FLAT, _SECTIONS)
+    if isinstance(out.get("upstream"), str):
+        out["upstream"] = [out["upstream"]]
     return out
 
 
