@@ -48,7 +48,7 @@ from optscale.policies.base import ReplayBatch
 from optscale.policies.learned import fit_table
 from optscale.replay import Baseline, Outcome, collect, outcome_of, policy_stats, split_problems, subset
 from optscale.replay.batch import order_indices
-from optscale.replay.sweep import _choose
+from optscale.replay.sweep import choose
 from optscale.simulate import simulate_arrays
 
 BUDGETS = (16, 32, 64)
@@ -165,8 +165,8 @@ def run_pool(batch: ReplayBatch, names: list[str], budgets, splits: int, notes: 
                 rows_c = policy_stats(pols, oof or [o.take(calib) for o in outs], base["c"])
                 rows_h = policy_stats(pols, [o.take(held) for o in outs], base["h"])
                 fixed_tok = float(base["c"].curves.bon().mean_tokens[n_max - 1])
-                i, _ = _choose(rows_c, "gain", 0.0, fixed_tok, 1.0)
-                j, _ = _choose(rows_c, "match", env_c["envelope_best_accuracy"], fixed_tok, 1.0)
+                i, _ = choose(rows_c, "gain", 0.0, fixed_tok, 1.0)
+                j, _ = choose(rows_c, "match", env_c["envelope_best_accuracy"], fixed_tok, 1.0)
                 rec = results[n_max]["rows"].setdefault(name, {"splits": []})
                 rec["splits"].append({
                     "gain_choice": None if i is None else {"settings": grid[i], **_row(rows_h[i])},

@@ -34,7 +34,7 @@ from .batch import check_seed
 from .engine import collect
 from .metrics import Baseline, BonCurve, FixedCurves, Outcome, PolicyStats, policy_stats
 
-__all__ = ["OBJECTIVES", "SweepResult", "check_sweep", "grid_points", "pareto_mask", "split_problems", "sweep"]
+__all__ = ["OBJECTIVES", "SweepResult", "check_sweep", "choose", "grid_points", "pareto_mask", "split_problems", "sweep"]
 
 #: Objectives and what each selects (``match-bon`` is kept as the old name of ``match``).
 OBJECTIVES = {
@@ -179,8 +179,8 @@ def _target_and_share(curve: BonCurve, budget: int, target: float | None) -> tup
     return (float(curve.accuracy[k]) if target is None else float(target)), float(curve.mean_tokens[k])
 
 
-def _choose(rows: list[PolicyStats], objective: str, target: float, fixed_tokens: float,
-            token_share: float) -> tuple[int | None, str]:
+def choose(rows: list[PolicyStats], objective: str, target: float, fixed_tokens: float,
+           token_share: float) -> tuple[int | None, str]:
     """Index of the chosen row (None when nothing meets the objective) and what was asked."""
     if objective in ("match", "match-bon"):
         ok = [i for i, r in enumerate(rows) if r.accuracy >= target - 1e-12]
@@ -271,7 +271,7 @@ def sweep(
                                       "pareto": bool(on_front), **_flat(r)})
             calib = [stats["calibration"][i] for i in cols]
             goal, fixed_tokens = _target_and_share(bon["calibration"], budget, target)
-            i, what = _choose(calib, objective, goal, fixed_tokens, token_share)
+            i, what = choose(calib, objective, goal, fixed_tokens, token_share)
             entry: dict[str, Any] = {"budget": budget, "met": i is not None, "objective": objective,
                                      "reason": what if i is not None else f"nothing met the objective: {what}",
                                      "target": goal if objective in ("match", "match-bon") else None}
