@@ -304,3 +304,30 @@ def test_table_refuses_to_overwrite_its_input(tmp_path, cli):
     one_error(*cli("table", path, "--out", path)[::2], "--out")
     one_error(*cli("table", path, "--out", tmp_path / "sub" / ".." / "res.csv")[::2], "--out")
     assert path.read_bytes() == before
+
+
+def test_a_broken_promise_is_reported(tmp_path, cli, pool_file):
+    """Scores the model misreads: half near 0.5, half packed just below s_min = 0.97. The fit puts
+    enough mass above 0.97 for N* <= 16, yet no sample ever gets there: the report must say so."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    problems = []
+    for i in range(40):
+        scores = np.where(rng.random(16) < 0.5, rng.uniform(0.4, 0.6, 16), rng.uniform(0.955, 0.969, 16))
+        problems.append(PoolProblem.model_validate({
+            "id": f"p{i}", "question": f"q {i}", "answer": "1",
+            "samples": [{"answer": "1", "score": float(s), "tokens": 100, "correct": True} for s in scores]}))
+    path = tmp_path / "bimodal.jsonl"
+    write_pool(path, problems)
+    args = ("--policy", "optscale0", "--n-max", 16, "--orders", 3, "--set", "s_min=0.97", "--set", "alpha=0.9",
+            "--json")
+    code, out, err = cli("replay", path, *args)
+    res = json.loads(out)
+    assert code == 0 and res["misses_alpha"] is True and res["achieved_ci_high"] < 0.9, res
+    assert "promised Pr(best >= s_min) >= 0.9" in err and any("promised" in n for n in res["notes"])
+    # Scores that are truncated-normal, as the model assumes: the promise is kept, nothing is said.
+    code, out, err = cli("replay", pool_file, "--policy", "optscale0", "--n-max", 16, "--orders", 3, "--set",
+                         "s_min=0.9", "--set", "alpha=0.9", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["misses_alpha"] is False and "promised" not in err, (res, err)

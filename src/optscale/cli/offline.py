@@ -113,6 +113,13 @@ def _pool_notes(batch, n_max: int, timeouts: int) -> list[str]:
     return notes
 
 
+def promise_note(stats) -> str:
+    """What a report says when a policy broke its promise Pr(best >= s_min) >= alpha."""
+    return (f"{stats.policy}@{stats.n_max} promised Pr(best >= s_min) >= {stats.promised_alpha:g} but reached "
+            f"{stats.achieved_uncapped:.3f} (95% interval {stats.achieved_ci_low:.3f}-{stats.achieved_ci_high:.3f}): "
+            "its score model does not fit these scores")
+
+
 def _check_run(orders: int, seed: int, out: Path | None) -> None:
     """Everything about a replay that can be wrong apart from the pool, checked before reading it."""
     from ..replay import check_orders, check_seed
@@ -142,7 +149,7 @@ def stats_table(rows, title: str) -> Table:
     for s in rows:
         calib = "-"
         if s.promised_alpha is not None and s.achieved_uncapped is not None:
-            calib = f"{s.achieved_uncapped:.2f}/{s.promised_alpha:g}"
+            calib = f"{s.achieved_uncapped:.2f}/{s.promised_alpha:g}" + (" missed" if s.misses_alpha else "")
         same, env = s.bon_accuracy_same_tokens, s.envelope_accuracy_same_tokens
         gain = "-" if env != env else (f"{_pp(s.gain_vs_envelope)} [{_pp(s.gain_vs_envelope_ci_low)}, "
                                        f"{_pp(s.gain_vs_envelope_ci_high)}]")
@@ -190,6 +197,9 @@ def replay(
             typer.echo(f"warning: {note}", err=True)
         result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
         stats = result.stats[0]
+        if stats.misses_alpha:
+            notes.append(promise_note(stats))
+            typer.echo(f"warning: {notes[-1]}", err=True)
         if out is not None:
             from ..report import write_replay_report
 

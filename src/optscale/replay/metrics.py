@@ -452,6 +452,9 @@ class PolicyStats:
     promised_alpha: float | None = None
     achieved: float | None = None  # share of (problem, order) whose best used score >= s_min
     achieved_uncapped: float | None = None  # the same where N* fit the budget (the promise applies)
+    achieved_ci_low: float | None = None  # 95% bootstrap interval over problems of achieved_uncapped
+    achieved_ci_high: float | None = None
+    misses_alpha: bool | None = None  # the whole interval below the promised alpha: the promise is broken
     capped_share: float | None = None
     # The envelope of every fixed-N method (N <= n_max, every selection rule) at this policy's mean tokens.
     envelope_accuracy_same_tokens: float = float("nan")
@@ -522,8 +525,26 @@ def policy_stats(policies: Sequence, outcomes: Sequence[Outcome], baseline: Base
             stats.achieved = float(o.hits.sum(dtype=float)) / orders
             stats.achieved_uncapped = float(o.hits_uncapped.sum(dtype=float)) / uncapped if uncapped > 0 else None
             stats.capped_share = float(o.capped.sum(dtype=float)) / orders
+            if stats.achieved_uncapped is not None:
+                lo_a, hi_a = _ratio_interval(o.hits_uncapped, o.orders - o.capped, seed=i)
+                stats.achieved_ci_low, stats.achieved_ci_high = lo_a, hi_a
+                stats.misses_alpha = bool(hi_a < stats.promised_alpha)
         out.append(stats)
     return out
+
+
+def _ratio_interval(hits: np.ndarray, trials: np.ndarray, resamples: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval over problems of ``sum(hits) / sum(trials)`` (orders of one problem move together)."""
+    hits, trials = np.asarray(hits, dtype=float), np.asarray(trials, dtype=float)
+    weights = np.random.default_rng(seed).multinomial(hits.size, np.full(hits.size, 1.0 / hits.size), resamples)
+    den = weights @ trials
+    ratio = np.divide(weights @ hits, den, out=np.full(resamples, np.nan), where=den > 0)
+    ratio = ratio[~np.isnan(ratio)]
+    if ratio.size == 0:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(ratio, tail)), float(np.percentile(ratio, 100 - tail))
 
 
 def baseline_of(batch: ReplayBatch, bootstrap: int = 2000, seed: int = 0) -> Baseline:

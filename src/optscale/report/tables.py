@@ -125,6 +125,8 @@ def baseline_table(rows: Iterable[Mapping]) -> str:
         if r.get("promised_alpha") is not None:
             got = r.get("achieved_uncapped")
             calib = f"{got:.3f} vs {r['promised_alpha']:.2f}" if got is not None else f"- vs {r['promised_alpha']:.2f}"
+            if r.get("misses_alpha"):
+                calib += " (missed: the whole 95% interval is below α)"
         best = f"N={r['best_fixed_n']}: {_fmt_acc(r['best_fixed_accuracy'])}" if r["best_fixed_n"] else "-"
         gain = r["gain_vs_bon_curve"]
         lines.append(
