@@ -328,20 +328,20 @@ def _rows(*triples):
 
 
 def test_sweep_objectives_choose_what_they_say():
-    from optscale.replay.sweep import _choose
+    from optscale.replay.sweep import choose
 
     rows = _rows((0.80, 100, 0.01), (0.90, 300, -0.01), (0.92, 500, 0.00), (0.90, 250, 0.02), (0.95, 900, 0.005))
-    assert _choose(rows, "match", 0.90, 1000, 0.5)[0] == 3  # cheapest reaching 90%
-    assert _choose(rows, "match-bon", 0.90, 1000, 0.5)[0] == 3
-    assert _choose(rows, "budget", 0.90, 1000, 0.5)[0] == 2  # most accurate within 500 tokens
-    assert _choose(rows, "budget", 0.90, 1000, 0.3)[0] == 3  # 90% twice within 300: the cheaper
-    assert _choose(rows, "budget", 0.90, 1000, 0.25)[0] == 3
-    assert _choose(rows, "budget", 0.90, 1000, 0.2)[0] == 0
-    assert _choose(rows, "gain", 0.90, 1000, 0.5)[0] == 3
+    assert choose(rows, "match", 0.90, 1000, 0.5)[0] == 3  # cheapest reaching 90%
+    assert choose(rows, "match-bon", 0.90, 1000, 0.5)[0] == 3
+    assert choose(rows, "budget", 0.90, 1000, 0.5)[0] == 2  # most accurate within 500 tokens
+    assert choose(rows, "budget", 0.90, 1000, 0.3)[0] == 3  # 90% twice within 300: the cheaper
+    assert choose(rows, "budget", 0.90, 1000, 0.25)[0] == 3
+    assert choose(rows, "budget", 0.90, 1000, 0.2)[0] == 0
+    assert choose(rows, "gain", 0.90, 1000, 0.5)[0] == 3
     for objective, target, share in (("match", 0.96, 0.5), ("budget", 0.9, 0.05)):
-        i, why = _choose(rows, objective, target, 1000, share)
+        i, why = choose(rows, objective, target, 1000, share)
         assert i is None and why.startswith("no setting")
-    i, why = _choose(_rows((0.8, 100, -0.01), (0.9, 200, 0.0)), "gain", 0.9, 1000, 0.5)
+    i, why = choose(_rows((0.8, 100, -0.01), (0.9, 200, 0.0)), "gain", 0.9, 1000, 0.5)
     assert i is None and "no setting had a positive gain" in why
 
 
