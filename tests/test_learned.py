@@ -22,6 +22,18 @@ def calib():
     return build_batch(toy_pool(problems=80, samples=16, seed=5), orders=3, seed=1)
 
 
+def relabel(problems, tag):
+    """Toy pools of every seed share ids and questions; give these problems their own."""
+    for i, p in enumerate(problems):
+        p.id, p.question = f"{tag}/{i}", f"{tag} question {i}"
+    return problems
+
+
+@pytest.fixture(scope="module")
+def held():
+    return build_batch(relabel(toy_pool(problems=40, samples=16, seed=6), "held"), orders=3, seed=2)
+
+
 @pytest.mark.parametrize("n_max", [4, 8, 16])
 @pytest.mark.parametrize("settings", [
     {"select": "best", "budget": 0.5}, {"select": "majority", "lam": 1e-4, "consensus": False},
@@ -30,7 +42,7 @@ def calib():
 def test_live_episodes_equal_vectorised_replay(calib, n_max, settings):
     table = fit_table(calib, n_max, **settings)
     assert 0 < table.stop[:-1].mean() < 1 or n_max == 4  # a table that always or never stops would test little
-    problems = toy_pool(problems=25, samples=16, seed=n_max, ragged=True)
+    problems = relabel(toy_pool(problems=25, samples=16, seed=n_max, ragged=True), f"held{n_max}")
     check_live_equals_replay(make_policy("learned", n_max, table=table), problems)
 
 
@@ -91,7 +103,7 @@ def test_shrinkage_pulls_thin_states_toward_coarser_ones(calib):
 @pytest.mark.parametrize("select_rule", ["best", "weighted"])
 @pytest.mark.parametrize("budget", [0.3, 0.6])
 def test_budget_bisection_meets_its_constraint_on_calibration(calib, select_rule, budget):
-    table = fit_table(calib, 16, select_rule, budget=budget)
+    table = fit_table(calib, 16, select_rule, budget=budget, strict=False)  # scored in-sample on purpose
     d = make_policy("learned", 16, table=table).replay(calib)
     used = np.arange(16)[None, None, :] < d.n_used[..., None]
     spent = np.where(used, calib.tokens, 0).sum(axis=2).mean()
@@ -115,7 +127,7 @@ def test_budget_below_one_sample_and_bad_arguments_are_refused(calib):
         assert info.value.where == where, kwargs
 
 
-def test_table_file_round_trips_and_is_small(calib, tmp_path):
+def test_table_file_round_trips_and_is_small(calib, held, tmp_path):
     table = fit_table(calib, 16, "weighted", budget=0.5, source={"pool": "toy.jsonl", "sha256": "ab" * 32})
     path = table.save(tmp_path / "t.json")
     text = path.read_text()
@@ -127,8 +139,10 @@ def test_table_file_round_trips_and_is_small(calib, tmp_path):
     back = load_table(path)
     np.testing.assert_array_equal(back.stop, table.stop)
     np.testing.assert_array_equal(back.edges, table.edges)
-    a = make_policy("learned", 16, table=str(path)).replay(calib)
-    b = make_policy("learned", 16, table=table).replay(calib)
+    assert back.fitted_on == table.fitted_on and len(back.fitted_on) == 80
+    assert data["calibration"]["problem_keys"] == sorted(data["calibration"]["problem_keys"])
+    a = make_policy("learned", 16, table=str(path)).replay(held)
+    b = make_policy("learned", 16, table=table).replay(held)
     np.testing.assert_array_equal(a.n_used, b.n_used)
     assert make_policy("learned", 16, table=str(path)).select.value == "weighted"  # select follows the table
 
@@ -176,7 +190,7 @@ def test_answer_only_calibration_fits_a_majority_table(calib):
     from dataclasses import replace
 
     blind = replace(calib, score=np.full(calib.score.shape, np.nan), has_scores=False, cache={})
-    table = fit_table(blind, 8, "majority", budget=0.5)
+    table = fit_table(blind, 8, "majority", budget=0.5, strict=False)
     assert table.bins == 1 and not table.consensus and not table.uses_scores
     policy = make_policy("learned", 8, table=table)
     assert not policy.requires_scores() and policy.replay(blind).n_used.mean() < 8
@@ -199,12 +213,20 @@ def test_cli_policy_fit_end_to_end(tmp_path, monkeypatch, capsys):
     data = json.loads(out.read_text())
     assert data["calibration"]["sha256"] == file_sha256(pool) and data["calibration"]["pool"] == "calib.jsonl"
     assert data["settings"]["n_max"] == 8 and data["settings"]["budget"] == 0.5 and data["fitted"]["share_of_bon"] <= 0.5
-    code, stdout, err = run_cli(["replay", pool, "--policy", "learned", "-n", 8, "--set", f"table={out}", "--orders", 2,
+    other = tmp_path / "other.jsonl"  # a pool of another seed: other problems
+    write_pool(other, simulate_pool(60, 16, seed=5))
+    code, stdout, err = run_cli(["replay", other, "--policy", "learned", "-n", 8, "--set", f"table={out}", "--orders", 2,
                                  "--json"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(stdout)["mean_samples"] < 8
-    code, _, err = run_cli(["replay", pool, "--policy", "learned", "-n", 16, "--set", f"table={out}"], monkeypatch, capsys)
+    code, _, err = run_cli(["replay", other, "--policy", "learned", "-n", 16, "--set", f"table={out}"], monkeypatch,
+                           capsys)
     assert code != 0 and "--set table:" in err and "n_max 8, not 16" in err
+    # Its own calibration pool is refused, in replay and in sweep.
+    for command in (["replay", pool], ["sweep", pool, "--out", tmp_path / "sw"]):
+        code, _, err = run_cli([*command, "--policy", "learned", "-n", 8, "--set", f"table={out}"], monkeypatch, capsys)
+        assert code != 0 and "--set table:" in err and "120 of 120 problem(s)" in err, err
+        assert "separate calibration pool" in err
     for extra, flag in [(["--budget", 0.5, "--lambda", 0.001], "--budget"), ([], "--budget"),
                         (["--budget", 0.01], "--budget"), (["--lambda", 0, "--select", "vote"], "--select"),
                         (["--lambda", 0, "--orders", 0], "--orders")]:
@@ -212,3 +234,181 @@ def test_cli_policy_fit_end_to_end(tmp_path, monkeypatch, capsys):
                                monkeypatch, capsys)
         assert code != 0 and err.startswith("error: ") and f"{flag}:" in err, (extra, err)
     assert not (tmp_path / "x.json").exists()
+
+
+# -- no report on calibration problems; the table read once ------------------------------------------
+def test_a_table_refuses_the_problems_it_was_fitted_on(calib, held, tmp_path):
+    from dataclasses import replace
+
+    from optscale.policies import Problem
+    from optscale.replay import subset
+
+    table = fit_table(calib, 8, budget=0.5)
+    path = table.save(tmp_path / "t.json")
+    for source in (table, str(path)):
+        policy = make_policy("learned", 8, table=source)
+        with pytest.raises(InputError) as info:
+            policy.replay(calib)
+        assert info.value.where == "settings.table" and "80 of 80 problem(s)" in info.value.detail
+        assert "separate calibration pool" in info.value.detail
+        # Three calibration problems among others: still refused, and counted.
+        mixed = build_batch([*relabel(toy_pool(problems=5, samples=16, seed=9), "new"),
+                             *toy_pool(problems=3, samples=16, seed=5)], orders=2)
+        with pytest.raises(InputError, match="3 of 8 problem"):
+            policy.replay(mixed)
+        with pytest.raises(InputError, match="1 of 1 problem") as info:
+            policy.start(Problem(id=calib.ids[4], question=calib.questions[4]))
+        assert info.value.where == "settings.table"
+        # Other problems run; an id reused with another question is another problem.
+        policy.replay(held)
+        policy.start(Problem(id=calib.ids[4], question="another question")).result()
+    replay_subset = subset(calib, np.arange(10))
+    make_policy("learned", 8, table=replace(table, strict=False)).replay(replay_subset)  # in-sample on purpose
+
+
+def test_a_table_without_its_calibration_problems_is_refused(calib, tmp_path):
+    data = fit_table(calib, 8, budget=0.5).to_json()
+    for k, (edit, words) in enumerate([(lambda d: d["calibration"].pop("problem_keys"), "written by an older optscale"),
+                                       (lambda d: d["calibration"].update(problem_keys=[]), "non-empty list"),
+                                       (lambda d: d["calibration"].update(problem_keys=["XYZ"]), "hex strings")]):
+        path = tmp_path / f"old{k}.json"
+        path.write_text(json.dumps(_broken(data, edit)))
+        with pytest.raises(InputError) as info:
+            make_policy("learned", 8, table=str(path))
+        assert info.value.where == "settings.table" and f"{path} field calibration.problem_keys" in info.value.detail
+        assert words in info.value.detail
+
+
+def test_the_table_file_is_read_once_when_the_policy_is_built(calib, held, tmp_path, monkeypatch):
+    import os
+
+    import optscale.policies.learned as learned
+
+    path = fit_table(calib, 8, budget=0.3).save(tmp_path / "t.json")
+    reads = []
+    real = learned.read_json
+    monkeypatch.setattr(learned, "read_json", lambda p: reads.append(p) or real(p))
+    learned._cached_table.cache_clear()
+    policy = make_policy("learned", 8, table=str(path))
+    assert len(reads) == 1 and policy.stopping_table().path == str(path)
+    before = policy.replay(held).n_used
+    # The file changes under the policy (a table that never stops early): the policy keeps what it checked.
+    fit_table(calib, 8, lam=0.0, bins=2, agree_cap=1, length_bins=1, consensus=False).save(path)
+    os.utime(path, (os.path.getmtime(path) + 10,) * 2)
+    np.testing.assert_array_equal(policy.replay(held).n_used, before)
+    policy.start().result()
+    assert len(reads) == 1
+    assert policy.describe() == f"learned@8(table={path})"
+
+
+# -- refusals of degenerate pools and oversized tables ------------------------------------------------
+def write_toy(path, problems):
+    rows = [{"id": p.id, "question": p.question, "answer": p.answer,
+             "samples": [{"answer": s.answer, "score": s.score, "tokens": s.tokens, "correct": s.correct}
+                         for s in p.samples]} for p in problems]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_pool_without_answers_is_refused_clearly(calib, tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    mute = replace(calib, answer=np.full(calib.answer.shape, -1), cache={})
+    for rule in ("majority", "weighted"):
+        with pytest.raises(InputError) as info:
+            fit_table(mute, 1, rule, lam=0.0)
+        assert info.value.where.endswith("field samples[].answer") and "no sample" in info.value.detail
+    fit_table(mute, 4, "best", lam=0.0)  # the best-scored sample needs no answer
+    problems = relabel(toy_pool(problems=12, samples=4, seed=1), "mute")
+    for p in problems:
+        for smp in p.samples:
+            smp.answer, smp.correct = None, False
+    pool = write_toy(tmp_path / "noans.jsonl", problems)
+    code, _, err = run_cli(["policy", "fit", pool, "--n-max", 1, "--select", "majority", "--lambda", 0,
+                            "--out", tmp_path / "t.json"], monkeypatch, capsys)
+    assert code != 0 and err.startswith("error: ") and "no sample" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kwargs, where", [
+    ({"agree_cap": 10**9}, "agree_cap"), ({"agree_cap": 1025}, "agree_cap"), ({"bins": 257}, "bins"),
+    ({"length_bins": 65}, "length_bins"), ({"agree_cap": 1024, "bins": 256, "length_bins": 64}, "agree_cap"),
+])
+def test_oversized_fits_are_refused_before_any_work(calib, kwargs, where):
+    with pytest.raises(InputError) as info:
+        fit_table(calib, 16, lam=0.0, **kwargs)
+    assert info.value.where == where
+
+
+@pytest.mark.parametrize("edit, located", [
+    (lambda d: d["settings"].update(agree_cap=300_000_000), "field settings.agree_cap"),
+    (lambda d: d["settings"].update(n_max=10**9), "field settings.n_max"),
+    (lambda d: d["settings"].update(n_max=100_000), "field settings"),  # 100000 x 8 x 7 x 2 x 3 cells
+    (lambda d: d["settings"].update(edges=list(range(300)), bins=301), "field settings.edges"),
+])
+def test_oversized_table_files_are_refused_without_allocating(calib, tmp_path, edit, located):
+    data = fit_table(calib, 16, budget=0.5).to_json()
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(_broken(data, edit)))
+    with pytest.raises(InputError) as info:
+        make_policy("learned", 16, table=str(path))
+    assert info.value.where == "settings.table" and info.value.detail.startswith(f"{path} {located}:")
+
+
+def test_cli_policy_fit_refuses_an_oversized_agree_cap(tmp_path, monkeypatch, capsys):
+    pool = write_toy(tmp_path / "calib.jsonl", relabel(toy_pool(problems=10, samples=4, seed=2), "cap"))
+    code, _, err = run_cli(["policy", "fit", pool, "--n-max", 4, "--lambda", 0, "--agree-cap", 1000000000,
+                            "--out", tmp_path / "t.json"], monkeypatch, capsys)
+    assert code != 0 and "--agree-cap:" in err and "1 to 1024" in err, err
+
+
+# -- benchmarks/policy_frontier.py: what its docstring says, and splits where nothing was chosen -------
+def _frontier():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "policy_frontier.py"
+    spec = importlib.util.spec_from_file_location("policy_frontier", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frontier_docstring_names_the_folds_default(monkeypatch):
+    import argparse
+
+    mod = _frontier()
+    seen = {}
+    parse = argparse.ArgumentParser.parse_args
+
+    def defaults(self, *args, **kwargs):
+        seen.update(vars(parse(self, [])))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", defaults)
+    with pytest.raises(SystemExit):
+        mod.main()
+    doc = " ".join(mod.__doc__.split())
+    assert f"by default (``--folds {seen['folds']}``)" in doc and "in-sample" in doc
+    assert "development pool" in doc and "default 2" not in doc
+
+
+def test_frontier_reports_unmet_splits_as_not_met_and_sorts_them_last(capsys):
+    mod = _frontier()
+
+    def split(gain):
+        choice = None if gain is None else {"accuracy": 0.8, "mean_tokens": 10.0, "bon_tokens": 20.0, "gain": gain,
+                                            "beats_ci": False}
+        return {"gain_choice": choice, "match_choice": None}
+
+    rows = {"never": [None] * 6, "slightly_worse": [-0.001] * 6, "mixed": [0.002, None, None, None, None, 0.004]}
+    res = {"envelope": [{"envelope_best_accuracy": 0.8, "envelope_best_tokens": 10.0, "envelope_best_method": "bon",
+                         "fixed_tokens": 20.0}] * 6,
+           "rows": {name: mod._summary([split(g) for g in gains]) for name, gains in rows.items()}}
+    assert res["rows"]["never"]["gain"] == [None] * 6 and res["rows"]["mixed"]["chosen"] == 2
+    mod.print_table("toy", 8, res, 6)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["never"], ["mixed"],
+                                                                                          ["slightly_worse"])]
+    assert [line.split()[0] for line in lines] == ["mixed", "slightly_worse", "never"]
+    assert "not met" in lines[2] and "0/6" in lines[2] and "+0.00" not in lines[2]
+    assert "2/6" in lines[0] and "+0.30 (+0.20..+0.40)" in lines[0]  # the mean over the 2 met splits
+    assert "6/6" in lines[1] and "-0.10" in lines[1]

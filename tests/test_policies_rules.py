@@ -202,3 +202,65 @@ def test_boinf_replay_caches_bayes_factors_across_thresholds(pool):
     assert (loose.n_used <= strict.n_used).all() and (loose.n_used < strict.n_used).any()
     fresh = make_policy("boinf", 16, bf=300).replay(build_batch(pool, orders=4, seed=2))
     np.testing.assert_array_equal(fresh.n_used, strict.n_used)
+
+
+def _mute(problems):
+    for p in problems:
+        for s in p.samples:
+            s.answer, s.correct = None, False
+    return problems
+
+
+@pytest.mark.parametrize("n_max", [4, 8])
+def test_boinf_without_answers_never_stops_and_returns_nothing(n_max):
+    """No extracted answer anywhere (or in one replay chunk): no stop, nothing returned, as live."""
+    mute = _mute(toy_pool(problems=4, samples=8, seed=3))
+    policy = make_policy("boinf", n_max)
+    d = policy.replay(build_batch(mute, orders=2))
+    assert (d.n_used == n_max).all() and (d.chosen == -1).all()
+    check_live_equals_replay(policy, mute, orders=2)
+    # Chunked: the first chunk of rows has no answers, the others do.
+    mixed = _mute(toy_pool(problems=3, samples=8, seed=4)) + toy_pool(problems=6, samples=8, seed=5)
+    batch = build_batch(mixed, orders=2)
+    whole = policy.replay_stops(batch)[0]
+    batch.cache.clear()
+    chunked = policy.replay_stops(batch, chunk=2)[0]
+    np.testing.assert_array_equal(chunked, whole)
+    assert (chunked[:6] == n_max).all()
+    check_live_equals_replay(policy, mixed, orders=2)
+
+
+def test_count_arrays_stay_under_the_cell_budget_with_identical_results(monkeypatch):
+    """Many distinct answers: boinf's and deepconf's per-prefix arrays are built in blocks of at
+    most CELLS cells, and the blocks change nothing."""
+    import optscale.policies.boinf as boinf
+    import optscale.policies.deepconf as deepconf
+
+    rng = np.random.default_rng(0)
+    rows, width = 300, 24
+    code = rng.integers(-1, 200, size=(rows, width))
+    score = rng.random((rows, width))
+    whole_share = leading_share(score, code)
+    pool = [SimpleNamespace(id=f"p{i}", question=None, answer="0", samples=[
+        SimpleNamespace(score=float(score[i, j]), answer=None if code[i, j] < 0 else str(code[i, j]), tokens=5,
+                        correct=False) for j in range(width)]) for i in range(rows)]
+    batch = build_batch(pool, orders=1)
+    policy = make_policy("boinf", width, bf=5)
+    whole_bf = policy._prefix_bayes_factors(batch, width, 1024).copy()
+    sizes = []
+    real = boinf.prefix_counts
+    monkeypatch.setattr(boinf, "prefix_counts", lambda c: sizes.append(c.shape[0] * c.shape[1] * (c.max() + 1))
+                        or real(c))
+    monkeypatch.setattr(boinf, "CELLS", 5000)
+    monkeypatch.setattr(deepconf, "CELLS", 5000)
+    batch.cache.clear()
+    np.testing.assert_array_equal(policy._prefix_bayes_factors(batch, width, 1024), whole_bf)
+    assert len(sizes) > 1 and max(sizes) <= 5000
+    import tracemalloc
+
+    tracemalloc.start()
+    small = leading_share(score, code)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(small, whole_share)
+    assert peak < rows * width * 200 * 8 / 4  # far below the one-block tally (11.5 MB)

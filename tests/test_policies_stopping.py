@@ -262,3 +262,38 @@ def test_beacon_budget_is_bounded_and_settings_are_documented():
     for cls in (Pandora, Beacon):
         assert all(field.description for field in cls.model_fields.values()), cls.name
         assert "arXiv" in sys.modules[cls.__module__].__doc__  # the source is cited
+
+
+def test_beacon_checks_the_effective_peek_default_included():
+    """alpha0 = -1 needs 4 seed scores (df = 2 alpha0 + k > 1): the default peek of 3 is refused as an
+    explicit 3 is, while n_max leaves a decision to make; capped at a small n_max it decides nothing."""
+    for settings in ({"alpha0": -1}, {"alpha0": -1, "peek": 3}, {"alpha0": -1, "nu0": 0.5}):
+        with pytest.raises(InputError) as info:
+            make_policy("beacon", 8, **settings)
+        assert info.value.where == "settings.peek" and "at least 4" in info.value.detail, settings
+    policy = make_policy("beacon", 8, alpha0=-1, peek=4)
+    assert np.isfinite(policy._table()[1][4]).all()
+    small = make_policy("beacon", 3, alpha0=-1)  # the default peek, capped at n_max = 3: fixed BoN@3
+    assert small.peek_size() == 3
+    assert make_policy("beacon", 2).peek_size() == 2  # the default peek may exceed a small n_max
+
+
+def test_peek_bound_applies_to_explicit_peeks_and_caps_the_defaults():
+    """The shared check: an explicit peek above n_max is refused; a default peek is capped at n_max."""
+    from optscale.policies import POLICIES
+
+    with_peek = [name for name, cls in POLICIES.items() if "peek" in cls.model_fields]
+    assert {"beacon", "pandora", "optscale-t"} <= set(with_peek)
+    for name in with_peek:
+        extra = {"priors": "population"} if name == "optscale-t" else {}
+        for n_max in (1, 2, 8):
+            try:
+                policy = make_policy(name, n_max, **extra)
+            except InputError as exc:  # a default that is invalid for other reasons at n_max 1
+                assert exc.where != "settings.peek", (name, n_max, exc)
+                continue
+            assert 1 <= policy.peek_size() <= n_max, (name, n_max)
+        with pytest.raises(InputError) as info:
+            make_policy(name, 8, peek=9, **extra)
+        assert info.value.where == "settings.peek" and "at most n_max (8)" in info.value.detail, name
+        assert make_policy(name, 8, peek=4, **extra).peek_size() == 4

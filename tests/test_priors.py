@@ -89,7 +89,7 @@ def test_official_priors_are_moments_converted():
 
 from conftest import SHARED, toy_pool  # noqa: E402
 from optscale.policies import Problem, make_policy  # noqa: E402
-from optscale.priors import PopulationPriors  # noqa: E402
+from optscale.priors import PopulationPriors, problem_key  # noqa: E402
 from optscale.replay import build_batch, split_problems, subset  # noqa: E402
 
 
@@ -133,7 +133,7 @@ def test_population_prior_in_a_split_sees_no_held_out_problem():
     batch = build_batch(problems, orders=3, seed=1)
     calib, held = split_problems(len(problems), 0.5, seed=4)
     prior = PopulationPriors.from_batch(subset(batch, calib), strict=False)
-    key = lambda i: (problems[i].id, problems[i].question)  # noqa: E731
+    key = lambda i: problem_key(problems[i].id, problems[i].question)  # noqa: E731
     assert prior.fitted_on == {key(i) for i in calib} and not prior.fitted_on & {key(i) for i in held}
     # Scramble every held-out score: the prior is the same.
     for i in held:

@@ -17,6 +17,8 @@ fitted on calibration problems' scores.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from .fit import FitFlag, SufficientStats, fit_stats, moments_to_params
 from .io import iter_objects
 
 __all__ = ["META_KEYS", "POPULATION", "PriorArrays", "PriorSource", "ConstantPriors", "FilePriors", "PopulationPriors",
-           "priors_from_moments"]
+           "check_unseen", "priors_from_moments", "problem_key", "problem_keys"]
 
 #: Problem metadata handed to prior sources (``Problem.meta``, ``ReplayBatch.meta``), as in benchmark files.
 META_KEYS = ("level", "subject")
@@ -170,7 +172,8 @@ class PopulationPriors:
     Problems with fewer than two scores or with no spread (``SINGLE``, ``ZERO_SPREAD`` fits)
     identify no spread and are left out.
 
-    ``fitted_on`` holds the calibration problems as ``(id, question)`` pairs; with ``strict``
+    ``fitted_on`` holds the calibration problems as :func:`problem_keys` (short hashes of their
+    ``(id, question)`` pairs); with ``strict``
     (the default), asking for priors of any of them raises :class:`InputError`, so a report can
     never be computed on the problems the prior was fitted on (the pair, not the id alone, so
     that two pools that merely reuse ids, such as two simulated pools, are told apart) (sweep fits one per calibration split with ``strict=False`` and
@@ -182,7 +185,7 @@ class PopulationPriors:
     width_mu: float
     width_sigma: float
     problems: int
-    fitted_on: frozenset[tuple[str, str | None]] = field(default=frozenset(), repr=False)
+    fitted_on: frozenset[str] = field(default=frozenset(), repr=False)
     strict: bool = True
 
     #: Fewest usable calibration problems for a fit.
@@ -209,7 +212,7 @@ class PopulationPriors:
         centre = (float(np.median(mu)), float(np.median(sigma)))
         spread = [max(min_width, 1.4826 * float(np.median(np.abs(x - c)))) for x, c in zip((mu, sigma), centre)]
         questions = list(questions) or [None] * len(ids)
-        return cls(centre[0], centre[1], spread[0], spread[1], count, _keys(ids, questions), strict)
+        return cls(centre[0], centre[1], spread[0], spread[1], count, problem_keys(ids, questions), strict)
 
     @classmethod
     def from_batch(cls, batch, **kwargs) -> "PopulationPriors":
@@ -226,17 +229,44 @@ class PopulationPriors:
                 f"{self.problems} problems)")
 
     def priors(self, ids, questions, meta: Meta = None) -> PriorArrays:
-        if self.strict and self.fitted_on:
-            leaked = [k[0] for k in _keys(ids, questions) if k in self.fitted_on]
-            if leaked:
-                raise InputError(f"{len(leaked)} problem(s) were in the calibration data of the population prior, "
-                                 f"e.g. id {leaked[0]!r}: report on other problems than those it was fitted on",
-                                 "settings.priors")
+        if self.strict:
+            check_unseen(self.fitted_on, ids, questions, "the population prior", "settings.priors",
+                         "report on other problems than those it was fitted on")
         return ConstantPriors(self.mu, self.sigma, self.width_mu, self.width_sigma).priors(ids, questions)
 
 
-def _keys(ids, questions) -> frozenset[tuple[str, str | None]]:
-    return frozenset((str(i), q) for i, q in zip(ids, questions))
+# -- the leak check shared by every estimate fitted on calibration problems ------------------------
+#: Hex digits kept of a problem key's sha256 (64 bits: a false overlap between 10^4 calibration and
+#: 10^6 reported problems has probability about 5e-10).
+KEY_CHARS = 16
+
+
+def problem_key(problem_id, question: str | None) -> str:
+    """A problem's identity for leak checks: the first :data:`KEY_CHARS` hex digits of the sha256
+    of the JSON pair ``[id, question]``. The pair, not the id alone, so that two pools that merely
+    reuse ids (such as two simulated pools) are told apart."""
+    text = json.dumps([str(problem_id), question], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:KEY_CHARS]
+
+
+def problem_keys(ids: Sequence[str], questions: Sequence[str | None]) -> frozenset[str]:
+    """:func:`problem_key` of every problem (``questions`` may be empty: no question texts)."""
+    questions = list(questions) or [None] * len(ids)
+    return frozenset(problem_key(i, q) for i, q in zip(ids, questions))
+
+
+def check_unseen(fitted_on: frozenset[str] | set[str], ids: Sequence[str], questions: Sequence[str | None],
+                 what: str, where: str, remedy: str) -> None:
+    """Refuse (:class:`InputError` at ``where``) to apply ``what``, fitted on the problems whose
+    :func:`problem_keys` are ``fitted_on``, to any of those problems: a report on them would
+    measure the fit's in-sample optimism. ``remedy`` tells the user what to do instead."""
+    if not fitted_on:
+        return
+    questions = list(questions) or [None] * len(ids)
+    leaked = [str(i) for i, q in zip(ids, questions) if problem_key(i, q) in fitted_on]
+    if leaked:
+        raise InputError(f"{len(leaked)} of {len(ids)} problem(s) were in the calibration data of {what}, e.g. id "
+                         f"{leaked[0]!r}: {remedy}", where)
 
 
 def _number(value, where: str, field: str) -> float:

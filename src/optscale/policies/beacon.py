@@ -50,7 +50,8 @@ from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from scipy import special
 
 from .common import PolicyBase
@@ -172,14 +173,21 @@ class Beacon(PolicyBase):
             raise ValueError(f"beacon's index table supports n_max up to {BEACON_N_MAX}")
         return value
 
-    @field_validator("peek")
-    @classmethod
-    def _finite_mean(cls, value: int, info: ValidationInfo) -> int:
-        alpha0, nu0 = info.data.get("alpha0"), info.data.get("nu0")
-        if alpha0 is not None and nu0 is not None and value < first_index_step(alpha0, nu0):
-            raise ValueError(f"with alpha0={alpha0} the predictive needs 2 alpha0 + peek > 1: "
-                             f"peek must be at least {first_index_step(alpha0, nu0)}")
-        return value
+    @model_validator(mode="after")
+    def _finite_mean(self) -> "Beacon":
+        """The index must exist at the first decision: check the *effective* peek (the default's too,
+        as capped at ``n_max``). A default peek capped at ``n_max`` makes no decision (it draws the
+        whole budget), so only an explicit one, or one below ``n_max``, is held to the bound."""
+        first, peek = first_index_step(self.alpha0, self.nu0), self.peek_size()
+        explicit = "peek" in self.model_fields_set
+        if peek < first and (explicit or peek < self.n_max):
+            which = "peek" if explicit else f"the default peek ({self.peek})"
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("peek_too_small", "{message}", {"message": (
+                    f"with alpha0={self.alpha0} the predictive needs 2 alpha0 + peek > 1: {which} is too small; "
+                    f"set peek to at least {first}")}),
+                loc=("peek",), input=self.peek)])
+        return self
 
     @field_validator("winsor_high")
     @classmethod

@@ -54,6 +54,9 @@ from .selection import Selection
 
 __all__ = ["BestOfInfinity", "bayes_factor", "mode_probability_complement"]
 
+#: Largest (rows x width x distinct answers) count array one block of :func:`prefix_counts` builds.
+CELLS = 2**24
+
 #: Lower end of the integration grid: below it the leader's density (shape >= 2) holds < 1e-12.
 _X_LOW = 1e-6
 
@@ -202,12 +205,21 @@ class BestOfInfinity(PolicyBase):
             return batch.cache[key]
         code = batch.flat("answer")[:, :width]
         out = np.zeros(code.shape)
-        for lo in range(0, code.shape[0], chunk):
-            counts = prefix_counts(code[lo:lo + chunk])
-            b, w, _ = counts.shape
+        if code.size == 0:
+            batch.cache[key] = out
+            return out
+        # Rows per block: at most `chunk`, fewer where many distinct answers would make the
+        # (rows, width, answers) count array exceed CELLS (each row's values do not depend on it).
+        kinds = max(int(code.max()) + 1, 1)
+        step = max(1, min(chunk, CELLS // (width * kinds)))
+        for lo in range(0, code.shape[0], step):
+            counts = prefix_counts(code[lo:lo + step])
+            b, w, k = counts.shape
             depth = max(int((counts[:, -1, :] > 0).sum(axis=1).max()), 2)
+            if k < depth:  # no answer in this block: one all-zero column; a tie of zeros never stops
+                counts = np.concatenate([counts, np.zeros((b, w, depth - k), dtype=counts.dtype)], axis=2)
             flat = np.ascontiguousarray(counts[:, :, :depth].reshape(b * w, depth))
             states, inverse = unique_rows(flat)
-            out[lo:lo + chunk] = bayes_factor(states, self.alpha)[inverse].reshape(b, w)
+            out[lo:lo + step] = bayes_factor(states, self.alpha)[inverse].reshape(b, w)
         batch.cache[key] = out
         return out

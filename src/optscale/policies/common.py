@@ -49,7 +49,12 @@ class PolicyBase(BaseModel):
     @field_validator("peek", check_fields=False)
     @classmethod
     def _peek_within_budget(cls, value, info: ValidationInfo):
-        """A peek beyond the budget would silently make the policy fixed Best-of-n_max."""
+        """A peek beyond the budget would silently make the policy fixed Best-of-n_max.
+
+        Only explicit values reach this check (no policy validates its default peek): a default
+        peek above a small ``n_max`` is legitimate and capped by the policy's ``peek_size()``
+        (``min(peek, n_max)``). A rule that needs more of its *effective* peek checks
+        ``peek_size()`` after validation (beacon's ``_finite_mean``)."""
         n_max = info.data.get("n_max")
         if value is not None and n_max is not None and value > n_max:
             raise ValueError(f"must be at most n_max ({n_max}): a larger peek draws the whole budget, "

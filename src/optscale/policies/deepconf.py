@@ -30,22 +30,29 @@ from .selection import Selection
 __all__ = ["DeepConf", "leading_share"]
 
 
+#: Largest (rows x width x distinct answers) tally one block of :func:`leading_share` builds.
+CELLS = 2**24
+
+
 def leading_share(score: np.ndarray, code: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """``beta`` after every prefix of each row: the leading answer's share of the summed
-    confidence of the answered samples so far (0 while nothing has voted)."""
+    confidence of the answered samples so far (0 while nothing has voted). Rows are taken
+    ``chunk`` at a time, fewer where many distinct answers would make the tally exceed
+    :data:`CELLS` cells (each row's value does not depend on the blocks)."""
     rows, width = code.shape
     out = np.zeros((rows, width))
     k = int(code.max()) + 1 if code.size else 0
     if k == 0:
         return out
-    for lo in range(0, rows, chunk):
-        c, s = code[lo:lo + chunk], score[lo:lo + chunk]
+    step = max(1, min(chunk, CELLS // (width * k)))
+    for lo in range(0, rows, step):
+        c, s = code[lo:lo + step], score[lo:lo + step]
         weight = np.where(c >= 0, s, 0.0)
         tally = np.cumsum((c[:, :, None] == np.arange(k)[None, None, :]) * weight[:, :, None], axis=1)
         total = np.cumsum(weight, axis=1)
         lead = tally.max(axis=2)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[lo:lo + chunk] = np.where(total > 0, lead / np.where(total > 0, total, 1.0), 0.0)
+            out[lo:lo + step] = np.where(total > 0, lead / np.where(total > 0, total, 1.0), 0.0)
     return out
 
 

@@ -34,6 +34,18 @@ learned stopping for Best-of-N sampling (e.g. the agreement- and score-aware rul
 arXiv 2509.21091 and 2510.01394). The fitted table is a small, versioned JSON file
 (:data:`FORMAT`) holding its settings, the calibration pool's sha256 and statistics, and the
 decision in every state; :func:`fit_table` writes it, ``--set table=FILE`` uses it.
+
+**No report on calibration problems.** The table records the problems it was fitted on
+(``calibration.problem_keys``: the sorted :func:`optscale.priors.problem_key` of each problem's
+``(id, question)``, 16 hex digits each) and the policy refuses (:class:`InputError` at
+``settings.table``) to replay or run on any of them, with the same check as the population
+prior's (:func:`optscale.priors.check_unseen`): a table scored on its own calibration problems
+looks better than it is. Fit on a separate calibration pool. Tables without that list (written
+before it existed) are refused with a request to refit.
+
+**Limits.** ``bins`` <= :data:`MAX_BINS`, ``agree_cap`` <= :data:`MAX_AGREE_CAP`,
+``length_bins`` <= :data:`MAX_LENGTH_BINS`, and the table's size ``n_max x bins x (agree_cap + 1)
+x C x L`` <= :data:`MAX_TABLE_CELLS`; fits and table files beyond them are refused.
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import InputError
 from ..io import read_json, write_json
+from ..priors import KEY_CHARS, check_unseen, problem_keys
 from .base import ReplayBatch
 from .common import PolicyBase, score_or_zero
 from .episode import Step
@@ -70,6 +83,33 @@ DEFAULT_LENGTH_BINS = 3
 
 # Largest (rows x width x answers) block the state features work on at once.
 _BLOCK = 4_000_000
+
+#: Most quantile bins of the best score so far.
+MAX_BINS = 256
+#: Largest cap on the count of samples sharing the returned answer.
+MAX_AGREE_CAP = 1024
+#: Most quantile bins of the returned sample's tokens.
+MAX_LENGTH_BINS = 64
+#: Most cells ``n_max x bins x (agree_cap + 1) x C x L`` a table may have (its stop array, in bytes).
+MAX_TABLE_CELLS = 2**24
+
+#: What ``calibration.problem_keys`` holds, written into every table.
+PROBLEM_KEY_TEXT = (f"first {KEY_CHARS} hex digits of the sha256 of the JSON pair [id, question] of each calibration "
+                    "problem (optscale.priors.problem_key); the learned policy refuses to run on these problems")
+
+
+def table_cells(n_max: int, bins: int, agree_cap: int, consensus: bool, length_bins: int) -> int:
+    """Cells of a table's stop array (Python integers: no overflow)."""
+    return int(n_max) * int(bins) * (int(agree_cap) + 1) * (2 if consensus else 1) * int(length_bins)
+
+
+def _size_error(n_max: int, bins: int, agree_cap: int, consensus: bool, length_bins: int) -> str | None:
+    cells = table_cells(n_max, bins, agree_cap, consensus, length_bins)
+    if cells <= MAX_TABLE_CELLS:
+        return None
+    return (f"n_max x bins x (agree_cap + 1) x {2 if consensus else 1} x length_bins = {n_max} x {bins} x "
+            f"{agree_cap + 1} x {2 if consensus else 1} x {length_bins} = {cells} table cells, more than the limit "
+            f"{MAX_TABLE_CELLS}; use fewer bins, a smaller agree_cap or fewer length bins")
 
 
 # -- the state ---------------------------------------------------------------------------------
@@ -167,6 +207,13 @@ class StoppingTable:
     cost: str = "tokens"
     calibration: dict = field(default_factory=dict)
     fitted: dict = field(default_factory=dict)
+    #: :func:`optscale.priors.problem_keys` of the calibration problems (see the module doc).
+    fitted_on: frozenset[str] = field(default_factory=frozenset)
+    #: Refuse the calibration problems (:meth:`check_problems`); only a benchmark that scores a table
+    #: in-sample on purpose (to choose among tables on calibration data) turns it off.
+    strict: bool = True
+    #: The file it was read from, if any.
+    path: str | None = None
 
     @property
     def bins(self) -> int:
@@ -185,6 +232,13 @@ class StoppingTable:
         """Stop decisions for a ``(B, width)`` array of state indices (column j: after j + 1 samples)."""
         flat = self.stop.reshape(self.n_max, -1)
         return flat[np.arange(states.shape[1])[None, :], states]
+
+    def check_problems(self, ids, questions) -> None:
+        """Refuse (:class:`InputError` at ``settings.table``) problems this table was fitted on."""
+        if self.strict:
+            check_unseen(self.fitted_on, ids, questions, f"stopping table {self.path or self.label()}",
+                         "settings.table", "fit the table on a separate calibration pool (`optscale policy fit` on "
+                         "problems you do not report on) and replay or run it on the others")
 
     def label(self) -> str:
         sha = self.calibration.get("sha256") or ""
@@ -209,7 +263,8 @@ class StoppingTable:
                 "length_bins": len(self.length_edges) + 1, "length_edges": [float(e) for e in self.length_edges],
                 "shrink": self.shrink,
             },
-            "calibration": self.calibration,
+            "calibration": {**self.calibration, "problem_key": PROBLEM_KEY_TEXT,
+                            "problem_keys": sorted(self.fitted_on)},
             "fitted": self.fitted,
             "legend": ("decisions[i] is the state after n samples whose best score so far lies in bin `bin` (bin b: "
                        "edges[b-1] < best <= edges[b]) and whose returned sample's tokens lie in bin `length` (of "
@@ -242,22 +297,43 @@ class StoppingTable:
             return value
 
         number = (int, float)
-        n_max = get("n_max", int, lambda v: v >= 1, "an integer >= 1")
+        from .common import N_MAX_LIMIT
+
+        n_max = get("n_max", int, lambda v: 1 <= v <= N_MAX_LIMIT, f"an integer from 1 to {N_MAX_LIMIT}")
         select = get("select", str, lambda v: v in {e.value for e in Selection},
                      "one of " + ", ".join(e.value for e in Selection))
         lam = get("lambda", number, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
-        cap = get("agree_cap", int, lambda v: v >= 1, "an integer >= 1")
+        cap = get("agree_cap", int, lambda v: 1 <= v <= MAX_AGREE_CAP, f"an integer from 1 to {MAX_AGREE_CAP}")
         consensus = get("consensus", bool, lambda v: True, "true or false")
         shrink = get("shrink", number, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
-        edges = get("edges", list, _increasing, "a list of increasing numbers")
+        edges = get("edges", list, lambda v: len(v) < MAX_BINS and _increasing(v),
+                    f"a list of at most {MAX_BINS - 1} increasing numbers")
         bins = get("bins", int, lambda v: v == len(edges) + 1, f"len(edges) + 1 = {len(edges) + 1}")
-        length_edges = get("length_edges", list, _increasing, "a list of increasing numbers")
+        length_edges = get("length_edges", list, lambda v: len(v) < MAX_LENGTH_BINS and _increasing(v),
+                           f"a list of at most {MAX_LENGTH_BINS - 1} increasing numbers")
         lengths = get("length_bins", int, lambda v: v == len(length_edges) + 1,
                       f"len(length_edges) + 1 = {len(length_edges) + 1}")
+        too_big = _size_error(n_max, bins, cap, consensus, lengths)
+        if too_big:
+            raise InputError(too_big, f"{where} field settings")
         budget = s.get("budget")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, number)):
             raise InputError(f"must be a number or null, got {budget!r}", f"{where} field settings.budget")
         cost = get("cost", str, lambda v: v in ("tokens", "samples"), "tokens or samples")
+        calibration = data.get("calibration")
+        if not isinstance(calibration, dict):
+            raise InputError("missing or not an object", f"{where} field calibration")
+        keys = calibration.get("problem_keys")
+        if keys is None:
+            raise InputError("missing: the table does not record the problems it was fitted on, so nothing can stop "
+                             "it from being reported on them (a table written by an older optscale); refit it with "
+                             "`optscale policy fit`", f"{where} field calibration.problem_keys")
+        hexdigits = set("0123456789abcdef")
+        if not (isinstance(keys, list) and keys and all(
+                isinstance(k, str) and len(k) == KEY_CHARS and not set(k) - hexdigits for k in keys)):
+            raise InputError(f"must be a non-empty list of {KEY_CHARS}-digit lowercase hex strings (the problems the "
+                             "table was fitted on)", f"{where} field calibration.problem_keys")
+        calibration = {k: v for k, v in calibration.items() if k not in ("problem_key", "problem_keys")}
         columns = ("other", "consensus") if consensus else ("any",)
         rows = data.get("decisions")
         states = n_max * bins * lengths
@@ -289,8 +365,8 @@ class StoppingTable:
         stop[n_max - 1] = True
         return cls(n_max=n_max, select=select, lam=float(lam), edges=np.array(edges, dtype=float), agree_cap=cap,
                    consensus=consensus, length_edges=np.array(length_edges, dtype=float), shrink=float(shrink),
-                   stop=stop, budget=budget, cost=cost, calibration=dict(data.get("calibration") or {}),
-                   fitted=dict(data.get("fitted") or {}))
+                   stop=stop, budget=budget, cost=cost, calibration=calibration,
+                   fitted=dict(data.get("fitted") or {}), fitted_on=frozenset(keys), path=where)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -363,6 +439,10 @@ def _prepare(batch: ReplayBatch, n_max: int, rule: Selection, bins: int, agree_c
         raise InputError(f"the calibration pool has at most {int(batch.available.max())} samples per problem; "
                          f"fit for an n_max it reaches", "n_max")
     inside = np.arange(n_max)[None, :] < available[:, None]
+    if rule is not Selection.BEST and not (code[:, :n_max][inside] >= 0).any():
+        raise InputError(f"no sample of {batch.source} has an extracted answer, so select={rule.value} (a vote over "
+                         "answers) never returns one and there is nothing to fit; give a pool with answers",
+                         f"{batch.source} field samples[].answer")
     edges = np.zeros(0)
     if bins > 1 and batch.has_scores:
         best = np.maximum.accumulate(score[:, :n_max], axis=1)[inside]
@@ -376,8 +456,9 @@ def _prepare(batch: ReplayBatch, n_max: int, rule: Selection, bins: int, agree_c
     if length_bins > 1 and cost_name == "tokens":
         _, chosen = table_states(score, code, tokens, n_max, edges, agree_cap, consensus, length_edges, rule)
         length = np.take_along_axis(tokens[:, :n_max], np.maximum(chosen, 0), axis=1)[inside & (chosen >= 0)]
-        length_edges = np.unique(np.round(np.quantile(length, np.arange(1, length_bins) / length_bins), 3))
-        length_edges = length_edges[length_edges < length.max()]
+        if length.size:
+            length_edges = np.unique(np.round(np.quantile(length, np.arange(1, length_bins) / length_bins), 3))
+            length_edges = length_edges[length_edges < length.max()]
     states, chosen = table_states(score, code, tokens, n_max, edges, agree_cap, consensus, length_edges, rule)
     right = np.take_along_axis(correct[:, :n_max], np.maximum(chosen, 0), axis=1) & (chosen >= 0)
     shape = (len(edges) + 1, agree_cap + 1, 2 if consensus else 1, len(length_edges) + 1)
@@ -423,21 +504,28 @@ def fit_table(
     length_bins: int = DEFAULT_LENGTH_BINS,
     shrink: float = DEFAULT_SHRINK,
     source: dict | None = None,
+    strict: bool = True,
 ) -> StoppingTable:
     """Fit a stopping table on a calibration batch (every problem, every order of it).
 
     Give exactly one of ``lam`` (cost per token, >= 0) or ``budget`` (a share of
     Best-of-``n_max``'s mean tokens in (0, 1]: ``lam`` is bisected so that the calibration
     mean tokens are at most that share). ``source`` (pool name, sha256) goes into the
-    table's ``calibration`` section. Errors name the argument (``n_max``, ``select``, ``lam``,
-    ``budget``, ``bins``, ``agree_cap``, ``length_bins``, ``shrink``).
+    table's ``calibration`` section; the table records ``batch``'s problems and refuses to be
+    applied to them unless ``strict`` is False (for a benchmark choosing among tables on their
+    own calibration data). Errors name the argument (``n_max``, ``select``, ``lam``,
+    ``budget``, ``bins``, ``agree_cap``, ``length_bins``, ``shrink``); the limits are
+    :data:`MAX_BINS`, :data:`MAX_AGREE_CAP`, :data:`MAX_LENGTH_BINS` and :data:`MAX_TABLE_CELLS`.
     """
-    def integer(value, name, low):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InputError(f"must be an integer >= {low}, got {value!r}", name)
+    from .common import N_MAX_LIMIT
+
+    def integer(value, name, low, high):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+            raise InputError(f"must be an integer from {low} to {high}, got {value!r}", name)
         return int(value)
 
-    n_max, bins, agree_cap = integer(n_max, "n_max", 1), integer(bins, "bins", 1), integer(agree_cap, "agree_cap", 1)
+    n_max, bins = integer(n_max, "n_max", 1, N_MAX_LIMIT), integer(bins, "bins", 1, MAX_BINS)
+    agree_cap = integer(agree_cap, "agree_cap", 1, MAX_AGREE_CAP)
     try:
         rule = Selection(getattr(select, "value", select))
     except ValueError:
@@ -453,7 +541,11 @@ def fit_table(
     if not batch.has_scores and rule is not Selection.MAJORITY:
         raise InputError(f"select={rule.value} needs sample scores and {batch.source} has none; use "
                          "select=majority", "select")
-    length_bins = integer(length_bins, "length_bins", 1)
+    length_bins = integer(length_bins, "length_bins", 1, MAX_LENGTH_BINS)
+    too_big = _size_error(n_max, bins, agree_cap, bool(consensus), length_bins)
+    if too_big:
+        raise InputError(too_big, "agree_cap" if agree_cap > DEFAULT_AGREE_CAP else "bins" if bins > DEFAULT_BINS
+                         else "length_bins" if length_bins > DEFAULT_LENGTH_BINS else "n_max")
     cal, edges, length_edges, cost_name = _prepare(batch, n_max, rule, bins, agree_cap, consensus, length_bins)
     consensus = cal.shape[2] == 2
     q = _q_values(cal, shrink)
@@ -478,8 +570,8 @@ def fit_table(
     stop = stop.reshape(n_max, *cal.shape)
     return StoppingTable(n_max=n_max, select=rule.value, lam=float(lam), edges=edges, agree_cap=agree_cap,
                          consensus=consensus, length_edges=length_edges, shrink=float(shrink), stop=stop,
-                         budget=budget, cost=cost_name,
-                         calibration=calibration, fitted=fitted)
+                         budget=budget, cost=cost_name, calibration=calibration, fitted=fitted,
+                         fitted_on=problem_keys(batch.ids, batch.questions), strict=bool(strict))
 
 
 def _bisect(cal: _Calibration, q: np.ndarray, shrink: float, target: float, budget: float) -> float:
@@ -524,12 +616,17 @@ class Learned(PolicyBase):
 
     @model_validator(mode="before")
     @classmethod
-    def _select_from_table(cls, data):
-        if isinstance(data, dict) and "select" not in data and data.get("table") is not None:
+    def _read_table_once(cls, data):
+        """Read a table file once, here: the policy keeps the object it checked (a later change of
+        the file does not reach it), and ``select`` defaults to the table's."""
+        if isinstance(data, dict) and data.get("table") is not None:
             try:
-                data = {**data, "select": _as_table(data["table"]).select}
+                table = _as_table(data["table"])
             except (InputError, TypeError):
-                pass  # reported, located, by the table's own validator
+                return data  # reported, located, by the table's own validator
+            data = {**data, "table": table}
+            if "select" not in data:
+                data["select"] = table.select
         return data
 
     @field_validator("table")
@@ -552,14 +649,19 @@ class Learned(PolicyBase):
             raise PydanticCustomError("table", "{message}", {"message": (
                 f"{_where(value)} was fitted for select={table.select}, not {Selection(rule).value}; fit a table "
                 "for this selection rule or leave select unset")})
-        return value
+        return table
 
     @field_serializer("table")
     def _table_text(self, value):
-        return str(value) if isinstance(value, (str, Path)) else value.label()
+        return value.path if value.path is not None else value.label()
 
     def stopping_table(self) -> StoppingTable:
-        return _as_table(self.table)
+        """The table read and checked when the policy was built (never read again)."""
+        return self.table
+
+    def episode_context(self, problem) -> dict:
+        self.table.check_problems([problem.id], [problem.question])
+        return {}
 
     def requires_scores(self) -> bool:
         return self.stopping_table().uses_scores
@@ -577,6 +679,7 @@ class Learned(PolicyBase):
 
     def replay_stops(self, batch):
         table = self.stopping_table()
+        table.check_problems(batch.ids, batch.questions)
         width = min(self.n_max, batch.shape[2])
         states, _ = table.states(batch.flat("score"), batch.flat("answer"), batch.flat("tokens"), width)
         hit = table.stops(states)
@@ -593,4 +696,6 @@ def _as_table(value) -> StoppingTable:
 
 
 def _where(value) -> str:
+    if isinstance(value, StoppingTable) and value.path is not None:
+        return value.path
     return str(value) if isinstance(value, (str, Path)) else "the table"
