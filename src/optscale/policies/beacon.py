@@ -203,9 +203,6 @@ class Beacon(PolicyBase):
     def initial_plan(self) -> int:
         return self.peek_size()
 
-    def episode_context(self, problem) -> dict:
-        return {}
-
     def _table(self) -> tuple[np.ndarray, np.ndarray]:
         return index_table(self.n_max, float(self.alpha0), float(self.nu0))
 

@@ -59,9 +59,6 @@ class Pandora(PolicyBase):
     def initial_plan(self) -> int:
         return self.peek_size()
 
-    def episode_context(self, problem) -> dict:
-        return {}
-
     def _prior(self):
         return None if self.estimator == "mle" else (self.prior_mu, self.prior_sigma, self.prior_width, self.prior_width)
 
