@@ -234,6 +234,10 @@ def test_cli_policy_fit_end_to_end(tmp_path, monkeypatch, capsys):
                                monkeypatch, capsys)
         assert code != 0 and err.startswith("error: ") and f"{flag}:" in err, (extra, err)
     assert not (tmp_path / "x.json").exists()
+    # The table never overwrites the calibration pool it is fitted on.
+    before = pool.read_bytes()
+    code, _, err = run_cli(["policy", "fit", pool, "--n-max", 8, "--lambda", 0, "--out", pool], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: --out: ") and pool.read_bytes() == before, err
 
 
 # -- no report on calibration problems; the table read once ------------------------------------------

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import InputError
-from ..io import ensure_out_dir
+from ..io import check_out_file
 from .flags import flags
 
 console = Console()
@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
 #: Library names -> flags of ``policy fit`` (see :func:`optscale.cli.flags.flags`).
 FIT_FLAGS = {"n_max": "--n-max", "budget": "--budget", "lam": "--lambda", "select": "--select", "bins": "--bins",
-             "agree_cap": "--agree-cap", "length_bins": "--length-bins", "shrink": "--shrink", "orders": "--orders", "seed": "--seed", "out": "--out"}
+             "agree_cap": "--agree-cap", "length_bins": "--length-bins", "shrink": "--shrink", "orders": "--orders",
+             "seed": "--seed", "out": "--out"}
 
 
 @policy_app.command("fit")
@@ -61,9 +62,7 @@ def fit(
             raise InputError("give exactly one of --budget and --lambda", "budget")
         check_orders(orders)
         check_seed(seed)
-        if out.is_dir():
-            raise InputError(f"{out} is a folder, not a file", "out")
-        ensure_out_dir(out.parent, "out")
+        check_out_file(out, "out", inputs=[pool])
         batch = build_batch(read_pool(pool), orders=orders, seed=seed, source=str(pool))
         source = {"pool": pool.name, "sha256": file_sha256(pool)}
         table = fit_table(batch, n_max, select, lam=lam, budget=budget, bins=bins, agree_cap=agree_cap,
