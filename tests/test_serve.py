@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -18,10 +20,11 @@ from serve_fakes import Proxy
 from conftest import toy_pool
 from optscale.compose import build_policy
 from optscale.errors import InputError
-from optscale.policies import POLICIES, ConstantPriors
+from optscale.policies import POLICIES, ConstantPriors, Decision, Problem, Sample
 from optscale.policies.learned import fit_table
 from optscale.replay import build_batch
 from optscale.serve import build_serve_config
+from optscale.serve.idempotency import IdempotencyStore
 from optscale.serve.limits import FairLimiter
 
 Q = "Problem p1: how many?"
@@ -182,6 +185,18 @@ BAD = [
     ({**OK, "n": 5}, {}, 400, "n"),
     ({**OK, "stream": "yes"}, {}, 400, "stream"),
     ([1, 2], {}, 400, None),
+    # every value is validated at its own level, even when a higher one overrides it
+    ({**OK, "optscale": {"alpha": 3}}, {"X-OptScale-Settings": '{"alpha": 0.5}'}, 400, "optscale.alpha"),
+    ({**OK, "optscale": {"n_max": 0}}, {"X-OptScale-Settings": '{"n_max": 3}'}, 400, "optscale.n_max"),
+    ({**OK, "optscale": {"policy": "magic"}}, {"X-OptScale-Policy": "bon"}, 404, "optscale.policy"),
+    ({**OK, "model": "fake-model+magic"}, {"X-OptScale-Policy": "bon"}, 404, "model"),
+    ({**OK, "model": "fake-model+magic", "optscale": {"policy": "bon"}}, {}, 404, "model"),
+    # booleans are not numbers, strings are neither
+    ({**OK, "optscale": {"n_max": True}}, {}, 400, "optscale.n_max"),
+    ({**OK, "optscale": {"alpha": True}}, {}, 400, "optscale.alpha"),
+    ({**OK, "optscale": {"alpha": "0.5"}}, {}, 400, "optscale.alpha"),
+    ({**OK, "optscale": {"deadline_s": True}}, {}, 400, "optscale.deadline_s"),
+    ({**OK, "optscale": {"return_samples": 1}}, {}, 400, "optscale.return_samples"),
 ]
 
 
@@ -219,10 +234,24 @@ def test_models_policies_plan_health_ready(proxy, client):
     assert [p["id"] for p in listed] == list(POLICIES.names())
     schema = {p["id"]: p["settings_schema"] for p in listed}
     assert "alpha" in schema["optscale"]["properties"] and "priors" not in schema["optscale"]["properties"]
-    plan = httpx.post(proxy.url("/v1/optscale/plan"), json={"policy": "optscale0", "n_max": 16, "s_min": 0.9,
-                                                            "scores": [0.8, 0.85, 0.82, 0.9, 0.7, 0.95]}).json()
-    assert plan["decision"] in ("stop", "continue") and plan["n_star"] >= 1 and plan["fit"]["flags"] == "ok"
-    assert plan["n_observed"] <= 6 and plan["settings"]["s_min"] == 0.9
+    for name, scores in (("optscale0", [0.8, 0.85, 0.82, 0.9, 0.7, 0.95]), ("optscale", [0.8]), ("bon", [0.3, 0.9])):
+        settings = {"s_min": 0.9} if name != "bon" else {}
+        plan = httpx.post(proxy.url("/v1/optscale/plan"), json={"policy": name, "n_max": 16, **settings,
+                                                                "scores": scores}).json()
+        # what the policy's own episode says on these scores, and nothing computed beside it
+        episode = build_policy(name, 16, settings).start(Problem(id="plan"))
+        decisions = [episode.observe(Sample(x)) for x in scores]
+        used = next((i + 1 for i, d in enumerate(decisions) if d is Decision.STOP), len(scores))
+        outcome = episode.result()
+        assert plan["decision"] == decisions[used - 1].value and plan["n_observed"] == used, (name, plan)
+        assert plan["n_star"] == outcome.estimates.get("n_star") and plan["chosen_index"] == outcome.chosen
+        assert plan["stop_reason"] == outcome.stop_reason and plan["settings"] == {
+            **build_policy(name, 16, settings).model_dump(mode="json", exclude={"priors"})}
+    assert plan["n_star"] is None  # Best-of-N has none
+    bad = httpx.post(proxy.url("/v1/optscale/plan"), json={"scores": [0.5], "deadline_s": 3})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "deadline_s"
+    bad = httpx.post(proxy.url("/v1/optscale/plan"), json={"scores": [0.5], "return_samples": True})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "return_samples"
     bad = httpx.post(proxy.url("/v1/optscale/plan"), json={"scores": [0.5, 2]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "scores[1]"
     bad = httpx.post(proxy.url("/v1/optscale/plan"), json={"scores": [0.5], "alpha": 3})
@@ -508,3 +537,184 @@ def test_config_file_flags_and_located_errors(tmp_path):
         build_serve_config(flag_values={"policy_settings": {"alpha": 3}}, config_file=str(path), env={})
     with pytest.raises(InputError, match="unknown setting 'colour'"):
         build_serve_config(flag_values={"colour": 1}, config_file=str(path), env={})
+
+
+# -- regressions of the review ---------------------------------------------------------------------
+def raw_upload(port: int, declared: int, sent: bytes, path: str = "/v1/chat/completions") -> socket.socket:
+    """A client that declares ``declared`` body bytes and sends only ``sent`` (a slow or leaving upload)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+    return sock
+
+
+def test_readiness_comes_back_after_a_failed_check():
+    with fakes.FakeServer() as up, Proxy(up.base_url, n_max=2, ready_ttl_s=0.05) as px:
+        up.config.models = ("other-model",)  # the upstream stops serving the model
+        time.sleep(0.1)
+        r = httpx.get(px.url("/ready"))
+        assert r.status_code == 503 and "does not serve" in r.json()["error"]["message"]
+        assert "127.0.0.1" not in r.text and up.base_url not in r.text  # the upstream's URL stays in the log
+        assert httpx.post(px.url("/v1/chat/completions"), json=OK).status_code == 503
+        up.config.models = (fakes.MODEL,)  # back
+        time.sleep(0.1)
+        assert httpx.post(px.url("/v1/chat/completions"), json=OK).status_code == 200  # a request re-checks
+        up.config.models = ("other-model",)
+        time.sleep(0.1)
+        assert httpx.get(px.url("/ready")).status_code == 503
+        up.config.models = (fakes.MODEL,)
+        time.sleep(0.1)
+        assert httpx.get(px.url("/ready")).status_code == 200  # and so does /ready
+
+
+def test_a_client_leaving_mid_upload_is_a_499_without_a_traceback(proxy, caplog):
+    caplog.set_level(logging.INFO, logger="optscale.serve")
+    raw_upload(proxy.port, 1000, b'{"model": "fake-').close()
+
+    def logged():
+        return [r for r in caplog.records if r.name == "optscale.serve.access" and r.fields["status"] == 499]
+
+    wait_for(lambda: logged(), what="the access line")
+    time.sleep(0.1)
+    serve_logs = [r for r in caplog.records if r.name.startswith("optscale.serve")]
+    assert len(serve_logs) == 1 and not any(r.exc_info for r in caplog.records), serve_logs
+
+
+def test_slow_uploads_time_out_and_concurrent_uploads_are_bounded(upstream):
+    with Proxy(upstream.base_url, n_max=2, body_timeout_s=1.0, max_body_reads=1, limit_concurrency=4) as px:
+        slow = raw_upload(px.port, 1000, b'{"model":')
+        time.sleep(0.2)
+        r = httpx.post(px.url("/v1/chat/completions"), json=OK)  # a second upload while the first stalls
+        assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_uploads" and r.headers["retry-after"]
+        slow.settimeout(5)
+        start = time.monotonic()
+        answer = ""
+        while "}}" not in answer:
+            answer += slow.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "body_timeout_s" in answer and time.monotonic() - start < 2
+        slow.close()
+        assert httpx.post(px.url("/v1/chat/completions"), json=OK).status_code == 200
+        idle = [socket.create_connection(("127.0.0.1", px.port)) for _ in range(4)]  # limit_concurrency: 4
+        time.sleep(0.1)
+        try:
+            assert httpx.get(px.url("/health")).status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_a_question_the_prior_refuses_is_400_and_plan_takes_a_question(proxy):
+    url = proxy.url("/v1/chat/completions")
+    r = httpx.post(url, timeout=60, json={**OK, "messages": [{"role": "system", "content": "x"},
+                                                               {"role": "user", "content": ""}],
+                                           "optscale": {"policy": "optscale-t"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1].content", r.text
+    plan = {"policy": "optscale-t", "scores": [0.8, 0.9]}
+    r = httpx.post(proxy.url("/v1/optscale/plan"), json=plan, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "question", r.text
+    r = httpx.post(proxy.url("/v1/optscale/plan"), json={**plan, "question": Q}, timeout=60)
+    assert r.status_code == 200 and r.json()["n_observed"] == 2, r.text
+
+
+class SlowPriors(ConstantPriors):
+    """Priors that take half a second (as a predictor does on a cold question)."""
+
+    def priors(self, ids, questions, meta=None):
+        time.sleep(0.5)
+        return super().priors(ids, questions, meta)
+
+
+def test_an_episode_start_does_not_stall_the_event_loop(upstream):
+    with Proxy(upstream.base_url, n_max=2, policy="optscale-t",
+               policy_settings={"priors": SlowPriors(0.7, 0.2, 0.1, 0.05)}) as px:
+        worker = threading.Thread(target=lambda: httpx.post(px.url("/v1/chat/completions"), json=OK, timeout=30))
+        worker.start()
+        time.sleep(0.1)
+        start = time.monotonic()
+        assert httpx.get(px.url("/health")).status_code == 200
+        assert time.monotonic() - start < 0.25
+        worker.join(30)
+
+
+def test_a_reused_idempotency_key_on_a_stream_is_a_400_before_the_stream(proxy):
+    url, key = proxy.url("/v1/chat/completions"), {"Idempotency-Key": f"s-{random.random()}"}
+    assert httpx.post(url, json=OK, headers=key).status_code == 200
+    r = httpx.post(url, json={**OK, "stream": True}, headers=key)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_unknown_prompt_size_is_said_and_counted_per_attempt():
+    with fakes.FakeServer(fakes.FakeConfig(usage_in_stream=False)) as up, Proxy(up.base_url, n_max=2) as px:
+        r = httpx.post(px.url("/v1/chat/completions"), json=OK).json()
+        assert r["usage"]["prompt_tokens"] == 0 and r["optscale"]["usage_breakdown"]["prompt_tokens"] is None
+        assert r["optscale"]["usage_unknown"] == ["prompt_tokens"]
+    with fakes.FakeServer() as up, Proxy(up.base_url, n_max=2) as px:
+        r = httpx.post(px.url("/v1/chat/completions"), json=OK).json()
+        assert r["usage"]["prompt_tokens"] == 2 * len(Q.split()) and r["optscale"]["usage_unknown"] == []
+
+
+def test_models_lists_the_upstreams_models_and_the_aliases():
+    with fakes.FakeServer(fakes.FakeConfig(models=(fakes.MODEL, "other-model"))) as up, \
+            Proxy(up.base_url, n_max=2) as px:
+        ids = [m["id"] for m in httpx.get(px.url("/v1/models")).json()["data"]]
+        assert ids[:2] == ["fake-model", "other-model"] and f"fake-model+{POLICIES.names()[0]}" in ids
+    with Proxy("http://127.0.0.1:9/v1", wait_ready=False) as px:  # the upstream is down: the configured names
+        ids = [m["id"] for m in httpx.get(px.url("/v1/models")).json()["data"]]
+        assert ids == ["fake-model"] + [f"fake-model+{p}" for p in POLICIES.names()]
+
+
+def test_neutral_openai_fields_are_accepted_and_others_refused(proxy):
+    url = proxy.url("/v1/chat/completions")
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "response_format": {"type": "text"},
+               "store": False, "metadata": {}, "parallel_tool_calls": True, "user": "u1", "logit_bias": {}}
+    r = httpx.post(url, json={**OK, **neutral, "optscale": {"policy": "bon", "n_max": 1}})
+    assert r.status_code == 200, r.text
+    for field, value in (("presence_penalty", 0.5), ("frequency_penalty", False), ("logprobs", True),
+                         ("response_format", {"type": "json_object"}), ("store", True), ("metadata", {"a": "b"})):
+        r = httpx.post(url, json={**OK, field: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (field, r.text)
+
+
+def test_max_total_tokens_is_a_tight_bound():
+    config = fakes.FakeConfig(min_tokens=50, max_tokens=50)  # every sample is 50 tokens, at once
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=16, in_flight=8, max_n_max=16) as px:
+        for cap in (300, 320, 60):
+            r = httpx.post(px.url("/v1/chat/completions"), json={**OK, "max_tokens": 50, "optscale": {
+                "policy": "bon", "max_total_tokens": cap}}).json()
+            o = r.get("optscale", r)
+            assert o["stop_reason"] == "max_total_tokens", o
+            # documented bound: the cap plus one sample's max_tokens (here the cap, rounded up to a sample)
+            assert cap <= r["usage"]["completion_tokens"] <= cap + 50 and r["usage"]["completion_tokens"] % 50 == 0
+
+
+def test_small_contract_points(proxy, upstream):
+    r = httpx.get(proxy.url("/v1/chat/completions"))
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(proxy.url("/v1/chat/completions"), json={**OK, "stop": 5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
+    listed = httpx.get(proxy.url("/v1/optscale/policies")).json()["data"]
+    for p in listed:
+        assert {"policy", "n_max", "deadline_s", "max_total_tokens", "return_samples"} <= set(
+            p["settings_schema"]["properties"]), p["id"]
+
+
+def test_the_access_log_line_has_the_documented_fields(proxy, caplog):
+    caplog.set_level(logging.INFO, logger="optscale.serve")
+    httpx.post(proxy.url("/v1/chat/completions"), json={**OK, "optscale": {"policy": "bon"}})
+    wait_for(lambda: any(r.name == "optscale.serve.access" for r in caplog.records), what="the access line")
+    [line] = [r.getMessage() for r in caplog.records if r.name == "optscale.serve.access"]
+    for field in ("policy=bon", "n_used=4", "stop_reason=n_max", "completion_tokens="):
+        assert field in line, line
+
+
+def test_the_idempotency_store_is_bounded_in_bytes():
+    async def go():
+        store = IdempotencyStore(60, 100, max_bytes=1000, size=len)
+        for i in range(3):
+            async def work(i=i):
+                return "x" * 400
+            await store.run("c", f"k{i}", "f", work)
+        return store
+
+    store = asyncio.run(go())
+    assert len(store) == 2 and store.bytes == 800

@@ -73,10 +73,13 @@ def test_a_transient_fault_is_retried_and_every_sent_token_is_counted(fault):
             up.wait_disconnected(1)  # the hung stream was closed, not left open upstream
         # every token the upstream sent, the broken attempt's partial stream included, is in the usage
         assert r.usage.completion_tokens == up.sent_tokens() - before
-        wasted = sum(s["tokens"] for s in o["samples"]) - o["usage_breakdown"]["generation_completion_tokens"]
+        b = o["usage_breakdown"]
+        assert b["generation_completion_tokens"] == sum(s["tokens"] for s in o["samples"])
         partial = sum(x.sent for x in up.served if not x.finished)
-        assert -wasted == partial and (partial > 0) == (fault in ("drop", "malformed", "truncate", "hang",
-                                                                  "bad_index"))
+        # the broken attempt's tokens are failed ones; its prompt was paid too (once per upstream request)
+        assert b["failed_completion_tokens"] == partial and (partial > 0) == (
+            fault in ("drop", "malformed", "truncate", "hang", "bad_index"))
+        assert r.usage.prompt_tokens == b["prompt_tokens"] == len(Q.split()) * len(up.arrivals)
         still_serves(px, up)
 
 
@@ -89,6 +92,7 @@ def test_a_persistent_fault_answers_502_after_the_retries_and_the_server_keeps_s
             c.chat.completions.create(model="fake-model", messages=MESSAGES)
         assert err.value.status_code == 502 and err.value.body["code"] == "upstream_error"
         assert "3 attempts failed" in err.value.body["message"]
+        assert str(up.port) not in err.value.body["message"]  # "upstream": where it is stays in the log
         # two samples, each tried three times (retries=2), then max_failures stops the episode
         assert len(up.arrivals) == 6
         with pytest.raises(openai.APIError, match="upstream failure"):  # streamed: an SSE error event

@@ -118,4 +118,4 @@ def _run(app, config: ServeConfig) -> None:
         access.addHandler(handler)
         access.propagate = False
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, **config.uvicorn_options())

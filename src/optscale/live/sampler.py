@@ -21,7 +21,7 @@ import itertools
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
@@ -40,7 +40,7 @@ from .scorers import BatchingScorer, Score, Scorer, ScoreRequest
 from .types import Completion, GenerationSettings, Prompt, RequestFailed, TokenMeter
 
 __all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "EpisodeRun", "sample_episode", "sample_problems",
-           "sample_seed", "summarize"]
+           "sample_seed", "summarize", "plain"]
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,12 @@ class ProblemResult:
     error: str | None = None
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars to Python ones, so estimates can go into JSON."""
+def plain(value: Any) -> Any:
+    """numpy scalars (and mappings and lists of them) as Python values, so estimates can go into JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
     item = getattr(value, "item", None)
     return item() if callable(item) else value
 
@@ -158,7 +162,7 @@ def summarize(problem: LiveProblem, samples: list[dict], events: list[dict], out
         "stop_reason": outcome.stop_reason,
         "chosen": chosen["id"] if chosen else None,
         "score": chosen["score"] if chosen else None,
-        "estimates": {k: _plain(v) for k, v in outcome.estimates.items()},
+        "estimates": {k: plain(v) for k, v in outcome.estimates.items()},
         "policy": policy,
     }
 
@@ -284,16 +288,19 @@ class _Sampler:
         return {"type": kind, "id": f"{problem.id}#{index}", "problem": problem.id, "index": index,
                 "tokens": tokens, "tokens_source": source, **extra}
 
-    async def _cancel(self, problem: LiveProblem, slots: dict[asyncio.Task, _Slot], events: list[dict]) -> None:
-        """Cancel every request still under way and log what each one had cost."""
-        for task in slots:
+    async def _cancel(self, problem: LiveProblem, slots: dict[asyncio.Task, _Slot], events: list[dict],
+                      generating_only: bool = False) -> None:
+        """Cancel every request still under way (or only those still generating) and log what each had cost."""
+        chosen = {t: s for t, s in slots.items() if not generating_only or s.stage != "scoring"}
+        for task in chosen:
             task.cancel()
-        await asyncio.gather(*slots, return_exceptions=True)
-        for slot in sorted(slots.values(), key=lambda s: s.indices[0]):
+        await asyncio.gather(*chosen, return_exceptions=True)
+        for slot in sorted(chosen.values(), key=lambda s: s.indices[0]):
             if slot.stage != "queued":
                 event = self._event("cancelled", problem, slot, slot.indices[0], slot.cost(), stage=slot.stage)
                 await self._log(event, events)
-        slots.clear()
+        for task in chosen:
+            del slots[task]
 
     # -- one problem ---------------------------------------------------------------------
     async def problem(self, problem: LiveProblem, state: RunState) -> ProblemResult:
@@ -344,6 +351,7 @@ class _Sampler:
                 want = min(episode.planned - len(samples), self.settings.in_flight) - under_way
                 if not slots:
                     want = max(want, 1)
+                want = self._affordable(want, samples, events, slots)
                 while want > 0:
                     k = min(want, self.settings.n_per_request)
                     indices, spare = spare[:k], spare[k:]
@@ -386,8 +394,12 @@ class _Sampler:
                 if last_failure is not None and failures >= self.settings.max_failures and not stopped:
                     raise _GiveUp(f"{failures} requests failed; last: {last_failure}")
                 if not stopped:
-                    self.cut = self._limit(samples, events, slots)
-                    stopped = self.cut is not None
+                    cut = self._limit(samples, events, slots)
+                    if cut == "max_total_tokens" and slots:
+                        # stop generating; samples already generated are still scored and given to the policy
+                        await self._cancel(problem, slots, events, generating_only=True)
+                    if cut is not None and (cut != "max_total_tokens" or not slots):
+                        self.cut, stopped = cut, True
         except _GiveUp as exc:
             log.warning("problem %r gives up for this session: %s", problem.id, exc)
             return f"problem {problem.id!r}: {exc}"
@@ -408,6 +420,23 @@ class _Sampler:
         if self.max_total_tokens is not None:
             waits.append(self.TOKEN_POLL_S)
         return min(waits) if waits else None
+
+    def _affordable(self, want: int, samples: list[dict], events: list[dict], slots: dict[asyncio.Task, _Slot]) -> int:
+        """How many of ``want`` new samples fit in ``max_total_tokens`` if every sample under way and new
+        one ran to the ``max_tokens`` it may generate; one at least when nothing is under way.
+
+        This bounds an episode's completion tokens by ``max_total_tokens`` plus one sample's
+        ``max_tokens`` (that single sample is launched when the rest of the budget is smaller),
+        plus the tokens of attempts retried after a failure; the poll of :meth:`_limit` cuts
+        streams under way as soon as the cap is passed.
+        """
+        per_sample = self.gen_settings.max_tokens
+        if self.max_total_tokens is None or per_sample is None or want <= 0:
+            return want
+        spent = sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in samples + events)
+        reserved = sum(max(s.cost(), per_sample * len(s.indices)) for s in slots.values())
+        fits = max(0, (self.max_total_tokens - spent - reserved) // per_sample)
+        return min(want, fits) if slots else max(1, min(want, fits))
 
     def _limit(self, samples: list[dict], events: list[dict], slots: dict[asyncio.Task, _Slot]) -> str | None:
         """``deadline`` or ``max_total_tokens`` when that limit has been reached, else None."""

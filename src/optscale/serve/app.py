@@ -24,18 +24,18 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 
 from ..fit import FitFlag, fit_mle
 from ..policies import POLICIES, Decision, Problem, Sample, policy_settings_schema
-from ..stats import min_samples
 from .auth import load_client_keys
 from .episodes import EpisodeResult, Service, estimates
 from .errors import ApiError, error_body
 from .idempotency import IdempotencyStore
 from .metrics import CONTENT_TYPE_LATEST
 from .responses import chat_completion, chat_stream, sse, text_completion, text_stream
-from .schemas import (HEADER_POLICY, HEADER_SETTINGS, OPTION_KEYS, SERVER_ONLY, parse_request, resolve_options,
-                      table_names)
+from .schemas import (HEADER_POLICY, HEADER_SETTINGS, OPTION_KEYS, REQUEST_OPTIONS_SCHEMA, SERVER_ONLY, parse_request,
+                      resolve_options, table_names)
 from .settings import ServeConfig
 
 __all__ = ["create_app", "JsonFormatter"]
@@ -92,10 +92,11 @@ class _RequestContext:
                 labels = {"model": self.service.config.model, "policy": state.get("policy", "none")}
                 self.service.metrics.requests.labels(**labels, status=str(status)).inc()
                 self.service.metrics.duration.labels(**labels).observe(elapsed)
+            extra = state.get("log", {})
             fields = {"request_id": rid, "method": scope.get("method"), "path": path, "status": status,
-                      "duration_ms": round(elapsed * 1000, 2), **state.get("log", {})}
-            access.info("%s %s %s %s %.1f ms", rid, scope.get("method"), path, status, elapsed * 1000,
-                        extra={"fields": fields})
+                      "duration_ms": round(elapsed * 1000, 2), **extra}
+            access.info("%s %s %s %s %.1f ms%s", rid, scope.get("method"), path, status, elapsed * 1000,
+                        "".join(f" {k}={v}" for k, v in extra.items()), extra={"fields": fields})
 
 
 class _EpisodeStream(StreamingResponse):
@@ -113,30 +114,64 @@ class _EpisodeStream(StreamingResponse):
                 self.task.cancel()
 
 
-async def _read_json(request: Request, limit: int) -> tuple[bytes, Any]:
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, f"send the body as JSON with Content-Type: application/json (got {ctype[:80]!r})",
-                       "Content-Type", "unsupported_media_type")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise ApiError(413, f"the body is larger than {limit} bytes (max_body_bytes)", None, "body_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the body is larger than {limit} bytes (max_body_bytes)", None, "body_too_large")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        return raw, json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"the body is not UTF-8 (byte {exc.start})", None, "invalid_json") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})", None,
-                       "invalid_json") from None
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {str(exc)[:200]}", None, "invalid_json") from None
+class _BodyReads:
+    """Request bodies being read at once, at most ``limit``: one more is refused (429), never queued,
+    so slow uploads hold at most ``limit x max_body_bytes`` of memory; each read has a deadline."""
+
+    def __init__(self, limit: int, timeout_s: float, max_bytes: int, retry_after_s: int):
+        self.limit, self.timeout_s, self.max_bytes, self.retry_after_s = limit, timeout_s, max_bytes, retry_after_s
+        self.active = 0
+
+    async def read_json(self, request: Request) -> tuple[bytes, Any]:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, f"send the body as JSON with Content-Type: application/json (got {ctype[:80]!r})",
+                           "Content-Type", "unsupported_media_type")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            raise self._too_large()
+        if self.active >= self.limit:
+            raise ApiError(429, f"the server is reading {self.limit} request bodies (max_body_reads); retry shortly",
+                           None, "too_many_uploads", {"Retry-After": str(self.retry_after_s)})
+        self.active += 1
+        try:
+            raw = await asyncio.wait_for(self._read(request), self.timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError(408, f"the body did not arrive within {self.timeout_s:g} s (body_timeout_s)", None,
+                           "body_timeout") from None
+        except ClientDisconnect:
+            raise ApiError(499, "the client closed the connection while sending the body", None,
+                           "client_closed_request") from None
+        finally:
+            self.active -= 1
+        try:
+            return raw, json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, f"the body is not UTF-8 (byte {exc.start})", None, "invalid_json") from None
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, f"the body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})",
+                           None, "invalid_json") from None
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, f"the body is not valid JSON: {str(exc)[:200]}", None, "invalid_json") from None
+
+    async def _read(self, request: Request) -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"the body is larger than {self.max_bytes} bytes (max_body_bytes)", None,
+                        "body_too_large")
+
+
+def _result_size(answer: tuple[EpisodeResult, str, int]) -> int:
+    """Roughly the bytes an idempotency entry holds: the samples' texts, and a little for every record."""
+    result = answer[0]
+    return 2048 + sum(512 + len(str(s.get("text") or "").encode()) for s in result.samples) + 256 * len(result.events)
 
 
 async def _disconnected(request: Request) -> None:
@@ -152,9 +187,13 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     keys = load_client_keys(config.api_keys_file, env)
     service = Service(config, transport=transport, tracer_provider=tracer_provider)
-    store = IdempotencyStore(config.idempotency_ttl_s, config.idempotency_max_entries)
+    store = IdempotencyStore(config.idempotency_ttl_s, config.idempotency_max_entries, config.idempotency_max_bytes,
+                             _result_size)
+    bodies = _BodyReads(config.max_body_reads, config.body_timeout_s, config.max_body_bytes, config.retry_after_s)
 
     async def check_until_ready() -> None:
+        """Check on start until the first check passes; afterwards readiness is re-checked on demand
+        (``/ready`` and requests, at most every ``ready_ttl_s``), so it also comes back after a failure."""
         while not await service.check():
             await asyncio.sleep(CHECK_RETRY_S)
 
@@ -198,7 +237,7 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     async def generate(request: Request, kind: str) -> Response:
         state = request.scope["state"]
         who = caller(request)
-        raw, body = await _read_json(request, config.max_body_bytes)
+        raw, body = await bodies.read_json(request)
         req = parse_request(kind, body)
         options = resolve_options(config, req.model, req.optscale, request.headers.get(HEADER_POLICY),
                                   request.headers.get(HEADER_SETTINGS))
@@ -206,18 +245,25 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
         if req.n > options.policy.n_max:
             raise ApiError(400, f"n ({req.n}) is more than the episode's n_max ({options.policy.n_max})", "n",
                            "invalid_request")
-        await service.ensure_ready()
         idem = request.headers.get("idempotency-key")
+        digest = None
+        if idem is not None and config.idempotency_ttl_s > 0:  # a bad key is a 400 before a stream starts
+            digest = hashlib.sha256(b"\0".join([
+                kind.encode(), raw, (request.headers.get(HEADER_POLICY) or "").encode(),
+                (request.headers.get(HEADER_SETTINGS) or "").encode()])).hexdigest()
+            store.check(who, idem, digest)
+        await service.ensure_ready()
         rid = state["request_id"]
         generation = req.generation(config.generation)
         prompt = req.prompt() if kind == "chat" else req.prompt_obj()
         question = req.question()
+        question_place = req.question_place()
 
         created = int(time.time())
 
         async def sample() -> tuple[EpisodeResult, str, int]:
             with service.tracing.request("chat" if kind == "chat" else "text_completion", req.model) as span:
-                result = await service.run(kind, prompt, question, options, generation, rid, span)
+                result = await service.run(kind, prompt, question, options, generation, rid, span, question_place)
                 if span is not None:
                     usage = result.usage()
                     span.set_attribute("gen_ai.usage.input_tokens", usage["prompt_tokens"])
@@ -228,10 +274,7 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
         async def episode() -> tuple[EpisodeResult, str, int]:
             """The result with the id and time it was first answered with (a replay repeats them)."""
             try:
-                if idem is not None and config.idempotency_ttl_s > 0:
-                    digest = hashlib.sha256(b"\0".join([
-                        kind.encode(), raw, (request.headers.get(HEADER_POLICY) or "").encode(),
-                        (request.headers.get(HEADER_SETTINGS) or "").encode()])).hexdigest()
+                if idem is not None and digest is not None:
                     answer, replayed = await store.run(who, idem, digest, sample)
                     state.setdefault("log", {})["idempotent_replay"] = replayed
                     return answer
@@ -297,9 +340,11 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     @app.get("/v1/models")
     async def models(request: Request):
         caller(request)
-        ids = [config.model] + [f"{config.model}+{name}" for name in POLICIES.names()]
+        served = await service.upstream_models()
+        upstream = [m for m in served or [config.model] if m != config.model]
+        aliases = [f"{config.model}+{name}" for name in POLICIES.names()]
         return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "optscale"}
-                                           for i in ids]}
+                                           for i in [config.model, *upstream, *aliases]]}
 
     @app.get("/v1/optscale/policies")
     async def policies(request: Request):
@@ -314,6 +359,7 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
                         "a stopping table of this server, by file name (one of `tables`)")}
                 else:
                     schema["properties"].pop(key, None)
+            schema["properties"] = {**REQUEST_OPTIONS_SCHEMA, **schema["properties"]}
             if "required" in schema:
                 schema["required"] = [k for k in schema["required"] if k in schema["properties"]]
             data.append({"id": name, "description": schema["description"], "settings_schema": schema})
@@ -323,10 +369,13 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     @app.post("/v1/optscale/plan")
     async def plan(request: Request):
         caller(request)
-        _, body = await _read_json(request, config.max_body_bytes)
+        _, body = await bodies.read_json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object", None, "invalid_request")
-        scores, answers = body.pop("scores", None), body.pop("answers", None)
+        scores, answers, question = body.pop("scores", None), body.pop("answers", None), body.pop("question", "")
+        if not isinstance(question, str):
+            raise ApiError(400, "question: a string (the problem, for policies whose prior reads it)", "question",
+                           "invalid_request")
         if not isinstance(scores, list) or not scores or len(scores) > MAX_PLAN_SCORES:
             raise ApiError(400, f"give scores: a list of 1 to {MAX_PLAN_SCORES} numbers in [0, 1]", "scores",
                            "invalid_request")
@@ -337,10 +386,10 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
         if answers is not None and (not isinstance(answers, list) or len(answers) != len(scores)
                                     or not all(a is None or isinstance(a, str) for a in answers)):
             raise ApiError(400, "answers: a list of strings (or null), one per score", "answers", "invalid_request")
-        body.pop("return_samples", None)
         options = resolve_options(config, config.model, body, request.headers.get(HEADER_POLICY),
-                                  request.headers.get(HEADER_SETTINGS), body_place="")
-        episode = options.policy.start(Problem(id="plan"))
+                                  request.headers.get(HEADER_SETTINGS), body_place="",
+                                  unused=("deadline_s", "max_total_tokens", "return_samples"))
+        episode = await service.start(options, Problem(id="plan", question=question), "question")
         decision, used = Decision.CONTINUE, 0
         for i, score in enumerate(scores):
             used += 1
@@ -350,14 +399,9 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
         outcome = episode.result()
         fit = fit_mle([scores[:used]])
         est = estimates(outcome)
-        settings = options.settings
-        n_star = est.get("n_star")
-        if n_star is None and "s_min" in settings:
-            n_star = int(min_samples(fit.mu, fit.sigma, settings["s_min"], settings["alpha"],
-                                     options.policy.n_max)[0])
-        return {"policy": options.name, "settings": settings, "decision": decision.value, "n_observed": used,
+        return {"policy": options.name, "settings": options.settings, "decision": decision.value, "n_observed": used,
                 "n_given": len(scores), "planned": episode.planned, "stop_reason": outcome.stop_reason,
-                "chosen_index": outcome.chosen, "n_star": n_star, "estimates": est,
+                "chosen_index": outcome.chosen, "n_star": est.get("n_star"), "estimates": est,
                 "fit": {"mu": float(fit.mu[0]), "sigma": float(fit.sigma[0]), "converged": bool(fit.converged[0]),
                         "flags": FitFlag.describe(int(fit.flag[0]))}}
 
@@ -368,9 +412,7 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
 
     @app.get("/ready")
     async def ready():
-        if service.ready and time.monotonic() - service.checked_at > config.ready_ttl_s:
-            await service.check()
-        if not service.ready:
+        if not await service.refresh():
             return JSONResponse(error_body(503, f"not ready: {service.ready_error}", None, "not_ready"), 503,
                                 headers={"Retry-After": str(config.retry_after_s)})
         return {"status": "ready"}

@@ -9,9 +9,13 @@ mid-episode are counted too.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import json
 import logging
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +24,13 @@ import httpx
 from ..answers import normalize_answer
 from ..errors import InputError, OptscaleError
 from ..fit import FitFlag
-from ..live.openai import OpenAIGenerator
-from ..live.sampler import Listener, sample_episode
+from ..live.openai import MODELS_BODY_LIMIT, OpenAIGenerator
+from ..live.sampler import Listener, plain, sample_episode
 from ..live.scorers import BatchingScorer, Score, Scorer, ScorerContext, ScoreRequest, build_scorer
 from ..live.secrets import Redactor
+from ..live.transport import read_body
 from ..live.types import GenerationSettings, Prompt, RequestRejected
-from ..policies import Outcome, Problem
+from ..policies import Episode, Outcome, Problem
 from .errors import ApiError
 from .limits import EpisodeGate, FairLimiter
 from .metrics import Metrics
@@ -33,9 +38,10 @@ from .otel import Tracing
 from .schemas import Options
 from .settings import ServeConfig
 
-__all__ = ["Service", "EpisodeResult"]
+__all__ = ["Service", "EpisodeResult", "estimates", "plain"]
 
 log = logging.getLogger("optscale.serve")
+_URL = re.compile(r"(?:https?://|\b(?:127\.0\.0\.1|localhost):\d)[^\s'\"(),]*")
 
 
 @dataclass
@@ -57,12 +63,19 @@ class EpisodeResult:
         return len(self.samples) + len(self.events)
 
     def breakdown(self) -> dict[str, int | None]:
-        used = sum(int(s["tokens"]) + int(s.get("wasted_tokens") or 0) for s in self.samples)
+        """Completion tokens by fate: used samples, cancelled ones, and failed attempts (those retried
+        before a sample succeeded included: a sample's ``wasted_tokens``)."""
+        used = sum(int(s["tokens"]) for s in self.samples)
         cancelled = sum(int(e["tokens"]) for e in self.events if e["type"] == "cancelled")
-        failed = sum(int(e["tokens"]) for e in self.events if e["type"] == "failed")
+        failed = sum(int(e["tokens"]) for e in self.events if e["type"] == "failed") + sum(
+            int(s.get("wasted_tokens") or 0) for s in self.samples)
         return {"generation_completion_tokens": used, "cancelled_completion_tokens": cancelled,
                 "failed_completion_tokens": failed, "prompt_tokens": self.prompt_tokens,
                 "scorer_tokens": self.scorer_tokens}
+
+    def usage_unknown(self) -> list[str]:
+        """The fields of ``usage`` whose value is not known (reported as 0 because the schema wants an integer)."""
+        return ["prompt_tokens"] if self.prompt_tokens is None else []
 
     def usage(self) -> dict[str, int]:
         b = self.breakdown()
@@ -99,9 +112,10 @@ class _Accounting(Listener):
         m, model = self.service.metrics, self.labels["model"]
         self.records.append(record)
         m.launched.labels(**self.labels).inc()
-        tokens = int(record["tokens"]) + int(record.get("wasted_tokens") or 0)
         kind = {"sample": "completion", "cancelled": "cancelled", "failed": "failed"}[record["type"]]
-        m.tokens.labels(model=model, kind=kind).inc(tokens)
+        m.tokens.labels(model=model, kind=kind).inc(int(record["tokens"]))
+        if record.get("wasted_tokens"):  # attempts that failed before this sample succeeded
+            m.tokens.labels(model=model, kind="failed").inc(int(record["wasted_tokens"]))
         if record["type"] == "cancelled":
             m.cancelled.labels(**self.labels).inc()
         self.service.tracing.sample(self.span, record)
@@ -109,11 +123,19 @@ class _Accounting(Listener):
     def prompt_tokens(self) -> int | None:
         """The prompt's size (reported by the upstream) times the upstream requests made for it.
 
-        The proxy asks one sample per request, so every record (sample, cancelled, failed) is one
-        request; cancelled streams report no usage, so the size comes from those that did.
+        The proxy asks one sample per request; a sample's request may have been attempted
+        several times (its ``attempts``), a failed one ``retries + 1`` times, a cancelled one
+        at least once. Cancelled streams report no usage, so the size comes from those that did.
         """
         sizes = [int(r["prompt_tokens"]) for r in self.records if r.get("prompt_tokens")]
-        return max(sizes) * len(self.records) if sizes else None
+        return max(sizes) * sum(self._attempts(r) for r in self.records) if sizes else None
+
+    def _attempts(self, record: dict[str, Any]) -> int:
+        if record["type"] == "sample":
+            return int(record.get("attempts") or 1)
+        if record["type"] == "failed":
+            return self.service.config.client.retries + 1
+        return 1
 
 
 class _CountedScorer:
@@ -149,9 +171,6 @@ class _CountedScorer:
             self.service.metrics.tokens.labels(model=self.model, kind="scorer").inc(known)
         return scores
 
-    async def aclose(self) -> None:
-        return None
-
 
 class Service:
     """What every request shares; :meth:`run` samples one request's episode."""
@@ -172,22 +191,36 @@ class Service:
         self.limiter = FairLimiter(config.max_in_flight)
         self.gate = EpisodeGate(config.max_episodes)
         self.metrics = Metrics(lambda: self.limiter.in_use)
-        self.tracing = Tracing(provider=tracer_provider)
+        self.tracing = Tracing(tracer_provider)
         self.redact = Redactor(config.secrets())
         self.sampler_settings = config.sampler_settings()
         self.ready = False
         self.ready_error = "the upstream and the scorer have not been checked yet"
-        self.checked_at = 0.0
+        self.checked_at = float("-inf")  # when the last check (passed or failed) ended
+        self._checking = asyncio.Lock()
+        self._models: tuple[float, list[str]] = (float("-inf"), [])
+        # Episode starts (a policy's prior prediction may take a while) run here, off the event loop,
+        # one at a time: a predictor need not be thread-safe.
+        self._starts = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="optscale-episode-start")
 
     async def aclose(self) -> None:
         await self.scorer.aclose()
         await self.raw_scorer.aclose()
         for generator in self.generators.values():
             await generator.aclose()
+        self._starts.shutdown(wait=False, cancel_futures=True)
+
+    def public(self, text: str) -> str:
+        """``text`` for a client: secrets masked, and no server URL (the upstream's or the scorer's).
+
+        Where the server's upstreams are is the operator's business; the log has the full text.
+        """
+        return _URL.sub("upstream", self.redact(text))
 
     # -- readiness -----------------------------------------------------------------------
     async def check(self) -> bool:
-        """A full check (a tiny generation, the scorer's own check) on start; afterwards the upstreams' ``/models``."""
+        """A full check (a tiny generation, the scorer's own check) until one passes; afterwards the
+        upstreams' ``/models``; a failed check makes the next one full again."""
         try:
             if not self.ready:
                 await self.generators["chat"].check(need_logprobs=self.scorer.needs_logprobs, why="scorer")
@@ -195,16 +228,48 @@ class Service:
             else:
                 await self.generators["chat"].check_servers()
         except (OptscaleError, httpx.HTTPError, OSError) as exc:
-            self.ready, self.ready_error = False, self.redact(str(exc))[:500]
-            log.warning("not ready: %s", self.ready_error)
+            reason = self.redact(str(exc))
+            self.ready, self.ready_error, self.checked_at = False, self.public(reason)[:500], time.monotonic()
+            log.warning("not ready: %s", reason[:500])
             return False
         self.ready, self.checked_at = True, time.monotonic()
         return True
 
+    async def refresh(self) -> bool:
+        """Readiness, checked again when the last check is older than ``ready_ttl_s`` (passed or failed:
+        a server that was down is tried again, at most that often); one check at a time."""
+        if time.monotonic() - self.checked_at > self.config.ready_ttl_s:
+            async with self._checking:
+                if time.monotonic() - self.checked_at > self.config.ready_ttl_s:
+                    await self.check()
+        return self.ready
+
     async def ensure_ready(self) -> None:
-        if not self.ready:
+        if not await self.refresh():
             raise ApiError(503, f"not ready: {self.ready_error}", None, "not_ready",
                            {"Retry-After": str(self.config.retry_after_s)})
+
+    async def upstream_models(self) -> list[str] | None:
+        """The models the upstreams list on ``/models`` (kept for ``ready_ttl_s``), None when that fails."""
+        at, models = self._models
+        if time.monotonic() - at <= self.config.ready_ttl_s:
+            return models
+        t = self.generators["chat"].transport
+        found: list[str] = []
+        try:
+            for endpoint in t.pool.endpoints:
+                async with t.http.stream("GET", f"{endpoint.url}/models") as response:
+                    raw = await read_body(response, MODELS_BODY_LIMIT, truncate=True)
+                response.raise_for_status()
+                for m in json.loads(raw).get("data", []):
+                    if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] not in found:
+                        found.append(m["id"])
+        except (httpx.HTTPError, OSError, ValueError, AttributeError) as exc:
+            log.warning("cannot list the upstream's models (%s); listing the configured model only",
+                        self.redact(f"{type(exc).__name__}: {exc}")[:300])
+            return None
+        self._models = (time.monotonic(), found)
+        return found
 
     # -- one episode -----------------------------------------------------------------------
     def admit(self) -> None:
@@ -212,14 +277,24 @@ class Service:
             raise ApiError(429, f"the server is sampling {self.config.max_episodes} requests (max_episodes); retry "
                            "shortly", None, "too_many_episodes", {"Retry-After": str(self.config.retry_after_s)})
 
+    async def start(self, options: Options, problem: Problem, question_place: str) -> Episode:
+        """The policy's episode for ``problem``, started off the event loop (a prior prediction takes a
+        while); a question the policy cannot work with is the client's error (400 at ``question_place``)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._starts, options.policy.start, problem)
+        except InputError as exc:
+            raise ApiError(400, f"{question_place}: policy {options.name!r} cannot start on this question: "
+                           f"{self.public(exc.detail)}", question_place, "invalid_request") from None
+
     async def run(self, kind: str, prompt: Prompt, question: str, options: Options, generation: GenerationSettings,
-                  request_id: str, span: Any = None) -> EpisodeResult:
+                  request_id: str, span: Any = None, question_place: str = "question") -> EpisodeResult:
         """Sample one request (admitted by :meth:`admit`; the caller leaves the gate)."""
         labels = {"model": self.config.model, "policy": options.name}
         accounting = _Accounting(self, labels, span)
         scorer = _CountedScorer(self, self.config.model)
         start = time.monotonic()
-        episode = options.policy.start(Problem(id=request_id, question=question))
+        episode = await self.start(options, Problem(id=request_id, question=question), question_place)
         try:
             run = await sample_episode(
                 episode, prompt, question, self.generators[kind], scorer,
@@ -227,14 +302,14 @@ class Service:
                 deadline=start + options.deadline_s, max_total_tokens=options.max_total_tokens, listener=accounting)
         except RequestRejected as exc:
             status = 400 if exc.status in (400, 413, 422) else 502
-            raise ApiError(status, f"the upstream refused the request: {self.redact(exc.detail)}", None,
+            raise ApiError(status, f"the upstream refused the request: {self.public(exc.detail)}", None,
                            "upstream_rejected") from None
         except InputError as exc:  # a scorer that broke its contract (a score outside [0, 1])
-            raise ApiError(502, f"scorer failure: {self.redact(str(exc))}", None, "scorer_error") from None
+            raise ApiError(502, f"scorer failure: {self._logged(exc)}", None, "scorer_error") from None
         except OptscaleError as exc:
-            raise ApiError(502, f"scorer failure: {self.redact(str(exc))}", None, "scorer_error") from None
+            raise ApiError(502, f"scorer failure: {self._logged(exc)}", None, "scorer_error") from None
         except (httpx.HTTPError, OSError) as exc:
-            raise ApiError(502, f"scorer failure: {self.redact(type(exc).__name__ + ': ' + str(exc))}", None,
+            raise ApiError(502, f"scorer failure: {self._logged(exc, type(exc).__name__ + ': ')}", None,
                            "scorer_error") from None
         finally:
             prompt_tokens = accounting.prompt_tokens()
@@ -251,7 +326,7 @@ class Service:
             if run.cut == "max_total_tokens":
                 raise ApiError(400, f"max_total_tokens ({options.max_total_tokens}) was spent before any sample "
                                "finished", "optscale.max_total_tokens", "max_total_tokens_exhausted")
-            raise ApiError(502, f"upstream failure: {self.redact(run.error or 'no sample')}", None, "upstream_error")
+            raise ApiError(502, f"upstream failure: {self._logged(run.error or 'no sample')}", None, "upstream_error")
         self.metrics.samples_used.labels(**labels).observe(len(run.samples))
         flag = int(outcome.estimates.get("fit_flag") or 0)
         if flag:
@@ -264,15 +339,11 @@ class Service:
         return EpisodeResult(options, run.samples, run.events, outcome, stop, chosen, timings,
                              accounting.prompt_tokens(), scorer.tokens)
 
-
-def plain(value: Any) -> Any:
-    """numpy scalars (and containers of them) as JSON values."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    item = getattr(value, "item", None)
-    return item() if callable(item) else value
+    def _logged(self, error: Any, prefix: str = "") -> str:
+        """An upstream or scorer error: logged in full (URLs included), shown to the client without URLs."""
+        text = self.redact(prefix + str(error))
+        log.warning("upstream or scorer failure: %s", text[:1000])
+        return self.public(text)
 
 
 def estimates(outcome: Outcome) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 The OpenAI SDK retries timeouts, 408/409/429 and 5xx twice by default; without this a retry
 would pay for a whole episode again. Results are kept in memory for ``ttl_s`` (at most
-``max_entries``, oldest dropped first), per caller: the key is scoped to the client key that
-sent it. A retry that arrives while the first request still samples waits for its result. A
-key reused with a different body is refused (400 naming ``Idempotency-Key``); a request that
-fails stores nothing, so its retry samples again.
+``max_entries``, and ``max_bytes`` of results as ``size`` measures them; oldest dropped first), per
+caller: the key is scoped to the client key that sent it. A retry that arrives while the first
+request still samples waits for its result. A key reused with a different body is refused (400
+naming ``Idempotency-Key``); a request that fails stores nothing, so its retry samples again.
 """
 
 from __future__ import annotations
@@ -29,15 +29,20 @@ class _Entry:
     fingerprint: str
     future: asyncio.Future
     expires: float = float("inf")
+    size: int = 0
 
 
 class IdempotencyStore:
     """Results by (caller, key), with a time to live and a size bound."""
 
-    def __init__(self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl_s: float, max_entries: int, max_bytes: int, size: Callable[[Any], int],
+                 clock: Callable[[], float] = time.monotonic):
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = size
         self.clock = clock
+        self.bytes = 0
         self._entries: collections.OrderedDict[tuple[str, str], _Entry] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -50,10 +55,23 @@ class IdempotencyStore:
                            "invalid_idempotency_key")
         return key
 
+    def _drop(self, name: tuple[str, str]) -> None:
+        entry = self._entries.pop(name, None)
+        if entry is not None:
+            self.bytes -= entry.size
+
     def _expire(self) -> None:
         now = self.clock()
         for name in [k for k, e in self._entries.items() if e.expires <= now]:
-            del self._entries[name]
+            self._drop(name)
+
+    def check(self, caller: str, key: str, fingerprint: str) -> None:
+        """Raise the 400 that :meth:`run` would for this key, before anything is sent (a stream's status)."""
+        self._expire()
+        entry = self._entries.get((caller, self.check_key(key)))
+        if entry is not None and entry.fingerprint != fingerprint:
+            raise ApiError(400, "this Idempotency-Key was used with a different request", "Idempotency-Key",
+                           "idempotency_key_reused")
 
     async def run(self, caller: str, key: str, fingerprint: str, work: Callable[[], Any]) -> tuple[Any, bool]:
         """``(result, replayed)``: the stored result of an earlier request with this key, or ``await work()``."""
@@ -69,11 +87,11 @@ class IdempotencyStore:
         entry.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
         self._entries[name] = entry
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._drop(next(iter(self._entries)))
         try:
             result = await work()
         except BaseException as exc:
-            self._entries.pop(name, None)
+            self._drop(name)
             if not entry.future.done():
                 entry.future.set_exception(exc if isinstance(exc, ApiError) else ApiError(
                     409, "the first request with this Idempotency-Key did not finish; retry", "Idempotency-Key",
@@ -81,4 +99,9 @@ class IdempotencyStore:
             raise
         entry.expires = self.clock() + self.ttl_s
         entry.future.set_result(result)
+        if self._entries.get(name) is entry:
+            entry.size = self.size(result)
+            self.bytes += entry.size
+            while self.bytes > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries)))
         return result, False

@@ -44,10 +44,6 @@ class FairLimiter:
         """A new episode's way in: an async context manager, usable by several of its requests at once."""
         return Lane(self)
 
-    @property
-    def waiting(self) -> int:
-        return sum(len(lane.waiters) for lane in self._ring)
-
     def _release(self) -> None:
         self.in_use -= 1
         self._dispatch()

@@ -23,9 +23,9 @@ except ImportError:  # the otel extra is not installed
 class Tracing:
     """A tracer, or nothing."""
 
-    def __init__(self, enabled: bool = True, provider: Any = None):
+    def __init__(self, provider: Any = None):
         """``provider``: a TracerProvider to use instead of the process's global one (tests, embedding)."""
-        if not enabled or _trace is None:
+        if _trace is None:
             self.tracer = None
         else:
             self.tracer = (provider or _trace.get_tracer_provider()).get_tracer("optscale.serve")

@@ -3,7 +3,7 @@
 ``choices[0]`` is the sample the policy selected (with its own ``finish_reason``); ``n > 1``
 adds the next best-scored samples with *other* answers (fewer when the episode found fewer
 distinct answers). ``usage`` counts every upstream generation of the episode, the partial
-tokens of cancelled ones included, and the prompt once per upstream request. The
+tokens of cancelled ones included, and the prompt once per upstream attempt. The
 ``optscale`` object says what the policy did.
 """
 
@@ -34,6 +34,7 @@ def optscale_object(result: EpisodeResult) -> dict[str, Any]:
         "chosen_index": o.chosen,
         "chosen_score": result.samples[result.chosen]["score"],
         "usage_breakdown": result.breakdown(),
+        "usage_unknown": result.usage_unknown(),
         "timings": result.timings,
     }
     if result.options.return_samples:

@@ -25,12 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from ..compose import build_policy
 from ..errors import InputError
 from ..live.types import GenerationSettings, Prompt
-from ..policies import POLICIES, PolicyBase
+from ..policies import POLICIES, PolicyBase, policy_settings_schema
 from .errors import ApiError
 from .settings import ServeConfig
 
 __all__ = ["ChatRequest", "CompletionRequest", "Options", "parse_request", "resolve_options", "OPTION_KEYS",
-           "HEADER_POLICY", "HEADER_SETTINGS", "located"]
+           "HEADER_POLICY", "HEADER_SETTINGS", "located", "REQUEST_OPTIONS_SCHEMA", "NEUTRAL"]
 
 HEADER_POLICY = "X-OptScale-Policy"
 HEADER_SETTINGS = "X-OptScale-Settings"
@@ -80,11 +80,16 @@ def table_file(tables_dir: str, name: Any, place: str) -> tuple[str, tuple[int, 
     return str(path), (st.st_mtime_ns, st.st_size)
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "list", "dict", "constrained-str"}
+
+
 def located(exc: ValidationError, prefix: str = "") -> ApiError:
     """The first pydantic error as a 400 naming the field: ``messages[0].content``, ``optscale.alpha``."""
     err = exc.errors()[0]
     param = prefix
     for part in err["loc"]:
+        if isinstance(part, str) and (part in _UNION_TAGS or "[" in part):
+            continue  # pydantic's name of a union member (``stop.str``), not a field of the request
         param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
     if err["type"] == "extra_forbidden":
         message = "unknown or unsupported field"
@@ -164,10 +169,16 @@ class ChatRequest(_Sampling):
                          for m in self.messages)
         return Prompt(messages=messages)
 
+    def _question_index(self) -> int:
+        users = [i for i, m in enumerate(self.messages) if m.role == "user"]
+        return users[-1] if users else len(self.messages) - 1
+
     def question(self) -> str:
         """What the scorer reads as the problem: the last user message."""
-        users = [m for m in self.messages if m.role == "user"]
-        return (users[-1] if users else self.messages[-1]).text()
+        return self.messages[self._question_index()].text()
+
+    def question_place(self) -> str:
+        return f"messages[{self._question_index()}].content"
 
 
 class CompletionRequest(_Sampling):
@@ -187,10 +198,38 @@ class CompletionRequest(_Sampling):
     def question(self) -> str:
         return self.text()
 
+    def question_place(self) -> str:
+        return "prompt"
+
+
+def _zero(value: Any) -> bool:
+    return type(value) in (int, float) and value == 0
+
+
+#: OpenAI fields accepted with their default (no-op) value and then ignored; any other value is refused.
+NEUTRAL: dict[str, tuple[str, Any]] = {
+    "presence_penalty": ("0", _zero),
+    "frequency_penalty": ("0", _zero),
+    "logprobs": ("false", lambda v: v is False),
+    "top_logprobs": ("0", lambda v: type(v) is int and v == 0),
+    "logit_bias": ("{}", lambda v: v == {}),
+    "response_format": ('{"type": "text"}', lambda v: v == {"type": "text"}),
+    "store": ("false", lambda v: v is False),
+    "metadata": ("{}", lambda v: v == {}),
+    "parallel_tool_calls": ("true or false (there are no tools)", lambda v: isinstance(v, bool)),
+}
+
 
 def parse_request(kind: str, body: Any) -> ChatRequest | CompletionRequest:
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", None, "invalid_request")
+    body = dict(body)
+    for key, (shown, neutral) in NEUTRAL.items():
+        if key in body:
+            value = body.pop(key)
+            if value is not None and not neutral(value):
+                raise ApiError(400, f"{key}: not supported except with its default {shown} (got "
+                               f"{json.dumps(value, default=str)[:100]})", key, "unsupported_field")
     try:
         request = (ChatRequest if kind == "chat" else CompletionRequest).model_validate(body)
     except ValidationError as exc:
@@ -201,10 +240,20 @@ def parse_request(kind: str, body: Any) -> ChatRequest | CompletionRequest:
 
 
 class _RequestOptions(_Strict):
-    n_max: int | None = Field(None, ge=1)
-    deadline_s: float | None = Field(None, gt=0)
-    max_total_tokens: int | None = Field(None, ge=1)
-    return_samples: StrictBool = False
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    n_max: int | None = Field(None, ge=1, description="most samples of the episode (at most the server's max_n_max)")
+    deadline_s: float | None = Field(None, gt=0, description="seconds the episode may sample (at most, and by "
+                                     "default, the server's max_deadline_s)")
+    max_total_tokens: int | None = Field(None, ge=1, description="most completion tokens the episode may generate")
+    return_samples: StrictBool = Field(False, description="add every sample to the optscale object")
+
+
+#: The ``optscale`` object's own keys as JSON Schema properties (added to every policy's settings schema).
+REQUEST_OPTIONS_SCHEMA: dict[str, Any] = {
+    "policy": {"type": "string", "enum": list(POLICIES.names()), "description": "the policy of the request"},
+    **_RequestOptions.model_json_schema()["properties"],
+}
 
 
 @dataclass(frozen=True)
@@ -258,12 +307,65 @@ def _header_settings(raw: str | None) -> dict[str, Any]:
     return value
 
 
+_JSON_TYPES = {bool: "boolean", str: "string", int: "number", float: "number"}
+
+
+def _schema_types(prop: dict[str, Any]) -> set[str]:
+    """The JSON types a setting's schema admits (empty when it does not say)."""
+    found = set()
+    if isinstance(prop.get("type"), str):
+        found.add(prop["type"])
+    for alt in prop.get("anyOf", []) + prop.get("oneOf", []):
+        found |= _schema_types(alt)
+    return {"number" if t == "integer" else t for t in found}
+
+
+def _check_type(name: str, key: str, value: Any, place: str) -> None:
+    """Refuse a boolean for a number, a number for a boolean, a string for either (pydantic would coerce them)."""
+    prop = policy_settings_schema(name)["properties"].get(key)
+    given = _JSON_TYPES.get(type(value))
+    if prop is None or given is None:
+        return  # unknown keys and other shapes: the policy's own validation names them
+    types = _schema_types(prop)
+    if types and given not in types and not ("enum" in prop and value in prop["enum"]):
+        raise ApiError(400, f"{place}: expected {' or '.join(sorted(types))}, got {json.dumps(value)[:100]}", place,
+                       "invalid_setting")
+
+
+def _request_options(config: ServeConfig, own: dict[str, Any], prefix: str) -> _RequestOptions:
+    """One level's own options (``n_max``, ``deadline_s`` ...), strictly typed and within the server's limits."""
+    try:
+        options = _RequestOptions(**own)
+    except ValidationError as exc:
+        raise located(exc, prefix) from None
+    limits = (("n_max", options.n_max, config.max_n_max), ("deadline_s", options.deadline_s, config.max_deadline_s),
+              ("max_total_tokens", options.max_total_tokens, config.max_total_tokens))
+    for key, value, most in limits:
+        if value is not None and most is not None and value > most:
+            place = _at(prefix, key)
+            limit = key if key == "max_total_tokens" else f"max_{key}"
+            raise ApiError(400, f"{place}: {value:g} exceeds this server's {limit} ({most:g})", place,
+                           "invalid_setting")
+    return options
+
+
+def _policy_name(value: Any, place: str) -> str:
+    name = value.strip() if isinstance(value, str) else value
+    if not isinstance(name, str) or name not in POLICIES:
+        raise ApiError(404, f"unknown policy {str(name)[:100]!r}; choose from {', '.join(POLICIES)}", place,
+                       "policy_not_found")
+    return name
+
+
 def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any] | None,
-                    header_policy: str | None, header_settings: str | None, body_place: str = "optscale") -> Options:
+                    header_policy: str | None, header_settings: str | None, body_place: str = "optscale",
+                    unused: tuple[str, ...] = ()) -> Options:
     """The request's policy and settings, by precedence; raises 400/404 naming the place of a bad value.
 
-    ``body_place`` names where the body's options sit (``optscale``; empty for a body that is
-    the options object itself, as that of ``/v1/optscale/plan``).
+    Every value given is validated at its own level, even one that a higher level overrides
+    (a bad value is a client's bug, not a default to fall back from). ``body_place`` names
+    where the body's options sit (``optscale``; empty for a body that is the options object
+    itself, as that of ``/v1/optscale/plan``); ``unused`` are option keys the endpoint refuses.
     """
     alias = model.partition("+")[2] or None if model != config.model else None
     if model != config.model and (not model.startswith(config.model + "+") or not alias):
@@ -271,56 +373,58 @@ def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any
                        f"aliases {config.model}+POLICY", "model", "model_not_found")
     body = dict(body_options or {})
     header = _header_settings(header_settings)
-    if header_policy is not None:
-        name, where = header_policy.strip(), HEADER_POLICY
-    elif "policy" in body:
-        name, where = body.pop("policy"), _at(body_place, "policy")
-    elif alias is not None:
-        name, where = alias, "model"
-    else:
-        name, where = config.policy, "policy"
-    body.pop("policy", None)
-    if not isinstance(name, str) or name not in POLICIES:
-        raise ApiError(404, f"unknown policy {str(name)[:100]!r}; choose from {', '.join(POLICIES)}", where,
-                       "policy_not_found")
+    candidates = [(header_policy, HEADER_POLICY), (body.pop("policy", None), _at(body_place, "policy")),
+                  (alias, "model"), (config.policy, "policy")]
+    name = [_policy_name(value, where) for value, where in candidates if value is not None][0]
     origin: dict[str, str] = {}
     merged: dict[str, Any] = {}
     if name == config.policy:
         merged.update(config.policy_settings)
         origin.update({k: f"policy_settings.{k}" for k in config.policy_settings})
+    own: dict[str, Any] = {}
     stamp = None  # the named table file's (mtime, size): a changed file makes a new policy
+    policy = None
     for source, prefix in ((body, body_place), (header, HEADER_SETTINGS)):
+        if not source:
+            continue
+        level: dict[str, Any] = {}
         for key, value in source.items():
+            place = _at(prefix, key)
+            if key in unused:
+                raise ApiError(400, f"{place}: not used here (this endpoint generates nothing)", place,
+                               "invalid_setting")
+            if key in OPTION_KEYS:
+                level[key] = value
+                continue
             if key == "table" and config.tables_dir is not None:
-                value, stamp = table_file(config.tables_dir, value, _at(prefix, key))
+                value, stamp = table_file(config.tables_dir, value, place)
             elif key in SERVER_ONLY:
                 why = " (this server has no tables_dir)" if key == "table" else ""
-                raise ApiError(400, f"{_at(prefix, key)}: a server setting (a file on the server); it cannot be "
-                               f"set per request{why}", _at(prefix, key), "invalid_setting")
+                raise ApiError(400, f"{place}: a server setting (a file on the server); it cannot be "
+                               f"set per request{why}", place, "invalid_setting")
+            else:
+                _check_type(name, key, value, place)
             merged[key] = value
-            origin[key] = _at(prefix, key)
-    own = {k: merged.pop(k) for k in OPTION_KEYS if k in merged}
+            origin[key] = place
+        given = _request_options(config, level, prefix).model_dump(include=set(level))
+        own.update(given)
+        origin.update({k: _at(prefix, k) for k in given})
+        policy = _build(config, name, own.get("n_max") or config.n_max, merged, stamp, origin, body_place)
+    if policy is None:
+        policy = _build(config, name, config.n_max, merged, stamp, origin, body_place)
+    deadline = own.get("deadline_s") or config.max_deadline_s
+    cap = own.get("max_total_tokens") or config.max_total_tokens
+    settings = policy.model_dump(mode="json", exclude={"priors"})
+    if isinstance(settings.get("table"), str):  # the table's name, not where the server keeps it
+        settings["table"] = Path(settings["table"]).name
+    return Options(policy, settings, deadline, cap, bool(own.get("return_samples", False)))
+
+
+def _build(config: ServeConfig, name: str, n_max: int, merged: dict[str, Any], stamp: tuple[int, int] | None,
+           origin: dict[str, str], body_place: str) -> PolicyBase:
+    """The policy for the settings of one level and those below it, errors at the place of the bad value."""
     try:
-        options = _RequestOptions(**own)
-    except ValidationError as exc:
-        key = str(exc.errors()[0]["loc"][0])
-        raise located(exc, origin[key].removesuffix(key).removesuffix(".")) from None
-    n_max = options.n_max if options.n_max is not None else config.n_max
-    if n_max > config.max_n_max:
-        where = origin.get("n_max", "n_max")
-        raise ApiError(400, f"{where}: {n_max} exceeds this server's max_n_max ({config.max_n_max})", where,
-                       "invalid_setting")
-    deadline = options.deadline_s if options.deadline_s is not None else config.max_deadline_s
-    if deadline > config.max_deadline_s:
-        raise ApiError(400, f"{origin['deadline_s']}: {deadline:g} exceeds this server's max_deadline_s "
-                       f"({config.max_deadline_s:g})", origin["deadline_s"], "invalid_setting")
-    cap = options.max_total_tokens or config.max_total_tokens
-    if config.max_total_tokens is not None and cap > config.max_total_tokens:
-        raise ApiError(400, f"{origin['max_total_tokens']}: {cap} exceeds this server's max_total_tokens "
-                       f"({config.max_total_tokens})",
-                       origin["max_total_tokens"], "invalid_setting")
-    try:
-        policy = _policy(name, n_max, merged, stamp)
+        return _policy(name, n_max, merged, stamp)
     except InputError as exc:
         key = (exc.where or "").removeprefix("settings.")
         param = origin.get(key, body_place or None) if exc.where != "n_max" else origin.get("n_max", "n_max")
@@ -329,10 +433,6 @@ def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any
     except (TypeError, ValueError) as exc:
         raise ApiError(400, f"invalid settings: {_hide_tables_dir(config, str(exc))}", body_place or None,
                        "invalid_setting") from None
-    settings = policy.model_dump(mode="json", exclude={"priors"})
-    if isinstance(settings.get("table"), str):  # the table's name, not where the server keeps it
-        settings["table"] = Path(settings["table"]).name
-    return Options(policy, settings, deadline, cap, options.return_samples)
 
 
 def _hide_tables_dir(config: ServeConfig, text: str) -> str:

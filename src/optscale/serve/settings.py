@@ -79,6 +79,17 @@ class ServeConfig(BaseModel):
     idempotency_ttl_s: float = Field(600.0, ge=0, description="how long a result is kept for retries with the "
                                      "same Idempotency-Key (0: off)")
     idempotency_max_entries: int = Field(10_000, ge=1, description="results kept for Idempotency-Key retries")
+    idempotency_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of results kept for "
+                                       "Idempotency-Key retries (oldest dropped first)")
+    body_timeout_s: float = Field(30.0, gt=0, description="seconds a client may take to send its request body "
+                                  "(408 after)")
+    max_body_reads: int = Field(64, ge=1, le=100_000, description="request bodies read at once; one more gets 429 "
+                                "(bounds the memory of slow uploads to max_body_reads x max_body_bytes)")
+    limit_concurrency: int = Field(1024, ge=1, le=1_000_000, description="connections and requests under way at "
+                                   "once; uvicorn answers 503 beyond")
+    keep_alive_s: int = Field(5, ge=1, le=3600, description="seconds an idle keep-alive connection is kept open")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description="largest request line and "
+                                  "headers (h11's limit; the connection is refused beyond)")
     keepalive_s: float = Field(5.0, gt=0, description="seconds between SSE keep-alive comments while sampling")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of 429 and 503 answers")
     ready_ttl_s: float = Field(10.0, ge=0, description="seconds a successful readiness check is trusted")
@@ -102,6 +113,11 @@ class ServeConfig(BaseModel):
         return SamplerSettings(concurrency=self.max_in_flight, in_flight=self.in_flight, n_per_request=1,
                                max_failures=self.max_failures, answer_style=self.answer_style,
                                zero_unanswered=self.zero_unanswered)
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The HTTP server's own limits: connections at once, idle keep-alive, header size."""
+        return {"limit_concurrency": self.limit_concurrency, "timeout_keep_alive": self.keep_alive_s,
+                "h11_max_incomplete_event_size": self.max_header_bytes}
 
     def scorer_config(self) -> BaseModel | None:
         return validated_scorer(self.scorer, self.scorer_settings)
