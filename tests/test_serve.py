@@ -683,8 +683,10 @@ def test_max_total_tokens_is_a_tight_bound():
                 "policy": "bon", "max_total_tokens": cap}}).json()
             o = r.get("optscale", r)
             assert o["stop_reason"] == "max_total_tokens", o
-            # documented bound: the cap plus one sample's max_tokens (here the cap, rounded up to a sample)
-            assert cap <= r["usage"]["completion_tokens"] <= cap + 50 and r["usage"]["completion_tokens"] % 50 == 0
+            # The documented bound: the cap plus one sample's max_tokens. (A stream cut at the cap may
+            # end mid-sample under load, so the total need not be a whole number of samples.)
+            used = r["usage"]["completion_tokens"]
+            assert cap <= used <= cap + 50, (cap, used, o)
 
 
 def test_small_contract_points(proxy, upstream):
