@@ -13,6 +13,15 @@ from live_fakes import FakeConfig, FakeServer
 from optscale.serve import build_serve_config, create_app
 
 
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``predicate`` until it holds (a deadline, not a delay)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.005)
+
+
 class Proxy:
     """``with Proxy(upstream_url, scorer="confidence", n_max=4) as proxy``: ``proxy.base_url``, ``proxy.app``."""
 

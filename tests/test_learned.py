@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from itertools import product
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from conftest import check_live_equals_replay, run_cli, toy_pool
 from optscale.errors import InputError
 from optscale.policies import make_policy, select
 from optscale.policies.common import score_or_zero
-from optscale.policies.learned import (FORMAT, StoppingTable, _induction, _prepare, _q_values, file_sha256, fit_table,
+from optscale.policies.learned import (FORMAT, _induction, _prepare, _q_values, file_sha256, fit_table,
                                        load_table, table_states)
 from optscale.replay import build_batch
 

@@ -267,10 +267,10 @@ def test_beacon_budget_is_bounded_and_settings_are_documented():
 def test_beacon_checks_the_effective_peek_default_included():
     """alpha0 = -1 needs 4 seed scores (df = 2 alpha0 + k > 1): the default peek of 3 is refused as an
     explicit 3 is, while n_max leaves a decision to make; capped at a small n_max it decides nothing."""
-    for settings in ({"alpha0": -1}, {"alpha0": -1, "peek": 3}, {"alpha0": -1, "nu0": 0.5}):
+    for given in ({"alpha0": -1}, {"alpha0": -1, "peek": 3}, {"alpha0": -1, "nu0": 0.5}):
         with pytest.raises(InputError) as info:
-            make_policy("beacon", 8, **settings)
-        assert info.value.where == "settings.peek" and "at least 4" in info.value.detail, settings
+            make_policy("beacon", 8, **given)
+        assert info.value.where == "settings.peek" and "at least 4" in info.value.detail, given
     policy = make_policy("beacon", 8, alpha0=-1, peek=4)
     assert np.isfinite(policy._table()[1][4]).all()
     small = make_policy("beacon", 3, alpha0=-1)  # the default peek, capped at n_max = 3: fixed BoN@3

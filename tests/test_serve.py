@@ -15,7 +15,7 @@ import httpx
 import live_fakes as fakes
 import openai
 import pytest
-from serve_fakes import Proxy
+from serve_fakes import Proxy, wait_for
 
 from conftest import toy_pool
 from optscale.compose import build_policy
@@ -29,15 +29,6 @@ from optscale.serve.limits import FairLimiter
 
 Q = "Problem p1: how many?"
 MESSAGES = [{"role": "user", "content": Q}]
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    """Poll ``predicate`` until it holds (a deadline, not a delay)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.005)
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,11 @@ import httpx
 import live_fakes as fakes
 import openai
 import pytest
-from serve_fakes import FaultyUpstream, Proxy
+from serve_fakes import FaultyUpstream, Proxy, wait_for
 
 Q = "Problem p1: how many?"
 MESSAGES = [{"role": "user", "content": Q}]
 IDLE = 0.4  # the proxy's idle timeout here: a hung upstream stream is given up after this long
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.005)
 
 
 def faulty_proxy(up, **settings):

@@ -222,6 +222,18 @@ def nested_settings(values: Mapping[str, Any], flat: Mapping[str, tuple[str, str
 # -- what a run and the proxy share ------------------------------------------------------------
 
 
+def config_error(err: dict[str, Any], where: str) -> InputError:
+    """The located error for the first problem pydantic found in a configuration (``where``: its name)."""
+    if err["type"] == "extra_forbidden":
+        return InputError(f"unknown setting {where!r}", "config")
+    if err["type"] == "missing":
+        return InputError("required (give it as a flag or in the config file)", where)
+    cause = (err.get("ctx") or {}).get("error")
+    message = str(cause) if cause is not None else err["msg"]
+    shown = "" if where.endswith("api_key") or cause is not None else f" (got {repr(err.get('input'))[:100]})"
+    return InputError(message + shown, where)
+
+
 def known_scorer(kind: str) -> str:
     """Validator of a ``scorer`` field: a name of the scorer registry."""
     if kind not in SCORERS:
@@ -307,15 +319,7 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Ru
         config = RunConfig(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = _place(err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise InputError(f"unknown setting {where!r}", "config") from None
-        if err["type"] == "missing":
-            raise InputError("required (give it as a flag or in the config file)", where) from None
-        cause = (err.get("ctx") or {}).get("error")
-        message = str(cause) if cause is not None else err["msg"]
-        shown = "" if where.endswith("api_key") or cause is not None else f" (got {repr(err.get('input'))[:100]})"
-        raise InputError(message + shown, where) from None
+        raise config_error(err, _place(err["loc"])) from None
     key = config.client.api_key
     check_credentials(config.base_url, key.get_secret_value() if key is not None else None, "api_key")
     config.template_obj()

@@ -51,7 +51,6 @@ x C x L`` <= :data:`MAX_TABLE_CELLS`; fits and table files beyond them are refus
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..compose import build_policy
 from ..errors import InputError
-from ..live.config import (config_secrets, known_scorer, load_config_file, nested_settings, server_urls,
-                           validated_scorer)
+from ..live.config import (config_error, config_secrets, known_scorer, load_config_file, nested_settings,
+                           server_urls, validated_scorer)
 from ..live.sampler import SamplerSettings
 from ..live.types import ClientSettings, GenerationSettings
 from ..policies import POLICIES
@@ -160,14 +160,7 @@ def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values
         err = exc.errors()[0]
         parts = tuple(str(p) for p in err["loc"])
         where = _FLAT_NAME.get(parts[:2], ".".join(parts)) if len(parts) >= 2 else ".".join(parts) or "config"
-        if err["type"] == "extra_forbidden":
-            raise InputError(f"unknown setting {where!r}", "config") from None
-        if err["type"] == "missing":
-            raise InputError("required (give it as a flag or in the config file)", where) from None
-        cause = (err.get("ctx") or {}).get("error")
-        message = str(cause) if cause is not None else err["msg"]
-        shown = "" if where.endswith("api_key") or cause is not None else f" (got {repr(err.get('input'))[:100]})"
-        raise InputError(message + shown, where) from None
+        raise config_error(err, where) from None
     try:
         build_policy(config.policy, config.n_max, config.policy_settings, default_priors=False)
     except InputError as exc:
