@@ -76,7 +76,7 @@ def pareto_plot(
         if front.any():
             order = np.argsort(g_tok[front])
             ax.plot(g_tok[front][order], 100 * g_acc[front][order], "--", color="tab:red", lw=1, label="grid Pareto front")
-    markers = "osD^v<>ph*"
+    markers = "osD^v<>ph*X"  # 11 markers against 10 colours: no two of 110 policies look alike
     for i, r in enumerate(policy_rows):
         err = [[100 * (r["accuracy"] - r["ci_low"])], [100 * (r["ci_high"] - r["accuracy"])]]
         ax.errorbar(r["mean_tokens"], 100 * r["accuracy"], yerr=err, fmt=markers[i % len(markers)], ms=6,
