@@ -108,11 +108,12 @@ def parse_json(text: str, where: str) -> Any:
         raise InputError(f"malformed JSON: {exc}", where) from None
 
 
-def iter_objects(path: StrPath, require: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+def iter_objects(path: StrPath, require: tuple[str, ...] = (),
+                 expected: str = "a JSON object") -> Iterator[tuple[str, dict]]:
     """``(where, object)`` for each non-blank line, ``where`` being ``path:line``.
 
-    Malformed JSON, a line that is not an object, or one missing a ``require``\\ d key raises
-    :class:`InputError` naming the line.
+    Malformed JSON, a line that is not an object (the message says what was ``expected``), or
+    one missing a ``require``\\ d key raises :class:`InputError` naming the line.
     """
     name = _name(path)
     for lineno, line in numbered_lines(path):
@@ -121,7 +122,7 @@ def iter_objects(path: StrPath, require: tuple[str, ...] = ()) -> Iterator[tuple
         where = f"{name}:{lineno}"
         row = parse_json(line, where)
         if not isinstance(row, dict):
-            raise InputError(f"expected a JSON object, got {type(row).__name__}", where)
+            raise InputError(f"expected {expected}, got {type(row).__name__}", where)
         missing = [k for k in require if k not in row]
         if missing:
             raise InputError(f"missing field {missing[0]!r}", where)

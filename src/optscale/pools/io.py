@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from ..answers import grade
 from ..errors import InputError
-from ..io import StrPath, atomic_open, numbered_lines, parse_json
+from ..io import StrPath, atomic_open, iter_objects
 from .schema import PoolProblem
 
 __all__ = ["iter_pool", "read_pool", "write_pool", "format_loc", "validation_message"]
@@ -79,14 +79,8 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
     name = os.fspath(path)
     first_line: dict[str, int] = {}
     scored: tuple[bool, str] | None = None  # whether the pool's first sample has a score, and where
-    for lineno, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        where = f"{name}:{lineno}"
-        obj = parse_json(line, where)
-        if not isinstance(obj, dict):
-            message = f"expected a JSON object (one problem per line), got {type(obj).__name__}"
-            raise InputError(message, where=where)
+    for where, obj in iter_objects(path, expected="a JSON object (one problem per line)"):
+        lineno = int(where.rpartition(":")[2])
         bad = _nonfinite_field(obj)
         if bad is not None:
             message = "NaN and Infinity are not valid JSON numbers"
