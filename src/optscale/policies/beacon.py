@@ -54,7 +54,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from scipy import special
 
-from .common import PolicyBase
+from .common import PolicyBase, stops_after_peek
 from .episode import Step
 
 __all__ = ["Beacon", "BEACON_N_MAX", "index_table", "student_excess"]
@@ -294,10 +294,6 @@ class Beacon(PolicyBase):
         rows, cols = path["index"].shape
         if cols == 0:  # fewer stored samples than the peek: every row uses all it has
             return np.full(rows, self.n_max), {}
-        available = batch.flat_available()
         stop = self._stops(path["index"], path["sigma"])
-        stop &= (peek + np.arange(cols))[None, :] <= available[:, None]
-        hit = stop.any(axis=1)
-        n_used = np.where(hit, peek + stop.argmax(axis=1), self.n_max)
-        last = np.clip(np.minimum(n_used, available) - peek, 0, cols - 1)
+        n_used, last = stops_after_peek(stop, peek, batch.flat_available(), self.n_max)
         return n_used, {name: path[name][np.arange(rows), last] for name in ("mu", "sigma", "index")}

@@ -30,6 +30,19 @@ def prefix_stats(score: np.ndarray, n: np.ndarray) -> SufficientStats:
 N_MAX_LIMIT = 1_000_000
 
 
+def stops_after_peek(stop: np.ndarray, peek: int, available: np.ndarray, n_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """Samples used per row, from decisions made after ``peek``, ``peek + 1``, ... samples (the columns of
+    ``stop``), and the column of the last decision each row made (its stop, or its last sample).
+
+    A row never decides beyond the samples it has; one that never stops uses ``n_max`` (capped later).
+    """
+    cols = stop.shape[1]
+    stop = stop & ((peek + np.arange(cols))[None, :] <= available[:, None])
+    hit = stop.any(axis=1)
+    n_used = np.where(hit, peek + stop.argmax(axis=1), n_max)
+    return n_used, np.clip(np.minimum(n_used, available) - peek, 0, cols - 1)
+
+
 class PolicyBase(BaseModel):
     """Configuration of a policy; validated once, immutable, cheap to copy with new settings."""
 

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ..fit import MU_BOUNDS, SIGMA_BOUNDS, FitResult, fit_stats
 from ..stats.improvement import expected_improvement
-from .common import PolicyBase, prefix_stats
+from .common import PolicyBase, prefix_stats, stops_after_peek
 from .episode import Step
 
 __all__ = ["Pandora"]
@@ -119,12 +119,7 @@ class Pandora(PolicyBase):
         rows, cols = table["ei"].shape
         if cols == 0:  # fewer stored samples than the peek: every row uses all it has
             return np.full(rows, self.n_max), {}
-        stop = table["ei"] < self.cost
-        stop &= (peek + np.arange(cols))[None, :] <= batch.flat_available()[:, None]
-        hit = stop.any(axis=1)
-        first = np.where(hit, stop.argmax(axis=1), cols - 1)
-        n_used = np.where(hit, peek + first, self.n_max)
         # Estimates at the last decision the row made (its stop, or its last sample).
-        last = np.clip(np.minimum(n_used, batch.flat_available()) - peek, 0, cols - 1)
+        n_used, last = stops_after_peek(table["ei"] < self.cost, peek, batch.flat_available(), self.n_max)
         estimates = {k: table[k][np.arange(rows), last] for k in ("mu", "sigma", "fit_flag")}
         return n_used, estimates
