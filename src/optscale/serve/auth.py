@@ -24,10 +24,6 @@ class ClientKeys:
     def __init__(self, keys: list[str]):
         self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
 
-    @property
-    def required(self) -> bool:
-        return bool(self._digests)
-
     def check(self, authorization: str | None) -> str | None:
         """The caller's identity (a digest prefix, for the idempotency store), or raise a 401.
 
