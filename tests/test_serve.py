@@ -270,7 +270,7 @@ def test_disconnect_cancels_the_episode_and_closes_every_upstream_stream():
     with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=4, in_flight=4) as px:
         before = len(up.served)
         with pytest.raises(httpx.ReadTimeout):  # the client gives up mid-episode
-            httpx.post(px.url("/v1/chat/completions"), json={**OK, "optscale": {"policy": "bon"}}, timeout=0.3)
+            httpx.post(px.url("/v1/chat/completions"), json={**OK, "optscale": {"policy": "bon"}}, timeout=1.0)
         up.wait_disconnected(4)
         wait_for(lambda: px.service.limiter.in_use == 0 and px.service.gate.active == 0, what="slots freed")
         assert len(up.served) - before == 4 and all(r.disconnected for r in up.served[before:])
