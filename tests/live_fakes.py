@@ -70,6 +70,7 @@ class Served:
 class FakeConfig:
     token_latency: float = 0.0
     first_token_latency: float = 0.0
+    end_latency: float = 0.0  # pause after the last token, before the finishing chunk
     min_tokens: int = 8
     max_tokens: int = 24
     faults: list[str | None] = field(default_factory=list)
@@ -256,6 +257,8 @@ class FakeServer:
                                                     want_logprobs, stream=True, finish=False))
                         record.sent += 1
                 yield chunk(choices)
+            if cfg.end_latency:
+                await asyncio.sleep(cfg.end_latency)
             yield chunk([self._choice(i, "", [], t, limit, chat, False, stream=True) | (
                 {"delta": {}} if chat else {"text": ""}) for i, (t, _) in enumerate(outs)])
             usage = sum(len(t) for t, _ in outs)

@@ -139,6 +139,20 @@ def test_nstar_and_help(cli):
         assert cmd in out
 
 
+def test_policy_settings_lists_every_setting_with_its_range(cli):
+    from optscale.policies import POLICIES, policy_settings_schema
+
+    code, out, err = cli("policy", "settings", "--json")
+    assert code == 0, err
+    schemas = json.loads(out)
+    assert list(schemas) == list(POLICIES) and schemas["agree"] == policy_settings_schema("agree")
+    code, out, err = cli("policy", "settings", "agree", "esc")
+    assert code == 0 and "agree:" in out and "esc:" in out and "boinf:" not in out, err
+    row = next(line for line in out.splitlines() if line.strip("│ ").startswith("t "))
+    assert "0.9" in row and "[0, 1]" in row  # default and range of agree's t
+    one_error(*cli("policy", "settings", "nope")[::2], "NAME")
+
+
 def test_nstar_limits(cli):
     # s_min = 1 is unreachable: it used to print "N* = 2" with a RuntimeWarning.
     code, out, err = cli("nstar", "--mu", "0.9", "--sigma", "0.1", "--s-min", "1")

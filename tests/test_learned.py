@@ -179,6 +179,8 @@ def test_mismatched_missing_or_absent_tables_are_refused(calib, tmp_path):
         with pytest.raises(InputError) as info:
             make_policy("learned", kwargs.pop("n_max"), table=str(path), **kwargs)
         assert info.value.where == "settings.table" and words in info.value.detail
+        # one line: not the checked table's repr (kilobytes, with every calibration problem key)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 400, len(str(info.value))
     for kwargs, words in [({}, "needs a stopping table"), ({"table": str(tmp_path / "none.json")}, "not found")]:
         with pytest.raises(InputError) as info:
             make_policy("learned", 8, **kwargs)

@@ -675,11 +675,24 @@ def test_max_total_tokens_is_a_tight_bound():
             r = httpx.post(px.url("/v1/chat/completions"), json={**OK, "max_tokens": 50, "optscale": {
                 "policy": "bon", "max_total_tokens": cap}}).json()
             o = r.get("optscale", r)
-            assert o["stop_reason"] == "max_total_tokens", o
+            assert o.get("stop_reason") == "max_total_tokens", o
             # The documented bound: the cap plus one sample's max_tokens. (A stream cut at the cap may
             # end mid-sample under load, so the total need not be a whole number of samples.)
             used = r["usage"]["completion_tokens"]
             assert cap <= used <= cap + 50, (cap, used, o)
+
+
+def test_a_sample_that_streamed_all_its_max_tokens_is_not_cancelled_at_the_cap():
+    """A cap of exactly 6 x max_tokens: the 6 samples reach it with only their ends left to send, and
+    are kept (they were once cancelled there, answering 400 'spent before any sample finished')."""
+    config = fakes.FakeConfig(min_tokens=50, max_tokens=50, end_latency=0.3)
+    with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=16, in_flight=8, max_n_max=16) as px:
+        r = httpx.post(px.url("/v1/chat/completions"), json={**OK, "max_tokens": 50, "optscale": {
+            "policy": "bon", "max_total_tokens": 300}}, timeout=20)
+        assert r.status_code == 200, r.text
+        o = r.json()["optscale"]
+        assert o["stop_reason"] == "max_total_tokens" and o["n_used"] == 6 and o["n_cancelled"] == 0, o
+        assert r.json()["usage"]["completion_tokens"] == 300
 
 
 def test_small_contract_points(proxy, upstream):

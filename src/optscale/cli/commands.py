@@ -35,6 +35,6 @@ COMMANDS: dict[str, Entry] = {
                                   "truncated-normal."),
     "serve": Entry("serve", "Serve an OpenAI-compatible API that samples each request adaptively from an upstream "
                             "server."),
-    "policy": Entry("policy", "Fit policies that learn from a calibration pool (the learned stopping table)."),
+    "policy": Entry("policy", "Show each policy's settings; fit the learned stopping table on a calibration pool."),
     "predictor": Entry("predictor", "Train, apply and evaluate the predictor of per-problem score distributions."),
 }

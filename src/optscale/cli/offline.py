@@ -28,7 +28,7 @@ DEFAULT_S_MIN = "0.8,0.85,0.9,0.925,0.95,0.975"
 DEFAULT_ALPHA = "0.5,0.6,0.7,0.8,0.9,0.95,0.99,0.999"
 
 PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help=", ".join(POLICIES))]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="policy setting key=value, repeatable (e.g. s_min=0.9, alpha=0.8, peek=5)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="policy setting key=value, repeatable (e.g. s_min=0.9, alpha=0.8, peek=5); `optscale policy settings` lists each policy's")]
 OrdersOpt = Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem; order 1 is the pool's own, the others seeded shuffles")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the shuffled orders, bootstrap and splits")]
 

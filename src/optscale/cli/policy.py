@@ -1,4 +1,4 @@
-"""``optscale policy fit``: fit the ``learned`` policy's stopping table on a calibration pool."""
+"""``optscale policy``: each policy's settings (``settings``) and the ``learned`` policy's fit (``fit``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..io import check_out_file
 from .flags import flags
 
 console = Console()
-policy_app = typer.Typer(help="Fit policies that learn from a calibration pool (the learned stopping table).",
+policy_app = typer.Typer(help="Show each policy's settings; fit the learned stopping table on a calibration pool.",
                          no_args_is_help=True)
 
 
@@ -74,3 +74,52 @@ def fit(
                   f"{cost[:-1]}; on the calibration pool ({batch.shape[0]} problems x {orders} orders, in-sample) "
                   f"accuracy {f['accuracy']:.4f} with {f['mean_samples']:.2f} samples, "
                   f"{100 * f['share_of_bon']:.1f}% of fixed-{table.n_max}'s {cost}", highlight=False, markup=False)
+
+
+@policy_app.command("settings")
+def settings(
+    names: Annotated[Optional[list[str]], typer.Argument(help="policies to show (default: every registered one)",
+                                                         show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print each policy's settings as JSON Schema")] = False,
+) -> None:
+    """List each policy's --set settings: type, default, allowed values and what it does."""
+    import json
+
+    from rich.table import Table
+
+    from ..policies import POLICIES, policy_settings_schema
+
+    with flags({"policy": "NAME"}):
+        schemas = {name: policy_settings_schema(name) for name in names or list(POLICIES)}
+    if as_json:
+        print(json.dumps(schemas, indent=2))
+        return
+    for name, schema in schemas.items():
+        table = Table("setting", "type", "default", "allowed", "meaning", title=f"{name}: {schema['description']}",
+                      title_justify="left", show_lines=False)
+        for key, prop in schema["properties"].items():
+            table.add_row(key, *_described(prop, schema.get("$defs", {})))
+        console.print(table)
+
+
+def _described(prop: dict, defs: dict) -> tuple[str, str, str, str]:
+    """(type, default, allowed, meaning) of one JSON Schema property, for the settings table."""
+    ref = prop.get("$ref") or next((a["$ref"] for a in prop.get("anyOf", []) if "$ref" in a), None)
+    target = {**defs.get(ref.rsplit("/", 1)[-1], {}), **prop} if ref else prop
+    kinds = [a.get("type", "") for a in target.get("anyOf", [])] or [target.get("type", "any")]
+    kind = " or ".join(k for k in kinds if k and k != "null") or "any"
+    allowed = ", ".join(map(str, target["enum"])) if "enum" in target else ""
+    low, high = target.get("minimum", target.get("exclusiveMinimum")), target.get("maximum",
+                                                                                  target.get("exclusiveMaximum"))
+    if low is not None or high is not None:
+        left = "(" if "exclusiveMinimum" in target else "["
+        right = ")" if "exclusiveMaximum" in target else "]"
+        allowed = f"{left}{'' if low is None else low}, {'' if high is None else high}{right}"
+    default = "required" if "default" not in target else json_text(target["default"])
+    return kind, default, allowed, target.get("description", "")
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, str) else value

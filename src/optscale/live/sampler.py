@@ -290,8 +290,10 @@ class _Sampler:
 
     async def _cancel(self, problem: LiveProblem, slots: dict[asyncio.Task, _Slot], events: list[dict],
                       generating_only: bool = False) -> None:
-        """Cancel every request still under way (or only those still generating) and log what each had cost."""
-        chosen = {t: s for t, s in slots.items() if not generating_only or s.stage != "scoring"}
+        """Cancel every request still under way (or only those that may still generate tokens) and log
+        what each had cost."""
+        chosen = {t: s for t, s in slots.items()
+                  if not generating_only or (s.stage != "scoring" and not self._generated_all(s))}
         for task in chosen:
             task.cancel()
         await asyncio.gather(*chosen, return_exceptions=True)
@@ -396,7 +398,8 @@ class _Sampler:
                 if not stopped:
                     cut = self._limit(samples, events, slots)
                     if cut == "max_total_tokens" and slots:
-                        # stop generating; samples already generated are still scored and given to the policy
+                        # stop generating; samples already generated (or fully streamed) are still scored and
+                        # given to the policy
                         await self._cancel(problem, slots, events, generating_only=True)
                     if cut is not None and (cut != "max_total_tokens" or not slots):
                         self.cut, stopped = cut, True
@@ -437,6 +440,13 @@ class _Sampler:
         reserved = sum(max(s.cost(), per_sample * len(s.indices)) for s in slots.values())
         fits = max(0, (self.max_total_tokens - spent - reserved) // per_sample)
         return min(want, fits) if slots else max(1, min(want, fits))
+
+    def _generated_all(self, slot: _Slot) -> bool:
+        """Whether a request has streamed every token its ``max_tokens`` allows: it has only its end
+        left to send, so cancelling it at the token cap would throw away a whole sample for nothing.
+        (Exactly: a server that streams past ``max_tokens`` ignores it, and is cut.)"""
+        per_sample = self.gen_settings.max_tokens
+        return per_sample is not None and slot.meter.streamed == per_sample * len(slot.indices)
 
     def _limit(self, samples: list[dict], events: list[dict], slots: dict[asyncio.Task, _Slot]) -> str | None:
         """``deadline`` or ``max_total_tokens`` when that limit has been reached, else None."""

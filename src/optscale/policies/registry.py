@@ -52,7 +52,17 @@ def make_policy(name: str, n_max: int, **settings: Any) -> PolicyBase:
             raise InputError(f"policy {name!r} has no setting {key!r} (settings: {', '.join(_settings(cls))})",
                              where) from None
         message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-        raise InputError(f"{message} (got {err.get('input')!r})", where) from None
+        got = _shown(err.get("input"))
+        raise InputError(f"{message} (got {got})" if got else message, where) from None
+
+
+def _shown(value: Any, limit: int = 200) -> str | None:
+    """A rejected value as the error shows it: plain values only (a stopping table's repr runs to
+    kilobytes), cut at ``limit`` characters."""
+    if value is not None and not isinstance(value, (str, int, float)):
+        return None
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_settings(pairs: list[str] | None) -> dict[str, str]:

@@ -17,7 +17,8 @@ __all__ = ["DEFAULT_MODEL", "PredictorPriors", "check_questions", "load_default"
 
 #: A generated label, not a question: "question 12", "Problem #3", "q7", "item_4".
 _LABEL = re.compile(r"\s*(?:question|problem|prompt|task|item|example|sample|q|p)\s*[#:_./-]?\s*\d+\s*", re.IGNORECASE)
-_REMEDY = "give priors another way: priors=FILE (a priors JSONL) or priors=population (fitted on calibration problems)"
+_REMEDY = ("give priors another way: priors=FILE (a priors JSONL), priors=population:CALIB_POOL (fitted on a "
+           "calibration pool) or, in `sweep`, priors=population (fitted on its calibration split)")
 
 
 def check_questions(ids: Sequence[str], questions: Sequence[str | None], where: str = "settings.priors") -> None:
