@@ -212,6 +212,13 @@ def test_sweep_budgets_must_be_finite(pool_file, tmp_path, cli, value):
     one_error(*cli("sweep", pool_file, "--n-max", value, "--out", tmp_path / "sw")[::2], "--n-max")
 
 
+def test_sweep_grids_are_bounded(pool_file, tmp_path, cli):
+    values = ",".join(f"{0.5 + i / 1000:.3f}" for i in range(101))  # 101 x 101 > 10,000 settings
+    code, _, err = cli("sweep", pool_file, "--n-max", 4, "--s-min", values, "--alpha", values, "--out", tmp_path / "sw")
+    one_error(code, err, "--grid")
+    assert "10,201 combinations" in err and not (tmp_path / "sw").exists()
+
+
 def test_demo_with_one_problem_fails_before_any_work(tmp_path, cli, monkeypatch):
     import optscale.simulate
 
@@ -304,6 +311,7 @@ def _results_csv(path, **change):
     ({"accuracy": "nan"}, "accuracy"), ({"accuracy": "1.5"}, "accuracy"), ({"ci_low": "-0.1"}, "ci_low"),
     ({"mean_tokens": "1e400"}, "mean_tokens"), ({"mean_tokens": "-3"}, "mean_tokens"), ({"n_max": "-5"}, "n_max"),
     ({"n_max": "9" * 401}, "n_max"), ({"n_max": "2.5"}, "n_max"), ({"policy": ""}, "policy"), ({"dataset": " "}, "dataset"),
+    ({"n_max": "9" * 5000}, "n_max"), ({"n_max": "\u00b2"}, "n_max"), ({"dataset": "x" * 201}, "dataset"),
 ])
 def test_table_validates_every_field(tmp_path, cli, change, field):
     path = _results_csv(tmp_path / "res.csv", **change)
@@ -345,3 +353,17 @@ def test_a_broken_promise_is_reported(tmp_path, cli, pool_file):
                          "s_min=0.9", "--set", "alpha=0.9", "--json")
     res = json.loads(out)
     assert code == 0 and res["misses_alpha"] is False and "promised" not in err, (res, err)
+
+
+def test_table_refuses_repeated_cells_and_empty_files_and_escapes_names(tmp_path, cli):
+    a = _results_csv(tmp_path / "a.csv")
+    b = _results_csv(tmp_path / "b.csv", accuracy="0.9")
+    one_error(*cli("table", a, b)[::2], f"{b}:2")  # the same (dataset, policy, N) twice: one would vanish
+    empty = tmp_path / "empty.csv"
+    empty.write_text("dataset,policy,n_max,accuracy,ci_low,ci_high,mean_tokens\n")
+    one_error(*cli("table", empty)[::2], str(empty))
+    odd = _results_csv(tmp_path / "odd.csv", dataset="a|b_c&d")
+    code, out, err = cli("table", odd)
+    assert code == 0 and "a\\|b_c&d acc." in out and len(out.splitlines()) == 3, out
+    code, out, err = cli("table", odd, "--format", "latex")
+    assert code == 0 and r"{a|b\_c\&d}" in out, out

@@ -110,6 +110,17 @@ def test_settings_errors_name_library_arguments():
     assert make_policy("optscale0", 8, **parse_settings(["alpha=0.8", "peek=4"])).peek == 4
 
 
+def test_errors_stay_short_whatever_value_they_echo():
+    """A hostile file's megabyte value is cut in the message, once (renaming does not cut it again)."""
+    err = InputError("got " + "S" * 1_000_000, "table.json field decisions[0].other")
+    assert len(str(err)) < 2100 and str(err).endswith("(1,000,004 characters in all)")
+    renamed = err.renamed({"table.json field decisions[0].other": "--set table"})
+    assert renamed.detail == err.detail and str(renamed) == f"--set table: {err.detail}"
+    with pytest.raises(InputError) as info:
+        make_policy("esc", 8, window="7" * 10_000)
+    assert len(str(info.value)) < 400
+
+
 def test_one_registry_lists_policies_settings_and_schemas():
     from optscale.policies import POLICIES, SELECTIONS, policy_settings_schema, settings_help
 

@@ -977,3 +977,19 @@ def test_validate_counts_grading_timeouts(tmp_path: Path, cli, monkeypatch) -> N
     assert code == 0, err
     row = next(line for line in out.splitlines() if "timed out" in line)
     assert row.split("│")[2].strip() == "2"
+
+
+def test_samples_per_problem_are_bounded(tmp_path: Path) -> None:
+    """A small gzipped file must not make the readers (and replay, which pads every problem to the
+    widest) allocate without bound: a problem holds at most MAX_SAMPLES samples."""
+    from optscale.pools import MAX_SAMPLES
+
+    path = tmp_path / "wide.jsonl.gz"
+    sample = {"answer": "1", "score": 0.5, "tokens": 1}
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps({"id": "a", "answer": "1", "samples": [sample] * MAX_SAMPLES}) + "\n")
+        fh.write(json.dumps({"id": "b", "answer": "1", "samples": [sample] * (MAX_SAMPLES + 1)}) + "\n")
+    with pytest.raises(InputError) as info:
+        list(iter_pool(path))
+    assert info.value.where == f"{path}:2 field samples" and "at most 65536" in info.value.detail
+    assert path.stat().st_size < 200_000

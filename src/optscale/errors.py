@@ -21,7 +21,12 @@ class OptscaleError(Exception):
 class InputError(OptscaleError, ValueError):
     """Bad input, with the place it came from (``file:line field``, an argument or setting name)."""
 
+    #: Longest message kept whole: a value echoed from a hostile file must not make a megabyte error.
+    MAX_DETAIL = 2000
+
     def __init__(self, message: str, where: str | None = None):
+        if len(message) > self.MAX_DETAIL:
+            message = f"{message[:self.MAX_DETAIL]}... ({len(message):,} characters in all)"
         self.where = where
         self.detail = message
         super().__init__(f"{where}: {message}" if where else message)
@@ -44,5 +49,6 @@ class InputError(OptscaleError, ValueError):
         if new == where:
             return self
         err = type(self).__new__(type(self))
-        InputError.__init__(err, self.detail, new)
+        err.where, err.detail = new, self.detail  # already bounded: not cut again
+        Exception.__init__(err, f"{new}: {self.detail}")
         return err

@@ -351,6 +351,8 @@ def _result_row(row: dict, where: str) -> dict:
         value = row.get(name)
         if value is None or not value.strip():
             raise InputError("missing or empty", f"{where} field {name}")
+        if len(value) > 200:
+            raise InputError(f"longer than 200 characters ({len(value)})", f"{where} field {name}")
         return value.strip()
 
     def number(name: str, low: float, high: float, what: str) -> float:
@@ -363,7 +365,7 @@ def _result_row(row: dict, where: str) -> dict:
         return value
 
     text = field("n_max")
-    if not text.isdigit() or not 1 <= int(text) <= N_MAX_LIMIT:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= N_MAX_LIMIT):
         raise InputError(f"must be an integer from 1 to {N_MAX_LIMIT}, got {text[:20]!r}", f"{where} field n_max")
     return {"dataset": field("dataset"), "policy": field("policy"), "n_max": int(text),
             **{k: number(k, 0.0, 1.0, "a share from 0 to 1") for k in ("accuracy", "ci_low", "ci_high")},
@@ -384,13 +386,25 @@ def table(
         raise InputError(f"unknown format {fmt!r}; use markdown or latex", "--format")
     if out is not None:
         check_out_file(out, "--out", inputs=results)
-    rows = []
+    rows, seen = [], {}
     for path in results:
         reader = csv.DictReader(line for _, line in numbered_lines(path))
+        count = 0
         for row in reader:
+            count += 1
             if row.get("split", "held_out") != "held_out":
                 continue  # sweeps: report held-out numbers only
-            rows.append(_result_row(row, f"{path}:{reader.line_num}"))
+            where = f"{path}:{reader.line_num}"
+            result = _result_row(row, where)
+            key = tuple(result[k] for k in ("dataset", "policy", "n_max"))
+            if key in seen and seen[key][1] != result:  # one table cell: one of them would silently vanish
+                raise InputError(f"dataset {key[0]!r}, policy {key[1]!r}, N {key[2]} is also at {seen[key][0]} "
+                                 "with other numbers; give each result once", where)
+            seen.setdefault(key, (where, result))
+            rows.append(result)
+        if not count:
+            raise InputError("no result rows (expected the results.csv of a replay or the selected.csv of a sweep)",
+                             str(path))
     text = paper_table(rows, fmt)
     if out is None:
         typer.echo(text, nl=False)

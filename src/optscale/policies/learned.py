@@ -359,7 +359,9 @@ class StoppingTable:
             for c, name in enumerate(columns):
                 text = row.get(name)
                 if not isinstance(text, str) or len(text) != cap + 1 or set(text) - {"S", "C"}:
-                    raise InputError(f"{name} must be {cap + 1} characters S or C, got {text!r}", place)
+                    shown = repr(text) if not isinstance(text, str) or len(text) <= 60 else \
+                        f"{text[:60]!r}... ({len(text)} characters)"
+                    raise InputError(f"{name} must be {cap + 1} characters S or C, got {shown}", place)
                 stop[n, b, :, c, m] = [ch == "S" for ch in text]
         stop[n_max - 1] = True
         return cls(n_max=n_max, select=select, lam=float(lam), edges=np.array(edges, dtype=float), agree_cap=cap,

@@ -6,9 +6,10 @@ A pool is a JSON Lines file with one problem per line (see ``pool.schema.json``)
 
 from .convert import FLAT_COLUMNS, convert_flat, detect_format
 from .io import iter_pool, read_pool, write_pool
-from .schema import MAX_TOKENS, SCHEMA_PATH, PoolProblem, PoolSample, json_schema
+from .schema import MAX_SAMPLES, MAX_TOKENS, SCHEMA_PATH, PoolProblem, PoolSample, json_schema
 
 __all__ = [
+    "MAX_SAMPLES",
     "MAX_TOKENS",
     "PoolSample",
     "PoolProblem",

@@ -23,7 +23,7 @@ from pydantic import (
     model_serializer,
 )
 
-__all__ = ["MAX_TOKENS", "PoolSample", "PoolProblem", "SCHEMA_PATH", "json_schema"]
+__all__ = ["MAX_SAMPLES", "MAX_TOKENS", "PoolSample", "PoolProblem", "SCHEMA_PATH", "json_schema"]
 
 SCHEMA_PATH = Path(__file__).with_name("pool.schema.json")
 
@@ -37,6 +37,10 @@ def _integral_float_to_int(value: Any) -> Any:
 
 #: Largest token count a pool may hold: integers stay exact in float64 (and in JSON readers) up to here.
 MAX_TOKENS = 2**53 - 1
+
+#: Most samples one problem may hold: far above any real pool (hundreds), and a bound on what a small
+#: compressed file can make the readers allocate (replay pads every problem to the widest).
+MAX_SAMPLES = 65_536
 
 Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 TokenCount = Annotated[int, BeforeValidator(_integral_float_to_int), Field(ge=0, le=MAX_TOKENS)]
@@ -82,7 +86,7 @@ class PoolProblem(BaseModel):
     id: Annotated[str, Field(min_length=1)]
     question: str | None = None
     answer: str
-    samples: Annotated[list[PoolSample], Field(min_length=1)]
+    samples: Annotated[list[PoolSample], Field(min_length=1, max_length=MAX_SAMPLES)]
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -23,6 +23,7 @@ budget and the result says so (``met`` False and ``reason``): there is no silent
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -90,6 +91,10 @@ def pareto_mask(tokens: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return ~dominated
 
 
+#: Most settings one sweep replays per budget (a grid's size is the product of its axes' lengths).
+MAX_GRID_POINTS = 10_000
+
+
 def grid_points(s_mins: Sequence | None = None, alphas: Sequence | None = None,
                 grid: Mapping[str, Sequence] | None = None) -> tuple[tuple[str, ...], list[dict]]:
     """The grid's keys and every combination of their values (one empty point for an empty grid)."""
@@ -106,6 +111,10 @@ def grid_points(s_mins: Sequence | None = None, alphas: Sequence | None = None,
             raise InputError("needs at least one value", f"grid.{key}")
         axes[key] = list(values)
     keys = tuple(axes)
+    size = math.prod(len(v) for v in axes.values())
+    if size > MAX_GRID_POINTS:
+        raise InputError(f"{size:,} combinations of {', '.join(keys)}; at most {MAX_GRID_POINTS:,} (each is replayed "
+                         "on every problem and order)", "grid")
     return keys, [dict(zip(keys, combo)) for combo in itertools.product(*axes.values())]
 
 

@@ -75,14 +75,30 @@ def _grid(rows: Iterable[Mapping]):
     return keys, cells, datasets
 
 
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                                                     "\\": r"\textbackslash{}"}
+
+
+def _markdown_text(text: str) -> str:
+    """A name as one Markdown table cell: a ``|`` or line break would split the row."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _latex_text(text: str) -> str:
+    """A name as LaTeX text: ``_``, ``&``, ``%`` ... are commands or errors there."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in " ".join(str(text).split()))
+
+
 def paper_table(rows: Iterable[Mapping], fmt: str = "markdown") -> str:
     """Method x budget rows, accuracy (%) and mean tokens per dataset, like the paper's Table 1.
 
     Accuracy carries its 95% bootstrap half-width in Markdown; LaTeX follows the paper's layout.
+    Dataset and method names are escaped for the format.
     """
     keys, cells, datasets = _grid(rows)
     if fmt == "markdown":
-        head = "| Method | N | " + " | ".join(f"{d} acc. | {d} tokens" for d in datasets) + " |"
+        names = {d: _markdown_text(d) for d in datasets}
+        head = "| Method | N | " + " | ".join(f"{names[d]} acc. | {names[d]} tokens" for d in datasets) + " |"
         sep = "|---|---:|" + "---:|---:|" * len(datasets)
         lines = [head, sep]
         for method, n in keys:
@@ -91,12 +107,12 @@ def paper_table(rows: Iterable[Mapping], fmt: str = "markdown") -> str:
                 r = cells[(method, n)].get(d)
                 parts += ([_fmt_acc(r["accuracy"], r["ci_low"], r["ci_high"]), _fmt_tokens(r["mean_tokens"])]
                           if r else ["-", "-"])
-            lines.append(f"| {METHOD_NAMES.get(method, method)} | {n} | " + " | ".join(parts) + " |")
+            lines.append(f"| {_markdown_text(METHOD_NAMES.get(method, method))} | {n} | " + " | ".join(parts) + " |")
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         cols = "l" + "rr" * len(datasets)
         lines = [r"\begin{tabular}{" + cols + "}", r"\toprule",
-                 " & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{d}}}" for d in datasets) + r" \\",
+                 " & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{_latex_text(d)}}}" for d in datasets) + r" \\",
                  "Method & " + " & ".join("acc. & token." for _ in datasets) + r" \\", r"\midrule"]
         last_n = None
         for method, n in keys:
@@ -107,7 +123,7 @@ def paper_table(rows: Iterable[Mapping], fmt: str = "markdown") -> str:
             for d in datasets:
                 r = cells[(method, n)].get(d)
                 parts += [_fmt_acc(r["accuracy"]), _fmt_tokens(r["mean_tokens"]).replace(",", "")] if r else ["-", "-"]
-            label = METHOD_NAMES.get(method, method)
+            label = _latex_text(METHOD_NAMES.get(method, method))
             lines.append(f"{label} ($N={n}$) & " + " & ".join(parts) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
@@ -130,7 +146,8 @@ def baseline_table(rows: Iterable[Mapping]) -> str:
         best = f"N={r['best_fixed_n']}: {_fmt_acc(r['best_fixed_accuracy'])}" if r["best_fixed_n"] else "-"
         gain = r["gain_vs_bon_curve"]
         lines.append(
-            f"| {r['dataset']} | {r['label']} | {_fmt_acc(r['accuracy'], r['ci_low'], r['ci_high'])} | "
+            f"| {_markdown_text(r['dataset'])} | {_markdown_text(r['label'])} | "
+            f"{_fmt_acc(r['accuracy'], r['ci_low'], r['ci_high'])} | "
             f"{_fmt_tokens(r['mean_tokens'])} | {100 * r['token_savings']:.1f}% | "
             f"{_fmt_acc(r['bon_accuracy_same_tokens'])} | "
             f"{'-' if math.isnan(gain) else f'{100 * gain:+.1f}'} | {best} | {calib} |"
@@ -162,7 +179,8 @@ def envelope_table(rows: Iterable[Mapping]) -> str:
         share = "-" if share is None or math.isnan(share) else (
             f"{100 * share:.0f}% of {r['envelope_best_method']} ({_fmt_acc(r['envelope_best_accuracy'])})")
         lines.append(
-            f"| {r['dataset']} | {r['label']} | {_fmt_acc(r['accuracy'], r['ci_low'], r['ci_high'])} | "
+            f"| {_markdown_text(r['dataset'])} | {_markdown_text(r['label'])} | "
+            f"{_fmt_acc(r['accuracy'], r['ci_low'], r['ci_high'])} | "
             f"{_fmt_tokens(r['mean_tokens'])} | {_fmt_acc(env)} | {gain} | {r.get('envelope_mix') or '-'} | {best} | "
             f"{share} | {_pp(r['gain_vs_bon_curve'])} |"
         )
