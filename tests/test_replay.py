@@ -161,7 +161,10 @@ def test_reports_write_every_artifact(tmp_path):
     sw = sweep(batch, "optscale0", [8], [0.8, 0.9], [0.5])
     files = write_sweep_report(tmp_path / "s", sw, "toy")
     assert (tmp_path / "s" / "grid.csv").exists() and (tmp_path / "s" / "pareto_held_out.png").stat().st_size > 0
-    assert sorted(files) == sorted((tmp_path / "s").iterdir())
+    from optscale.io import MANIFEST
+
+    assert sorted(files) == sorted(p for p in (tmp_path / "s").iterdir() if p.name != MANIFEST)
+    assert (tmp_path / "s" / MANIFEST).exists()  # the record that optscale wrote them, for the next run
 
 
 def _snapshot(folder):

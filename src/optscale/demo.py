@@ -19,7 +19,7 @@ import numpy as np
 
 from .compose import build_policy
 from .errors import InputError
-from .io import ensure_out_dir, write_jsonl, write_text
+from .io import claim_outputs, ensure_out_dir, write_jsonl, write_text
 from .replay import build_batch, check_orders, check_seed, replay_policies, split_problems, subset, sweep
 from .replay.engine import ReplayResult
 
@@ -29,6 +29,8 @@ ALPHA_GRID = (0.5, 0.7, 0.9, 0.95)
 TUNED = ("optscale0", "optscale-t", "optscale")
 BASELINES = ("bon", "sc", "esc", "asc")  # listed first; the registry's other policies follow at their defaults
 PRIOR_NOISE = 0.05  # std of the simulated predictor's error on mu (and relative error on sigma)
+#: Files the demo writes into ``out`` itself; the report's files are claimed by its staged write.
+FILES = ("pool.jsonl", "priors.jsonl", "selected_settings.csv", "README.md")
 
 
 @dataclass
@@ -69,7 +71,9 @@ def _priors_file(problems, path: Path, seed: int) -> Path:
 
 def check_demo(out: Path, problems: int, samples: int, orders: int, seed: int) -> tuple[Path, int, int]:
     """Every argument of :func:`run_demo` checked, and ``out`` created and proven writable, before any
-    work; errors name ``n_problems``, ``n_samples``, ``orders``, ``seed`` or ``out``."""
+    work; errors name ``n_problems``, ``n_samples``, ``orders``, ``seed`` or ``out``. The demo's own
+    files are claimed in ``out`` (:func:`~optscale.io.claim_outputs`): a user's ``README.md`` or
+    ``pool.jsonl`` there is refused, never overwritten."""
     from .simulate import check_sizes
 
     check_sizes(problems, samples)
@@ -79,7 +83,9 @@ def check_demo(out: Path, problems: int, samples: int, orders: int, seed: int) -
     if samples < min(BUDGETS):
         raise InputError(f"the demo's smallest budget is {min(BUDGETS)}; got {samples}", "n_samples")
     orders, seed = check_orders(orders), check_seed(seed)
-    return ensure_out_dir(out, "out"), orders, seed
+    out = ensure_out_dir(out, "out")
+    claim_outputs(out, FILES, "out")
+    return out, orders, seed
 
 
 def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = 8, seed: int = 0, progress=None) -> DemoSummary:

@@ -7,7 +7,9 @@ traceback for unreadable paths (``/proc/self/mem``, a folder, a missing file).
 Writing: every file goes through a temporary file in the same folder that is fsynced,
 renamed over the target and followed by an fsync of the folder, so a crash or a full disk
 never leaves half a file behind; :func:`staged_dir` writes a whole set of files (a report)
-first and moves them into place only once every one of them was written.
+first and moves them into place only once every one of them was written. An output folder
+keeps a list of the files optscale wrote there (:data:`MANIFEST`), and no other file in it
+is ever replaced (:func:`claim_outputs`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import gzip
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -28,14 +32,18 @@ from typing import IO, Any
 from .errors import InputError
 
 __all__ = [
-    "MAX_LINE_BYTES", "StrPath", "atomic_open", "check_out_file", "ensure_out_dir", "iter_objects", "numbered_lines", "read_json",
-    "read_text", "same_file", "staged_dir", "write_bytes", "write_json", "write_jsonl", "write_text",
+    "MANIFEST", "MAX_LINE_BYTES", "StrPath", "atomic_open", "check_out_file", "claim_outputs", "ensure_out_dir",
+    "iter_objects", "numbered_lines", "read_json", "read_text", "same_file", "staged_dir", "write_bytes", "write_json",
+    "write_jsonl", "write_text",
 ]
 
 StrPath = str | os.PathLike[str]
 
 #: Longest accepted line of a JSON Lines file (a pool line holds every response of a problem).
 MAX_LINE_BYTES = 256 * 1024 * 1024
+
+#: What a damaged file raises while it is read: a corrupt gzip stream raises zlib.error, not OSError.
+_READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 def _name(path: StrPath) -> str:
@@ -85,7 +93,7 @@ def numbered_lines(path: StrPath, max_line_bytes: int = MAX_LINE_BYTES) -> Itera
             lineno += 1
             try:
                 raw = handle.readline(max_line_bytes + 1)
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            except _READ_ERRORS as exc:
                 raise InputError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", f"{name}:{lineno}") from None
             if not raw:
                 return
@@ -135,7 +143,7 @@ def read_text(path: StrPath, max_bytes: int = MAX_LINE_BYTES) -> str:
     with _open_binary(path) as handle:
         try:
             data = handle.read(max_bytes + 1)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except _READ_ERRORS as exc:
             raise InputError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", name) from None
     if len(data) > max_bytes:
         raise InputError(f"larger than {max_bytes} bytes", name)
@@ -175,16 +183,33 @@ def atomic_open(path: StrPath, mode: str = "w") -> Iterator[IO]:
     The data is fsynced before the rename and the folder after it; on any failure the
     temporary file is removed and an existing ``path`` is left untouched. An existing file's
     permissions are kept. ``OSError`` becomes :class:`InputError` naming ``path``.
+
+    A symbolic link is followed, as the shell's ``>`` does: the file it names is replaced and
+    the link kept. An existing target that is not a regular file (``/dev/null``, a FIFO, a
+    terminal) is written into directly, without the temporary file: renaming over it would
+    swap the device for a regular file (as root, destroying ``/dev/full``), and ``-o /dev/null``
+    is a Unix idiom. Such a write is not atomic, and its errors (``/dev/full``) name ``path``.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    target = Path(path)
     name = _name(path)
-    _check_file_name(target, name, name)
+    _check_file_name(Path(path), name, name)
+    text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        special = False  # not there yet; any other reason is told by the open below
+    if special:  # opened by its own name: the kernel follows /dev/stdout to a pipe, realpath cannot
+        try:
+            with open(path, mode, **text) as handle:
+                yield handle
+        except OSError as exc:
+            raise _cannot("write", exc, name) from exc
+        return
+    target = Path(os.path.realpath(path))
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        handle = open(temporary, "x" if mode == "w" else "xb",  # noqa: SIM115 - closed below
-                      **({"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}))
+        handle = open(temporary, "x" if mode == "w" else "xb", **text)  # noqa: SIM115 - closed below
     except OSError as exc:
         raise _cannot("write", exc, name) from None
     try:
@@ -273,12 +298,14 @@ def same_file(a: StrPath, b: StrPath) -> bool:
 def ensure_out_dir(path: StrPath, where: str | None = None) -> Path:
     """Create the output folder ``path`` (if needed) and prove it writable, before any work.
 
-    An existing file in its place, a read-only or virtual file system (``/proc``) raises
+    An empty path, an existing file in its place, a read-only or virtual file system (``/proc``) raises
     :class:`InputError` naming ``where`` (default: the path) instead of failing after an
     hour of computation.
     """
     out = Path(path)
     where = where or _name(path)
+    if not _name(path):  # Path("") is the current folder: an empty --out is a mistake, not "here"
+        raise InputError("an empty path; name a folder", where)
     if out.exists() and not out.is_dir():
         raise InputError(f"{_name(path)} exists and is not a folder", where)
     try:
@@ -289,6 +316,36 @@ def ensure_out_dir(path: StrPath, where: str | None = None) -> Path:
     except OSError as exc:
         raise InputError(f"cannot write to {_name(path)}: {exc.strerror or exc}", where) from None
     return out
+
+
+#: The hidden file of an output folder that lists (a JSON array) the files optscale wrote there.
+MANIFEST = ".optscale-written"
+
+
+def claim_outputs(out: StrPath, names: Iterable[str], where: str | None = None) -> None:
+    """Let optscale (re)write the files ``names`` (relative paths) in the folder ``out``, or refuse all.
+
+    An output folder can hold the user's own files, even the command's input (``--out`` the
+    folder of the pool): a file there is replaced only when :data:`MANIFEST` lists it, i.e. an
+    earlier optscale command wrote it, so rerunning a command into its folder keeps working.
+    Any other existing file raises :class:`InputError` naming ``where`` (default: ``out``)
+    before anything is written; otherwise ``names`` are added to the list (atomically)
+    before the caller writes them, so a crash midway still leaves them claimed.
+    """
+    folder = Path(out)
+    where = where or _name(out)
+    listed = folder / MANIFEST
+    written = read_json(listed) if os.path.lexists(listed) else []
+    if not isinstance(written, list) or not all(isinstance(n, str) for n in written):
+        raise InputError("not a list of file names; remove it (optscale's record of what it wrote)", str(listed))
+    new = set(names) - set(written)
+    for name in sorted(new):
+        if os.path.lexists(folder / name):
+            older = "" if written else f" (folders written before optscale kept {MANIFEST} have no such record)"
+            raise InputError(f"{folder / name} exists and was not written by optscale{older}; remove it or choose "
+                             "another folder", where)
+    if new:
+        write_json(listed, sorted(set(written) | new), indent=None)
 
 
 #: Staging folders of :func:`staged_dir`; the writer's process id follows the prefix.
@@ -322,8 +379,9 @@ def staged_dir(out: StrPath, where: str | None = None) -> Iterator[Path]:
     On success each staged file is renamed into ``out`` (replacing its older version); a
     reader sees every file either whole-old or whole-new, and only a crash during that short
     loop of renames can leave a mix of the two sets. On any failure while writing, the staging
-    folder is removed and ``out`` keeps exactly what it had. Staging folders abandoned by an
-    earlier run that was killed are removed on entry.
+    folder is removed and ``out`` keeps exactly what it had; so it does when one of the
+    files would replace a file that optscale did not write (:func:`claim_outputs`). Staging
+    folders abandoned by an earlier run that was killed are removed on entry.
     """
     target = ensure_out_dir(out, where)
     for old in target.glob(_STAGING + "*"):
@@ -335,11 +393,12 @@ def staged_dir(out: StrPath, where: str | None = None) -> Iterator[Path]:
         raise _cannot("write", exc, where or _name(out)) from None
     try:
         yield staging
-        for item in sorted(staging.rglob("*")):
-            if item.is_file():
-                dest = target / item.relative_to(staging)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, dest)
+        staged = [item.relative_to(staging) for item in sorted(staging.rglob("*")) if item.is_file()]
+        claim_outputs(target, [name.as_posix() for name in staged], where)
+        for name in staged:
+            dest = target / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, dest)
         _fsync_dir(target)
     except OSError as exc:
         raise _cannot("write", exc, where or _name(out)) from exc
