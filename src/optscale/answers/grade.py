@@ -21,6 +21,7 @@ import asyncio
 import collections
 import logging
 import multiprocessing
+import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,7 +77,12 @@ def _verify(gold: str, prediction: str) -> Grade:
 
 
 def _serve(conn) -> None:
-    """The worker: import math-verify, say so, then answer ``(gold, prediction)`` requests."""
+    """The worker: import math-verify, say so, then answer ``(gold, prediction)`` requests.
+
+    It ignores SIGINT: Ctrl-C reaches the whole process group, and the parent, which handles
+    it, stops the worker; a KeyboardInterrupt here would only print a traceback of its own.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import math_verify  # noqa: F401
 
     # It warns on every call that its limits are off: here that is the design.

@@ -89,7 +89,7 @@ class RunFolder:
 
     def stored_config(self) -> dict[str, Any] | None:
         """``config.json`` as stored, or None when the folder has none."""
-        if not self.config.exists():
+        if not _existing_file(self.config):
             return None
         data = read_json(self.config)
         if not isinstance(data, dict) or not isinstance(data.get("identity"), dict):
@@ -148,8 +148,23 @@ class MemoryStore:
         self.state.finished[summary["id"]] = summary
 
 
+def _existing_file(path: Path) -> bool:
+    """Whether a file of the run folder exists; one that is not a regular file is refused, naming it.
+
+    A folder or a FIFO in a log's place would otherwise fail later with a bare OSError, or
+    block a read for ever.
+    """
+    if not os.path.lexists(path):
+        return False
+    if not path.is_file():
+        raise InputError("is not a regular file; the run folder was edited by hand?", str(path))
+    return True
+
+
 def _cut_torn_tail(path: Path) -> None:
     """Drop a final line without its newline (a kill mid-write), reading only the file's end."""
+    if not _existing_file(path):
+        return
     try:
         handle = path.open("r+b")
     except FileNotFoundError:
@@ -183,7 +198,7 @@ def _records(path: Path, require: tuple[str, ...] = ("id",)) -> Iterator[tuple[i
     The store reads its own logs in binary so that the pool can seek back to a sample's line;
     every error names ``file:line``.
     """
-    if not path.exists():
+    if not _existing_file(path):
         return
     try:
         handle = path.open("rb")
@@ -330,6 +345,8 @@ class RunStore(RunFolder):
         """
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path} exists and is not a folder", "out")
+        for path in (self.samples, self.problems, self.pool, self.path / self.LOCK):
+            _existing_file(path)
         stored = self.stored_config()
         if stored is None:
             if self.samples.exists() or self.problems.exists():

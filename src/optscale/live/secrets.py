@@ -50,16 +50,26 @@ def url_secrets(url: str) -> list[str]:
     return found + [v for v in query if v]
 
 
+def _forms(secret: str) -> set[str]:
+    """``secret`` as written and as an exception's repr may quote it (``b'Bearer sk-x\\n'``, ``'sk-\\xe9'``)."""
+    return {secret, repr(secret)[1:-1], ascii(secret)[1:-1], repr(secret.encode())[2:-1]}
+
+
 class Redactor:
-    """Masks every known secret (keys, URL credentials) in free text, such as an error message."""
+    """Masks every known secret (keys, URL credentials) in free text, such as an error message.
+
+    Each secret is also masked in its escaped forms, since an error may quote it as a repr.
+    """
 
     def __init__(self, secrets: Iterable[str | None] = ()):
-        # Longest first, so a key that contains another is masked whole; very short strings
-        # (a one-letter user name) are left alone rather than masking every such letter.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._secrets: list[str] = []
+        self.add(*secrets)
 
     def add(self, *secrets: str | None) -> None:
-        self._secrets = sorted(set(self._secrets) | {s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        # Longest first, so a key that contains another is masked whole; very short strings
+        # (a one-letter user name) are left alone rather than masking every such letter.
+        found = {form for s in secrets if s and len(s) >= 4 for form in _forms(s)}
+        self._secrets = sorted(set(self._secrets) | found, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:

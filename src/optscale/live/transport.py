@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from ..errors import InputError
 from .secrets import Redactor, redact_url, url_secrets
-from .types import ClientSettings, RequestFailed, RequestRejected, TokenMeter
+from .types import ClientSettings, RequestFailed, RequestRejected, TokenMeter, clean_key
 
 __all__ = ["check_credentials", "check_url", "Transient", "Endpoint", "EndpointPool", "TransportStats", "HttpTransport", "read_body", "read_lines"]
 
@@ -238,6 +238,11 @@ class HttpTransport:
         self.pool = EndpointPool(urls, where=self.where("base_url"))
         key = self.settings.api_key
         key = key.get_secret_value() if isinstance(key, SecretStr) else key  # model_copy does not validate
+        if key is not None:  # so a key that reaches here unvalidated (a scorer's, via model_copy) is checked too
+            try:
+                key = clean_key(key)
+            except ValueError as exc:
+                raise InputError(str(exc), self.where("api_key")) from None
         check_credentials(urls, key, self.where("api_key"))
         self.redact = Redactor([key, *(s for url in urls for s in url_secrets(url))])
         self.stats = TransportStats()

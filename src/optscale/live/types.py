@@ -8,14 +8,17 @@ Keys (``api_key``) are secrets: they are never part of a dump, a repr or a run's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from ..errors import OptscaleError
 
 __all__ = [
+    "ApiKey",
     "EndpointKind",
+    "MAX_TOKENS_LIMIT",
+    "clean_key",
     "GenerationSettings",
     "ClientSettings",
     "Prompt",
@@ -27,6 +30,28 @@ __all__ = [
 ]
 
 EndpointKind = Literal["chat", "completion"]
+
+MAX_TOKENS_LIMIT = 2**24
+"""Largest ``max_tokens`` of a request, far above any context window: a bigger one would also lift
+the response-size cap derived from it (see :mod:`optscale.live.openai`) out of reach."""
+
+
+def clean_key(key: str) -> str:
+    """``key`` without surrounding whitespace (a key file's trailing newline is common).
+
+    A key that still holds whitespace, a control or a non-ASCII character cannot go in an
+    ``Authorization`` header: httpx would fail each request with an error quoting the header,
+    key included. It is refused here with a ValueError whose message never shows the key.
+    """
+    key = key.strip()
+    if any(not "!" <= c <= "~" for c in key):
+        raise ValueError("contains a control character, whitespace or a non-ASCII character; a key is "
+                         "printable ASCII")
+    return key
+
+
+#: An API key setting: stripped and checked by :func:`clean_key`, kept secret.
+ApiKey = Annotated[SecretStr, AfterValidator(lambda key: SecretStr(clean_key(key.get_secret_value())))]
 
 
 class GenerationError(OptscaleError):
@@ -65,7 +90,7 @@ class GenerationSettings(_Settings):
 
     temperature: float = Field(0.7, ge=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the smallest token set of this mass")
-    max_tokens: int = Field(1024, ge=1, description="most tokens one response may have")
+    max_tokens: int = Field(1024, ge=1, le=MAX_TOKENS_LIMIT, description="most tokens one response may have")
     stop: tuple[str, ...] = Field((), description="strings that end a response")
     logprobs: bool = Field(False, description="ask for the token logprobs of each response")
     top_logprobs: int = Field(0, ge=0, le=20, description="alternatives per token with their logprobs")
@@ -89,7 +114,7 @@ class ClientSettings(_Settings):
     backoff: float = Field(0.5, ge=0, description="first retry delay in seconds (doubles, with jitter)")
     backoff_max: float = Field(20.0, ge=0, description="longest retry delay in seconds")
     stream_usage: bool = Field(True, description="ask streaming servers for a usage report (stream_options)")
-    api_key: SecretStr | None = Field(None, exclude=True, description="bearer key sent to these servers only")
+    api_key: ApiKey | None = Field(None, exclude=True, description="bearer key sent to these servers only")
     max_connections: int = Field(64, ge=1, description="most open connections")
 
 

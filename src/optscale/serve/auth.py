@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from ..errors import InputError
 from ..io import numbered_lines
+from ..live.types import clean_key
 from .errors import ApiError
 from .settings import CLIENT_KEYS_ENV
 
@@ -51,10 +52,17 @@ def load_client_keys(path: str | None, env: Mapping[str, str]) -> ClientKeys:
         for lineno, line in numbered_lines(path):
             line = line.strip()
             if line and not line.startswith("#"):
-                if any(c.isspace() for c in line):
-                    raise InputError("a key must not contain spaces", f"{path}:{lineno}")
-                keys.append(line)
+                keys.append(_checked(line, f"{path}:{lineno}"))
         if not keys:
             raise InputError("the file holds no key (one per line)", path)
-    keys += [k.strip() for k in env.get(CLIENT_KEYS_ENV, "").split(",") if k.strip()]
+    keys += [_checked(k, CLIENT_KEYS_ENV) for k in env.get(CLIENT_KEYS_ENV, "").split(",") if k.strip()]
     return ClientKeys(keys)
+
+
+def _checked(key: str, where: str) -> str:
+    """A key stripped and checked as every key is (:func:`~optscale.live.types.clean_key`): one with a
+    space or a control character could never arrive in a header, and its error must not show it."""
+    try:
+        return clean_key(key)
+    except ValueError as exc:
+        raise InputError(str(exc), where) from None

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from ..compose import build_policy
 from ..errors import InputError
-from ..live.types import GenerationSettings, Prompt
+from ..live.types import MAX_TOKENS_LIMIT, GenerationSettings, Prompt
 from ..policies import POLICIES, PolicyBase, policy_settings_schema
 from .errors import ApiError
 from .settings import ServeConfig
@@ -138,7 +138,7 @@ class _Sampling(_Strict):
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)  # also bounds the response-size cap
     n: int = Field(1, ge=1, le=128)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
@@ -159,7 +159,7 @@ class _Sampling(_Strict):
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=10_000)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..compose import build_policy
 from ..errors import InputError
 from ..live.config import (config_error, config_secrets, known_scorer, load_config_file, nested_settings,
-                           server_urls, validated_scorer)
+                           refuse_bool_numbers, server_urls, validated_scorer)
 from ..live.sampler import SamplerSettings
-from ..live.types import ClientSettings, GenerationSettings
+from ..live.types import ClientSettings, GenerationSettings, clean_key
 from ..policies import POLICIES
 
 __all__ = ["ServeConfig", "build_serve_config", "UPSTREAM_KEY_ENV", "CLIENT_KEYS_ENV", "FLAT"]
@@ -134,6 +134,11 @@ def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _where(parts: tuple[str, ...]) -> str:
+    """The name an error reports: the flat name where there is one (``max_tokens``), else ``section.key``."""
+    return _FLAT_NAME.get(parts[:2], ".".join(parts)) if len(parts) >= 2 else ".".join(parts) or "config"
+
+
 def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str, Any] | None = None,
                        *, config_file: str | None = None, env: Mapping[str, str] | None = None) -> ServeConfig:
     """Flags over file values (``config_file`` or ``file_values``) over the defaults, validated.
@@ -151,17 +156,21 @@ def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values
             values[key] = value
     client = values.setdefault("client", {})
     if client.get("api_key") is None and env.get(UPSTREAM_KEY_ENV):
-        client["api_key"] = env[UPSTREAM_KEY_ENV]
+        try:
+            client["api_key"] = clean_key(env[UPSTREAM_KEY_ENV])
+        except ValueError as exc:
+            raise InputError(str(exc), UPSTREAM_KEY_ENV) from None
     # the server's own client defaults (fewer retries than a batch run: a client is waiting)
     values["client"] = {**ServeConfig.model_fields["client"].default.model_dump(), **client}
+    refuse_bool_numbers(ServeConfig, values, _where)
     try:
         config = ServeConfig(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        parts = tuple(str(p) for p in err["loc"])
-        where = _FLAT_NAME.get(parts[:2], ".".join(parts)) if len(parts) >= 2 else ".".join(parts) or "config"
-        raise config_error(err, where) from None
+        raise config_error(err, _where(tuple(str(p) for p in err["loc"]))) from None
     try:
+        refuse_bool_numbers(POLICIES.get(config.policy), config.policy_settings,
+                            lambda loc: "settings." + ".".join(loc))
         build_policy(config.policy, config.n_max, config.policy_settings, default_priors=False)
     except InputError as exc:
         raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
