@@ -44,12 +44,17 @@ def _default_data(data: Path | None) -> Path:
 
 
 def _params(pairs: list[str]) -> dict:
-    """``NAME=VALUE`` pairs; VALUE is JSON where it parses (numbers, lists, objects), else a string."""
+    """``NAME=VALUE`` pairs; VALUE is JSON where it parses (numbers, lists, objects), else a string.
+
+    The kind validates the values; a name given twice is refused rather than the last one silently winning.
+    """
     out = {}
     for pair in pairs:
         name, sep, text = (part.strip() for part in pair.partition("="))
         if not sep or not name:
             raise InputError(f"expected NAME=VALUE, got {pair!r}", "params")
+        if name in out:
+            raise InputError(f"{name} is given twice; give it once", "params")
         try:
             out[name] = json.loads(text)
         except json.JSONDecodeError:

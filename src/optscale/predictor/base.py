@@ -24,9 +24,10 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from scipy.special import expit, logit
 from scipy.stats import norm
 
@@ -36,6 +37,7 @@ from ..fit import moments_to_params
 from ..io import read_json, staged_dir, write_text
 from ..registry import Registry
 from .data import Problems, TrainingSet
+from .validation import Params, State, validate
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "COVERAGES", "Prediction", "Predictor", "group_folds", "cross_validate",
            "calibrated", "clip_moments", "metrics", "load", "KINDS"]
@@ -46,6 +48,9 @@ FORMAT_VERSION = 1
 #: Floors of the transform: labels at exactly 0 or 1 (or std 0) would map to infinity.
 MEAN_EPS = 1e-3
 STD_EPS = 1e-3
+#: Largest predictive scale in z-space: no residual of clipped moments is larger (the logit
+#: span), and it keeps ``exp(scale**2)`` in :meth:`Prediction.around` finite.
+MAX_Z_SCALE = float(2 * logit(1 - MEAN_EPS))
 #: Gauss-Hermite nodes for the moments of expit(Normal): accurate to ~1e-6 for scales below 2.
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(32)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
@@ -142,34 +147,67 @@ def group_folds(problems: Problems, folds: int, seed: int) -> list[tuple[np.ndar
     return list(splitter.split(np.zeros(len(problems)), groups=groups))
 
 
+class Calibration(State):
+    """The predictive scale and prior widths that :meth:`Predictor.fit` measured on held-out folds."""
+
+    z_scale: tuple[Annotated[StrictFloat, Field(ge=0, le=MAX_Z_SCALE)], Annotated[StrictFloat, Field(ge=0, le=MAX_Z_SCALE)]]
+    width_mu: Annotated[StrictFloat, Field(ge=0)]
+    width_sigma: Annotated[StrictFloat, Field(ge=0)]
+
+
+class SavedConfig(BaseModel):
+    """A model folder's ``config.json``; ``params`` and ``state`` are checked by the kind's own models."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    format: StrictStr
+    format_version: StrictInt
+    kind: StrictStr
+    optscale_version: StrictStr
+    params: dict[str, Any]
+    state: dict[str, Any]
+    calibration: Calibration
+
+
 class Predictor(ABC):
     """Reads problem texts, predicts the distribution of their verifier-score moments.
 
-    Subclasses set ``kind`` and ``defaults`` (their hyper-parameters, all JSON values) and
-    implement the four ``_`` hooks; targets and points are ``(n, 2)`` arrays of ``(mean, std)``.
+    Subclasses set ``kind``, ``params_model`` (their hyper-parameters: a :class:`Params` whose
+    field defaults become ``defaults``) and ``state_model`` (what ``_save_weights`` returns),
+    and implement the four ``_`` hooks; targets and points are ``(n, 2)`` arrays of ``(mean, std)``.
     """
 
     kind: ClassVar[str]
+    params_model: ClassVar[type[Params]] = Params
+    state_model: ClassVar[type[State]] = State
+    #: The hyper-parameters' defaults, as JSON values (derived from ``params_model``).
     defaults: ClassVar[dict] = {}
     #: Folds that :meth:`fit` validates on by default (each refits the kind once).
     validation_rounds: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        cls.defaults = cls.params_model().model_dump(mode="json")
         if "kind" in cls.__dict__:
             KINDS.add(cls.kind, cls)
 
     def __init__(self, **params):
+        """Validate ``params`` against ``params_model``: an error names the parameter and says what
+        it allows, before any work (and any allocation) is done with it."""
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
-            raise InputError(f"unknown parameter(s) for kind {self.kind!r}: {', '.join(unknown)}", "params")
-        self.params = {**self.defaults, **params}
+            known = f"its parameters are {', '.join(self.defaults)}" if self.defaults else "it has none"
+            raise InputError(f"unknown parameter(s) for kind {self.kind!r}: {', '.join(unknown)}; {known}", "params")
+        #: Validated, as JSON values (what ``config.json`` stores).
+        self.params = validate(self.params_model, params).model_dump(mode="json")
         #: Residual RMS in z-space (the predictive scale), set by :meth:`fit`.
         self.scale: np.ndarray | None = None
         #: Prior widths ``(width_mu, width_sigma)`` from held-out error in parameter space.
         self.widths: tuple[float, float] | None = None
         #: Validation metrics and training provenance, written to ``metrics.json``.
         self.metrics: dict = {}
+        #: Where errors of this model point: its folder once loaded.
+        self.source = "predictor"
 
     # ---------------------------------------------------------------- kind hooks
     @abstractmethod
@@ -213,7 +251,11 @@ class Predictor(ABC):
     def predict(self, problems: Problems) -> Prediction:
         if not self.fitted:
             raise InputError(f"{self.kind} predictor is not fitted", "predictor")
-        return Prediction.around(self._predict(problems), self.scale)
+        points = self._predict(problems)
+        if not np.isfinite(points).all():  # finite weights can still overflow: never write NaN priors
+            raise InputError(f"the {self.kind} predictor predicted a non-finite score moment; its weights are damaged",
+                             self.source)
+        return Prediction.around(points, self.scale)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``config.json`` (format version, kind, parameters, calibration), weights, metrics.
@@ -238,7 +280,13 @@ class Predictor(ABC):
 
     @classmethod
     def load(cls, folder: str | Path) -> "Predictor":
-        """Load a saved folder of this kind (``Predictor.load`` accepts any kind)."""
+        """Load a saved folder of this kind (``Predictor.load`` accepts any kind).
+
+        Everything read is validated first (the config against :class:`SavedConfig`, the
+        parameters and state against the kind's models, the weights by the kind's
+        ``_load_weights``), so a hand-edited or damaged folder gets one error naming the file and
+        field, never a traceback at prediction time or NaN in a priors file.
+        """
         require_extra()
         folder = Path(folder)
         config_path = folder / "config.json"
@@ -254,18 +302,28 @@ class Predictor(ABC):
         target = KINDS.get(kind, str(config_path))  # an unknown kind names the known ones
         if cls is not Predictor and target is not cls:
             raise InputError(f"kind {kind!r}, expected one of {[cls.kind]}", str(config_path))
+        saved = validate(SavedConfig, config, str(config_path))
         try:
-            model = target(**config["params"])
-            calib = config["calibration"]
-            model.scale = np.asarray(calib["z_scale"], float)
-            model.widths = (float(calib["width_mu"]), float(calib["width_sigma"]))
-            model._load_weights(folder, config["state"])
+            model = target(**saved.params)
+        except InputError as exc:  # named as a parameter (``gammas``): here it is a field of the file
+            field = "params" if exc.where in (None, "params") else f"params.{exc.where}"
+            raise InputError(exc.detail, f"{config_path} field {field}") from None
+        state = validate(target.state_model, saved.state, str(config_path), "state").model_dump()
+        model.scale = np.asarray(saved.calibration.z_scale, float)
+        model.widths = (saved.calibration.width_mu, saved.calibration.width_sigma)
+        model.source = str(folder)
+        try:
+            model._load_weights(folder, state)
         except (KeyError, TypeError, ValueError, OSError) as exc:
+            if isinstance(exc, InputError) and exc.where in model.defaults:  # a parameter the weights refuse
+                raise InputError(exc.detail, f"{config_path} field params.{exc.where}") from None
             if isinstance(exc, InputError):
                 raise
             raise InputError(f"incomplete or damaged predictor folder ({type(exc).__name__}: {exc})", str(folder)) from None
         metrics_path = folder / "metrics.json"
         model.metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+        if not isinstance(model.metrics, dict):
+            raise InputError(f"expected a JSON object, got {type(model.metrics).__name__}", str(metrics_path))
         return model
 
 

@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import InputError
 from ..io import read_json, write_text
 from .base import Predictor
 from .data import Problems
+from .validation import LOG_GRID, EncoderState, Finite, LogGrid, Params, State
 
 __all__ = ["ConstantPredictor", "MetadataPredictor", "MetadataEncoder", "ridge_cv", "tfidf_vectorizer", "save_tfidf", "load_tfidf"]
 
@@ -44,8 +46,19 @@ def save_tfidf(folder: Path, vectorizer) -> dict[str, np.ndarray]:
 
 
 def load_tfidf(folder: Path, params: dict, idf: np.ndarray):
-    """The vectorizer :func:`save_tfidf` wrote, ready to transform."""
-    vectorizer = tfidf_vectorizer(params, read_json(folder / "vocabulary.json"))
+    """The vectorizer :func:`save_tfidf` wrote, ready to transform.
+
+    The vocabulary must be distinct strings, one per IDF weight: scikit-learn would only notice
+    otherwise when the first question is transformed, with a traceback.
+    """
+    path = folder / "vocabulary.json"
+    vocabulary = read_json(path)
+    if not isinstance(vocabulary, list) or not all(isinstance(word, str) for word in vocabulary):
+        raise InputError("expected a JSON list of words", str(path))
+    if len(set(vocabulary)) != len(vocabulary) or len(vocabulary) != len(idf):
+        raise InputError(f"expected {len(idf)} distinct words (one per IDF weight), got {len(vocabulary)} "
+                         f"({len(set(vocabulary))} distinct)", str(path))
+    vectorizer = tfidf_vectorizer(params, vocabulary)
     vectorizer.idf_ = idf
     return vectorizer
 
@@ -95,10 +108,15 @@ class MetadataEncoder:
                 "level_freq": self.level_freq.tolist(), "subject_freq": self.subject_freq.tolist()}
 
 
+class ConstantState(State):
+    point: tuple[Finite, Finite]
+
+
 class ConstantPredictor(Predictor):
     """The training mean of each moment, for every problem."""
 
     kind = "constant"
+    state_model = ConstantState
 
     def _fit(self, problems, targets):
         self.point = targets.mean(axis=0)
@@ -113,11 +131,23 @@ class ConstantPredictor(Predictor):
         self.point = np.asarray(state["point"], float)
 
 
+class MetadataParams(Params):
+    alphas: LogGrid = Field((-3, 3, 25), description=LOG_GRID + " (the ridge penalty grid)")
+
+
+class MetadataState(State):
+    encoder: EncoderState
+    #: One row per one-hot column of the encoder (checked in ``_load_weights``).
+    coef: list[tuple[Finite, Finite]]
+    intercept: tuple[Finite, Finite]
+
+
 class MetadataPredictor(Predictor):
     """Ridge regression on one-hot MATH level and subject (averages where a problem has none)."""
 
     kind = "metadata"
-    defaults = {"alphas": [-3, 3, 25]}
+    params_model = MetadataParams
+    state_model = MetadataState
 
     def _fit(self, problems, targets):
         self.encoder = MetadataEncoder.fit(problems)
@@ -134,4 +164,7 @@ class MetadataPredictor(Predictor):
 
     def _load_weights(self, folder: Path, state: dict) -> None:
         self.encoder = MetadataEncoder(**state["encoder"])
+        if len(state["coef"]) != self.encoder.width:
+            raise InputError(f"{len(state['coef'])} rows of coefficients for {self.encoder.width} levels and subjects",
+                             f"{folder / 'config.json'} field state.coef")
         self.coef, self.intercept = np.asarray(state["coef"], float), np.asarray(state["intercept"], float)

@@ -21,48 +21,55 @@ for a model about three times the size.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, StrictInt
 from scipy.special import expit
 
 from ..errors import InputError
 from .base import Predictor, to_z
 from .baselines import MetadataEncoder, load_tfidf, ridge_cv, save_tfidf, tfidf_vectorizer
 from .data import Problems
-from .encoder import MODEL_NAME, embed, static_embed
+from .encoder import DIMENSION, MODEL_NAME, embed, static_embed
+from .validation import (BLOCK_WEIGHTS, LOG_GRID, NGRAM_RANGE, BlockWeights, EncoderState, LogGrid, NgramRange, Params,
+                         Positive, State, Weights)
 
 __all__ = ["EmbeddingPredictor"]
+
+#: Longest contextual input: all-MiniLM-L6-v2 has 512 positions.
+MAX_SEQ_LENGTH = 512
+#: Most LSA dimensions: the SVD's components are ``lsa_dims x vocabulary`` floats.
+MAX_LSA_DIMS = 2048
+
+
+class EmbeddingParams(Params):
+    embedding_model: Literal["all-MiniLM-L6-v2"] = Field(MODEL_NAME, description=f"{MODEL_NAME!r} (the only one supported)")
+    embedding: Literal["static", "contextual"] = Field("static", description="'static' or 'contextual'")
+    #: Truncation of the contextual embedding (static embeddings read the whole text).
+    max_seq_length: StrictInt = Field(256, ge=1, le=MAX_SEQ_LENGTH,
+                                      description=f"tokens the contextual embedding reads, an integer from 1 to {MAX_SEQ_LENGTH}")
+    block_weights: BlockWeights = Field({"embedding": 1.0, "tfidf": 1.0, "meta": 1.0}, description=BLOCK_WEIGHTS)
+    ngram_range: NgramRange = Field((1, 2), description=NGRAM_RANGE)
+    min_df: StrictInt = Field(2, ge=1, description="fewest questions a word must occur in, an integer >= 1")
+    lsa_dims: StrictInt = Field(400, ge=1, le=MAX_LSA_DIMS,
+                                description=f"SVD dimensions of the TF-IDF block, an integer from 1 to {MAX_LSA_DIMS}")
+    alphas: LogGrid = Field((-3, 2, 21), description=LOG_GRID + " (the ridge penalty grid)")
+    #: "moments": regress the moments themselves; "logit": regress logit(mean), log(std).
+    target: Literal["moments", "logit"] = Field("moments", description="'moments' or 'logit'")
+
+
+class EmbeddingState(State):
+    alpha: tuple[Positive, Positive]
+    meta: EncoderState | None
 
 
 class EmbeddingPredictor(Predictor):
     """Ridge regression on sentence embeddings, TF-IDF and metadata of each question."""
 
     kind = "embedding"
-    defaults = {
-        "embedding_model": MODEL_NAME,
-        "embedding": "static",
-        #: Truncation of the contextual embedding (static embeddings read the whole text).
-        "max_seq_length": 256,
-        "block_weights": {"embedding": 1.0, "tfidf": 1.0, "meta": 1.0},
-        "ngram_range": [1, 2],
-        "min_df": 2,
-        "lsa_dims": 400,
-        "alphas": [-3, 2, 21],
-        #: "moments": regress the moments themselves; "logit": regress logit(mean), log(std).
-        "target": "moments",
-    }
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["embedding_model"] != MODEL_NAME:
-            raise InputError(f"only {MODEL_NAME} embeddings are supported, got {self.params['embedding_model']!r}", "embedding_model")
-        if self.params["embedding"] not in ("static", "contextual"):
-            raise InputError(f"embedding must be 'static' or 'contextual', got {self.params['embedding']!r}", "embedding")
-        if self.params["target"] not in ("moments", "logit"):
-            raise InputError(f"target must be 'moments' or 'logit', got {self.params['target']!r}", "target")
-        unknown = set(self.params["block_weights"]) - {"embedding", "tfidf", "meta"}
-        if unknown:
-            raise InputError(f"unknown feature block(s): {', '.join(sorted(unknown))}", "block_weights")
+    params_model = EmbeddingParams
+    state_model = EmbeddingState
 
     def _weight(self, block: str) -> float:
         return float(self.params["block_weights"].get(block, 0.0))
@@ -90,7 +97,7 @@ class EmbeddingPredictor(Predictor):
         if self.meta is not None:
             blocks["meta"] = wm * self.meta.transform(problems)
         if not blocks:
-            raise InputError("no feature block has a positive weight", "block_weights")
+            raise InputError("no feature block is usable (positive weight and present in the data)", "block_weights")
         y = to_z(*targets.T) if self.params["target"] == "logit" else targets
         ridge = ridge_cv(np.hstack(list(blocks.values())), y, self.params["alphas"])
         self.intercept, self.alpha = ridge.intercept_, ridge.alpha_
@@ -125,14 +132,15 @@ class EmbeddingPredictor(Predictor):
         return {"alpha": [float(a) for a in np.atleast_1d(self.alpha)], "meta": self.meta.state() if self.meta else None}
 
     def _load_weights(self, folder: Path, state: dict) -> None:
-        with np.load(folder / "weights.npz") as data:
-            arrays = {k: data[k].astype(float) for k in data.files}
-        self.intercept = arrays["intercept"]
+        weights = Weights(folder / "weights.npz")
+        self.intercept = weights.take("intercept", (2,))
         self.alpha = np.asarray(state["alpha"])
-        self.w_embedding = arrays.get("w_embedding")
-        self.w_tfidf = arrays.get("w_tfidf")
-        self.tfidf = None
-        if self.w_tfidf is not None:
-            self.tfidf = load_tfidf(folder, self.params, arrays["idf"])
+        self.w_embedding = weights.take("w_embedding", (DIMENSION, 2)) if "w_embedding" in weights else None
+        self.w_tfidf = self.tfidf = None
+        if "w_tfidf" in weights:
+            self.w_tfidf = weights.take("w_tfidf", (None, 2))
+            self.tfidf = load_tfidf(folder, self.params, weights.take("idf", (len(self.w_tfidf),)))
         self.meta = MetadataEncoder(**state["meta"]) if state["meta"] else None
-        self.w_meta = arrays.get("w_meta") if self.meta else None
+        self.w_meta = weights.take("w_meta", (self.meta.width, 2)) if self.meta else None
+        if self.meta is None and "w_meta" in weights:  # dropping the block would change every prediction
+            raise weights.error("w_meta", "present, but the config's state.meta is null")

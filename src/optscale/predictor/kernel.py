@@ -31,18 +31,27 @@ with these defaults, trained by::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field, StrictFloat, StrictInt
 
 from ..errors import InputError
 from .base import Predictor
 from .baselines import MetadataEncoder, load_tfidf, save_tfidf, tfidf_vectorizer
 from .data import Problems
-from .encoder import MODEL_NAME, static_embed
+from .encoder import DIMENSION, MODEL_NAME, static_embed
+from .validation import (BLOCK_WEIGHTS, LOG_GRID, NGRAM_RANGE, BlockWeights, EncoderState, LogGrid, NgramRange,
+                         Params, Positive, State, Weights)
 
 __all__ = ["KernelPredictor"]
 
-BLOCKS = ("embedding", "tfidf", "meta")
+#: Most kernel widths tried: each costs an eigendecomposition of an n x n matrix.
+MAX_GAMMAS = 20
+#: Largest kernel width: exp(-1000 * distance) already vanishes between all but near-identical
+#: questions, so larger widths fit nothing new and only risk a degenerate leave-one-out error.
+MAX_GAMMA = 1000.0
+Gamma = Annotated[StrictFloat, Field(gt=0, le=MAX_GAMMA)]
 #: Questions predicted at once: 2,048 x 4,501 float64 distances are 74 MB.
 CHUNK = 2048
 
@@ -79,33 +88,31 @@ def loo_select(kernels, y: np.ndarray, alphas: np.ndarray):
     return [(index, alpha, dual) for _, index, alpha, dual in best]
 
 
+class KernelParams(Params):
+    embedding_model: Literal["all-MiniLM-L6-v2"] = Field(MODEL_NAME, description=f"{MODEL_NAME!r} (the only one supported)")
+    embedding_dims: StrictInt = Field(64, ge=1, le=DIMENSION,
+                                      description=f"PCA dimensions of the embedding, an integer from 1 to {DIMENSION}")
+    block_weights: BlockWeights = Field({"embedding": 0.49, "tfidf": 0.49, "meta": 0.09}, description=BLOCK_WEIGHTS)
+    ngram_range: NgramRange = Field((1, 2), description=NGRAM_RANGE)
+    min_df: StrictInt = Field(2, ge=1, description="fewest questions a word must occur in, an integer >= 1")
+    gammas: list[Gamma] = Field([0.7, 1.0, 1.4], min_length=1, max_length=MAX_GAMMAS,
+                                description=f"kernel widths to choose from, a list of 1 to {MAX_GAMMAS} numbers "
+                                            f"above 0 and at most {MAX_GAMMA:g}")
+    alphas: LogGrid = Field((-2, 0.5, 11), description=LOG_GRID + " (the ridge penalty grid)")
+
+
+class KernelState(State):
+    gamma: tuple[Gamma, Gamma]
+    alpha: tuple[Positive, Positive]
+    meta: EncoderState | None
+
+
 class KernelPredictor(Predictor):
     """RBF kernel ridge on static MiniLM embeddings, TF-IDF and level/subject of each question."""
 
     kind = "kernel"
-    defaults = {
-        "embedding_model": MODEL_NAME,
-        "embedding_dims": 64,
-        "block_weights": {"embedding": 0.49, "tfidf": 0.49, "meta": 0.09},
-        "ngram_range": [1, 2],
-        "min_df": 2,
-        "gammas": [0.7, 1.0, 1.4],
-        #: ``numpy.logspace`` arguments of the penalty grid.
-        "alphas": [-2, 0.5, 11],
-    }
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["embedding_model"] != MODEL_NAME:
-            raise InputError(f"only {MODEL_NAME} embeddings are supported, got {self.params['embedding_model']!r}", "embedding_model")
-        weights = self.params["block_weights"]
-        unknown = set(weights) - set(BLOCKS)
-        if unknown:
-            raise InputError(f"unknown feature block(s): {', '.join(sorted(unknown))}", "block_weights")
-        if not any(float(weights.get(b, 0)) > 0 for b in BLOCKS) or any(float(w) < 0 for w in weights.values()):
-            raise InputError("block weights must be >= 0 with at least one positive", "block_weights")
-        if not self.params["gammas"] or min(self.params["gammas"]) <= 0:
-            raise InputError("gammas must be a non-empty list of positive numbers", "gammas")
+    params_model = KernelParams
+    state_model = KernelState
 
     def _weight(self, block: str) -> float:
         return float(self.params["block_weights"].get(block, 0.0))
@@ -194,24 +201,36 @@ class KernelPredictor(Predictor):
     def _load_weights(self, folder: Path, state: dict) -> None:
         from scipy.sparse import csr_matrix
 
-        with np.load(folder / "weights.npz") as data:
-            arrays = {k: data[k] for k in data.files}
-        self.intercept = arrays["intercept"].astype(float)
-        self.dual = arrays["dual"].astype(float)
+        weights = Weights(folder / "weights.npz")
+        self.intercept = weights.take("intercept", (2,))
+        self.dual = weights.take("dual", (None, 2))
+        rows = len(self.dual)
         self.gamma, self.alpha = np.asarray(state["gamma"], float), np.asarray(state["alpha"], float)
         self.train = {}
         self.pca_components = self.pca_mean = self.tfidf = None
-        if "pca_components" in arrays:
-            self.pca_components, self.pca_mean = arrays["pca_components"].astype(float), arrays["pca_mean"].astype(float)
-            self.train["embedding"] = arrays["train_embedding"].astype(np.float32)
-        if "idf" in arrays:
-            self.tfidf = load_tfidf(folder, self.params, arrays["idf"])
-            shape = (len(self.dual), len(arrays["idf"]))
-            self.train["tfidf"] = csr_matrix((arrays["tfidf_data"].astype(np.float32), arrays["tfidf_indices"],
-                                              arrays["tfidf_indptr"]), shape=shape)
+        if "pca_components" in weights:
+            self.pca_components = weights.take("pca_components", (None, DIMENSION))
+            self.pca_mean = weights.take("pca_mean", (DIMENSION,))
+            self.train["embedding"] = weights.take("train_embedding", (rows, len(self.pca_components))).astype(np.float32)
+        if "idf" in weights:
+            idf = weights.take("idf", (None,))
+            self.tfidf = load_tfidf(folder, self.params, idf)
+            data = weights.take("tfidf_data", (None,)).astype(np.float32)
+            indices = weights.take("tfidf_indices", (len(data),), integer=True)
+            indptr = weights.take("tfidf_indptr", (rows + 1,), integer=True)
+            try:  # as many entries as indices, indices within the vocabulary, row pointers in order
+                matrix = csr_matrix((data, indices, indptr), shape=(rows, len(idf)))
+                matrix.check_format(full_check=True)
+            except ValueError as exc:
+                raise weights.error("tfidf_indices", f"not a valid sparse matrix with tfidf_indptr ({exc})") from None
+            self.train["tfidf"] = matrix
         self.meta = MetadataEncoder(**state["meta"]) if state["meta"] else None
         if self.meta is not None:
-            self.train["meta"] = arrays["train_meta"].astype(np.float32)
+            self.train["meta"] = weights.take("train_meta", (rows, self.meta.width)).astype(np.float32)
+        elif "train_meta" in weights:  # dropping the block would change every prediction
+            raise weights.error("train_meta", "present, but the config's state.meta is null")
+        if not self.train:
+            raise weights.error("train_*", "no feature block: the model would predict from nothing")
 
 
 def _half(x):

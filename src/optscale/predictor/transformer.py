@@ -16,16 +16,50 @@ torch and transformers are imported only when this kind is used.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field, StrictFloat, StrictInt, StrictStr
 
 from ..errors import InputError
-from .base import Predictor
+from .base import MAX_SEED, Predictor
 from .data import Problems
+from .validation import Params, State
 
 __all__ = ["TransformerPredictor"]
 
 WEIGHTS_FILE = "trainable.safetensors"
+#: Bounds of the sizes (each scales an allocation) and of the step sizes.
+MAX_LENGTH = 32768
+MAX_BATCH = 1024
+MAX_EPOCHS = 1000
+MAX_HEAD_HIDDEN = 16384
+MAX_LAYERS = 1000
+LearningRate = Annotated[StrictFloat, Field(gt=0, le=1)]
+
+
+class TransformerParams(Params):
+    backbone: StrictStr = Field("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", min_length=1, max_length=4096,
+                                description="a Hugging Face model id or a local model folder")
+    trainable_layers: StrictInt = Field(4, ge=0, le=MAX_LAYERS,
+                                        description="last backbone layers trained, an integer from 0 to the backbone's layers")
+    max_length: StrictInt = Field(512, ge=1, le=MAX_LENGTH, description=f"tokens read per question, 1 to {MAX_LENGTH}")
+    epochs: StrictInt = Field(3, ge=1, le=MAX_EPOCHS, description=f"an integer from 1 to {MAX_EPOCHS}")
+    batch_size: StrictInt = Field(8, ge=1, le=MAX_BATCH, description=f"an integer from 1 to {MAX_BATCH}")
+    learning_rate: LearningRate = Field(2e-5, description="step size of the backbone's layers, a number in (0, 1]")
+    head_learning_rate: LearningRate = Field(1e-3, description="step size of the pooling and heads, a number in (0, 1]")
+    head_hidden: StrictInt = Field(256, ge=1, le=MAX_HEAD_HIDDEN,
+                                   description=f"width of each head's hidden layer, 1 to {MAX_HEAD_HIDDEN}")
+    dropout: StrictFloat = Field(0.1, ge=0, lt=1, description="a number in [0, 1)")
+    weight_decay: StrictFloat = Field(0.01, ge=0, le=1, description="AdamW's decoupled weight decay, a number in [0, 1]")
+    device: StrictStr = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d{1,3})?)$",
+                              description="'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="an integer from 0 to 2**32-1")
+
+
+class TransformerState(State):
+    #: Always this name: a path from the file is never followed out of the model folder.
+    weights: Literal["trainable.safetensors"]
 
 
 def _modules():
@@ -76,23 +110,13 @@ class TransformerPredictor(Predictor):
 
     kind = "transformer"
     validation_rounds = 1
-    defaults = {
-        "backbone": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-        "trainable_layers": 4,
-        "max_length": 512,
-        "epochs": 3,
-        "batch_size": 8,
-        "learning_rate": 2e-5,
-        "head_learning_rate": 1e-3,
-        "head_hidden": 256,
-        "dropout": 0.1,
-        "weight_decay": 0.01,
-        "device": "auto",
-        "seed": 0,
-    }
+    params_model = TransformerParams
+    state_model = TransformerState
 
     def _device(self, torch):
         device = self.params["device"]
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError("CUDA is not available here; use device=auto or cpu", "device")
         return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
     def _build(self):
@@ -102,11 +126,14 @@ class TransformerPredictor(Predictor):
 
         hf_logging.disable_progress_bar()
         torch.manual_seed(self.params["seed"])
-        self.tokenizer = AutoTokenizer.from_pretrained(self.params["backbone"])
+        try:  # a missing folder, an unknown hub id (or no network), a folder of another kind of model
+            self.tokenizer = AutoTokenizer.from_pretrained(self.params["backbone"])
+            backbone = AutoModel.from_pretrained(self.params["backbone"], dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot load the backbone: {exc}", "backbone") from None
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        backbone = AutoModel.from_pretrained(self.params["backbone"], dtype=torch.float32)
         self.net = MomentNet(backbone, self.params["head_hidden"], self.params["dropout"])
         layers = next((m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m)), None)
         k = self.params["trainable_layers"]
@@ -176,11 +203,21 @@ class TransformerPredictor(Predictor):
         return {"weights": WEIGHTS_FILE}
 
     def _load_weights(self, folder: Path, state: dict) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        self._build()
-        saved = load_file(str(folder / state["weights"]), device=self.device)
-        expected = set(self._trainable_state())
-        if set(saved) != expected:
-            raise InputError(f"{state['weights']} does not match the backbone's trainable layers", str(folder))
-        self.net.load_state_dict(saved, strict=False)
+        torch = self._build()
+        path = folder / state["weights"]
+        try:
+            saved = load_file(str(path), device=self.device)
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"not a readable safetensors file ({exc})", str(path)) from None
+        if set(saved) != set(self._trainable_state()):
+            raise InputError("does not match the backbone's trainable layers", str(path))
+        bad = next((name for name, t in saved.items() if not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            raise InputError("holds NaN or infinite values", f"{path} field {bad}")
+        try:
+            self.net.load_state_dict(saved, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape
+            raise InputError(f"does not match the backbone's trainable layers ({exc})", str(path)) from None
