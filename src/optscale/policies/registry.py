@@ -59,7 +59,7 @@ def make_policy(name: str, n_max: int, **settings: Any) -> PolicyBase:
 def _shown(value: Any, limit: int = 200) -> str | None:
     """A rejected value as the error shows it: plain values only (a stopping table's repr runs to
     kilobytes), cut at ``limit`` characters."""
-    if value is not None and not isinstance(value, (str, int, float)):
+    if value is None or not isinstance(value, (str, int, float)):
         return None
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
