@@ -176,6 +176,9 @@ def test_table_combines_result_files(pool_file, tmp_path, cli):
     code, out, err = cli("table", tmp_path / "a" / "results.csv", tmp_path / "b" / "results.csv", "--format", "latex")
     assert code == 0, err
     assert out.count(r"\multicolumn{2}{c}{toy}") == 1 and "Best-of-N (BoN) ($N=4$)" in out
+    code, _, err = cli("replay", pool_file, "--policy", "optscale0", "--n-max", 4, "--orders", 2, "--out", tmp_path / "c")
+    code, out, err = cli("table", tmp_path / "c" / "results.csv", "--format", "latex")
+    assert code == 0 and "OptScale$^0$" in out, out  # the labels are LaTeX already: not escaped
     bad = tmp_path / "bad.csv"
     bad.write_text("dataset,policy\nx,bon\n")
     one_error(*cli("table", bad)[::2], f"{bad}:2 field n_max")
@@ -201,6 +204,9 @@ def test_sweep_any_setting_objectives_and_splits(pool_file, tmp_path, cli):
     assert "envelope" in stdout and "over 2 split seeds" in stdout
     selected = (out / "selected.csv").read_text()
     assert "gain_vs_envelope_ci_low" in selected.splitlines()[0]
+    # table takes a sweep's selected.csv, and of a sweep over 2 splits the first split's choice
+    code, table, err = cli("table", out / "selected.csv")
+    assert code == 0 and len(table.splitlines()) == 3, err + table
 
 
 # ----------------------------------------------------------------------------- review 9 regressions

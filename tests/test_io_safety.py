@@ -190,3 +190,18 @@ def test_a_corrupt_gzip_is_a_located_error(tmp_path):
     with pytest.raises(InputError, match="cannot read") as info:
         read_text(path)
     assert info.value.where == str(path)
+
+
+def test_replace_adopts_files_optscale_did_not_write(tmp_path):
+    """``predictor train --force`` and a run's own report folder may replace what is there (a folder
+    written before the record existed); without ``replace`` the same write is refused."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("old\n")
+    with pytest.raises(InputError, match="was not written by optscale"):
+        with staged_dir(out, "out") as stage:
+            (stage / "config.json").write_text("new\n")
+    assert (out / "config.json").read_text() == "old\n"
+    with staged_dir(out, "out", replace=True) as stage:
+        (stage / "config.json").write_text("new\n")
+    assert (out / "config.json").read_text() == "new\n" and "config.json" in json.loads((out / MANIFEST).read_text())

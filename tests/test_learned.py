@@ -347,7 +347,7 @@ def test_oversized_fits_are_refused_before_any_work(calib, kwargs, where):
 @pytest.mark.parametrize("edit, located", [
     (lambda d: d["settings"].update(agree_cap=300_000_000), "field settings.agree_cap"),
     (lambda d: d["settings"].update(n_max=10**9), "field settings.n_max"),
-    (lambda d: d["settings"].update(n_max=100_000), "field settings"),  # 100000 x 8 x 7 x 2 x 3 cells
+    (lambda d: d["settings"].update(n_max=60_000), "field settings"),  # 60000 x 8 x 7 x 2 x 3 cells > 2**24
     (lambda d: d["settings"].update(edges=list(range(300)), bins=301), "field settings.edges"),
 ])
 def test_oversized_table_files_are_refused_without_allocating(calib, tmp_path, edit, located):

@@ -131,7 +131,7 @@ def test_pool_draws_the_full_budget_for_offline_replay(tmp_path, monkeypatch, ca
     ("port", "error: --base-url: 'http://127.0.0.1:99999/v1' has an invalid port (use 1-65535)"),
     ("query", "error: --base-url: 'http://127.0.0.1:"),
     ("offset", "error: --offset: skips 99 problems, but "),
-    ("config_n_max", "run.toml key n_max: Input should be less than or equal to 1000000"),
+    ("config_n_max", "run.toml key n_max: Input should be less than or equal to 65536"),
     ("config_temperature", "run.toml key temperature: Input should be a finite number"),
     ("config_offset", "run.toml key offset: skips 99 problems"),
     ("config_setting", "run.toml key policy_settings.s_min: Input should be less than 1"),

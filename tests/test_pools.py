@@ -993,3 +993,14 @@ def test_samples_per_problem_are_bounded(tmp_path: Path) -> None:
         list(iter_pool(path))
     assert info.value.where == f"{path}:2 field samples" and "at most 65536" in info.value.detail
     assert path.stat().st_size < 200_000
+
+
+def test_convert_bounds_samples_per_problem(tmp_path: Path) -> None:
+    from optscale.pools import MAX_SAMPLES
+
+    src = tmp_path / "flat.csv"
+    src.write_text("id,gold,answer,score,tokens\n" + "a,1,1,0.5,3\n" * (MAX_SAMPLES + 1))
+    with pytest.raises(InputError) as info:
+        convert_flat(src, tmp_path / "pool.jsonl")
+    assert info.value.where == str(src) and "at most 65,536 samples" in info.value.detail
+    assert not (tmp_path / "pool.jsonl").exists()

@@ -394,3 +394,12 @@ def test_cli_refuses_a_folder_or_unwritable_out_before_simulating(tmp_path, monk
         code, _, err = run_cli(["simulate", "--out", out, "--problems", 3, "--samples", 2], monkeypatch, capsys)
         assert code != 0 and err.startswith("error: --out:") and text in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_cli_bounds_samples_per_problem_by_what_a_pool_holds(tmp_path, monkeypatch, capsys):
+    """2 x 70,000 draws are few, but a pool holds at most 65,536 samples per problem: refused up front,
+    not a validation traceback after drawing."""
+    code, _, err = run_cli(["simulate", "--out", tmp_path / "p.jsonl", "--problems", "2", "--samples", "70000"],
+                           monkeypatch, capsys)
+    assert code != 0 and err.startswith("error: --samples: at most 65,536 samples per problem"), err
+    assert not (tmp_path / "p.jsonl").exists()

@@ -195,11 +195,7 @@ def atomic_open(path: StrPath, mode: str = "w") -> Iterator[IO]:
     name = _name(path)
     _check_file_name(Path(path), name, name)
     text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
-    try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        special = False  # not there yet; any other reason is told by the open below
-    if special:  # opened by its own name: the kernel follows /dev/stdout to a pipe, realpath cannot
+    if _special(path):  # opened by its own name: the kernel follows /dev/stdout to a pipe, realpath cannot
         try:
             with open(path, mode, **text) as handle:
                 yield handle
@@ -228,6 +224,15 @@ def atomic_open(path: StrPath, mode: str = "w") -> Iterator[IO]:
     _fsync_dir(target.parent)
 
 
+def _special(path: StrPath) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a folder (a device, a FIFO, a socket)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # not there yet; any other reason is told when it is opened
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def _check_file_name(target: Path, name: str, where: str) -> None:
     """A file path must end in a name (``.``, ``/`` and ``""`` do not) and not be a folder."""
     if not target.name or target.name == ".." or target.is_dir():
@@ -248,7 +253,8 @@ def check_out_file(path: StrPath, where: str | None = None, inputs: Iterable[Str
     for other in inputs:
         if other is not None and _same_place(path, other):
             raise InputError(f"names the same file as {_name(other)!r}; write to another file", where)
-    ensure_out_dir(target.parent, where)
+    if not _special(target):  # a device or pipe is written into (atomic_open): its folder (/dev) need not be writable
+        ensure_out_dir(target.parent, where)
     return target
 
 
@@ -322,7 +328,7 @@ def ensure_out_dir(path: StrPath, where: str | None = None) -> Path:
 MANIFEST = ".optscale-written"
 
 
-def claim_outputs(out: StrPath, names: Iterable[str], where: str | None = None) -> None:
+def claim_outputs(out: StrPath, names: Iterable[str], where: str | None = None, replace: bool = False) -> None:
     """Let optscale (re)write the files ``names`` (relative paths) in the folder ``out``, or refuse all.
 
     An output folder can hold the user's own files, even the command's input (``--out`` the
@@ -330,7 +336,8 @@ def claim_outputs(out: StrPath, names: Iterable[str], where: str | None = None) 
     earlier optscale command wrote it, so rerunning a command into its folder keeps working.
     Any other existing file raises :class:`InputError` naming ``where`` (default: ``out``)
     before anything is written; otherwise ``names`` are added to the list (atomically)
-    before the caller writes them, so a crash midway still leaves them claimed.
+    before the caller writes them, so a crash midway still leaves them claimed. ``replace``
+    adopts existing files instead (the user said so: ``--force``; or the folder is optscale's own).
     """
     folder = Path(out)
     where = where or _name(out)
@@ -340,7 +347,7 @@ def claim_outputs(out: StrPath, names: Iterable[str], where: str | None = None) 
         raise InputError("not a list of file names; remove it (optscale's record of what it wrote)", str(listed))
     new = set(names) - set(written)
     for name in sorted(new):
-        if os.path.lexists(folder / name):
+        if not replace and os.path.lexists(folder / name):
             older = "" if written else f" (folders written before optscale kept {MANIFEST} have no such record)"
             raise InputError(f"{folder / name} exists and was not written by optscale{older}; remove it or choose "
                              "another folder", where)
@@ -372,7 +379,7 @@ def _abandoned(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def staged_dir(out: StrPath, where: str | None = None) -> Iterator[Path]:
+def staged_dir(out: StrPath, where: str | None = None, replace: bool = False) -> Iterator[Path]:
     """Write a set of files into a hidden staging folder inside ``out``; move them in once all are written.
 
     The staging folder lives inside ``out`` so that every move is a rename on one file system.
@@ -380,7 +387,8 @@ def staged_dir(out: StrPath, where: str | None = None) -> Iterator[Path]:
     reader sees every file either whole-old or whole-new, and only a crash during that short
     loop of renames can leave a mix of the two sets. On any failure while writing, the staging
     folder is removed and ``out`` keeps exactly what it had; so it does when one of the
-    files would replace a file that optscale did not write (:func:`claim_outputs`). Staging
+    files would replace a file that optscale did not write (:func:`claim_outputs`), unless
+    ``replace``. Staging
     folders abandoned by an earlier run that was killed are removed on entry.
     """
     target = ensure_out_dir(out, where)
@@ -394,7 +402,7 @@ def staged_dir(out: StrPath, where: str | None = None) -> Iterator[Path]:
     try:
         yield staging
         staged = [item.relative_to(staging) for item in sorted(staging.rglob("*")) if item.is_file()]
-        claim_outputs(target, [name.as_posix() for name in staged], where)
+        claim_outputs(target, [name.as_posix() for name in staged], where, replace)
         for name in staged:
             dest = target / name
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ from scipy import special
 from .errors import InputError
 from .fit import MU_BOUNDS, SIGMA_BOUNDS
 from .io import read_json
-from .pools import PoolProblem
+from .pools import MAX_SAMPLES, PoolProblem
 from .stats import truncnorm
 
 __all__ = [
@@ -363,6 +363,9 @@ def _check_size(value: Any, name: str, low: int) -> int:
 def check_sizes(n_problems: Any, n_samples: Any) -> tuple[int, int]:
     """Problem and sample counts, each >= 1 and at most :data:`MAX_DRAWS` together; errors name them."""
     n_problems, n_samples = _check_size(n_problems, "n_problems", 1), _check_size(n_samples, "n_samples", 1)
+    if n_samples > MAX_SAMPLES:
+        raise InputError(f"at most {MAX_SAMPLES:,} samples per problem (what a pool may hold), got {n_samples:,}",
+                         "n_samples")
     if n_problems * n_samples > MAX_DRAWS:
         raise InputError(f"{n_problems} problems x {n_samples} samples exceed {MAX_DRAWS:,} draws", "n_samples"
                          if n_samples > n_problems else "n_problems")

@@ -389,11 +389,14 @@ def table(
     rows, seen = [], {}
     for path in results:
         reader = csv.DictReader(line for _, line in numbered_lines(path))
-        count = 0
+        count, first_seed = 0, None
         for row in reader:
             count += 1
             if row.get("split", "held_out") != "held_out":
                 continue  # sweeps: report held-out numbers only
+            first_seed = row.get("split_seed") if first_seed is None else first_seed
+            if row.get("split_seed") != first_seed:
+                continue  # a sweep with --splits: its first split, as its own table.md shows
             where = f"{path}:{reader.line_num}"
             result = _result_row(row, where)
             key = tuple(result[k] for k in ("dataset", "policy", "n_max"))

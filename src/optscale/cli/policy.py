@@ -85,6 +85,7 @@ def settings(
     """List each policy's --set settings: type, default, allowed values and what it does."""
     import json
 
+    from rich.markup import escape
     from rich.table import Table
 
     from ..policies import POLICIES, policy_settings_schema
@@ -95,15 +96,18 @@ def settings(
         print(json.dumps(schemas, indent=2))
         return
     for name, schema in schemas.items():
-        table = Table("setting", "type", "default", "allowed", "meaning", title=f"{name}: {schema['description']}",
-                      title_justify="left", show_lines=False)
+        table = Table("setting", "type", "default", "allowed", "meaning", title_justify="left", show_lines=False,
+                      title=escape(f"{name}: {schema['description']}"))
         for key, prop in schema["properties"].items():
-            table.add_row(key, *_described(prop, schema.get("$defs", {})))
+            table.add_row(*map(escape, (key, *_described(prop, schema.get("$defs", {})))))
         console.print(table)
 
 
 def _described(prop: dict, defs: dict) -> tuple[str, str, str, str]:
     """(type, default, allowed, meaning) of one JSON Schema property, for the settings table."""
+    branches = [a for a in prop.get("anyOf", []) if a.get("type") != "null"]
+    if len(branches) == 1:  # an optional setting: its one non-null branch holds the type and limits
+        prop = {**{k: v for k, v in prop.items() if k != "anyOf"}, **branches[0]}
     ref = prop.get("$ref") or next((a["$ref"] for a in prop.get("anyOf", []) if "$ref" in a), None)
     target = {**defs.get(ref.rsplit("/", 1)[-1], {}), **prop} if ref else prop
     kinds = [a.get("type", "") for a in target.get("anyOf", [])] or [target.get("type", "any")]
@@ -111,15 +115,16 @@ def _described(prop: dict, defs: dict) -> tuple[str, str, str, str]:
     allowed = ", ".join(map(str, target["enum"])) if "enum" in target else ""
     low, high = target.get("minimum", target.get("exclusiveMinimum")), target.get("maximum",
                                                                                   target.get("exclusiveMaximum"))
-    if low is not None or high is not None:
-        left = "(" if "exclusiveMinimum" in target else "["
-        right = ")" if "exclusiveMaximum" in target else "]"
-        allowed = f"{left}{'' if low is None else low}, {'' if high is None else high}{right}"
-    default = "required" if "default" not in target else json_text(target["default"])
+    left, right = ("(" if "exclusiveMinimum" in target else "["), (")" if "exclusiveMaximum" in target else "]")
+    if low is not None and high is not None:
+        allowed = f"{left}{low}, {high}{right}"
+    elif low is not None or high is not None:
+        allowed = f"{'>' if left == '(' else '>='} {low}" if high is None else f"{'<' if right == ')' else '<='} {high}"
+    default = "required" if "default" not in target else _json_text(target["default"])
     return kind, default, allowed, target.get("description", "")
 
 
-def json_text(value) -> str:
+def _json_text(value) -> str:
     import json
 
     return json.dumps(value) if not isinstance(value, str) else value

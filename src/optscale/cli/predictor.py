@@ -102,7 +102,7 @@ def train(
         model = cls(**_params(param)).fit(training, folds=folds, seed=seed)
         model.metrics["training_data"] = {"file": data.name, "rows": len(training),
                                           "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
-        model.save(out)
+        model.save(out, replace=force)
     table = _table(f"{kind} predictor: held-out error ({model.metrics['validation']['rounds']} of {folds} folds)")
     _metrics_row(table, kind, model.metrics["validation"])
     console.print(table)

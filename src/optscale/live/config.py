@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import json
 import tomllib
-import types
-import typing
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InputError
 from ..io import read_text
-from ..policies import POLICIES, make_policy
+from ..policies import make_policy
+from ..policies.registry import refuse_bool_numbers
 from ..policies.common import N_MAX_LIMIT
 from .datasets import DatasetSpec
 from .openai import OpenAIGenerator
@@ -41,7 +40,7 @@ from .sampler import SamplerSettings
 from .scorers import SCORERS, Scorer, ScorerContext, build_scorer, scorer_settings
 from .secrets import redact_url, url_secrets
 from .transport import check_credentials, check_url
-from .types import ClientSettings, EndpointKind, GenerationSettings, clean_key
+from .types import ClientSettings, EndpointKind, GenerationSettings
 
 __all__ = ["FLAT", "RunConfig", "build_config", "build_generator", "build_run_scorer", "load_config_file",
            "refuse_bool_numbers", "setting_places"]
@@ -158,8 +157,6 @@ class RunConfig(BaseModel):
 
 def _policy_settings(policy: Any, n_max: Any, settings: dict[str, Any]) -> dict[str, Any]:
     try:
-        if policy in POLICIES.names():
-            refuse_bool_numbers(POLICIES.get(policy), settings, lambda loc: "settings." + ".".join(loc))
         built = make_policy(policy, n_max, **settings)
     except InputError as exc:
         raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
@@ -238,35 +235,6 @@ def config_error(err: dict[str, Any], where: str) -> InputError:
     return InputError(message + shown, where)
 
 
-def _kinds(annotation: Any) -> set[Any]:
-    """The types a field annotation admits, unions and ``Annotated`` unwrapped (``int | None`` -> {int, None})."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return set().union(*(_kinds(arg) for arg in typing.get_args(annotation)))
-    if origin is typing.Annotated:
-        return _kinds(typing.get_args(annotation)[0])
-    return {annotation}
-
-
-def refuse_bool_numbers(model: type[BaseModel], values: Mapping[str, Any], place: Callable[[tuple[str, ...]], str],
-                        loc: tuple[str, ...] = ()) -> None:
-    """Refuse true/false given for a number setting of ``model`` (and of its nested models).
-
-    pydantic reads ``n_max: true`` as 1 (a bool is an int in Python), so a typo in a config
-    file would run quietly with another value. ``place(loc)`` names the setting in the error.
-    """
-    for key, value in values.items():
-        field = model.model_fields.get(key)
-        if field is None:
-            continue
-        kinds = _kinds(field.annotation)
-        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
-            raise InputError(f"must be a number, not {str(value).lower()}", place((*loc, key)))
-        nested = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
-        if isinstance(value, Mapping) and nested:
-            refuse_bool_numbers(nested[0], value, place, (*loc, key))
-
-
 def known_scorer(kind: str) -> str:
     """Validator of a ``scorer`` field: a name of the scorer registry."""
     if kind not in SCORERS:
@@ -287,20 +255,14 @@ def server_urls(urls: list[str]) -> list[str]:
 
 
 def validated_scorer(kind: str, values: dict[str, Any]) -> BaseModel | None:
-    """The scorer's settings model, its ``api_key`` cleaned (:func:`clean_key`); errors name
-    ``scorer_settings.<key>``."""
+    """The scorer's settings model (its ``api_key`` cleaned by the :data:`~.types.ApiKey` type); errors
+    name ``scorer_settings.<key>``."""
     try:
         settings = scorer_settings(kind, values)
     except InputError as exc:
         raise exc.renamed({"scorer.": "scorer_settings."}) from None
     if settings is not None:
         refuse_bool_numbers(type(settings), values, lambda loc: "scorer_settings." + ".".join(loc))
-    key = getattr(settings, "api_key", None)
-    if key is not None:
-        try:
-            settings = settings.model_copy(update={"api_key": SecretStr(clean_key(key.get_secret_value()))})
-        except ValueError as exc:
-            raise InputError(str(exc), "scorer_settings.api_key") from None
     return settings
 
 

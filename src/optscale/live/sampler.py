@@ -431,7 +431,7 @@ class _Sampler:
         This bounds an episode's completion tokens by ``max_total_tokens`` plus one sample's
         ``max_tokens`` (that single sample is launched when the rest of the budget is smaller),
         plus the tokens of attempts retried after a failure; the poll of :meth:`_limit` cuts
-        streams under way as soon as the cap is passed.
+        the streams under way that may still generate as soon as the cap is reached.
         """
         per_sample = self.gen_settings.max_tokens
         if self.max_total_tokens is None or per_sample is None or want <= 0:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..errors import InputError
 from ..fit import SufficientStats
+from ..pools.schema import MAX_SAMPLES
 from .base import Problem, ReplayBatch, ReplayDecisions
 from .episode import SequentialEpisode, Step, score_or_zero
 from .selection import Selection, select
@@ -26,8 +27,9 @@ def prefix_stats(score: np.ndarray, n: np.ndarray) -> SufficientStats:
     return SufficientStats(n.copy(), mean, var)
 
 
-#: Largest budget a policy accepts: far beyond any real use, small enough for every array.
-N_MAX_LIMIT = 1_000_000
+#: Largest budget a policy accepts: far beyond any real use, small enough for every array, and
+#: what a pool may hold per problem (so a live run's pool can always be replayed).
+N_MAX_LIMIT = MAX_SAMPLES
 
 
 def stops_after_peek(stop: np.ndarray, peek: int, available: np.ndarray, n_max: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,12 @@ CLI command translates them to its flags.
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import InputError
 from ..registry import Registry
@@ -25,7 +28,8 @@ from .optscale import OptScale0, OptScaleT, SequentialOptScale
 from .pandora import Pandora
 from .threshold import AgreeThreshold, FirstPass
 
-__all__ = ["POLICIES", "make_policy", "parse_settings", "policy_settings_schema", "settings_help"]
+__all__ = ["POLICIES", "make_policy", "parse_settings", "policy_settings_schema", "refuse_bool_numbers",
+           "settings_help"]
 
 POLICIES: Registry[type[PolicyBase]] = Registry("policy")
 for _cls in (BestOfN, OptScale0, SequentialOptScale, OptScaleT, SelfConsistency, EarlyStoppingSC, AdaptiveSC,
@@ -42,6 +46,7 @@ def make_policy(name: str, n_max: int, **settings: Any) -> PolicyBase:
     cls = POLICIES.get(name, "policy")
     if isinstance(n_max, bool) or not isinstance(n_max, int) or not 1 <= n_max <= N_MAX_LIMIT:
         raise InputError(f"must be an integer from 1 to {N_MAX_LIMIT}, got {n_max!r}", "n_max")
+    refuse_bool_numbers(cls, settings, lambda loc: "settings." + ".".join(loc))
     try:
         return cls(n_max=n_max, **settings)
     except ValidationError as exc:
@@ -91,10 +96,39 @@ def policy_settings_schema(name: str) -> dict:
     if not schema["required"]:
         del schema["required"]
     schema["title"] = name
-    schema["description"] = (cls.__doc__ or name).strip().splitlines()[0]
+    schema["description"] = " ".join((cls.__doc__ or name).strip().split("\n\n")[0].split())  # its first paragraph
     return schema
 
 
 def settings_help() -> str:
     """One line naming each policy's settings, for the CLI's ``--set`` help."""
     return "; ".join(f"{name}: {', '.join(_settings(cls))}" for name, cls in POLICIES.items())
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types a field annotation admits, unions and ``Annotated`` unwrapped (``int | None`` -> {int, None})."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_kinds(arg) for arg in typing.get_args(annotation)))
+    if origin is typing.Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    return {annotation}
+
+
+def refuse_bool_numbers(model: type[BaseModel], values: Mapping[str, Any], place: Callable[[tuple[str, ...]], str],
+                        loc: tuple[str, ...] = ()) -> None:
+    """Refuse true/false given for a number setting of ``model`` (and of its nested models).
+
+    pydantic reads ``n_max: true`` as 1 (a bool is an int in Python), so a typo in a config
+    file would run quietly with another value. ``place(loc)`` names the setting in the error.
+    """
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        kinds = _kinds(field.annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise InputError(f"must be a number, not {str(value).lower()}", place((*loc, key)))
+        nested = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+        if isinstance(value, Mapping) and nested:
+            refuse_bool_numbers(nested[0], value, place, (*loc, key))

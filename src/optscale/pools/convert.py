@@ -23,7 +23,7 @@ from ..answers import extract_answer
 from ..errors import InputError
 from ..io import StrPath, check_out_file, iter_objects, numbered_lines, parse_json
 from .io import validation_message, write_pool
-from .schema import PoolProblem, PoolSample
+from .schema import MAX_SAMPLES, PoolProblem, PoolSample
 
 __all__ = ["FLAT_COLUMNS", "FlatFormat", "detect_format", "convert_flat"]
 
@@ -211,6 +211,10 @@ def convert_flat(
         raise InputError(f"malformed CSV: {exc}", where=name) from None
     if not problems:
         raise InputError("no rows", where=name)
+    for key, group in problems.items():
+        if len(group.samples) > MAX_SAMPLES:
+            raise InputError(f"problem {key!r} has {len(group.samples):,} rows; a pool holds at most {MAX_SAMPLES:,} "
+                             "samples per problem", where=name)
     pool = [
         PoolProblem(id=key, question=group.question, answer=group.gold, samples=group.samples)
         for key, group in problems.items()

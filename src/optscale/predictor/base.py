@@ -257,15 +257,16 @@ class Predictor(ABC):
                              self.source)
         return Prediction.around(points, self.scale)
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, replace: bool = False) -> Path:
         """Write ``config.json`` (format version, kind, parameters, calibration), weights, metrics.
 
         The files are staged and published together, so a failed save never leaves a folder
-        whose config describes other weights.
+        whose config describes other weights. Files optscale did not write there are refused
+        unless ``replace`` (``predictor train --force``).
         """
         if not self.fitted:
             raise InputError(f"{self.kind} predictor is not fitted", "predictor")
-        with staged_dir(folder, str(folder)) as staging:
+        with staged_dir(folder, str(folder), replace) as staging:
             state = self._save_weights(staging)
             config = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "optscale_version": __version__,

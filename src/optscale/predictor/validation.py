@@ -31,6 +31,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictFloat,
                       model_validator)
 
 from ..errors import InputError
+from ..pools.io import format_loc
 
 __all__ = ["BLOCKS", "MAX_GRID", "Params", "State", "EncoderState", "LogGrid", "NgramRange", "BlockWeights",
            "Finite", "Positive", "validate", "read_npz", "Weights"]
@@ -117,14 +118,6 @@ class EncoderState(State):
         return self
 
 
-def _located(err: dict) -> str:
-    """pydantic's location of an error as ``name.key[0]``."""
-    out = ""
-    for part in err["loc"]:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _message(err: dict) -> str:
     cause = (err.get("ctx") or {}).get("error")
     if cause is not None:  # our own validators' ValueError: its text, without pydantic's "Value error, "
@@ -150,7 +143,7 @@ def validate(model: type[BaseModel], values: Any, where: str | None = None, fiel
         return model.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        path = _located(err)
+        path = format_loc(err["loc"])
         if where is not None:
             raise InputError(_message(err), place(path)) from None
         name = str(err["loc"][0]) if err["loc"] else "params"

@@ -73,7 +73,7 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
     mean_tokens = f"unknown ({uncounted} responses uncounted)" if uncounted else f"{tokens.mean():,.0f}"
     reasons = ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items())
     names = ["summary.json", "table.md", "samples.png"]
-    with staged_dir(folder.report) as staging:
+    with staged_dir(folder.report, replace=True) as staging:  # the run folder is optscale's own
         (staging / names[0]).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (staging / names[1]).write_text(
             "| problems | accuracy (95% CI) | mean samples | mean tokens | prompt tokens | samples saved vs budget "

@@ -123,7 +123,7 @@ def paper_table(rows: Iterable[Mapping], fmt: str = "markdown") -> str:
             for d in datasets:
                 r = cells[(method, n)].get(d)
                 parts += [_fmt_acc(r["accuracy"]), _fmt_tokens(r["mean_tokens"]).replace(",", "")] if r else ["-", "-"]
-            label = _latex_text(METHOD_NAMES.get(method, method))
+            label = METHOD_NAMES[method] if method in METHOD_NAMES else _latex_text(method)  # labels are LaTeX
             lines.append(f"{label} ($N={n}$) & " + " & ".join(parts) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ from ..live.config import (config_error, config_secrets, known_scorer, load_conf
 from ..live.sampler import SamplerSettings
 from ..live.types import ClientSettings, GenerationSettings, clean_key
 from ..policies import POLICIES
+from ..policies.common import N_MAX_LIMIT
 
 __all__ = ["ServeConfig", "build_serve_config", "UPSTREAM_KEY_ENV", "CLIENT_KEYS_ENV", "FLAT"]
 
@@ -54,7 +55,7 @@ class ServeConfig(BaseModel):
     scorer: str = Field(description="how samples are scored")
     scorer_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the scorer")
     policy: str = Field("optscale", description="default policy of requests that name none")
-    n_max: int = Field(8, ge=1, le=1_000_000, description="default most samples per request")
+    n_max: int = Field(8, ge=1, le=N_MAX_LIMIT, description="default most samples per request")
     policy_settings: dict[str, Any] = Field(default_factory=dict,
                                             description="settings of the default policy (server side only)")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (127.0.0.1: this machine only)")
@@ -70,7 +71,7 @@ class ServeConfig(BaseModel):
     tables_dir: str | None = Field(None, description="directory of stopping tables (written by `optscale policy "
                                    "fit`) that a request may name with the learned policy's setting table: a file "
                                    "name in it, never a path; without it requests cannot set table")
-    max_n_max: int = Field(64, ge=1, le=1_000_000, description="largest n_max a request may ask for")
+    max_n_max: int = Field(64, ge=1, le=N_MAX_LIMIT, description="largest n_max a request may ask for")
     max_deadline_s: float = Field(600.0, gt=0, description="longest deadline_s a request may ask for (and the "
                                   "deadline of requests that give none)")
     max_total_tokens: int | None = Field(None, ge=1, description="most tokens one episode may generate (requests "

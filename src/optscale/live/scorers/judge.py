@@ -6,12 +6,12 @@ import asyncio
 import math
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from ...errors import InputError
 from ..openai import OpenAIGenerator
 from ..secrets import redact_url
-from ..types import Completion, GenerationSettings, Prompt
+from ..types import ApiKey, Completion, GenerationSettings, Prompt
 from .base import Score, ScoreRequest, clip, reported_tokens
 
 __all__ = ["JUDGE_PROMPT", "JudgeScorer", "JudgeSettings"]
@@ -31,8 +31,8 @@ class JudgeSettings(BaseModel):
     model: str | None = Field(None, min_length=1, description="judge model; default: the generator's model")
     prompt: str | None = Field(None, description="judge prompt with {question} and {solution}")
     concurrency: int = Field(8, ge=1, le=1024, description="judge requests under way at once")
-    api_key: SecretStr | None = Field(None, exclude=True,
-                                      description="key of the judge's server (never the generator's); "
+    api_key: ApiKey | None = Field(None, exclude=True,
+                                   description="key of the judge's server (never the generator's); "
                                                   "env OPTSCALE_JUDGE_API_KEY")
 
     @field_validator("prompt")

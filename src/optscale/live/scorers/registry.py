@@ -141,8 +141,8 @@ def scorer_settings(kind: str, values: Mapping[str, Any] | None = None,
             msg = f"scorer {kind!r} has no setting {key!r} (settings: {', '.join(model.model_fields)})"
         elif err["type"] == "missing":
             msg = f"scorer {kind!r} needs {key}=... ({model.model_fields[field].description})"
-        elif field == "api_key":
-            msg = err["msg"]  # never echo a key
+        elif field == "api_key":  # never echo a key
+            msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
         else:
             msg = f"{err['msg']} (got {str(err.get('input'))[:100]!r})"
         raise InputError(msg, f"scorer.{field}" if field else "scorer") from None

@@ -6,12 +6,13 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_serializer
+from pydantic import Field, field_serializer
 
 from ...errors import InputError
 from ..openai import OpenAIGenerator
 from ..prompts import render_markup
 from ..secrets import redact_url
+from ..types import ApiKey
 from .base import PrmBase, PrmStepSettings, Score, ScoreRequest, prm_conversation, reported_tokens, share_tokens
 
 __all__ = ["PrmSettings", "VllmPrmScorer"]
@@ -25,8 +26,8 @@ class PrmSettings(PrmStepSettings):
     markup: Literal["chatml", "llama3", "plain"] = Field("chatml", description="chat markup the PRM's input is "
                                                                                "written in: chatml, llama3 or plain")
     path: str = Field("/pooling", pattern=r"^/", description="the pooling endpoint under the server root")
-    api_key: SecretStr | None = Field(None, exclude=True,
-                                      description="key of the PRM's server (never the generator's); "
+    api_key: ApiKey | None = Field(None, exclude=True,
+                                   description="key of the PRM's server (never the generator's); "
                                                   "env OPTSCALE_PRM_API_KEY")
 
     @field_serializer("base_url")
