@@ -6,7 +6,7 @@
   deploy/schemas/; and the objects fit together (selectors, ports, probes, names, drain time);
 * every flag, config key and environment variable that compose.yaml and the Deployment give
   ``optscale serve`` is one it knows: the test runs the real command line on them (up to the
-  server's start), so the files cannot drift from the CLI;
+  app's creation), so the files cannot drift from the CLI;
 * the HAProxy config passes ``haproxy -c`` (scripts/test.sh installs haproxy; under CI=true a
   missing haproxy fails) and balances exactly the compose replicas.
 """
@@ -44,8 +44,8 @@ K8S_VERSION = "1.33.0"
 
 PENDING_ISSUE_17 = frozenset({"--state", "--upstream-session-header", "--drain-s"})
 """Flags of issue 17 that the deployment files already pass but ``optscale serve`` does not know yet
-(each takes one value). Remove a flag from this set when ``optscale serve`` implements it:
-:func:`test_pending_flags_are_not_implemented_yet` fails until then, and every other unknown flag fails now."""
+(each takes one value). Remove a flag from this set when ``optscale serve`` implements it
+(:func:`test_pending_flags_are_not_implemented_yet` fails until it is removed); any other unknown flag fails."""
 
 KNOWN_ENV = {CLIENT_KEYS_ENV, UPSTREAM_KEY_ENV} | {spec.api_key_env for _, spec in SCORERS.items() if spec.api_key_env}
 """The environment variables ``optscale serve`` reads."""
@@ -263,11 +263,17 @@ def matches(selector: dict, labels: dict) -> bool:
     return selector["matchLabels"].items() <= labels.items()
 
 
-def test_k8s_objects_fit_together(tmp_path, monkeypatch):
+def serve_pod() -> tuple[dict, dict, dict]:
+    """The serve Deployment, its pod template and its one container."""
     deployment = k8s_object("Deployment", "optscale-serve")
     pod = deployment["spec"]["template"]
-    labels = pod["metadata"]["labels"]
     (container,) = pod["spec"]["containers"]
+    return deployment, pod, container
+
+
+def test_k8s_objects_fit_together():
+    deployment, pod, container = serve_pod()
+    labels = pod["metadata"]["labels"]
     assert matches(deployment["spec"]["selector"], labels)
     assert container["image"].split(":")[0] == SERVE_IMAGE and "command" not in container  # the image's entrypoint
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -308,7 +314,12 @@ def test_k8s_objects_fit_together(tmp_path, monkeypatch):
     redis_pods = k8s_object("Deployment", state.group(1))["spec"]["template"]["metadata"]["labels"]
     assert matches({"matchLabels": redis["spec"]["selector"]}, redis_pods)
 
-    # the mounted ConfigMap and Secret exist; run `optscale serve` on them
+
+def test_k8s_deployment_runs_serve_with_known_flags(tmp_path, monkeypatch):
+    """`optscale serve` runs on the Deployment's args, the mounted ConfigMap and Secret, and its env."""
+    _, pod, container = serve_pod()
+    args = container["args"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     mounts: dict[str, Path] = {}
     for mount in container["volumeMounts"]:
@@ -317,8 +328,10 @@ def test_k8s_objects_fit_together(tmp_path, monkeypatch):
             data = k8s_object("ConfigMap", volume["configMap"]["name"])["data"]
         elif "secret" in volume:
             secret = k8s_object("Secret", volume["secret"]["secretName"])
-            data = {item["path"]: secret["stringData"][item["key"]] for item in volume["secret"]["items"]}
-            data = {name: "k8s-test-client-key\n" for name in data}  # the placeholder holds no key (below)
+            items = volume["secret"]["items"]
+            assert all(item["key"] in secret["stringData"] for item in items), items
+            # a key in place of the placeholder, which holds none (test_placeholder_secret_refuses_to_start)
+            data = {item["path"]: "k8s-test-client-key\n" for item in items}
         else:
             continue
         folder = tmp_path / mount["name"]
@@ -326,11 +339,14 @@ def test_k8s_objects_fit_together(tmp_path, monkeypatch):
         for name, text in data.items():
             (folder / name).write_text(text)
         mounts[mount["mountPath"]] = folder / mount["subPath"] if "subPath" in mount else folder
-    env = {}
+    env: dict[str, str] = {}
     for var in container.get("env", []):
         assert var["name"] in KNOWN_ENV, f"optscale serve reads no {var['name']}"
-        ref = var["valueFrom"]["secretKeyRef"]
-        assert ref["optional"] or ref["key"] in k8s_object("Secret", ref["name"])["stringData"]
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:  # from a Secret: the key is there, or optional (and then absent here)
+            ref = var["valueFrom"]["secretKeyRef"]
+            assert ref["optional"] or ref["key"] in k8s_object("Secret", ref["name"])["stringData"]
     config = run_serve(args, mounts, env, tmp_path, monkeypatch)
     assert config.host == "0.0.0.0" and config.port == ports["http"]
     assert config.api_keys_file and Path(config.api_keys_file).is_file()
