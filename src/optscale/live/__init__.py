@@ -16,7 +16,15 @@ from .datasets import DatasetSpec, LiveProblem, load_problems
 from .openai import OpenAIGenerator
 from .prompts import BOXED_INSTRUCTION, PromptTemplate
 from .runs import MemoryStore, RunState, RunStore
-from .sampler import EpisodeLimits, EpisodeRun, EpisodeSampler, Listener, ProblemResult, SamplerSettings, sample_problems
+from .sampler import (
+    EpisodeLimits,
+    EpisodeRun,
+    EpisodeSampler,
+    Listener,
+    ProblemResult,
+    SamplerSettings,
+    sample_problems,
+)
 from .scorers import (
     SCORERS,
     BatchingScorer,
@@ -57,7 +65,8 @@ __all__ = [
     "HttpTransport", "OpenAIGenerator", "Prompt", "RequestFailed", "RequestRejected", "TokenMeter",
     "BOXED_INSTRUCTION", "PromptTemplate",
     "MemoryStore", "RunState", "RunStore",
-    "EpisodeLimits", "EpisodeRun", "EpisodeSampler", "Listener", "ProblemResult", "SamplerSettings", "sample_problems",
+    "EpisodeLimits", "EpisodeRun", "EpisodeSampler", "Listener", "ProblemResult", "SamplerSettings",
+    "sample_problems",
     "SCORERS", "BatchingScorer", "ConfidenceScorer", "JudgeScorer", "JudgeSettings", "LocalPrmScorer",
     "LocalPrmSettings", "PrmSettings", "Score", "Scorer", "ScoreRequest", "ScorerContext", "ScorerSpec",
     "ScoringError", "VllmPrmScorer", "aggregate_steps", "build_scorer", "scorer_settings", "split_steps",

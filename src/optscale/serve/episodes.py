@@ -2,9 +2,9 @@
 
 :class:`Service` holds what requests share (the upstream clients, one batching scorer, the
 fair request limiter, the episode gate, metrics) and runs each request's episode with
-:meth:`~optscale.live.sampler.EpisodeSampler.run_episode`, the loop ``optscale run`` uses too. It accounts every upstream generation as it
-happens (through the sampler's listener), so the tokens of a request whose client left
-mid-episode are counted too.
+:meth:`~optscale.live.sampler.EpisodeSampler.run_episode`, the loop ``optscale run`` uses too.
+It accounts every upstream generation as it happens (through the sampler's listener), so the
+tokens of a request whose client left mid-episode are counted too.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..live.sampler import EpisodeLimits, EpisodeSampler, Listener, plain
 from ..live.scorers import BatchingScorer, Score, Scorer, ScorerContext, ScoreRequest, build_scorer
 from ..live.secrets import Redactor
 from ..live.transport import read_body
-from ..live.types import GenerationSettings, Prompt, RequestRejected
+from ..live.types import GenerationSettings, Prompt, RequestFailed, RequestRejected
 from ..policies import Episode, Outcome, Problem
 from .errors import ApiError
 from .limits import EpisodeGate, FairLimiter
@@ -348,15 +348,8 @@ class Service:
             if run.cut == "max_total_tokens":
                 raise ApiError(400, f"max_total_tokens ({options.max_total_tokens}) was spent before any sample "
                                "finished", "optscale.max_total_tokens", "max_total_tokens_exhausted")
-            failure = run.failure
-            if failure is not None and (failure.status == 429 or (failure.status == 503 and failure.retry_after)):
-                # the upstream asks to wait: so does this server, rather than calling it a failure (502)
-                wait = failure.retry_after if failure.retry_after is not None else self.config.retry_after_s
-                limited = failure.status == 429
-                raise ApiError(failure.status, f"the upstream {'limits the rate of' if limited else 'cannot take'} "
-                               f"requests now; retry after {math.ceil(wait)} s: {self._logged(run.error)}", None,
-                               "upstream_rate_limited" if limited else "upstream_unavailable",
-                               {"Retry-After": str(math.ceil(wait))})
+            if run.failure is not None:
+                self._pass_on_wait(run.failure)
             raise ApiError(502, f"upstream failure: {self._logged(run.error or 'no sample')}", None, "upstream_error")
         self.metrics.samples_used.labels(**labels).observe(len(run.samples))
         flag = int(outcome.estimates.get("fit_flag") or 0)
@@ -369,6 +362,17 @@ class Service:
         timings = {"total_s": round(elapsed, 4), "first_sample_s": round(min(scored), 4) if scored else None}
         return EpisodeResult(options, run.samples, run.events, outcome, stop, chosen, timings,
                              accounting.prompt_tokens(), scorer.tokens)
+
+    def _pass_on_wait(self, failure: RequestFailed) -> None:
+        """An upstream that kept answering 429 (or 503 with a ``Retry-After``) asks its clients to wait:
+        so does this server, with the upstream's ``Retry-After``, rather than calling it a failure (502)."""
+        if not (failure.status == 429 or (failure.status == 503 and failure.retry_after is not None)):
+            return
+        wait = math.ceil(failure.retry_after if failure.retry_after is not None else self.config.retry_after_s)
+        limited = failure.status == 429
+        raise ApiError(failure.status, f"the upstream {'limits the rate of' if limited else 'cannot take'} requests "
+                       f"now; retry after {wait} s: {self._logged(failure)}", None,
+                       "upstream_rate_limited" if limited else "upstream_unavailable", {"Retry-After": str(wait)})
 
     def _logged(self, error: Any, prefix: str = "") -> str:
         """An upstream or scorer error: logged in full (URLs included), shown to the client without URLs."""
