@@ -21,6 +21,7 @@ from optscale.live import (
     SamplerSettings,
     sample_problems,
 )
+from optscale.live.sampler import sample_episode
 from optscale.policies import make_policy
 
 FAST = ClientSettings(backoff=0.01, backoff_max=0.05, idle_timeout=5, timeout=30, retries=2)
@@ -138,3 +139,15 @@ def test_run_goes_through_the_public_episode_api(monkeypatch):
 
         results = asyncio.run(go())
     assert sorted(calls) == ["p0", "p1", "p2"] and all(r.n_samples == 2 for r in results)
+
+
+def test_sample_episode_of_earlier_versions_still_runs_one_episode():
+    with fakes.FakeServer(fakes.FakeConfig(seed=10)) as server:
+        async def go():
+            async with OpenAIGenerator(server.base_url, fakes.MODEL, GenerationSettings(max_tokens=64),
+                                       client=FAST) as g:
+                return await sample_episode(make_policy("bon", 2).start(), PROMPT, Q, g, ConfidenceScorer(), id="old",
+                                            max_total_tokens=10_000)
+
+        run = asyncio.run(go())
+    assert len(run.samples) == 2 and run.cut is None and all(s["problem"] == "old" and s["text"] for s in run.samples)

@@ -263,8 +263,7 @@ class HttpTransport:
             transport=transport,
         )
         self._rng = random.Random()
-        self.in_flight = 0
-        """Requests of :meth:`stream` on the wire now (not those waiting for a connection of the pool)."""
+        self.in_flight = 0  # requests of stream() on the wire now (not those waiting for a connection of the pool)
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
