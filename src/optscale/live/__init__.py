@@ -7,14 +7,24 @@ more, scoring each as it arrives and cancelling requests it no longer needs. The
 
 Layout: :mod:`.types` (settings, prompts, completions, errors), :mod:`.transport` (HTTP:
 endpoint pool, retries, timeouts), :mod:`.openai` (the OpenAI protocol), :mod:`.scorers`
-(verifiers and their registry), :mod:`.sampler` (the adaptive loop).
+(verifiers and their registry), :mod:`.sampler` (the adaptive loop). One episode on its own (a
+server's request): ``await EpisodeSampler(generator, scorer).run_episode(episode, problem, prompt,
+limits=EpisodeLimits(deadline=..., max_total_tokens=..., cancel=event))``.
 """
 
 from .datasets import DatasetSpec, LiveProblem, load_problems
 from .openai import OpenAIGenerator
 from .prompts import BOXED_INSTRUCTION, PromptTemplate
 from .runs import MemoryStore, RunState, RunStore
-from .sampler import Listener, ProblemResult, SamplerSettings, sample_problems
+from .sampler import (
+    EpisodeLimits,
+    EpisodeRun,
+    EpisodeSampler,
+    Listener,
+    ProblemResult,
+    SamplerSettings,
+    sample_problems,
+)
 from .scorers import (
     SCORERS,
     BatchingScorer,
@@ -55,7 +65,8 @@ __all__ = [
     "HttpTransport", "OpenAIGenerator", "Prompt", "RequestFailed", "RequestRejected", "TokenMeter",
     "BOXED_INSTRUCTION", "PromptTemplate",
     "MemoryStore", "RunState", "RunStore",
-    "Listener", "ProblemResult", "SamplerSettings", "sample_problems",
+    "EpisodeLimits", "EpisodeRun", "EpisodeSampler", "Listener", "ProblemResult", "SamplerSettings",
+    "sample_problems",
     "SCORERS", "BatchingScorer", "ConfidenceScorer", "JudgeScorer", "JudgeSettings", "LocalPrmScorer",
     "LocalPrmSettings", "PrmSettings", "Score", "Scorer", "ScoreRequest", "ScorerContext", "ScorerSpec",
     "ScoringError", "VllmPrmScorer", "aggregate_steps", "build_scorer", "scorer_settings", "split_steps",

@@ -273,7 +273,7 @@ class OpenAIGenerator:
         choices: dict[int, _Choice] = {}
         usage: dict[str, Any] | None = None
         limit = 1024 * 1024 + BYTES_PER_TOKEN * s.max_tokens * max(n, 1)
-        async with self.transport.http.stream("POST", endpoint.url + path, json=body) as response:
+        async with self.transport.stream("POST", endpoint.url + path, json=body) as response:
             if response.status_code != 200:
                 await self.transport.raise_status(response)
             if not s.stream:

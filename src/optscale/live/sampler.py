@@ -9,9 +9,10 @@ replaced; it never holds up other problems. Errors that no retry can fix (a wron
 a scorer that cannot work) stop the whole run, after everything in flight has been accounted.
 
 The same policy objects as offline replay decide, so a live run and a replay of its pool can
-be compared sample for sample. :func:`sample_episode` runs one prompt under an episode the
-caller started (a server's request): the same loop, with a deadline, a token cap and a request
-gate that several concurrent episodes share.
+be compared sample for sample. :class:`EpisodeSampler` is that loop for one episode, public:
+:func:`sample_problems` (``optscale run``) runs one per problem, and ``optscale serve`` one per
+request, passing the episode's :class:`EpisodeLimits` (deadline, token cap, cancellation) and a
+request gate that several concurrent episodes share.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,12 +36,12 @@ from ..policies.base import Decision, Episode, Outcome, Policy, Problem, Sample
 from .datasets import LiveProblem
 from .openai import OpenAIGenerator
 from .prompts import PromptTemplate
-from .runs import MemoryStore, RunState
+from .runs import MemoryStore, ProblemLog, RunState
 from .scorers import BatchingScorer, Score, Scorer, ScoreRequest
 from .types import Completion, GenerationSettings, Prompt, RequestFailed, TokenMeter
 
-__all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "EpisodeRun", "sample_episode", "sample_problems",
-           "sample_seed", "summarize", "plain"]
+__all__ = ["SamplerSettings", "ProblemResult", "Listener", "Store", "EpisodeLimits", "EpisodeRun", "EpisodeSampler",
+           "sample_episode", "sample_problems", "sample_seed", "summarize", "plain"]
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,6 @@ def sample_seed(run_seed: int, problem_id: str, index: int) -> int:
     return (run_seed * 1_000_003 + zlib.crc32(problem_id.encode()) * 65_537 + index) % 2**31
 
 
-class _GiveUp(Exception):
-    """Too many failed requests for one problem in this session."""
-
-
 @dataclass
 class _Slot:
     """One request under way: the sample indices it will fill and what it has cost so far."""
@@ -198,29 +195,127 @@ class _Slot:
         return self.meter.total
 
 
-class _Sampler:
-    def __init__(self, generator: OpenAIGenerator, scorer: Scorer, policy: Policy | None,
-                 template: PromptTemplate | _FixedPrompt, settings: SamplerSettings, store: Store,
-                 listener: Listener, requests: AbstractAsyncContextManager | None = None,
-                 generation: GenerationSettings | None = None, batch: bool = True):
+@dataclass(frozen=True)
+class EpisodeLimits:
+    """What ends one episode's sampling before its policy stops it; every limit is optional.
+
+    ``deadline`` is a ``time.monotonic()`` value. ``max_total_tokens`` caps the completion
+    tokens the episode generates, those of cancelled and failed requests included (new
+    samples are launched only while they fit if each ran to its ``max_tokens``; see
+    :meth:`EpisodeSampler.run_episode`). Setting ``cancel`` ends sampling at once (the
+    caller's own reason: a shutdown, a client that no longer waits) with the samples so far.
+    Whichever limit ends sampling is named by :attr:`EpisodeRun.cut`.
+    """
+
+    deadline: float | None = None
+    max_total_tokens: int | None = None
+    cancel: asyncio.Event | None = None
+
+    TOKEN_POLL_S: ClassVar[float] = 0.02
+    """How often the spend of requests under way is re-read when a token cap is set."""
+
+    def wait(self) -> float | None:
+        """How long to wait for the next request: up to the deadline, or a poll of the streamed tokens."""
+        waits = []
+        if self.deadline is not None:
+            waits.append(max(0.0, self.deadline - time.monotonic()))
+        if self.max_total_tokens is not None:
+            waits.append(self.TOKEN_POLL_S)
+        return min(waits) if waits else None
+
+    def reached(self, spent: int) -> str | None:
+        """``"cancelled"``, ``"deadline"`` or ``"max_total_tokens"`` when that limit is reached (``spent``:
+        the tokens generated so far, requests under way included), else None."""
+        if self.cancel is not None and self.cancel.is_set():
+            return "cancelled"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "deadline"
+        if self.max_total_tokens is not None and spent >= self.max_total_tokens:
+            return "max_total_tokens"
+        return None
+
+
+@dataclass
+class EpisodeRun:
+    """What :meth:`EpisodeSampler.run_episode` did.
+
+    ``samples`` are the scored samples in the order the episode observed them, ``events`` the
+    cancelled and failed requests with the tokens they cost (both with the records of
+    ``earlier`` first). Records keep their ``text`` when the sampler has no store; a store
+    keeps the texts instead (a run folder's ``samples.jsonl``). ``cut`` is ``"deadline"``,
+    ``"max_total_tokens"`` or ``"cancelled"`` when that limit ended sampling before the
+    policy stopped; ``error`` says why sampling gave up (``max_failures`` failed requests),
+    and ``failure`` is the last of those failures (its upstream ``status`` and
+    ``retry_after``, when the upstream sent them).
+    """
+
+    samples: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    cut: str | None = None
+    error: str | None = None
+    failure: RequestFailed | None = None
+
+    def spent(self) -> int:
+        """Completion tokens of every logged record: samples, the attempts they retried, cancelled and failed."""
+        return _spent(self.samples, self.events)
+
+
+def _spent(samples: list[dict[str, Any]], events: list[dict[str, Any]]) -> int:
+    return sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in samples + events)
+
+
+class EpisodeSampler:
+    """Runs episodes on one model: the adaptive loop behind both ``optscale run`` and ``optscale serve``.
+
+    What the episodes share is given once: the generator, the scorer (called as is, and not
+    closed here: wrap it in one :class:`~optscale.live.scorers.BatchingScorer` shared by the
+    episodes), the sampler ``settings``, the ``store`` every record is logged to before the
+    policy sees it (none: the records are kept in the :class:`EpisodeRun` only, texts
+    included), the ``listener``, ``generation`` settings overriding the generator's, and
+    ``requests``, which every generation request holds while it runs (default: a gate of
+    ``settings.concurrency``; a server passes one lane of a limiter its requests share).
+    Each :meth:`run_episode` then samples one episode under its own :class:`EpisodeLimits`.
+    """
+
+    def __init__(self, generator: OpenAIGenerator, scorer: Scorer, settings: SamplerSettings | None = None, *,
+                 store: Store | None = None, listener: Listener | None = None,
+                 generation: GenerationSettings | None = None, requests: AbstractAsyncContextManager | None = None):
         self.generator = generator
-        self.scorer = BatchingScorer(scorer) if batch else scorer
-        self.policy = policy
-        self.template = template
-        self.settings = settings
+        self.scorer = scorer
+        self.settings = settings = settings or SamplerSettings()
         self.store = store
-        self.listener = listener
+        self.listener = listener or Listener()
         gen = generation or generator.settings
         self.gen_settings = gen.model_copy(update={"logprobs": True}) if scorer.needs_logprobs else gen
         self._requests = requests if requests is not None else asyncio.Semaphore(settings.concurrency)
-        self._problems = asyncio.Semaphore(settings.problems_in_flight or settings.concurrency)
         self._clock = itertools.count(1)
-        self._describe = getattr(policy, "describe", lambda: policy.name)() if policy is not None else ""
-        self.deadline: float | None = None  # time.monotonic() after which sampling ends (sample_episode)
-        self.max_total_tokens: int | None = None  # spend after which sampling ends (sample_episode)
-        self.cut: str | None = None  # which of those limits ended sampling
         self.short_choices = 0  # samples asked for that a server did not return (asked for again)
         self.failed_requests = 0  # requests that failed every retry (logged as "failed" events)
+
+    async def run_episode(self, episode: Episode, problem: LiveProblem, prompt: Prompt, *,
+                          limits: EpisodeLimits | None = None, earlier: ProblemLog | None = None) -> EpisodeRun:
+        """Sample ``prompt`` until ``episode`` (started by the caller) stops, a limit is reached, or sampling
+        gives up after ``settings.max_failures`` failed requests.
+
+        ``problem`` names the records (``problem.id``) and is what the scorer reads as the
+        question. ``earlier`` continues a problem an earlier session began: its samples, which
+        ``episode`` has already observed, and its events come first and new samples are
+        numbered after them. When a limit ends sampling, or the call is cancelled, every
+        request under way is cancelled (its stream closed) after what it cost was logged. A
+        token cap bounds the completion tokens by ``max_total_tokens`` plus one sample's
+        ``max_tokens`` (that single sample is launched when the rest of the budget is
+        smaller), plus attempts retried after a failure; samples already fully generated when
+        the cap is reached are still scored and observed. Rejected requests
+        (:class:`~optscale.live.types.RequestRejected`) and scorer failures propagate.
+        """
+        limits = limits or EpisodeLimits()
+        samples = [_lean(r) for r in earlier.samples] if earlier else []
+        events = list(earlier.events) if earlier else []
+        cut = limits.reached(_spent(samples, events))
+        if cut is not None:
+            return EpisodeRun(samples, events, cut)
+        return await self._sample(problem, prompt, episode, earlier.next_index if earlier else 0, samples, events,
+                                  limits)
 
     def _short_choices(self, problem: LiveProblem, asked: int, got: int) -> None:
         self.short_choices += asked - got
@@ -236,13 +331,12 @@ class _Sampler:
             return self.gen_settings
         return self.gen_settings.model_copy(update={"seed": sample_seed(base, problem.id, index)})
 
-    async def _request(self, problem: LiveProblem, slot: _Slot) -> None:
+    async def _request(self, problem: LiveProblem, prompt: Prompt, slot: _Slot) -> None:
         try:
             async with self._requests:
                 slot.stage = "generating"
                 slot.completions = await self.generator.generate(
-                    self.template.render(problem.question), n=len(slot.indices), meter=slot.meter,
-                    settings=self._seeded(problem, slot.indices[0]))
+                    prompt, n=len(slot.indices), meter=slot.meter, settings=self._seeded(problem, slot.indices[0]))
             slot.stage = "scoring"
             slot.scores = await self.scorer.score([
                 ScoreRequest(problem.question, c.text, tuple(c.logprobs) if c.logprobs else None)
@@ -251,10 +345,11 @@ class _Sampler:
             slot.done_at = next(self._clock)
 
     async def _log(self, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
-        """Store ``record`` durably, then keep it in memory without its text."""
-        await self.store.append(record)
+        """Store ``record`` durably, then keep it in memory (without its text when the store keeps it)."""
+        if self.store is not None:
+            await self.store.append(record)
         self.listener.on_record(record)
-        into.append(_lean(record))
+        into.append(_lean(record) if self.store is not None else record)
 
     def _sample_record(self, problem: LiveProblem, index: int, c: Completion, score: Score, first: bool) -> dict:
         answer = extract_answer(c.text, self.settings.answer_style) if c.text else None
@@ -304,56 +399,23 @@ class _Sampler:
         for task in chosen:
             del slots[task]
 
-    # -- one problem ---------------------------------------------------------------------
-    async def problem(self, problem: LiveProblem, state: RunState) -> ProblemResult:
-        log = state.log(problem.id)
-        samples, events = [_lean(r) for r in log.samples], list(log.events)
-        episode = self.policy.start(Problem(id=problem.id, question=problem.question))
-        stopped = False
-        for record in samples:
-            if stopped:
-                raise InputError(f"problem {problem.id!r} has samples logged after its policy stopped; "
-                                 "was the run folder written with other settings?", "out")
-            stopped = episode.observe(Sample(record["score"], record["answer"], record["tokens"])) is Decision.STOP
-        if problem.id in state.finished:
-            result = self._result(samples, events, state.finished[problem.id])
-            self.listener.on_problem(result)
-            return result
-        async with self._problems:
-            error = await self._sample(problem, episode, stopped, log.next_index, samples, events)
-        if error is not None:
-            spent = sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in samples + events)
-            result = ProblemResult(problem.id, None, None, len(samples), spent, "unfinished", samples=samples,
-                                   events=events, error=error)
-        else:
-            outcome = episode.result()
-            verdict = None if problem.answer is None else await grade_async(problem.answer, outcome.answer)
-            summary = summarize(problem, samples, events, outcome, self._describe, verdict)
-            await self.store.finish(summary)
-            result = self._result(samples, events, summary)
-        self.listener.on_problem(result)
-        return result
-
-    @staticmethod
-    def _result(samples: list[dict], events: list[dict], summary: dict) -> ProblemResult:
-        return ProblemResult(
-            id=summary["id"], answer=summary["answer"], correct=summary["correct"], n_samples=summary["n_samples"],
-            tokens=summary["tokens"], stop_reason=summary["stop_reason"], estimates=summary["estimates"],
-            chosen=summary["chosen"], samples=samples, events=events, summary=summary)
-
-    async def _sample(self, problem: LiveProblem, episode: Episode, stopped: bool, next_index: int,
-                      samples: list[dict], events: list[dict]) -> str | None:
-        """Draw samples until the episode stops; returns an error message if it had to give up."""
+    # -- one episode ---------------------------------------------------------------------
+    async def _sample(self, problem: LiveProblem, prompt: Prompt, episode: Episode, next_index: int,
+                      samples: list[dict], events: list[dict], limits: EpisodeLimits) -> EpisodeRun:
+        """Draw samples until the episode stops or a limit ends sampling (:meth:`run_episode`)."""
         slots: dict[asyncio.Task, _Slot] = {}
         spare: list[int] = []  # indices a request came back without, asked for again
         failures = 0
+        stopped = False
+        cut = None
+        cancelled = asyncio.ensure_future(limits.cancel.wait()) if limits.cancel is not None else None
         try:
             while not stopped:
                 under_way = sum(len(s.indices) for s in slots.values())
                 want = min(episode.planned - len(samples), self.settings.in_flight) - under_way
                 if not slots:
                     want = max(want, 1)
-                want = self._affordable(want, samples, events, slots)
+                want = self._affordable(want, samples, events, slots, limits)
                 while want > 0:
                     k = min(want, self.settings.n_per_request)
                     indices, spare = spare[:k], spare[k:]
@@ -361,8 +423,10 @@ class _Sampler:
                     slot = _Slot(indices + list(range(next_index, next_index + fresh)))
                     next_index += fresh
                     want -= k
-                    slots[asyncio.create_task(self._request(problem, slot))] = slot
-                done, _ = await asyncio.wait(slots, timeout=self._wait(), return_when=asyncio.FIRST_COMPLETED)
+                    slots[asyncio.create_task(self._request(problem, prompt, slot))] = slot
+                done, _ = await asyncio.wait([*slots, *([cancelled] if cancelled else [])], timeout=limits.wait(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                done.discard(cancelled)
                 last_failure = None
                 for task in sorted(done, key=lambda t: slots[t].done_at):
                     slot = slots.pop(task)
@@ -372,7 +436,8 @@ class _Sampler:
                         self.failed_requests += 1
                         last_failure = exc
                         log.warning("problem %r: a request failed (%s)", problem.id, exc)
-                        event = self._event("failed", problem, slot, slot.indices[0], slot.cost(), error=str(exc))
+                        event = self._event("failed", problem, slot, slot.indices[0], slot.cost(), error=str(exc),
+                                            attempts=exc.attempts)
                         await self._log(event, events)
                         continue
                     if exc is not None:
@@ -394,51 +459,36 @@ class _Sampler:
                         decision = episode.observe(Sample(record["score"], record["answer"], record["tokens"]))
                         stopped = decision is Decision.STOP
                 if last_failure is not None and failures >= self.settings.max_failures and not stopped:
-                    raise _GiveUp(f"{failures} requests failed; last: {last_failure}")
+                    log.warning("problem %r gives up for this session: %d requests failed; last: %s", problem.id,
+                                failures, last_failure)
+                    return EpisodeRun(samples, events, None,
+                                      f"problem {problem.id!r}: {failures} requests failed; last: {last_failure}",
+                                      last_failure)
                 if not stopped:
-                    cut = self._limit(samples, events, slots)
+                    cut = limits.reached(_spent(samples, events) + sum(s.cost() for s in slots.values()))
                     if cut == "max_total_tokens" and slots:
                         # stop generating; samples already generated (or fully streamed) are still scored and
                         # given to the policy
                         await self._cancel(problem, slots, events, generating_only=True)
                     if cut is not None and (cut != "max_total_tokens" or not slots):
-                        self.cut, stopped = cut, True
-        except _GiveUp as exc:
-            log.warning("problem %r gives up for this session: %s", problem.id, exc)
-            return f"problem {problem.id!r}: {exc}"
+                        stopped = True
+                    else:
+                        cut = None
         finally:
+            if cancelled is not None:
+                cancelled.cancel()
             await self._cancel(problem, slots, events)
-        return None
+        return EpisodeRun(samples, events, cut)
 
-
-    # -- limits of one episode (sample_episode) ---------------------------------------------
-    TOKEN_POLL_S = 0.02
-    """How often the spend of requests under way is re-read when a token cap is set."""
-
-    def _wait(self) -> float | None:
-        """How long to wait for the next request: up to the deadline, or a poll of the streamed tokens."""
-        waits = []
-        if self.deadline is not None:
-            waits.append(max(0.0, self.deadline - time.monotonic()))
-        if self.max_total_tokens is not None:
-            waits.append(self.TOKEN_POLL_S)
-        return min(waits) if waits else None
-
-    def _affordable(self, want: int, samples: list[dict], events: list[dict], slots: dict[asyncio.Task, _Slot]) -> int:
+    def _affordable(self, want: int, samples: list[dict], events: list[dict], slots: dict[asyncio.Task, _Slot],
+                    limits: EpisodeLimits) -> int:
         """How many of ``want`` new samples fit in ``max_total_tokens`` if every sample under way and new
-        one ran to the ``max_tokens`` it may generate; one at least when nothing is under way.
-
-        This bounds an episode's completion tokens by ``max_total_tokens`` plus one sample's
-        ``max_tokens`` (that single sample is launched when the rest of the budget is smaller),
-        plus the tokens of attempts retried after a failure; the poll of :meth:`_limit` cuts
-        the streams under way that may still generate as soon as the cap is reached.
-        """
+        one ran to the ``max_tokens`` it may generate; one at least when nothing is under way."""
         per_sample = self.gen_settings.max_tokens
-        if self.max_total_tokens is None or per_sample is None or want <= 0:
+        if limits.max_total_tokens is None or per_sample is None or want <= 0:
             return want
-        spent = sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in samples + events)
         reserved = sum(max(s.cost(), per_sample * len(s.indices)) for s in slots.values())
-        fits = max(0, (self.max_total_tokens - spent - reserved) // per_sample)
+        fits = max(0, (limits.max_total_tokens - _spent(samples, events) - reserved) // per_sample)
         return min(want, fits) if slots else max(1, min(want, fits))
 
     def _generated_all(self, slot: _Slot) -> bool:
@@ -447,16 +497,6 @@ class _Sampler:
         (Exactly: a server that streams past ``max_tokens`` ignores it, and is cut.)"""
         per_sample = self.gen_settings.max_tokens
         return per_sample is not None and slot.meter.streamed == per_sample * len(slot.indices)
-
-    def _limit(self, samples: list[dict], events: list[dict], slots: dict[asyncio.Task, _Slot]) -> str | None:
-        """``deadline`` or ``max_total_tokens`` when that limit has been reached, else None."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return "deadline"
-        if self.max_total_tokens is not None:
-            spent = sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in samples + events)
-            if spent + sum(s.cost() for s in slots.values()) >= self.max_total_tokens:
-                return "max_total_tokens"
-        return None
 
 
 async def _supervise(tasks: list[asyncio.Task]) -> None:
@@ -472,6 +512,58 @@ async def _supervise(tasks: list[asyncio.Task]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@dataclass
+class _Run:
+    """What the problems of one :func:`sample_problems` call share besides the sampler."""
+
+    sampler: EpisodeSampler
+    policy: Policy
+    template: PromptTemplate
+    state: RunState
+    problems: asyncio.Semaphore
+    describe: str
+
+    async def problem(self, problem: LiveProblem) -> ProblemResult:
+        sampler = self.sampler
+        log = self.state.log(problem.id)
+        episode = self.policy.start(Problem(id=problem.id, question=problem.question))
+        stopped = False
+        for record in log.samples:
+            if stopped:
+                raise InputError(f"problem {problem.id!r} has samples logged after its policy stopped; "
+                                 "was the run folder written with other settings?", "out")
+            stopped = episode.observe(Sample(record["score"], record["answer"], record["tokens"])) is Decision.STOP
+        samples, events = [_lean(r) for r in log.samples], list(log.events)
+        if problem.id in self.state.finished:
+            result = _result(samples, events, self.state.finished[problem.id])
+            sampler.listener.on_problem(result)
+            return result
+        if not stopped:
+            async with self.problems:
+                run = await sampler.run_episode(episode, problem, self.template.render(problem.question), earlier=log)
+            samples, events = run.samples, run.events
+            if run.error is not None:
+                result = ProblemResult(problem.id, None, None, len(samples), run.spent(), "unfinished",
+                                       samples=samples, events=events, error=run.error)
+                sampler.listener.on_problem(result)
+                return result
+        outcome = episode.result()
+        verdict = None if problem.answer is None else await grade_async(problem.answer, outcome.answer)
+        summary = summarize(problem, samples, events, outcome, self.describe, verdict)
+        assert sampler.store is not None
+        await sampler.store.finish(summary)
+        result = _result(samples, events, summary)
+        sampler.listener.on_problem(result)
+        return result
+
+
+def _result(samples: list[dict], events: list[dict], summary: dict) -> ProblemResult:
+    return ProblemResult(
+        id=summary["id"], answer=summary["answer"], correct=summary["correct"], n_samples=summary["n_samples"],
+        tokens=summary["tokens"], stop_reason=summary["stop_reason"], estimates=summary["estimates"],
+        chosen=summary["chosen"], samples=samples, events=events, summary=summary)
+
+
 async def sample_problems(
     problems: Sequence[LiveProblem],
     generator: OpenAIGenerator,
@@ -485,64 +577,26 @@ async def sample_problems(
 ) -> list[ProblemResult]:
     """Sample every problem adaptively under ``policy``; results in the order of ``problems``.
 
-    With a :class:`~optscale.live.runs.RunStore` the run is durable and resumable: problems it
-    has finished are returned from the log, unfinished ones continue where they stopped.
-    Problems that give up after repeated request failures come back with ``error`` set.
+    Each problem is one episode of an :class:`EpisodeSampler` (the scorer is batched across
+    problems). With a :class:`~optscale.live.runs.RunStore` the run is durable and resumable:
+    problems it has finished are returned from the log, unfinished ones continue where they
+    stopped. Problems that give up after repeated request failures come back with ``error`` set.
     """
-    sampler = _Sampler(generator, scorer, policy, template or PromptTemplate(), settings or SamplerSettings(),
-                       store if store is not None else MemoryStore(), listener or Listener())
-    state = sampler.store.load()
+    settings = settings or SamplerSettings()
+    store = store if store is not None else MemoryStore()
+    sampler = EpisodeSampler(generator, BatchingScorer(scorer), settings, store=store, listener=listener)
+    run = _Run(sampler, policy, template or PromptTemplate(), store.load(),
+               asyncio.Semaphore(settings.problems_in_flight or settings.concurrency),
+               getattr(policy, "describe", lambda: policy.name)())
     if any(p.answer is not None for p in problems):
         await grade_async("1", "1")  # starts the grader now rather than in the middle of streaming
     sampler.listener.on_start(len(problems))
-    tasks = [asyncio.create_task(sampler.problem(p, state)) for p in problems]
+    tasks = [asyncio.create_task(run.problem(p)) for p in problems]
     try:
         await _supervise(tasks)
     finally:
         await sampler.scorer.aclose()
     return [task.result() for task in tasks]
-
-
-@dataclass(frozen=True)
-class _FixedPrompt:
-    """A template that always renders the same prompt (a server's request brings its own messages)."""
-
-    prompt: Prompt
-
-    def render(self, question: str) -> Prompt:
-        return self.prompt
-
-
-class _Capture:
-    """A store that keeps every record, texts included, for the one episode of :func:`sample_episode`."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def load(self) -> RunState:
-        return RunState()
-
-    async def append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    async def finish(self, summary: dict[str, Any]) -> None:
-        return None
-
-
-@dataclass
-class EpisodeRun:
-    """What :func:`sample_episode` did.
-
-    ``samples`` are the scored samples in the order the episode observed them (texts
-    included), ``events`` the cancelled and failed requests with the tokens they cost. ``cut``
-    is ``"deadline"`` or ``"max_total_tokens"`` when that limit ended sampling before the
-    episode stopped; ``error`` says why sampling gave up (``max_failures`` failed requests).
-    """
-
-    samples: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    cut: str | None = None
-    error: str | None = None
 
 
 async def sample_episode(
@@ -560,27 +614,8 @@ async def sample_episode(
     max_total_tokens: int | None = None,
     listener: Listener | None = None,
 ) -> EpisodeRun:
-    """Sample ``prompt`` until ``episode`` (already started by the caller) stops, or a limit is reached.
-
-    ``question`` is what the scorer reads as the problem. ``generation`` overrides the
-    generator's settings for this episode. ``requests`` is held by every generation request
-    while it runs (default: a gate of ``settings.concurrency``): pass one lane of a limiter
-    shared by concurrent episodes. ``scorer`` is called as is and not closed here: wrap it in
-    one :class:`~optscale.live.scorers.BatchingScorer` shared by the episodes. ``deadline`` (a ``time.monotonic()``
-    value) and ``max_total_tokens`` (tokens generated, cancelled ones included) end sampling
-    early; requests under way are then cancelled. Cancelling this call cancels every request
-    under way (their streams are closed) after logging, through ``listener.on_record``, what
-    each had cost. Rejected requests and scorer failures propagate.
-    """
-    store = _Capture()
-    sampler = _Sampler(generator, scorer, None, _FixedPrompt(prompt), settings or SamplerSettings(), store,
-                       listener or Listener(), requests=requests, generation=generation, batch=False)
-    sampler.deadline, sampler.max_total_tokens = deadline, max_total_tokens
-    error = None
-    if sampler._limit([], [], {}) is not None:
-        sampler.cut = sampler._limit([], [], {})
-    else:
-        error = await sampler._sample(LiveProblem(id, question), episode, False, 0, [], [])
-    samples = [r for r in store.records if r["type"] == "sample"]
-    events = [r for r in store.records if r["type"] != "sample"]
-    return EpisodeRun(samples, events, sampler.cut, error)
+    """One episode on a sampler of its own: :meth:`EpisodeSampler.run_episode` with these limits (the
+    spelling of earlier versions, kept)."""
+    sampler = EpisodeSampler(generator, scorer, settings, listener=listener, generation=generation, requests=requests)
+    return await sampler.run_episode(episode, LiveProblem(id, question), prompt,
+                                     limits=EpisodeLimits(deadline, max_total_tokens))

@@ -16,12 +16,13 @@ key are masked in every message, log line and label (:mod:`optscale.live.secrets
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -41,11 +42,16 @@ R = TypeVar("R")
 
 
 class Transient(Exception):
-    """One attempt failed in a way that a later attempt may not (the reason is already redacted)."""
+    """One attempt failed in a way that a later attempt may not (the reason is already redacted).
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    ``status`` is the server's HTTP status when it answered with one, ``retry_after`` the
+    seconds its ``Retry-After`` asked for.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None):
         self.reason = reason
         self.retry_after = retry_after
+        self.status = status
         super().__init__(reason)
 
 
@@ -109,6 +115,9 @@ class EndpointPool:
     every endpoint rests, the one back soonest is used anyway rather than stalling the run.
     """
 
+    MAX_DOUBLINGS = 64
+    """Doublings of the rest counted at most (more would overflow a float; ``rest_max`` caps it far sooner)."""
+
     def __init__(self, urls: Sequence[str], fail_threshold: int = 2, rest: float = 1.0, rest_max: float = 30.0,
                  where: str = "base_url"):
         if not urls:
@@ -147,7 +156,7 @@ class EndpointPool:
             endpoint.failures += 1
             excess = endpoint.failures - self.fail_threshold
             if excess >= 0:
-                pause = min(self.rest_max, self.rest * 2**excess)
+                pause = min(self.rest_max, self.rest * 2.0 ** min(excess, self.MAX_DOUBLINGS))
                 endpoint.down_until = time.monotonic() + pause
                 self.rested += 1
                 log.warning("%s failed %d times in a row; resting it for %.3g s", endpoint.label,
@@ -254,6 +263,36 @@ class HttpTransport:
             transport=transport,
         )
         self._rng = random.Random()
+        self.in_flight = 0  # requests of stream() on the wire now (not those waiting for a connection of the pool)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """``http.stream(method, url, ...)``, counted in :attr:`in_flight` while it is really under way.
+
+        A request is counted from when it starts sending its headers (so it holds a connection:
+        httpcore's ``trace`` extension reports it) until its response is closed; a request still
+        queued for one of the pool's ``max_connections`` is not. A transport that reports no
+        trace (a test's mock) is counted from its response's arrival.
+        """
+        sent = False
+
+        def on_wire() -> None:
+            nonlocal sent
+            if not sent:
+                sent = True
+                self.in_flight += 1
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            if event.endswith(".send_request_headers.started"):
+                on_wire()
+
+        try:
+            async with self.http.stream(method, url, extensions={"trace": trace}, **kwargs) as response:
+                on_wire()
+                yield response
+        finally:
+            if sent:
+                self.in_flight -= 1
 
     def where(self, key: str) -> str:
         """The library name of setting ``key`` of these servers."""
@@ -278,7 +317,7 @@ class HttpTransport:
         status = response.status_code
         message = self.error_message(await read_body(response, ERROR_BODY_LIMIT, truncate=True))
         if status in (408, 409, 425, 429) or status >= 500:
-            raise Transient(f"HTTP {status}: {message}", _retry_after(response))
+            raise Transient(f"HTTP {status}: {message}", _retry_after(response), status)
         if status in (401, 403):
             where = self.where("api_key")
         elif "model" in message.lower():
@@ -293,22 +332,28 @@ class HttpTransport:
                            meter: TokenMeter | None = None) -> tuple[R, Endpoint, int]:
         """Run ``attempt(endpoint)`` until it succeeds, retrying transient failures with backoff and jitter.
 
-        Returns the result, the endpoint that gave it and the number of attempts.
+        A server's ``Retry-After`` is honoured: the next attempt waits at least that long, and
+        when it asks for longer than ``backoff_max`` the request fails at once rather than
+        retrying early (:class:`~optscale.live.types.RequestFailed` carries the server's status
+        and ``retry_after``, so a proxy can pass the rate limit on). Returns the result, the
+        endpoint that gave it and the number of attempts.
         """
         cs = self.settings
         self.stats.requests += 1
         last = "no attempt"
+        status: int | None = None
+        wait: float | None = None
         for number in range(1, cs.retries + 2):
             endpoint = self.pool.acquire()
             self.stats.attempts += 1
             ok: bool | None = None
-            wait: float | None = None
+            status = wait = None
             try:
                 async with asyncio.timeout(cs.timeout):
                     result = await attempt(endpoint)
                 ok = True
             except Transient as exc:
-                ok, last, wait = False, exc.reason, exc.retry_after
+                ok, last, wait, status = False, exc.reason, exc.retry_after, exc.status
             except TimeoutError:
                 ok, last = False, f"no complete answer within {cs.timeout:g} s"
             except httpx.TimeoutException:
@@ -324,22 +369,25 @@ class HttpTransport:
                 return result, endpoint, number
             if meter is not None:
                 meter.attempt_failed()
+            if wait is not None and wait > cs.backoff_max:
+                last += f" (the server asks to retry after {wait:.3g} s, longer than backoff_max {cs.backoff_max:g} s)"
+                break
             if number <= cs.retries:
                 self.stats.retried += 1
                 delay = self._rng.uniform(0, min(cs.backoff_max, cs.backoff * 2 ** (number - 1)))
-                delay = max(delay, min(wait or 0.0, cs.backoff_max))
+                delay = max(delay, wait or 0.0)
                 log.info("attempt %d at %s failed (%s); retrying in %.3g s", number, endpoint.label, last, delay)
                 await asyncio.sleep(delay)
         self.stats.failed += 1
-        log.warning("request failed after %d attempts; last: %s", cs.retries + 1, last)
-        raise RequestFailed(f"{cs.retries + 1} attempts failed; last: {last}", cs.retries + 1)
+        log.warning("request failed after %d attempts; last: %s", number, last)
+        raise RequestFailed(f"{number} attempts failed; last: {last}", number, status, wait)
 
     async def post_json(self, path: str, body: dict[str, Any], root: bool = False) -> Any:
         """POST a JSON body to ``path`` under the base URL (or its server root), with retries."""
 
         async def attempt(endpoint: Endpoint) -> Any:
             base = endpoint.url.removesuffix("/v1") if root else endpoint.url
-            async with self.http.stream("POST", base + path, json=body) as response:
+            async with self.stream("POST", base + path, json=body) as response:
                 if response.status_code != 200:
                     await self.raise_status(response)
                 raw = await read_body(response, JSON_BODY_LIMIT)

@@ -73,10 +73,16 @@ class RequestRejected(GenerationError):
 
 
 class RequestFailed(GenerationError):
-    """Every attempt of a request failed with a transient error (after all retries)."""
+    """Every attempt of a request failed with a transient error (after all retries).
 
-    def __init__(self, message: str, attempts: int):
+    ``status`` is the HTTP status of the last attempt's answer (None when there was none: a
+    timeout, a dropped connection), ``retry_after`` the seconds its ``Retry-After`` asked for.
+    """
+
+    def __init__(self, message: str, attempts: int, status: int | None = None, retry_after: float | None = None):
         self.attempts = attempts
+        self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
 
 

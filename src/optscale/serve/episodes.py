@@ -2,9 +2,9 @@
 
 :class:`Service` holds what requests share (the upstream clients, one batching scorer, the
 fair request limiter, the episode gate, metrics) and runs each request's episode with
-:func:`~optscale.live.sampler.sample_episode`. It accounts every upstream generation as it
-happens (through the sampler's listener), so the tokens of a request whose client left
-mid-episode are counted too.
+:meth:`~optscale.live.sampler.EpisodeSampler.run_episode`, the loop ``optscale run`` uses too.
+It accounts every upstream generation as it happens (through the sampler's listener), so the
+tokens of a request whose client left mid-episode are counted too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -25,11 +26,12 @@ from ..answers import normalize_answer
 from ..errors import InputError, OptscaleError
 from ..fit import FitFlag
 from ..live.openai import MODELS_BODY_LIMIT, OpenAIGenerator
-from ..live.sampler import Listener, plain, sample_episode
+from ..live.datasets import LiveProblem
+from ..live.sampler import EpisodeLimits, EpisodeSampler, Listener, plain
 from ..live.scorers import BatchingScorer, Score, Scorer, ScorerContext, ScoreRequest, build_scorer
 from ..live.secrets import Redactor
 from ..live.transport import read_body
-from ..live.types import GenerationSettings, Prompt, RequestRejected
+from ..live.types import GenerationSettings, Prompt, RequestFailed, RequestRejected
 from ..policies import Episode, Outcome, Problem
 from .errors import ApiError
 from .limits import EpisodeGate, FairLimiter
@@ -38,7 +40,7 @@ from .otel import Tracing
 from .schemas import Options
 from .settings import ServeConfig
 
-__all__ = ["Service", "EpisodeResult", "estimates", "plain"]
+__all__ = ["Service", "EpisodeResult", "estimates", "plain", "usage_of"]
 
 log = logging.getLogger("optscale.serve")
 _URL = re.compile(r"(?:https?://|\b(?:127\.0\.0\.1|localhost):\d)[^\s'\"(),]*")
@@ -78,11 +80,7 @@ class EpisodeResult:
         return ["prompt_tokens"] if self.prompt_tokens is None else []
 
     def usage(self) -> dict[str, int]:
-        b = self.breakdown()
-        completion = sum(b[k] for k in ("generation_completion_tokens", "cancelled_completion_tokens",
-                                        "failed_completion_tokens"))
-        prompt = self.prompt_tokens or 0
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return usage_of(self.samples + self.events, self.prompt_tokens)
 
     def ranked(self, n: int) -> list[int]:
         """The returned samples: the chosen one, then the best-scored samples with other answers, ``n`` at most."""
@@ -99,6 +97,14 @@ class EpisodeResult:
             if len(out) == n:
                 break
         return out
+
+
+def usage_of(records: Sequence[dict[str, Any]], prompt_tokens: int | None) -> dict[str, int]:
+    """OpenAI's ``usage`` of an episode's logged records: every completion token generated (cancelled and
+    failed ones, and retried attempts, included) and the prompt (0 when unknown: the schema wants a number)."""
+    completion = sum(int(r["tokens"]) + int(r.get("wasted_tokens") or 0) for r in records)
+    prompt = prompt_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class _Accounting(Listener):
@@ -120,12 +126,17 @@ class _Accounting(Listener):
             m.cancelled.labels(**self.labels).inc()
         self.service.tracing.sample(self.span, record)
 
+    def usage(self) -> dict[str, int]:
+        """What the episode has cost so far (for an error answer)."""
+        return usage_of(self.records, self.prompt_tokens())
+
     def prompt_tokens(self) -> int | None:
         """The prompt's size (reported by the upstream) times the upstream requests made for it.
 
         The proxy asks one sample per request; a sample's request may have been attempted
-        several times (its ``attempts``), a failed one ``retries + 1`` times, a cancelled one
-        at least once. Cancelled streams report no usage, so the size comes from those that did.
+        several times (its ``attempts``), a failed one as often as its ``attempts`` say (fewer than
+        ``retries + 1`` when the upstream asked to wait longer than ``backoff_max``), a cancelled
+        one at least once. Cancelled streams report no usage, so the size comes from those that did.
         """
         sizes = [int(r["prompt_tokens"]) for r in self.records if r.get("prompt_tokens")]
         return max(sizes) * sum(self._attempts(r) for r in self.records) if sizes else None
@@ -134,7 +145,7 @@ class _Accounting(Listener):
         if record["type"] == "sample":
             return int(record.get("attempts") or 1)
         if record["type"] == "failed":
-            return self.service.config.client.retries + 1
+            return int(record.get("attempts") or self.service.config.client.retries + 1)
         return 1
 
 
@@ -190,7 +201,8 @@ class Service:
         self.scorer = BatchingScorer(self.raw_scorer)
         self.limiter = FairLimiter(config.max_in_flight)
         self.gate = EpisodeGate(config.max_episodes)
-        self.metrics = Metrics(lambda: self.limiter.in_use)
+        # requests on the wire to the upstream, not those waiting for a connection (client.max_connections)
+        self.metrics = Metrics(lambda: sum(g.transport.in_flight for g in self.generators.values()))
         self.tracing = Tracing(tracer_provider)
         self.redact = Redactor(config.secrets())
         self.sampler_settings = config.sampler_settings()
@@ -290,16 +302,26 @@ class Service:
     async def run(self, kind: str, prompt: Prompt, question: str, options: Options, generation: GenerationSettings,
                   request_id: str, span: Any = None, question_place: str = "question") -> EpisodeResult:
         """Sample one request (admitted by :meth:`admit`; the caller leaves the gate)."""
-        labels = {"model": self.config.model, "policy": options.name}
-        accounting = _Accounting(self, labels, span)
+        accounting = _Accounting(self, {"model": self.config.model, "policy": options.name}, span)
         scorer = _CountedScorer(self, self.config.model)
         start = time.monotonic()
         episode = await self.start(options, Problem(id=request_id, question=question), question_place)
         try:
-            run = await sample_episode(
-                episode, prompt, question, self.generators[kind], scorer,
-                id=request_id, settings=self.sampler_settings, generation=generation, requests=self.limiter.lane(),
-                deadline=start + options.deadline_s, max_total_tokens=options.max_total_tokens, listener=accounting)
+            return await self._sample(kind, prompt, question, options, generation, request_id, episode, accounting,
+                                      scorer, start)
+        except ApiError as exc:  # a failed episode still says what it cost
+            exc.usage = accounting.usage()
+            raise
+
+    async def _sample(self, kind: str, prompt: Prompt, question: str, options: Options,
+                      generation: GenerationSettings, request_id: str, episode: Episode, accounting: _Accounting,
+                      scorer: _CountedScorer, start: float) -> EpisodeResult:
+        labels = accounting.labels
+        sampler = EpisodeSampler(self.generators[kind], scorer, self.sampler_settings, listener=accounting,
+                                 generation=generation, requests=self.limiter.lane())
+        limits = EpisodeLimits(deadline=start + options.deadline_s, max_total_tokens=options.max_total_tokens)
+        try:
+            run = await sampler.run_episode(episode, LiveProblem(request_id, question), prompt, limits=limits)
         except RequestRejected as exc:
             status = 400 if exc.status in (400, 413, 422) else 502
             raise ApiError(status, f"the upstream refused the request: {self.public(exc.detail)}", None,
@@ -326,6 +348,8 @@ class Service:
             if run.cut == "max_total_tokens":
                 raise ApiError(400, f"max_total_tokens ({options.max_total_tokens}) was spent before any sample "
                                "finished", "optscale.max_total_tokens", "max_total_tokens_exhausted")
+            if run.failure is not None:
+                self._pass_on_wait(run.failure)
             raise ApiError(502, f"upstream failure: {self._logged(run.error or 'no sample')}", None, "upstream_error")
         self.metrics.samples_used.labels(**labels).observe(len(run.samples))
         flag = int(outcome.estimates.get("fit_flag") or 0)
@@ -338,6 +362,17 @@ class Service:
         timings = {"total_s": round(elapsed, 4), "first_sample_s": round(min(scored), 4) if scored else None}
         return EpisodeResult(options, run.samples, run.events, outcome, stop, chosen, timings,
                              accounting.prompt_tokens(), scorer.tokens)
+
+    def _pass_on_wait(self, failure: RequestFailed) -> None:
+        """An upstream that kept answering 429 (or 503 with a ``Retry-After``) asks its clients to wait:
+        so does this server, with the upstream's ``Retry-After``, rather than calling it a failure (502)."""
+        if not (failure.status == 429 or (failure.status == 503 and failure.retry_after is not None)):
+            return
+        wait = math.ceil(failure.retry_after if failure.retry_after is not None else self.config.retry_after_s)
+        limited = failure.status == 429
+        raise ApiError(failure.status, f"the upstream {'limits the rate of' if limited else 'cannot take'} requests "
+                       f"now; retry after {wait} s: {self._logged(failure)}", None,
+                       "upstream_rate_limited" if limited else "upstream_unavailable", {"Retry-After": str(wait)})
 
     def _logged(self, error: Any, prefix: str = "") -> str:
         """An upstream or scorer error: logged in full (URLs included), shown to the client without URLs."""

@@ -2,7 +2,8 @@
 
 ``{"error": {"message", "type", "param", "code"}}``: ``param`` names the field to fix in the
 request (``optscale.alpha``, ``messages[0].content``, ``X-OptScale-Settings.alpha``), so an
-SDK user reads where the problem is without reading the server's logs.
+SDK user reads where the problem is without reading the server's logs. An episode that failed
+after it had sampled adds ``usage`` next to ``error``: what the failure cost.
 """
 
 from __future__ import annotations
@@ -44,9 +45,13 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.usage: dict[str, int] | None = None  # the tokens a failed episode had spent, when it sampled
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.status, self.message, self.param, self.code)
+        body = error_body(self.status, self.message, self.param, self.code)
+        if self.usage is not None:
+            body["usage"] = self.usage
+        return body
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

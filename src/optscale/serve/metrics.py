@@ -39,7 +39,8 @@ class Metrics:
                               "completion (used samples), cancelled, failed, prompt", ["model", "kind"], registry=r)
         self.scorer = Counter("optscale_scorer_requests_total", "Scorer calls by outcome: ok, flagged, error",
                               ["model", "status"], registry=r)
-        self.inflight = Gauge("optscale_inflight_samples", "Upstream generation requests under way", registry=r)
+        self.inflight = Gauge("optscale_inflight_samples", "Upstream generation requests on the wire (sent, not "
+                              "queued for a connection)", registry=r)
         self.inflight.set_function(inflight)
         self.fit_failures = Counter("optscale_fit_failures_total", "Episodes whose last fit was flagged, by flag",
                                     ["model", "policy", "flag"], registry=r)

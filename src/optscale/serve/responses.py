@@ -4,19 +4,33 @@
 adds the next best-scored samples with *other* answers (fewer when the episode found fewer
 distinct answers). ``usage`` counts every upstream generation of the episode, the partial
 tokens of cancelled ones included, and the prompt once per upstream attempt. The
-``optscale`` object says what the policy did.
+``optscale`` object says what the policy did. JSON has no NaN or infinity: a number that is not
+finite (an estimate a degenerate fit produced) goes out as ``null`` (:func:`json_safe`), never as
+the invalid ``NaN`` a client's parser would reject with the whole reply.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from .episodes import EpisodeResult, estimates, plain
 
-__all__ = ["optscale_object", "chat_completion", "text_completion", "chat_stream", "text_stream", "sse"]
+__all__ = ["optscale_object", "chat_completion", "text_completion", "chat_stream", "text_stream", "sse", "json_safe"]
 
 CHUNK_CHARS = 64
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can carry it: numpy scalars as Python values, NaN and infinities as None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    value = plain(value)
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def optscale_object(result: EpisodeResult) -> dict[str, Any]:
@@ -70,21 +84,22 @@ def chat_completion(result: EpisodeResult, rid: str, created: int, model: str, n
     choices = [{"index": k, "message": _message(result.samples[i]["text"]), "logprobs": None,
                 "finish_reason": result.samples[i]["finish_reason"] or "stop"}
                for k, i in enumerate(result.ranked(n))]
-    return {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
-            "choices": choices, "usage": result.usage(), "system_fingerprint": None,
-            "optscale": plain(optscale_object(result))}
+    return json_safe({"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
+                      "choices": choices, "usage": result.usage(), "system_fingerprint": None,
+                      "optscale": optscale_object(result)})
 
 
 def text_completion(result: EpisodeResult, rid: str, created: int, model: str, n: int) -> dict[str, Any]:
     choices = [{"index": k, "text": result.samples[i]["text"], "logprobs": None,
                 "finish_reason": result.samples[i]["finish_reason"] or "stop"}
                for k, i in enumerate(result.ranked(n))]
-    return {"id": f"cmpl-{rid}", "object": "text_completion", "created": created, "model": model,
-            "choices": choices, "usage": result.usage(), "optscale": plain(optscale_object(result))}
+    return json_safe({"id": f"cmpl-{rid}", "object": "text_completion", "created": created, "model": model,
+                      "choices": choices, "usage": result.usage(), "optscale": optscale_object(result)})
 
 
 def sse(data: Any) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+    """One server-sent event carrying ``data`` as JSON (non-finite numbers as null)."""
+    return f"data: {json.dumps(json_safe(data), separators=(',', ':'), allow_nan=False)}\n\n"
 
 
 def _pieces(text: str) -> list[str]:
@@ -107,7 +122,7 @@ def chat_stream(result: EpisodeResult, rid: str, created: int, model: str, n: in
                                               "finish_reason": None}]}) for p in _pieces(content)]
         last = {"index": k, "delta": {}, "logprobs": None,
                 "finish_reason": result.samples[i]["finish_reason"] or "stop"}
-        extra = {"optscale": plain(optscale_object(result))} if k == len(ranked) - 1 else {}
+        extra = {"optscale": optscale_object(result)} if k == len(ranked) - 1 else {}
         events.append(sse({**head, "choices": [last], **extra}))
     if include_usage:
         events.append(sse({**head, "choices": [], "usage": result.usage()}))
@@ -122,7 +137,7 @@ def text_stream(result: EpisodeResult, rid: str, created: int, model: str, n: in
         events += [sse({**head, "choices": [{"index": k, "text": p, "logprobs": None, "finish_reason": None}]})
                    for p in _pieces(result.samples[i]["text"])]
         last = {"index": k, "text": "", "logprobs": None, "finish_reason": result.samples[i]["finish_reason"] or "stop"}
-        extra = {"optscale": plain(optscale_object(result))} if k == len(ranked) - 1 else {}
+        extra = {"optscale": optscale_object(result)} if k == len(ranked) - 1 else {}
         events.append(sse({**head, "choices": [last], **extra}))
     if include_usage:
         events.append(sse({**head, "choices": [], "usage": result.usage()}))
