@@ -84,7 +84,7 @@ class ServeConfig(BaseModel):
     idempotency_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of results kept for "
                                        "Idempotency-Key retries (oldest dropped first)")
     body_timeout_s: float = Field(30.0, gt=0, description="seconds a client may take to send its request body "
-                                  "(408 after)")
+                                  "(408 and the connection closed after)")
     max_body_reads: int = Field(1024, ge=1, le=100_000, description="request bodies read at once; one more gets "
                                 "429")
     max_body_buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of request bodies held at "
