@@ -201,3 +201,24 @@ def test_the_idempotency_store_work_per_request_does_not_grow_with_its_entries()
     now[0] = 60 + 2.4995  # the entries of the first 2.4995 s (2,500 of them) are past their ttl
     large.check("c", "new-key", "f")
     assert len(large) == 2500 and large.bytes == 2500
+
+
+def test_bodies_held_at_once_are_bounded_in_bytes(upstream):
+    """A slow upload holds the bytes it sent until it times out; a body that would pass
+    max_body_buffer_bytes meanwhile gets 429, and is served once the bytes are free."""
+    with Proxy(upstream.base_url, n_max=1, body_timeout_s=1.0, max_body_bytes=1024,
+               max_body_buffer_bytes=1024) as px:
+        reader = px.app.state.optscale.bodies
+        slow = socket.create_connection(("127.0.0.1", px.port))
+        try:
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1024\r\n\r\n" + b" " * 1000)
+            wait_for(lambda: reader.held == 1000, what="the slow body's bytes held")
+            r = httpx.post(px.url("/v1/chat/completions"), json=OK, timeout=30)
+            assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_uploads", r.text
+            assert "max_body_buffer_bytes" in r.json()["error"]["message"] and r.headers["retry-after"]
+            assert read_until_closed(slow).startswith(b"HTTP/1.1 408")
+        finally:
+            slow.close()
+        wait_for(lambda: reader.held == 0, what="the bytes given back")
+        assert httpx.post(px.url("/v1/chat/completions"), json=OK, timeout=30).status_code == 200

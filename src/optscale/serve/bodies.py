@@ -104,15 +104,19 @@ def _refuse_surrogates(value: Any) -> None:
     while todo:
         place, item = todo.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                where = place or None
-                raise ApiError(400, f"{place or 'the body'}: a lone surrogate ({item[exc.start]!r}) is not valid "
-                               "Unicode; send the text as UTF-8", where, "invalid_unicode") from None
+            _check_text(item, place)
         elif isinstance(item, dict):
             for key, sub in reversed(item.items()):
-                todo.append((f"{place}.{key}" if place else str(key), sub))
-                todo.append((place or "the body", key))  # a key is text too
+                here = f"{place}.{key}" if place else str(key)
+                _check_text(key, here)  # a key names a field too
+                todo.append((here, sub))
         elif isinstance(item, list):
             todo.extend((f"{place}[{i}]", sub) for i, sub in reversed(list(enumerate(item))))
+
+
+def _check_text(text: str, place: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"{place or 'the body'}: a lone surrogate ({text[exc.start]!r}) is not valid Unicode; "
+                       "send the text as UTF-8", place or None, "invalid_unicode") from None

@@ -186,6 +186,8 @@ def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values
         build_policy(config.policy, config.n_max, config.policy_settings, default_priors=False)
     except InputError as exc:
         raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
+    if config.max_body_buffer_bytes < config.max_body_bytes:
+        raise InputError(f"must be at least max_body_bytes ({config.max_body_bytes})", "max_body_buffer_bytes")
     if config.n_max > config.max_n_max:
         raise InputError(f"must not exceed max_n_max ({config.max_n_max})", "n_max")
     if config.tables_dir is not None and not os.path.isdir(config.tables_dir):
