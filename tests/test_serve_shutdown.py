@@ -50,7 +50,7 @@ def test_a_stopped_server_answers_every_request_under_way(sig, tmp_path):
     slow = fakes.FakeConfig(token_latency=0.05, min_tokens=400, max_tokens=400)  # a sample takes 20 s
     with fakes.FakeServer(slow) as up:
         config = tmp_path / "serve.json"
-        config.write_text(json.dumps({"shutdown_timeout_s": 0.5}))
+        config.write_text(json.dumps({"drain_s": 0.5}))
         proc, base = start_serve(["--upstream", up.base_url, "--model", "fake-model", "--scorer", "confidence",
                                   "--config", str(config)], tmp_path / "serve.log")
         try:

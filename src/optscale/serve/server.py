@@ -4,8 +4,8 @@
   the connection or of their first byte (uvicorn has no such deadline: a client sending a
   byte a second held its connection forever); after it the client gets 408 and the connection
   is closed. An idle keep-alive connection is closed after ``keep_alive_s`` as before.
-* **Shutdown** (SIGTERM, SIGINT): the server stops accepting connections, new generation
-  requests get 503, and the requests under way get ``shutdown_timeout_s`` to finish; then each
+* **Shutdown** (SIGTERM, SIGINT): the server stops accepting connections, ``/ready`` and new
+  generation requests get 503, and the requests under way get ``drain_s`` to finish; then each
   is answered: 503 (OpenAI-shaped, with ``Connection: close``), or an error event for a stream
   that has begun. A second SIGINT quits at once.
 """
@@ -130,8 +130,8 @@ def run(app: Any, config: Any) -> None:
     """Serve ``app`` (from :func:`~optscale.serve.create_app`) as ``config`` (its
     :class:`~optscale.serve.ServeConfig`) says, until SIGTERM/SIGINT."""
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                        timeout_graceful_shutdown=config.shutdown_timeout_s + 2, **config.uvicorn_options())
-    server = Server(uv, app.state.drain, config.shutdown_timeout_s)
+                        timeout_graceful_shutdown=config.drain_s + 2, **config.uvicorn_options())
+    server = Server(uv, app.state.drain, config.drain_s)
     server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's exit status when the server could not start

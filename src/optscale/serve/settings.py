@@ -92,8 +92,8 @@ class ServeConfig(BaseModel):
                                        "it gets 429")
     header_timeout_s: float = Field(10.0, gt=0, description="seconds a client may take to send its request line "
                                     "and headers (408 and the connection closed after)")
-    shutdown_timeout_s: float = Field(5.0, ge=0, description="seconds the requests under way get to finish on "
-                                      "SIGTERM/SIGINT; then they are answered 503 (a stream: an error event)")
+    drain_s: float = Field(30.0, ge=0, description="seconds the requests under way get to finish on SIGTERM/SIGINT "
+                           "(new ones get 503); then they are answered 503 (a stream: an error event)")
     limit_concurrency: int = Field(1024, ge=1, le=1_000_000, description="connections and requests under way at "
                                    "once; uvicorn answers 503 beyond")
     keep_alive_s: int = Field(5, ge=1, le=3600, description="seconds an idle keep-alive connection is kept open")
