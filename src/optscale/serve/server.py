@@ -132,6 +132,9 @@ def run(app: Any, config: Any) -> None:
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                         timeout_graceful_shutdown=config.drain_s + 2, **config.uvicorn_options())
     server = Server(uv, app.state.drain, config.drain_s)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the SIGINT it held back once it has shut down: a clean stop
+        pass
     if not server.started:
         sys.exit(3)  # uvicorn's exit status when the server could not start
