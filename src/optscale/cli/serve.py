@@ -105,9 +105,8 @@ def serve(
 
 
 def _run(app, config: ServeConfig) -> None:
-    import uvicorn
-
     from ..serve.app import JsonFormatter
+    from ..serve.server import run
 
     access = logging.getLogger("optscale.serve.access")
     if logging.getLogger("optscale").getEffectiveLevel() <= logging.WARNING:  # not with -q
@@ -117,5 +116,4 @@ def _run(app, config: ServeConfig) -> None:
         handler.setFormatter(JsonFormatter())
         access.addHandler(handler)
         access.propagate = False
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5, **config.uvicorn_options())
+    run(app, config)

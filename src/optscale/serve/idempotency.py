@@ -43,10 +43,17 @@ class IdempotencyStore:
         self.size = size
         self.clock = clock
         self.bytes = 0
-        self._entries: collections.OrderedDict[tuple[str, str], _Entry] = collections.OrderedDict()
+        self._pending: dict[tuple[str, str], _Entry] = {}  # still sampling
+        # finished, in the order they finished: the order they expire in (one ttl for all), so expiring
+        # looks only at the entries that are due, never at every entry
+        self._done: collections.OrderedDict[tuple[str, str], _Entry] = collections.OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._pending) + len(self._done)
+
+    def _get(self, name: tuple[str, str]) -> _Entry | None:
+        entry = self._done.get(name)
+        return entry if entry is not None else self._pending.get(name)
 
     @staticmethod
     def check_key(key: str) -> str:
@@ -56,19 +63,24 @@ class IdempotencyStore:
         return key
 
     def _drop(self, name: tuple[str, str]) -> None:
-        entry = self._entries.pop(name, None)
+        entry = self._done.pop(name, None)
         if entry is not None:
             self.bytes -= entry.size
+        else:
+            self._pending.pop(name, None)
 
     def _expire(self) -> None:
         now = self.clock()
-        for name in [k for k, e in self._entries.items() if e.expires <= now]:
+        while self._done:
+            name, entry = next(iter(self._done.items()))
+            if entry.expires > now:
+                break
             self._drop(name)
 
     def check(self, caller: str, key: str, fingerprint: str) -> None:
         """Raise the 400 that :meth:`run` would for this key, before anything is sent (a stream's status)."""
         self._expire()
-        entry = self._entries.get((caller, self.check_key(key)))
+        entry = self._get((caller, self.check_key(key)))
         if entry is not None and entry.fingerprint != fingerprint:
             raise ApiError(400, "this Idempotency-Key was used with a different request", "Idempotency-Key",
                            "idempotency_key_reused")
@@ -77,7 +89,7 @@ class IdempotencyStore:
         """``(result, replayed)``: the stored result of an earlier request with this key, or ``await work()``."""
         self._expire()
         name = (caller, self.check_key(key))
-        entry = self._entries.get(name)
+        entry = self._get(name)
         if entry is not None:
             if entry.fingerprint != fingerprint:
                 raise ApiError(400, "this Idempotency-Key was used with a different request", "Idempotency-Key",
@@ -85,9 +97,9 @@ class IdempotencyStore:
             return await asyncio.shield(entry.future), True
         entry = _Entry(fingerprint, asyncio.get_running_loop().create_future())
         entry.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
-        self._entries[name] = entry
-        while len(self._entries) > self.max_entries:
-            self._drop(next(iter(self._entries)))
+        self._pending[name] = entry
+        while len(self) > self.max_entries:  # the oldest finished first
+            self._drop(next(iter(self._done or self._pending)))
         try:
             result = await work()
         except BaseException as exc:
@@ -97,11 +109,13 @@ class IdempotencyStore:
                     409, "the first request with this Idempotency-Key did not finish; retry", "Idempotency-Key",
                     "idempotent_request_interrupted"))
             raise
-        entry.expires = self.clock() + self.ttl_s
         entry.future.set_result(result)
-        if self._entries.get(name) is entry:
+        if self._pending.get(name) is entry:  # not dropped meanwhile
+            del self._pending[name]
+            entry.expires = self.clock() + self.ttl_s
             entry.size = self.size(result)
+            self._done[name] = entry
             self.bytes += entry.size
-            while self.bytes > self.max_bytes and self._entries:
-                self._drop(next(iter(self._entries)))
+            while self.bytes > self.max_bytes:
+                self._drop(next(iter(self._done)))
         return result, False

@@ -62,7 +62,8 @@ class ServeConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     api_keys_file: str | None = Field(None, description="file of client keys, one per line; without it (and "
                                       f"without {CLIENT_KEYS_ENV}) requests need no key")
-    max_episodes: int = Field(64, ge=1, le=100_000, description="episodes (requests sampling) at once; more get 429")
+    max_episodes: int = Field(1024, ge=1, le=100_000, description="episodes (requests sampling) at once, "
+                              "their upstream requests queued under max_in_flight; more get 429")
     max_in_flight: int = Field(64, ge=1, le=100_000,
                                description="upstream requests under way at once, shared fairly by episodes")
     in_flight: int = Field(8, ge=1, le=100_000, description="upstream requests under way at once for one episode")
@@ -83,9 +84,16 @@ class ServeConfig(BaseModel):
     idempotency_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of results kept for "
                                        "Idempotency-Key retries (oldest dropped first)")
     body_timeout_s: float = Field(30.0, gt=0, description="seconds a client may take to send its request body "
-                                  "(408 after)")
-    max_body_reads: int = Field(64, ge=1, le=100_000, description="request bodies read at once; one more gets 429 "
-                                "(bounds the memory of slow uploads to max_body_reads x max_body_bytes)")
+                                  "(408 and the connection closed after)")
+    max_body_reads: int = Field(1024, ge=1, le=100_000, description="request bodies read at once; one more gets "
+                                "429")
+    max_body_buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of request bodies held at "
+                                       "once (being read, or by their request under way); a body that would pass "
+                                       "it gets 429")
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds a client may take to send its request line "
+                                    "and headers (408 and the connection closed after)")
+    drain_s: float = Field(30.0, ge=0, description="seconds the requests under way get to finish on SIGTERM/SIGINT "
+                           "(new ones get 503); then they are answered 503 (a stream: an error event)")
     limit_concurrency: int = Field(1024, ge=1, le=1_000_000, description="connections and requests under way at "
                                    "once; uvicorn answers 503 beyond")
     keep_alive_s: int = Field(5, ge=1, le=3600, description="seconds an idle keep-alive connection is kept open")
@@ -116,9 +124,12 @@ class ServeConfig(BaseModel):
                                zero_unanswered=self.zero_unanswered)
 
     def uvicorn_options(self) -> dict[str, Any]:
-        """The HTTP server's own limits: connections at once, idle keep-alive, header size."""
+        """The HTTP server's own limits: connections at once, idle keep-alive, header size and deadline."""
+        from .server import http_protocol  # uvicorn, only once a server is built
+
         return {"limit_concurrency": self.limit_concurrency, "timeout_keep_alive": self.keep_alive_s,
-                "h11_max_incomplete_event_size": self.max_header_bytes}
+                "h11_max_incomplete_event_size": self.max_header_bytes,
+                "http": http_protocol(self.header_timeout_s)}
 
     def scorer_config(self) -> BaseModel | None:
         return validated_scorer(self.scorer, self.scorer_settings)
@@ -175,6 +186,8 @@ def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values
         build_policy(config.policy, config.n_max, config.policy_settings, default_priors=False)
     except InputError as exc:
         raise exc.renamed({"settings": "policy_settings", "settings.": "policy_settings."}) from None
+    if config.max_body_buffer_bytes < config.max_body_bytes:
+        raise InputError(f"must be at least max_body_bytes ({config.max_body_bytes})", "max_body_buffer_bytes")
     if config.n_max > config.max_n_max:
         raise InputError(f"must not exceed max_n_max ({config.max_n_max})", "n_max")
     if config.tables_dir is not None and not os.path.isdir(config.tables_dir):

@@ -1,0 +1,9 @@
+"""The app's endpoints, one module per concern; each takes the shared parts as a dependency (:mod:`..state`)."""
+
+from __future__ import annotations
+
+from . import admin, generate, info, plan
+
+ROUTERS = (generate.router, info.router, plan.router, admin.router)
+
+__all__ = ["ROUTERS"]

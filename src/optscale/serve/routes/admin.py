@@ -1,0 +1,40 @@
+"""Operations: ``/health`` (the process answers), ``/ready`` (the upstream and scorer work, and the server is not
+shutting down), ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from ..errors import error_body
+from ..metrics import CONTENT_TYPE_LATEST
+from ..server import shutting_down
+from ..state import AppState, app_state
+
+__all__ = ["router"]
+
+router = APIRouter()
+Ctx = Annotated[AppState, Depends(app_state)]
+
+
+@router.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(ctx: Ctx):
+    if ctx.drain.draining:
+        err = shutting_down(ctx.config.retry_after_s)
+        return JSONResponse(err.body(), err.status, headers=err.headers)
+    if not await ctx.service.refresh():
+        return JSONResponse(error_body(503, f"not ready: {ctx.service.ready_error}", None, "not_ready"), 503,
+                            headers={"Retry-After": str(ctx.config.retry_after_s)})
+    return {"status": "ready"}
+
+
+@router.get("/metrics")
+async def metrics(ctx: Ctx):
+    return Response(ctx.service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,184 @@
+"""``/v1/chat/completions`` and ``/v1/completions``: one episode per request, answered whole or streamed.
+
+A request that samples runs as its own task: when the client leaves (non-streaming: the server
+hears ``http.disconnect``; streaming: the stream is closed) the task is cancelled and every
+upstream stream it had open is closed at once. When a shutdown's grace ends, a stream that has
+begun ends with an error event (a request not yet answered is answered 503 by the middleware).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..episodes import EpisodeResult
+from ..errors import ApiError, error_body
+from ..options import HEADER_POLICY, HEADER_SETTINGS, resolve_options
+from ..responses import chat_completion, chat_stream, sse, text_completion, text_stream
+from ..schemas import parse_request
+from ..server import shutting_down
+from ..state import AppState, app_state
+
+__all__ = ["router", "result_size"]
+
+log = logging.getLogger("optscale.serve")
+router = APIRouter()
+Ctx = Annotated[AppState, Depends(app_state)]
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, ctx: Ctx):
+    return await generate(request, ctx, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, ctx: Ctx):
+    return await generate(request, ctx, "completion")
+
+
+def result_size(answer: tuple[EpisodeResult, str, int]) -> int:
+    """Roughly the bytes an idempotency entry holds: the samples' texts, and a little for every record."""
+    result = answer[0]
+    return 2048 + sum(512 + len(str(s.get("text") or "").encode()) for s in result.samples) + 256 * len(result.events)
+
+
+class _EpisodeStream(StreamingResponse):
+    """A stream whose episode task is cancelled however the response ends (even if it never started)."""
+
+    def __init__(self, content: Any, task: asyncio.Task, **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.task = task
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.task.done():
+                self.task.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body was read, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def generate(request: Request, ctx: AppState, kind: str) -> Response:
+    config, service, store = ctx.config, ctx.service, ctx.store
+    state = request.scope["state"]
+    who = ctx.caller(request)
+    if ctx.drain.draining:
+        raise shutting_down(config.retry_after_s)
+    raw, body = await ctx.bodies.read_json(request)
+    req = parse_request(kind, body)
+    options = resolve_options(config, req.model, req.optscale, request.headers.get(HEADER_POLICY),
+                              request.headers.get(HEADER_SETTINGS))
+    state["policy"] = options.name
+    if req.n > options.policy.n_max:
+        raise ApiError(400, f"n ({req.n}) is more than the episode's n_max ({options.policy.n_max})", "n",
+                       "invalid_request")
+    idem = request.headers.get("idempotency-key")
+    digest = None
+    if idem is not None and config.idempotency_ttl_s > 0:  # a bad key is a 400 before a stream starts
+        digest = hashlib.sha256(b"\0".join([
+            kind.encode(), raw, (request.headers.get(HEADER_POLICY) or "").encode(),
+            (request.headers.get(HEADER_SETTINGS) or "").encode()])).hexdigest()
+        store.check(who, idem, digest)
+    await service.ensure_ready()
+    rid = state["request_id"]
+    generation = req.generation(config.generation)
+    prompt = req.prompt() if kind == "chat" else req.prompt_obj()
+    question = req.question()
+    question_place = req.question_place()
+
+    created = int(time.time())
+
+    async def sample() -> tuple[EpisodeResult, str, int]:
+        with service.tracing.request("chat" if kind == "chat" else "text_completion", req.model) as span:
+            result = await service.run(kind, prompt, question, options, generation, rid, span, question_place)
+            if span is not None:
+                usage = result.usage()
+                span.set_attribute("gen_ai.usage.input_tokens", usage["prompt_tokens"])
+                span.set_attribute("gen_ai.usage.output_tokens", usage["completion_tokens"])
+                span.set_attribute("optscale.n_used", len(result.samples))
+            return result, rid, created
+
+    async def episode() -> tuple[EpisodeResult, str, int]:
+        """The result with the id and time it was first answered with (a replay repeats them)."""
+        try:
+            if idem is not None and digest is not None:
+                answer, replayed = await store.run(who, idem, digest, sample)
+                state.setdefault("log", {})["idempotent_replay"] = replayed
+                return answer
+            return await sample()
+        finally:
+            service.gate.leave()
+
+    service.admit()
+    task = asyncio.create_task(episode())
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return _EpisodeStream(_events(ctx, task, kind, req.model, req.n, include_usage, state),
+                              task, media_type="text/event-stream",
+                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    watcher = asyncio.create_task(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():  # the client left: cancel the episode (its streams close) and say so in the log
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            state["status"] = 499
+    if state.get("status") == 499:
+        return Response(status_code=499)
+    result, rid, created = task.result()
+    _log_result(state, result)
+    render = chat_completion if kind == "chat" else text_completion
+    return JSONResponse(render(result, rid, created, req.model, req.n))
+
+
+async def _events(ctx: AppState, task: asyncio.Task, kind: str, model: str, n: int, include_usage: bool,
+                  state: dict):
+    rid = state["request_id"]
+    yield ": optscale sampling\n\n"
+    cut = asyncio.ensure_future(ctx.drain.cut.wait())
+    try:
+        while not task.done():
+            await asyncio.wait({task, cut}, timeout=ctx.config.keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+            if cut.done() and not task.done():  # the shutdown's grace is over: say so, then end
+                err = shutting_down(ctx.config.retry_after_s)
+                state["status"] = err.status
+                yield sse(err.body())
+                return
+            if not task.done():
+                yield ": keep-alive\n\n"
+    finally:
+        cut.cancel()
+    try:
+        result, rid, created = task.result()
+    except ApiError as exc:
+        state["status"] = exc.status
+        yield sse(exc.body())
+        return
+    except Exception as exc:
+        state["status"] = 500
+        log.error("request %s failed unexpectedly: %s", rid, exc, exc_info=exc)
+        yield sse(error_body(500, f"internal error (request id {rid})", None, "internal_error"))
+        return
+    _log_result(state, result)
+    render = chat_stream if kind == "chat" else text_stream
+    for event in render(result, rid, created, model, n, include_usage):
+        yield event
+
+
+def _log_result(state: dict, result: EpisodeResult) -> None:
+    state.setdefault("log", {}).update(policy=result.options.name, n_used=len(result.samples),
+                                       n_launched=result.n_launched, stop_reason=result.stop_reason,
+                                       completion_tokens=result.usage()["completion_tokens"])
