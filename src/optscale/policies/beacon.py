@@ -55,6 +55,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from scipy import special
 
 from .common import PolicyBase, stops_after_peek
+from .registry import register_policy
 from .episode import Step
 
 __all__ = ["Beacon", "BEACON_N_MAX", "index_table", "student_excess"]
@@ -147,6 +148,7 @@ def index_table(horizon: int, alpha0: float, nu0: float) -> tuple[np.ndarray, np
     return z, h
 
 
+@register_policy
 class Beacon(PolicyBase):
     """BEACON (Wan et al. 2025): NIG posterior, universal index table by backward induction, cost per sample."""
 

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..fit import FitResult, fit_stats
 from ..stats import min_samples_detail
 from .common import PolicyBase, prefix_stats
+from .registry import register_policy
 from .episode import Step
 from ..priors import POPULATION, FilePriors, PriorArrays, PriorSource
 
@@ -185,6 +186,7 @@ class _PeekOptScale(_OptScaleBase):
         return self._total(n_star, capped, peek), self._estimates(fit, n_star, capped)
 
 
+@register_policy
 class OptScale0(_PeekOptScale):
     """OptScale^0: maximum-likelihood estimate from the peek samples, no training."""
 
@@ -193,6 +195,7 @@ class OptScale0(_PeekOptScale):
     estimator: Literal["mle"] = "mle"
 
 
+@register_policy
 class OptScaleT(_PeekOptScale):
     """OptScale^t: MAP estimate from the peek samples under per-problem priors."""
 
@@ -201,6 +204,7 @@ class OptScaleT(_PeekOptScale):
     estimator: Literal["map"] = "map"
 
 
+@register_policy
 class SequentialOptScale(_OptScaleBase):
     """The paper's sequential rule: refit after every sample, stop once ``n >= N*``."""
 

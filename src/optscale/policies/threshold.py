@@ -23,12 +23,14 @@ import numpy as np
 from pydantic import Field
 
 from .common import PolicyBase
+from .registry import register_policy
 from .episode import Step
 from .selection import Selection
 
 __all__ = ["AgreeThreshold", "FirstPass"]
 
 
+@register_policy
 class FirstPass(PolicyBase):
     """First pass: stop at the first sample scoring at least ``t``."""
 
@@ -64,6 +66,7 @@ def agreeing_high(score: np.ndarray, code: np.ndarray, t: float, chunk: int = 10
     return out
 
 
+@register_policy
 class AgreeThreshold(PolicyBase):
     """Agreement: stop when ``k`` samples with the same answer all score at least ``t``."""
 
