@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
+from .. import defaults
 from .common import PolicyBase
 from .registry import register_policy
 from .episode import Step
@@ -36,7 +37,7 @@ class FirstPass(PolicyBase):
 
     name: ClassVar[str] = "firstpass"
     label: ClassVar[str] = "First pass (threshold)"  # row name in report tables
-    t: float = Field(0.95, ge=0, le=1, description="score that ends the search (the default equals optscale's s_min)")
+    t: float = Field(defaults.S_MIN, ge=0, le=1, description="score that ends the search (the default is optscale's s_min)")
 
     def initial_plan(self) -> int:
         return 1

@@ -30,6 +30,7 @@ from ..fit import FitFlag, fit_mle
 from ..policies import POLICIES, Decision, Problem, Sample, policy_settings_schema
 from .auth import load_client_keys
 from .episodes import EpisodeResult, Service, estimates
+from ..checks import is_number
 from .errors import ApiError, error_body
 from .idempotency import IdempotencyStore
 from .metrics import CONTENT_TYPE_LATEST
@@ -380,7 +381,7 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
             raise ApiError(400, f"give scores: a list of 1 to {MAX_PLAN_SCORES} numbers in [0, 1]", "scores",
                            "invalid_request")
         for i, s in enumerate(scores):
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
+            if not is_number(s, 0.0, 1.0):
                 raise ApiError(400, f"must be a number in [0, 1], got {json.dumps(s)[:50]}", f"scores[{i}]",
                                "invalid_request")
         if answers is not None and (not isinstance(answers, list) or len(answers) != len(scores)
