@@ -174,6 +174,6 @@ def test_beacon_tiny_winsor_low_is_refused_or_finite(low):
     assert all(np.all(np.isfinite(v)) for v in estimates.values())
 
 
-@pytest.mark.parametrize("high", [1 - 1e-16, 1 - 1e-300])
+@pytest.mark.parametrize("high", [1 - 1e-16, 1 - 1e-7])
 def test_beacon_winsor_high_next_to_one_is_refused_or_finite(high):
     _audit("beacon", 16, {"winsor_high": high})

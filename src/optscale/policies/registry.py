@@ -9,8 +9,10 @@ from another package through an entry point of the group ``optscale.policies``::
     my-rule = "my_package.rules:MyRule"   # a PolicyBase subclass whose ``name`` is "my-rule"
 
 Entry points are loaded on the first lookup or listing; a broken one raises
-:class:`~optscale.errors.InputError` naming it. This module imports no policy. Errors name the library's arguments (``policy``, ``n_max``, ``settings.<key>``); each
-CLI command translates them to its flags.
+:class:`~optscale.errors.InputError` naming it. This module imports no policy.
+
+Errors name the library's arguments (``policy``, ``n_max``, ``settings.<key>``); each CLI
+command translates them to its flags.
 """
 
 from __future__ import annotations
