@@ -9,19 +9,21 @@ are re-exported here, where users have always imported them from.
 """
 
 from .base import Decision, Episode, Outcome, Policy, Prior, Problem, ReplayBatch, ReplayDecisions, Sample
-from .beacon import Beacon
-from .boinf import BestOfInfinity
 from .common import PolicyBase
-from .consistency import AdaptiveSC, EarlyStoppingSC
-from .deepconf import DeepConf
-from .fixed import BestOfN, SelfConsistency
-from .learned import Learned
-from .pandora import Pandora
-from .threshold import AgreeThreshold, FirstPass
-from .optscale import OptScale0, OptScaleT, SequentialOptScale, paper_peek
-from ..priors import ConstantPriors, FilePriors, PriorArrays, PriorSource
 from .registry import POLICIES, make_policy, parse_settings, policy_settings_schema, register_policy, settings_help
 from .selection import SELECTIONS, Selection, select
+from ..priors import ConstantPriors, FilePriors, PriorArrays, PriorSource
+
+# The built-in policies, imported in the order listings show them (after POLICIES' LISTED_FIRST).
+from .fixed import BestOfN, SelfConsistency
+from .optscale import OptScale0, OptScaleT, SequentialOptScale, paper_peek
+from .consistency import AdaptiveSC, EarlyStoppingSC
+from .threshold import AgreeThreshold, FirstPass
+from .deepconf import DeepConf
+from .boinf import BestOfInfinity
+from .learned import Learned
+from .pandora import Pandora
+from .beacon import Beacon
 
 # The learned policy's module predates @register_policy: it is registered here until its class carries it.
 register_policy(Learned)
