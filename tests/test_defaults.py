@@ -20,7 +20,8 @@ def pool_file(tmp_path):
     path = tmp_path / "toy.jsonl"
     write_pool(path, [PoolProblem.model_validate({
         "id": p.id, "question": p.question, "answer": p.answer,
-        "samples": [{"answer": s.answer, "score": s.score, "tokens": s.tokens, "correct": s.correct} for s in p.samples],
+        "samples": [{"answer": s.answer, "score": s.score, "tokens": s.tokens, "correct": s.correct}
+                    for s in p.samples],
     }) for p in toy_pool(problems=12, samples=16)])
     return path
 

@@ -29,7 +29,8 @@ SRC = ROOT / "src"
 def _literal_assignment(path: Path, name: str):
     """The literal value assigned to ``name`` at the top of ``path``."""
     for node in ast.parse(path.read_text()).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) else [])
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             return ast.literal_eval(node.value)
     raise AssertionError(f"{path}: no literal {name}")
@@ -44,7 +45,8 @@ def _command_modules(src: Path) -> set[str]:
 
 #: Modules whose import_module takes a computed name, and the modules that name can be.
 DISPATCHERS = {
-    "optscale": lambda src: {f"optscale.{m}" for m in _literal_assignment(src / "optscale/__init__.py", "_LAZY").values()},
+    "optscale": lambda src: {f"optscale.{m}"
+                             for m in _literal_assignment(src / "optscale/__init__.py", "_LAZY").values()},
     "optscale.cli.app": lambda src: {f"optscale.cli.{m}" for m in _command_modules(src)},
 }
 

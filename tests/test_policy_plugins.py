@@ -13,6 +13,8 @@ import pytest
 from optscale.errors import InputError
 from optscale.policies import POLICIES, Sample, make_policy
 from optscale.policies.registry import PLUGIN_GROUP
+from optscale.pools import PoolProblem
+from optscale.replay import build_batch
 
 PLUGIN = '''
 from typing import ClassVar
@@ -56,7 +58,8 @@ def _install(site: Path, module: str, entry_points: dict[str, str], source: str 
     info = site / f"{module}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\n{lines}")
 
 
 @pytest.fixture
@@ -84,12 +87,8 @@ def test_a_policy_from_an_installed_package_is_loaded_on_first_lookup(fresh_regi
     episode = policy.start()
     seen = [episode.observe(Sample(score=s)) for s in (0.1, 0.2)]
     assert seen[-1].value == "stop" and episode.result().n_samples == 2
-    from optscale.replay import build_batch
-
-    from optscale.pools import PoolProblem
-
-    batch = build_batch([PoolProblem.model_validate({"id": "a", "answer": "1", "samples": [{"score": s, "answer": "1", "correct": True, "tokens": 5}
-                                                 for s in (0.1, 0.9, 0.3)]})], orders=2)
+    samples = [{"score": s, "answer": "1", "correct": True, "tokens": 5} for s in (0.1, 0.9, 0.3)]
+    batch = build_batch([PoolProblem.model_validate({"id": "a", "answer": "1", "samples": samples})], orders=2)
     assert np.all(policy.replay(batch).n_used == 2)
     assert make_policy("two-decorated", 4).name == "two-decorated"
 

@@ -61,7 +61,8 @@ class Registry(Generic[T]):
         try:
             for ep in sorted(metadata.entry_points(group=self.group), key=lambda e: e.name):
                 dist = getattr(ep.dist, "name", None)
-                where = f"entry point {ep.name} = {ep.value} (group {self.group}" + (f", distribution {dist})" if dist else ")")
+                where = f"entry point {ep.name} = {ep.value} (group {self.group}"
+                where += f", distribution {dist})" if dist else ")"
                 try:
                     obj = ep.load()
                     entry = self._check(ep.name, obj) if self._check else obj
