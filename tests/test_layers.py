@@ -96,16 +96,13 @@ def dynamic_imports(src: Path) -> list[dict]:
                 (k.value for k in node.keywords if k.arg == "package"), None)
             base = ({"__package__": package, "__name__": module}.get(anchor.id) if isinstance(anchor, ast.Name)
                     else None if anchor is None else _fold(anchor))
-            if name is None:
-                if module in DISPATCHERS:
-                    targets = DISPATCHERS[module](src)
-                else:
+            if name is None or (name.startswith(".") and not base):
+                if module not in DISPATCHERS:
                     unresolved.append(f"{path.relative_to(src)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
                     continue
-            elif name.startswith("."):
-                targets = {importlib.util.resolve_name(name, base)} if base else set()
+                targets = DISPATCHERS[module](src)
             else:
-                targets = {name}
+                targets = {importlib.util.resolve_name(name, base) if name.startswith(".") else name}
             for target in targets:
                 if target == "optscale" or target.startswith("optscale."):
                     edges.append({"importer": module, "imported": target, "line_number": node.lineno,
