@@ -177,3 +177,17 @@ def test_beacon_tiny_winsor_low_is_refused_or_finite(low):
 @pytest.mark.parametrize("high", [1 - 1e-16, 1 - 1e-7])
 def test_beacon_winsor_high_next_to_one_is_refused_or_finite(high):
     _audit("beacon", 16, {"winsor_high": high})
+
+
+@pytest.mark.parametrize("name, extra", [("optscale", {"estimator": "map", "priors": ConstantPriors(0.7, 0.3)}),
+                                         ("optscale-t", {"priors": ConstantPriors(0.7, 0.3)}),
+                                         ("pandora", {"estimator": "map", "refit": True})])
+@pytest.mark.parametrize("width", [5e-324, 1e-200])
+def test_a_prior_narrower_than_the_fit_can_compute_still_pins_the_estimate(name, extra, width):
+    """A MAP prior of width 1e-200 means "this mu, this sigma" as surely as one of 1e-6 does; it
+    overflowed the objective and silently fell back to another fit."""
+    narrow = make_policy(name, 16, prior_width=width, **extra).replay(BATCH)
+    pinned = make_policy(name, 16, prior_width=1e-6, **extra).replay(BATCH)
+    assert np.array_equal(narrow.n_used, pinned.n_used)
+    for key in ("mu", "sigma"):
+        assert np.allclose(narrow.estimates[key], pinned.estimates[key]), key
