@@ -39,7 +39,7 @@ class Registry(Generic[T]):
         self._plugins_loaded = group is None
 
     def add(self, name: str, entry: T) -> T:
-        """Register ``entry`` under ``name``; a name is registered once."""
+        """Register ``entry`` under ``name``; a name holds one entry (registering it again is a no-op)."""
         if name in self._entries and self._entries[name] is not entry:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry

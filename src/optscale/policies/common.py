@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ..checks import N_MAX_LIMIT
+from ..checks import N_MAX_LIMIT  # also importable from here, where callers found it
 from ..errors import InputError
 from ..fit import SufficientStats
 from .base import Problem, ReplayBatch, ReplayDecisions
