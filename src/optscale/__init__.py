@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .fit import FitFlag, FitResult, fit_map, fit_mle, moments_to_params
     from .stats import min_samples
 
+# A literal table: tests/test_layers.py reads it to hold these imports by name to the layer contracts.
 _LAZY = {"FitFlag": "fit", "FitResult": "fit", "fit_map": "fit", "fit_mle": "fit", "moments_to_params": "fit",
          "min_samples": "stats"}
 __all__ = ["FitFlag", "FitResult", "fit_map", "fit_mle", "min_samples", "moments_to_params", "__version__"]

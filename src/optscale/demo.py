@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import defaults
 from .compose import build_policy
 from .errors import InputError
 from .io import claim_outputs, ensure_out_dir, write_jsonl, write_text
 from .replay import build_batch, check_orders, check_seed, replay_policies, split_problems, subset, sweep
 from .replay.engine import ReplayResult
 
-BUDGETS = (8, 16, 32, 64)
-S_MIN_GRID = (0.85, 0.9, 0.95, 0.975)
-ALPHA_GRID = (0.5, 0.7, 0.9, 0.95)
+BUDGETS, S_MIN_GRID, ALPHA_GRID = defaults.BUDGETS, defaults.DEMO_S_MIN_GRID, defaults.DEMO_ALPHA_GRID
 TUNED = ("optscale0", "optscale-t", "optscale")
 BASELINES = ("bon", "sc", "esc", "asc")  # listed first; the registry's other policies follow at their defaults
 PRIOR_NOISE = 0.05  # std of the simulated predictor's error on mu (and relative error on sigma)
@@ -88,7 +87,8 @@ def check_demo(out: Path, problems: int, samples: int, orders: int, seed: int) -
     return out, orders, seed
 
 
-def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = 8, seed: int = 0, progress=None) -> DemoSummary:
+def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = defaults.DEMO_ORDERS,
+             seed: int = defaults.SEED, progress=None) -> DemoSummary:
     """Simulate, tune, replay and write the report into ``out``.
 
     Bad arguments and an ``out`` that cannot be written raise :class:`~optscale.errors.InputError`

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from .checks import check_number
 from .errors import InputError
 from .fit import FitFlag, SufficientStats, fit_stats, moments_to_params
 from .io import iter_objects
@@ -270,6 +270,4 @@ def check_unseen(fitted_on: frozenset[str] | set[str], ids: Sequence[str], quest
 
 
 def _number(value, where: str, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"must be a finite number, got {value!r}", f"{where} field {field}")
-    return float(value)
+    return check_number(value, f"{where} field {field}")

@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from .checks import check_int, is_number
 from .errors import InputError
 from .fit import MU_BOUNDS, SIGMA_BOUNDS
 from .io import read_json
@@ -157,7 +158,7 @@ MAX_WRONG_ANSWERS = 10_000
 
 def _check_value(name: str, value: Any) -> float:
     kind = MODEL_KEYS[name]
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = is_number(value, finite=False)
     if not ok or not _ACCEPTS[kind](float(value)):
         raise InputError(f"must be {_KIND_TEXT[kind].format(MAX_WRONG_ANSWERS=MAX_WRONG_ANSWERS)}, got {value!r}",
                          name)
@@ -355,9 +356,7 @@ MAX_DRAWS = 10**7
 
 
 def _check_size(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"must be an integer >= {low}, got {value!r}", name)
-    return int(value)
+    return check_int(value, name, low)
 
 
 def check_sizes(n_problems: Any, n_samples: Any) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import defaults
 from ..errors import InputError
 from ..io import check_out_file, ensure_out_dir, numbered_lines, write_text
 from ..policies import POLICIES  # command modules load only when their command runs (see commands.py)
@@ -24,8 +25,7 @@ from .flags import flags
 # Wide enough for the comparison table when output goes to a file or pipe (rich assumes 80).
 console = Console(width=None if sys.stdout.isatty() else 150)
 
-DEFAULT_S_MIN = "0.8,0.85,0.9,0.925,0.95,0.975"
-DEFAULT_ALPHA = "0.5,0.6,0.7,0.8,0.9,0.95,0.99,0.999"
+DEFAULT_S_MIN, DEFAULT_ALPHA = (",".join(f"{v:g}" for v in grid) for grid in (defaults.S_MIN_GRID, defaults.ALPHA_GRID))
 
 PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help=", ".join(POLICIES))]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="policy setting key=value, repeatable (e.g. s_min=0.9, alpha=0.8, peek=5); `optscale policy settings` lists each policy's")]
@@ -170,11 +170,11 @@ def stats_table(rows, title: str) -> Table:
 
 def replay(
     pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines, one problem per line)")],
-    policy: PolicyOpt = "optscale0",
-    n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem")] = 16,
+    policy: PolicyOpt = defaults.POLICY,
+    n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem")] = defaults.N_MAX,
     settings: SetOpt = None,
-    orders: OrdersOpt = 10,
-    seed: SeedOpt = 0,
+    orders: OrdersOpt = defaults.ORDERS,
+    seed: SeedOpt = defaults.SEED,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="also write a report folder (tables, plots)")] = None,
 ) -> None:
@@ -221,14 +221,14 @@ def replay(
 
 def sweep(
     pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines)")],
-    policy: PolicyOpt = "optscale0",
-    n_max: Annotated[str, typer.Option("--n-max", "-n", help="budgets, comma-separated")] = "8,16,32,64",
+    policy: PolicyOpt = defaults.POLICY,
+    n_max: Annotated[str, typer.Option("--n-max", "-n", help="budgets, comma-separated")] = ",".join(map(str, defaults.BUDGETS)),
     s_min: Annotated[Optional[str], typer.Option("--s-min", help=f"grid of target scores, comma-separated (policies with s_min; default {DEFAULT_S_MIN})")] = None,
     alpha: Annotated[Optional[str], typer.Option("--alpha", help=f"grid of probabilities, comma-separated (policies with alpha; default {DEFAULT_ALPHA})")] = None,
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="any setting's grid, key=v1,v2,..., repeatable (e.g. t=0.9,0.95 or k=2,3)")] = None,
     settings: SetOpt = None,
-    orders: OrdersOpt = 10,
-    seed: SeedOpt = 0,
+    orders: OrdersOpt = defaults.ORDERS,
+    seed: SeedOpt = defaults.SEED,
     calib_fraction: Annotated[float, typer.Option("--calib-fraction", help="share of problems used to choose settings")] = 0.5,
     objective: Annotated[str, typer.Option("--objective", help="match: cheapest setting reaching --target on calibration; budget: most accurate within --token-share of fixed BoN's tokens; gain: largest gain over the envelope of fixed-N methods")] = "match",
     target: Annotated[Optional[float], typer.Option("--target", help="accuracy that match must reach on calibration (default: fixed BoN at the same budget there)")] = None,
@@ -322,8 +322,8 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("optscale-demo"),
     problems: Annotated[int, typer.Option("--problems", help="simulated problems")] = 600,
     samples: Annotated[int, typer.Option("--samples", help="samples per problem in the pool")] = 64,
-    orders: OrdersOpt = 8,
-    seed: SeedOpt = 0,
+    orders: OrdersOpt = defaults.DEMO_ORDERS,
+    seed: SeedOpt = defaults.SEED,
 ) -> None:
     """Simulate a pool from real PRM score statistics, replay every policy, write a report."""
     from ..demo import run_demo

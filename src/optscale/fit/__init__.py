@@ -1,6 +1,7 @@
 """Estimators of the per-problem score distribution from a few (peek) samples."""
 
 from .estimators import (
+    MIN_PRIOR_WIDTH,
     MU_BOUNDS,
     SIGMA_BOUNDS,
     FitFlag,
@@ -14,6 +15,7 @@ from .estimators import (
 )
 
 __all__ = [
+    "MIN_PRIOR_WIDTH",
     "MU_BOUNDS",
     "SIGMA_BOUNDS",
     "FitFlag",

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..stats import truncnorm
 
 __all__ = [
+    "MIN_PRIOR_WIDTH",
     "MU_BOUNDS",
     "SIGMA_BOUNDS",
     "FitFlag",
@@ -44,6 +45,10 @@ __all__ = [
 MU_BOUNDS = (-1.0, 2.0)
 #: Box of admissible ``sigma``; the floor stands for "no measurable spread".
 SIGMA_BOUNDS = (1e-3, 2.0)
+#: Narrowest prior width a MAP fit uses: narrower priors are raised to it. For scores in [0, 1] a
+#: prior this narrow already pins the estimate to its centre, and one whose square underflows
+#: (below about 1e-154) would overflow the objective and silently fall back to another fit.
+MIN_PRIOR_WIDTH = 1e-6
 
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
@@ -288,7 +293,10 @@ def fit_stats(
     mu_bounds=MU_BOUNDS,
     sigma_bounds=SIGMA_BOUNDS,
 ) -> FitResult:
-    """Fit from sufficient statistics; ``prior = (mu0, sigma0, width_mu, width_sigma)`` or None (MLE)."""
+    """Fit from sufficient statistics; ``prior = (mu0, sigma0, width_mu, width_sigma)`` or None (MLE).
+
+    Widths below :data:`MIN_PRIOR_WIDTH` are raised to it (a narrower prior pins the fit to its centre
+    just the same, and one far narrower would overflow the objective)."""
     lo, hi = _bounds(mu_bounds, sigma_bounds)
     n = stats.n.astype(float)
     m, v = stats.mean, stats.var
@@ -296,6 +304,7 @@ def fit_stats(
     starts = [_start(stats, lo, hi)]
     if prior is not None:
         prior = tuple(np.broadcast_to(np.asarray(p, dtype=float), (size,)).copy() for p in prior)
+        prior = (*prior[:2], *(np.maximum(w, MIN_PRIOR_WIDTH) for w in prior[2:]))
         starts.append(np.clip(np.stack([prior[0], np.log(np.maximum(prior[1], 1e-300))], -1), lo, hi))
     else:
         starts.append(np.clip(np.tile([0.5, np.log(0.3)], (size, 1)), lo, hi))

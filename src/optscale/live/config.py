@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InputError
 from ..io import read_text
+from .. import defaults
 from ..policies import make_policy
 from ..policies.registry import refuse_bool_numbers
 from ..policies.common import N_MAX_LIMIT
@@ -78,8 +79,8 @@ class RunConfig(BaseModel):
         "chatml", description="chat markup written out for the completion endpoint: chatml, llama3 or plain")
     scorer: str = Field(description="how responses are scored")
     scorer_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the scorer")
-    policy: str = Field("optscale", description="the policy deciding how many samples each problem gets")
-    n_max: int = Field(16, ge=1, le=N_MAX_LIMIT, description="most samples per problem")
+    policy: str = Field(defaults.POLICY, description="the policy deciding how many samples each problem gets")
+    n_max: int = Field(defaults.N_MAX, ge=1, le=N_MAX_LIMIT, description="most samples per problem")
     policy_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the policy")
     dataset: DatasetSpec
     generation: GenerationSettings = GenerationSettings()

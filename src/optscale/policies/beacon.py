@@ -55,9 +55,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from scipy import special
 
 from .common import PolicyBase, stops_after_peek
+from .registry import register_policy
 from .episode import Step
 
-__all__ = ["Beacon", "BEACON_N_MAX", "index_table", "student_excess"]
+__all__ = ["Beacon", "BEACON_N_MAX", "WINSOR_MIN", "index_table", "student_excess"]
 
 #: Largest budget BEACON accepts: its table costs ~10 ms per step of the horizon to build, once.
 BEACON_N_MAX = 4096
@@ -65,6 +66,9 @@ BEACON_N_MAX = 4096
 _Z_MAX, _Z_POINTS, _Z_STRETCH = 20.0, 121, 3.0
 _C_MIN, _C_MAX, _C_POINTS = 1e-4, 1e2, 64
 _U_NODES = 32
+#: Winsorisation quantiles lie in [WINSOR_MIN, 1 - WINSOR_MIN] (or are off): the Student t quantile is
+#: exact there for every df the posterior reaches (1 < df <= 2e6 + n_max).
+WINSOR_MIN = 1e-6
 
 
 def student_excess(z, df) -> np.ndarray:
@@ -147,6 +151,7 @@ def index_table(horizon: int, alpha0: float, nu0: float) -> tuple[np.ndarray, np
     return z, h
 
 
+@register_policy
 class Beacon(PolicyBase):
     """BEACON (Wan et al. 2025): NIG posterior, universal index table by backward induction, cost per sample."""
 
@@ -188,6 +193,17 @@ class Beacon(PolicyBase):
                     f"set peek to at least {first}")}),
                 loc=("peek",), input=self.peek)])
         return self
+
+    @field_validator("winsor_low", "winsor_high")
+    @classmethod
+    def _resolvable_quantile(cls, value: float, info: ValidationInfo) -> float:
+        """A quantile closer to 0 or 1 than :data:`WINSOR_MIN` cannot be computed (scipy's Student t
+        quantile turns to +inf below about 1e-300, and the posterior to NaN): refused, not clamped."""
+        off = 0.0 if info.field_name == "winsor_low" else 1.0
+        if value != off and min(value, 1.0 - value) < WINSOR_MIN:
+            raise ValueError(f"must be {off:g} (off) or between {WINSOR_MIN:g} and {1 - WINSOR_MIN:.6f}: a quantile "
+                             f"this far out cannot be computed")
+        return value
 
     @field_validator("winsor_high")
     @classmethod
@@ -236,7 +252,8 @@ class Beacon(PolicyBase):
         """The universal index ``h_k(z)`` at the standardised best ``z = (best - mu) / sigma``."""
         z_grid, h = self._table()
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.interp((best - mu) / sigma, z_grid, h[k])
+            index = np.interp((best - mu) / sigma, z_grid, h[k])
+        return np.where(sigma > 0, index, 0.0)  # no spread left: nothing to gain from one more sample
 
     def _stops(self, index, sigma) -> np.ndarray:
         """Stop where sampling once more is worth less than it costs (or the posterior has no spread)."""
@@ -244,10 +261,15 @@ class Beacon(PolicyBase):
             return (sigma <= 0) | (index <= self.cost / sigma)
 
     # -- live ----------------------------------------------------------------------------
+    def _decides(self) -> bool:
+        """Whether the rule ever decides: a default peek capped at a small ``n_max`` may leave too few
+        scores for a proper posterior (see :meth:`_finite_mean`); then it draws the whole budget."""
+        return self.peek_size() >= first_index_step(self.alpha0, self.nu0)
+
     def decide(self, episode) -> Step:
         peek, n = self.peek_size(), episode.n
-        if n < peek:
-            return Step(False, peek)
+        if n < peek or not self._decides():
+            return Step(False, peek if n < peek else self.n_max)
         state = episode.context
         if "k" not in state:
             state["mu"], state["sigma"] = self._seed(np.array([episode.scores[:peek]], dtype=float))
@@ -290,6 +312,8 @@ class Beacon(PolicyBase):
 
     def replay_stops(self, batch):
         peek = self.peek_size()
+        if not self._decides():
+            return np.full(batch.flat("score").shape[0], self.n_max), {}
         path = self._trajectory(batch)
         rows, cols = path["index"].shape
         if cols == 0:  # fewer stored samples than the peek: every row uses all it has

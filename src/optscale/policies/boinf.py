@@ -49,6 +49,7 @@ from pydantic import Field
 from scipy import special
 
 from .common import PolicyBase
+from .registry import register_policy
 from .episode import Step
 from .selection import Selection
 
@@ -161,6 +162,7 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return states, inverse.reshape(-1)
 
 
+@register_policy
 class BestOfInfinity(PolicyBase):
     """Best-of-infinity: stop once the Bayes factor that the majority answer is the mode reaches ``bf``."""
 

@@ -8,11 +8,12 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..checks import N_MAX_LIMIT  # also importable from here, where callers found it
 from ..errors import InputError
 from ..fit import SufficientStats
-from ..pools.schema import MAX_SAMPLES
 from .base import Problem, ReplayBatch, ReplayDecisions
 from .episode import SequentialEpisode, Step, score_or_zero
+from .registry import POLICIES
 from .selection import Selection, select
 
 
@@ -25,11 +26,6 @@ def prefix_stats(score: np.ndarray, n: np.ndarray) -> SufficientStats:
     mean = np.where(used, score, 0.0).sum(axis=1) / safe
     var = np.where(used, (score - mean[:, None]) ** 2, 0.0).sum(axis=1) / safe
     return SufficientStats(n.copy(), mean, var)
-
-
-#: Largest budget a policy accepts: far beyond any real use, small enough for every array, and
-#: what a pool may hold per problem (so a live run's pool can always be replayed).
-N_MAX_LIMIT = MAX_SAMPLES
 
 
 def stops_after_peek(stop: np.ndarray, peek: int, available: np.ndarray, n_max: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +79,6 @@ class PolicyBase(BaseModel):
 
     def missing_scores(self, source: str, field: str = "samples[].score") -> InputError:
         """The one error for a policy that reads scores given samples without them (``source``: the pool)."""
-        from .registry import POLICIES  # the registry imports this module
-
         answer_based = ", ".join(name for name, cls in POLICIES.items() if not cls.needs_scores)
         return InputError(f"policy {self.name!r} needs sample scores and {source} has none; use an answer-based "
                           f"policy ({answer_based}; with select=majority) or score the samples",

@@ -19,10 +19,12 @@ from pydantic import Field
 from scipy import special
 
 from .common import PolicyBase
+from .registry import register_policy
 from .episode import Step
 from .selection import Selection
 
 
+@register_policy
 class EarlyStoppingSC(PolicyBase):
     """Early-stopping self-consistency: stop after the first window of agreeing answers."""
 
@@ -62,6 +64,7 @@ def beta_stop_probability(v1, v2) -> np.ndarray:
     return special.betainc(np.asarray(v2, float) + 1.0, np.asarray(v1, float) + 1.0, 0.5)
 
 
+@register_policy
 class AdaptiveSC(PolicyBase):
     """Adaptive self-consistency: stop once the leading answer wins with posterior probability ``threshold``."""
 

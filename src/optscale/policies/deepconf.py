@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from .common import PolicyBase
+from .registry import register_policy
 from .episode import Step
 from .selection import Selection
 
@@ -56,6 +57,7 @@ def leading_share(score: np.ndarray, code: np.ndarray, chunk: int = 2048) -> np.
     return out
 
 
+@register_policy
 class DeepConf(PolicyBase):
     """DeepConf consensus: confidence-weighted vote, stop once the leader's weighted share reaches ``tau``."""
 

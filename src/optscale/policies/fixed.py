@@ -7,10 +7,12 @@ from typing import ClassVar
 import numpy as np
 
 from .common import PolicyBase
+from .registry import register_policy
 from .episode import Step
 from .selection import Selection
 
 
+@register_policy
 class BestOfN(PolicyBase):
     """Draw ``n_max`` samples and return the one with the best verifier score.
 
@@ -28,6 +30,7 @@ class BestOfN(PolicyBase):
         return np.full(batch.flat_available().shape, self.n_max), {}
 
 
+@register_policy
 class SelfConsistency(BestOfN):
     """Draw ``n_max`` samples and return the majority answer (Wang et al., 2023)."""
 

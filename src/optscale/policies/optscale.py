@@ -21,10 +21,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
+from .. import defaults
 from ..errors import InputError
 from ..fit import FitResult, fit_stats
 from ..stats import min_samples_detail
 from .common import PolicyBase, prefix_stats
+from .registry import register_policy
 from .episode import Step
 from ..priors import POPULATION, FilePriors, PriorArrays, PriorSource
 
@@ -42,8 +44,8 @@ def _file_priors(path: str, mtime: float) -> FilePriors:
 
 
 class _OptScaleBase(PolicyBase):
-    s_min: float = Field(0.95, gt=0, lt=1, description="target verifier score the best sample should reach")
-    alpha: float = Field(0.9, gt=0, lt=1, description="required probability that the best sample reaches s_min")
+    s_min: float = Field(defaults.S_MIN, gt=0, lt=1, description="target verifier score the best sample should reach")
+    alpha: float = Field(defaults.ALPHA, gt=0, lt=1, description="required probability that the best sample reaches s_min")
     peek: int | None = Field(None, ge=1, description="samples drawn before the first estimate")
     over_budget: Literal["spend", "stop"] = Field(
         "spend", description="when N* exceeds n_max: spend the whole budget (the paper) or stop after the peek"
@@ -143,10 +145,9 @@ class _OptScaleBase(PolicyBase):
         return {k: (v[0].item() if isinstance(v, np.ndarray) else v) for k, v in values.items()}
 
 
-#: OptScale's default target ``(s_min, alpha)``, declared once by its settings above; reports and
-#: ``optscale nstar`` show the same numbers.
-DEFAULT_TARGET: tuple[float, float] = (_OptScaleBase.model_fields["s_min"].default,
-                                       _OptScaleBase.model_fields["alpha"].default)
+#: OptScale's default target ``(s_min, alpha)`` (:mod:`optscale.defaults`); reports and ``optscale nstar``
+#: show the same numbers.
+DEFAULT_TARGET: tuple[float, float] = (defaults.S_MIN, defaults.ALPHA)
 
 
 class _PeekOptScale(_OptScaleBase):
@@ -185,6 +186,7 @@ class _PeekOptScale(_OptScaleBase):
         return self._total(n_star, capped, peek), self._estimates(fit, n_star, capped)
 
 
+@register_policy
 class OptScale0(_PeekOptScale):
     """OptScale^0: maximum-likelihood estimate from the peek samples, no training."""
 
@@ -193,6 +195,7 @@ class OptScale0(_PeekOptScale):
     estimator: Literal["mle"] = "mle"
 
 
+@register_policy
 class OptScaleT(_PeekOptScale):
     """OptScale^t: MAP estimate from the peek samples under per-problem priors."""
 
@@ -201,6 +204,7 @@ class OptScaleT(_PeekOptScale):
     estimator: Literal["map"] = "map"
 
 
+@register_policy
 class SequentialOptScale(_OptScaleBase):
     """The paper's sequential rule: refit after every sample, stop once ``n >= N*``."""
 

@@ -27,11 +27,13 @@ from pydantic import Field
 from ..fit import MU_BOUNDS, SIGMA_BOUNDS, FitResult, fit_stats
 from ..stats.improvement import expected_improvement
 from .common import PolicyBase, prefix_stats, stops_after_peek
+from .registry import register_policy
 from .episode import Step
 
 __all__ = ["Pandora"]
 
 
+@register_policy
 class Pandora(PolicyBase):
     """Pandora's box (Weitzman; Kalayci et al. 2025): stop once the expected improvement of the best score is below ``cost``."""
 

@@ -2,8 +2,17 @@
 
 :data:`POLICIES` is the one list of policies: the CLI's ``--policy`` help and choices, the
 settings help, the JSON Schema of each policy's settings and :func:`make_policy` all derive
-from it. Errors name the library's arguments (``policy``, ``n_max``, ``settings.<key>``); each
-CLI command translates them to its flags.
+from it. A policy registers itself where it is defined (``@register_policy`` on its class), or
+from another package through an entry point of the group ``optscale.policies``::
+
+    [project.entry-points."optscale.policies"]
+    my-rule = "my_package.rules:MyRule"   # a PolicyBase subclass whose ``name`` is "my-rule"
+
+Entry points are loaded on the first lookup or listing; a broken one raises
+:class:`~optscale.errors.InputError` naming it. This module imports no policy.
+
+Errors name the library's arguments (``policy``, ``n_max``, ``settings.<key>``); each CLI
+command translates them to its flags.
 """
 
 from __future__ import annotations
@@ -15,37 +24,50 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..checks import check_n_max
 from ..errors import InputError
 from ..registry import Registry
-from .common import N_MAX_LIMIT, PolicyBase
-from .beacon import Beacon
-from .boinf import BestOfInfinity
-from .consistency import AdaptiveSC, EarlyStoppingSC
-from .deepconf import DeepConf
-from .fixed import BestOfN, SelfConsistency
-from .learned import Learned
-from .optscale import OptScale0, OptScaleT, SequentialOptScale
-from .pandora import Pandora
-from .threshold import AgreeThreshold, FirstPass
 
-__all__ = ["POLICIES", "make_policy", "parse_settings", "policy_settings_schema", "refuse_bool_numbers",
-           "settings_help"]
+__all__ = ["POLICIES", "PLUGIN_GROUP", "make_policy", "parse_settings", "policy_settings_schema",
+           "refuse_bool_numbers", "register_policy", "settings_help"]
 
-POLICIES: Registry[type[PolicyBase]] = Registry("policy")
-for _cls in (BestOfN, OptScale0, SequentialOptScale, OptScaleT, SelfConsistency, EarlyStoppingSC, AdaptiveSC,
-             FirstPass, AgreeThreshold, DeepConf, BestOfInfinity, Learned, Pandora, Beacon):
-    POLICIES.add(_cls.name, _cls)
+#: Entry-point group through which other packages add policies.
+PLUGIN_GROUP = "optscale.policies"
+#: The paper's methods lead every listing, in this order; the others follow in registration order.
+LISTED_FIRST = ("bon", "optscale0", "optscale", "optscale-t", "sc", "esc", "asc")
+
+P = typing.TypeVar("P", bound=type)
 
 
-def _settings(cls: type[PolicyBase]) -> list[str]:
+def _policy_class(name: str, obj: Any) -> Any:
+    """``obj`` if it is a policy class called ``name`` (what :class:`~optscale.policies.PolicyBase`
+    subclasses are: a pydantic model with ``n_max`` that starts episodes and replays batches)."""
+    if not (isinstance(obj, type) and issubclass(obj, BaseModel) and "n_max" in obj.model_fields
+            and all(callable(getattr(obj, m, None)) for m in ("start", "replay", "replay_stops"))):
+        raise TypeError(f"{obj!r} is not a policy class (a subclass of optscale.policies.PolicyBase)")
+    if getattr(obj, "name", None) != name:
+        raise ValueError(f"the class {obj.__qualname__} is named {getattr(obj, 'name', None)!r}, not {name!r}")
+    return obj
+
+
+#: Policy classes (subclasses of :class:`~optscale.policies.PolicyBase`) by name.
+POLICIES: Registry[type] = Registry("policy", first=LISTED_FIRST, group=PLUGIN_GROUP,
+                                                check=_policy_class)
+
+
+def register_policy(cls: P) -> P:
+    """Class decorator: register a policy under its ``name`` (where the policy is defined)."""
+    return POLICIES.add(cls.name, _policy_class(cls.name, cls))
+
+
+def _settings(cls: type) -> list[str]:
     return [k for k in cls.model_fields if k != "n_max"]
 
 
-def make_policy(name: str, n_max: int, **settings: Any) -> PolicyBase:
+def make_policy(name: str, n_max: int, **settings: Any) -> Any:
     """Build a policy; unknown names and bad settings raise :class:`InputError` naming the key."""
     cls = POLICIES.get(name, "policy")
-    if isinstance(n_max, bool) or not isinstance(n_max, int) or not 1 <= n_max <= N_MAX_LIMIT:
-        raise InputError(f"must be an integer from 1 to {N_MAX_LIMIT}, got {n_max!r}", "n_max")
+    n_max = check_n_max(n_max)
     refuse_bool_numbers(cls, settings, lambda loc: "settings." + ".".join(loc))
     try:
         return cls(n_max=n_max, **settings)

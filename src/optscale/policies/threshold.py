@@ -22,19 +22,22 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
+from .. import defaults
 from .common import PolicyBase
+from .registry import register_policy
 from .episode import Step
 from .selection import Selection
 
 __all__ = ["AgreeThreshold", "FirstPass"]
 
 
+@register_policy
 class FirstPass(PolicyBase):
     """First pass: stop at the first sample scoring at least ``t``."""
 
     name: ClassVar[str] = "firstpass"
     label: ClassVar[str] = "First pass (threshold)"  # row name in report tables
-    t: float = Field(0.95, ge=0, le=1, description="score that ends the search (the default equals optscale's s_min)")
+    t: float = Field(defaults.S_MIN, ge=0, le=1, description="score that ends the search (the default is optscale's s_min)")
 
     def initial_plan(self) -> int:
         return 1
@@ -64,6 +67,7 @@ def agreeing_high(score: np.ndarray, code: np.ndarray, t: float, chunk: int = 10
     return out
 
 
+@register_policy
 class AgreeThreshold(PolicyBase):
     """Agreement: stop when ``k`` samples with the same answer all score at least ``t``."""
 

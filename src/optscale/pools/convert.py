@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ..answers import extract_answer
+from ..checks import is_number
 from ..errors import InputError
 from ..io import StrPath, check_out_file, iter_objects, numbered_lines, parse_json
 from .io import validation_message, write_pool
@@ -102,7 +103,7 @@ def _as_text(value: Any, where: str) -> str:
     """Text cells may hold numbers (a gold answer of 18, an integer id): they become text."""
     if isinstance(value, str):
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value, finite=False):
         raise InputError(f"expected text, got {type(value).__name__}", where=where)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

@@ -23,6 +23,8 @@ from pydantic import (
     model_serializer,
 )
 
+from ..checks import N_MAX_LIMIT
+
 __all__ = ["MAX_SAMPLES", "MAX_TOKENS", "PoolSample", "PoolProblem", "SCHEMA_PATH", "json_schema"]
 
 SCHEMA_PATH = Path(__file__).with_name("pool.schema.json")
@@ -40,7 +42,7 @@ MAX_TOKENS = 2**53 - 1
 
 #: Most samples one problem may hold: far above any real pool (hundreds), and a bound on what a small
 #: compressed file can make the readers allocate (replay pads every problem to the widest).
-MAX_SAMPLES = 65_536
+MAX_SAMPLES = N_MAX_LIMIT  # one number: a pool holds what a policy may draw (optscale.checks)
 
 Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 TokenCount = Annotated[int, BeforeValidator(_integral_float_to_int), Field(ge=0, le=MAX_TOKENS)]

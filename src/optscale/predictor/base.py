@@ -32,6 +32,7 @@ from scipy.special import expit, logit
 from scipy.stats import norm
 
 from .._version import __version__
+from ..checks import MAX_SEED, check_seed  # noqa: F401 - both kept importable from here
 from ..errors import InputError
 from ..fit import moments_to_params
 from ..io import read_json, staged_dir, write_text
@@ -122,15 +123,7 @@ class Prediction:
         return expit(lo[:, 0]), expit(hi[:, 0]), np.exp(lo[:, 1]), np.exp(hi[:, 1])
 
 
-#: Largest seed of the fold assignment (scikit-learn's random_state takes 32 bits).
-MAX_SEED = 2**32 - 1
 
-
-def check_seed(seed) -> int:
-    """A fold-assignment seed: an integer from 0 to :data:`MAX_SEED`; anything else names ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"must be an integer from 0 to 2**32-1, got {seed!r}", "seed")
-    return int(seed)
 
 
 def group_folds(problems: Problems, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -10,7 +10,6 @@ defect is one :class:`~optscale.errors.InputError` naming ``file:line``.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_number
 from ..errors import InputError
 from ..io import iter_objects
 
@@ -120,9 +120,7 @@ def _label(row: dict, key: str, where: str) -> float:
     if key not in row:
         raise InputError(f"missing label {key!r}", where)
     value = row[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"label must be a finite number, got {value!r}", f"{where} field {key}")
-    return float(value)
+    return check_number(value, f"{where} field {key}", what="label")
 
 
 def _moments_from_samples(samples, where: str, key: str) -> tuple[float, float]:
@@ -131,9 +129,7 @@ def _moments_from_samples(samples, where: str, key: str) -> tuple[float, float]:
     scores = []
     for j, item in enumerate(samples):
         value = item.get("score") if isinstance(item, dict) else item
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0):
-            raise InputError(f"score must be a number in [0, 1], got {value!r}", f"{where} field {key}[{j}]")
-        scores.append(float(value))
+        scores.append(check_number(value, f"{where} field {key}[{j}]", 0, 1, what="score"))
     x = np.asarray(scores)
     return float(x.mean()), float(x.std())
 

@@ -6,6 +6,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..checks import check_int, check_seed
 from ..errors import InputError
 from ..policies.base import ReplayBatch
 
@@ -17,16 +18,7 @@ MAX_ORDERS = 10_000
 
 def check_orders(orders) -> int:
     """A number of sample orders: an integer from 1 to :data:`MAX_ORDERS`; anything else names ``orders``."""
-    if isinstance(orders, bool) or not isinstance(orders, (int, np.integer)) or not 1 <= orders <= MAX_ORDERS:
-        raise InputError(f"must be an integer from 1 to {MAX_ORDERS}, got {orders!r}", "orders")
-    return int(orders)
-
-
-def check_seed(seed) -> int:
-    """A seed as numpy takes it: an integer >= 0 (any size); anything else names ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"must be an integer >= 0, got {seed!r}", "seed")
-    return int(seed)
+    return check_int(orders, "orders", 1, MAX_ORDERS)
 
 
 def build_batch(problems: Sequence, orders: int = 1, seed: int = 0, source: str = "pool") -> ReplayBatch:

@@ -34,12 +34,15 @@ from typing import Sequence
 import numpy as np
 
 from ..policies.base import ReplayBatch, ReplayDecisions
+from ..policies.episode import score_or_zero
+from ..policies.selection import SELECTIONS
 
 __all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "Outcome", "PolicyStats", "RULES", "bon_curve",
            "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
 
-#: The fixed-N selection rules of the envelope (``bon --set select=<rule>`` at N samples).
-RULES = ("best", "majority", "weighted")
+#: The fixed-N selection rules of the envelope (``bon --set select=<rule>`` at N samples): every
+#: registered rule (:data:`~optscale.policies.selection.SELECTIONS`), so a new one enters the envelope.
+RULES = tuple(SELECTIONS.names())
 #: Relative slack when comparing token costs (sums of the same numbers in another order).
 _TOL = 1e-12
 
@@ -137,7 +140,7 @@ def fixed_curves(batch: ReplayBatch, n_max: int | None = None, rules: Sequence[s
     tok = np.zeros((n_max, p))
     best = np.zeros(b, dtype=np.int64)
     spent = np.zeros(b)
-    votes = [x for x in rules if x != "best"]
+    votes = [x for x in rules if x in ("majority", "weighted")]  # running tallies; other rules: their own code
     if votes:
         k = max(1, int(answer.max()) + 1)
         first = np.full((b, k), n, dtype=np.int32)
@@ -171,10 +174,14 @@ def fixed_curves(batch: ReplayBatch, n_max: int | None = None, rules: Sequence[s
         for i, rule in enumerate(rules):
             if rule == "best":
                 hit = correct[rows, best]
-            else:
+            elif rule in votes:
                 w = winner[rule]
                 pos = top_pos[rows, np.maximum(w, 0)]
                 hit = (w >= 0) & correct[rows, np.maximum(pos, 0)]
+            else:
+                used = np.arange(n)[None, :] < np.minimum(j + 1, available)[:, None]
+                pos = SELECTIONS.get(rule)(score_or_zero(score), answer, used)
+                hit = (pos >= 0) & correct[rows, np.maximum(pos, 0)]
             acc[i, j] = per_problem(hit)
         tok[j] = per_problem(spent)
     for j in range(min(n_max, n), n_max):  # beyond the pool's widest problem nothing changes

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..checks import check_int
 from ..errors import InputError
 from ..policies.registry import make_policy
 from .batch import check_seed
@@ -143,8 +144,7 @@ def check_sweep(policy: str, budgets: Sequence[int], s_mins: Sequence[float] | N
         raise InputError(f"must be an accuracy from 0 to 1, got {target}", "target")
     if not 0 < token_share <= 1:
         raise InputError(f"must lie in (0, 1], got {token_share}", "token_share")
-    if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or not 1 <= splits <= MAX_SPLITS:
-        raise InputError(f"must be an integer from 1 to {MAX_SPLITS}, got {splits!r}", "splits")
+    check_int(splits, "splits", 1, MAX_SPLITS)
     if len(budgets) == 0:
         raise InputError("needs at least one value", "budgets")
     keys, points = grid_points(s_mins, alphas, grid)

@@ -27,6 +27,7 @@ from ..live.config import (config_error, config_secrets, known_scorer, load_conf
 from ..live.sampler import SamplerSettings
 from ..live.types import ClientSettings, GenerationSettings, clean_key
 from ..policies import POLICIES
+from .. import defaults
 from ..policies.common import N_MAX_LIMIT
 
 __all__ = ["ServeConfig", "build_serve_config", "UPSTREAM_KEY_ENV", "CLIENT_KEYS_ENV", "FLAT"]
@@ -54,8 +55,8 @@ class ServeConfig(BaseModel):
     model: str = Field(min_length=1, description="model name as the upstream serves it (and clients ask for it)")
     scorer: str = Field(description="how samples are scored")
     scorer_settings: dict[str, Any] = Field(default_factory=dict, description="settings of the scorer")
-    policy: str = Field("optscale", description="default policy of requests that name none")
-    n_max: int = Field(8, ge=1, le=N_MAX_LIMIT, description="default most samples per request")
+    policy: str = Field(defaults.POLICY, description="default policy of requests that name none")
+    n_max: int = Field(defaults.SERVE_N_MAX, ge=1, le=N_MAX_LIMIT, description="default most samples per request")
     policy_settings: dict[str, Any] = Field(default_factory=dict,
                                             description="settings of the default policy (server side only)")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (127.0.0.1: this machine only)")

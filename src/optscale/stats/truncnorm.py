@@ -104,11 +104,15 @@ _WIDE_SIGMA = 1e6
 
 
 def _tilted_logcdf(x, c) -> np.ndarray:
-    """``log F(x)`` of the density ``exp(c t)`` on [0, 1] (the uniform at ``c = 0``), for ``0 <= x <= 1``."""
+    """``log F(x)`` of the density ``exp(c t)`` on [0, 1] (the uniform at ``c = 0``), for ``0 <= x <= 1``.
+
+    For ``|c| < 1e-10`` the first-order series ``log x + c (x - 1) / 2`` (error below 1e-20): the exact
+    form would multiply subnormal numbers (``c * x`` for ``c`` near 1e-320 keeps one or two digits)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         up = c * (x - 1.0) + np.log(-np.expm1(-c * x)) - np.log(-np.expm1(-c))
         down = np.log(-np.expm1(c * x)) - np.log(-np.expm1(c))
-        return np.where(c > 0, up, np.where(c < 0, down, np.log(x)))
+        series = np.log(x) + c * (x - 1.0) / 2.0
+        return np.where(np.abs(c) < 1e-10, series, np.where(c > 0, up, down))
 
 
 def _limits(log_p, xc, mu, sigma, upper: bool) -> np.ndarray:

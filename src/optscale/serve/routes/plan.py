@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from ...checks import is_number
 from ...fit import FitFlag, fit_mle
 from ...policies import Decision, Problem, Sample
 from ..episodes import estimates
@@ -34,7 +35,7 @@ async def plan(request: Request, ctx: Annotated[AppState, Depends(app_state)]):
         raise ApiError(400, f"give scores: a list of 1 to {MAX_PLAN_SCORES} numbers in [0, 1]", "scores",
                        "invalid_request")
     for i, s in enumerate(scores):
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
+        if not is_number(s, 0.0, 1.0):
             raise ApiError(400, f"must be a number in [0, 1], got {json.dumps(s)[:50]}", f"scores[{i}]",
                            "invalid_request")
     if answers is not None and (not isinstance(answers, list) or len(answers) != len(scores)
