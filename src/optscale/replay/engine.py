@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..policies.common import PolicyBase
 from .arrays import as_source
 from .batch import check_seed
@@ -49,17 +51,23 @@ def collect(data, policies: Sequence[PolicyBase],
     source = as_source(data)
     p, r, n = source.shape
     chunks = getattr(source, "n_chunks", 1)
-    curves: list[FixedCurves] = []
+    curves: FixedCurves | None = None
     outcomes: list[list[Outcome]] = [[] for _ in policies]
     done = 0
-    for _, batch in source.chunks():
-        curves.append(fixed_curves(batch))
+    for rows, batch in source.chunks():
+        part = fixed_curves(batch)
+        if curves is None:  # filled chunk by chunk: concatenating the parts would hold them twice
+            curves = FixedCurves(part.rules, np.empty((*part.accuracy.shape[:2], p)), np.empty((part.n_max, p)),
+                                 np.empty((part.n_max, p)))
+        curves.accuracy[:, :, rows], curves.tokens[:, rows], curves.samples[:, rows] = \
+            part.accuracy, part.tokens, part.samples
+        del part
         for i, policy in enumerate(policies):
             outcomes[i].append(outcome_of(batch, policy.replay(batch), policy))
             done += 1
             if on_progress is not None:
                 on_progress(done, chunks * len(policies))
-    return FixedCurves.concat(curves), [Outcome.concat(o) for o in outcomes]
+    return curves, [Outcome.concat(o) for o in outcomes]
 
 
 def replay_policies(

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -251,29 +251,47 @@ class Bootstrap:
     """``resamples`` seeded resamples of ``problems`` problems with replacement, as count weights.
 
     The same resamples serve every policy and every fixed method of one problem set: that is
-    what pairs the comparison. Counts are kept as bytes (a problem drawn 256 times among P
-    draws does not happen in practice; wider counts are used if it does).
+    what pairs the comparison. They are drawn again from the seed, a block at a time, whenever
+    they are used (:meth:`means`), instead of being kept: a ``(resamples, problems)`` table
+    would grow with the pool.
     """
 
+    #: Resamples weighted at once: :meth:`means` holds ``(_STEP, problems)`` float weights.
+    _STEP = 256
+
     def __init__(self, problems: int, resamples: int = 2000, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.problems, self.resamples = int(problems), int(resamples)
-        counts = np.empty((self.resamples, self.problems), dtype=np.uint8)
-        for b in range(self.resamples):
-            row = np.bincount(rng.integers(0, problems, size=problems), minlength=problems)
-            if row.max() > 255 and counts.dtype == np.uint8:
-                counts = counts.astype(np.uint32)
-            counts[b] = row
-        self.counts = counts
+        self.problems, self.resamples, self.seed = int(problems), int(resamples), seed
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first resample, counts)`` for consecutive blocks of resamples, counts as floats ``(rows, P)``.
+
+        Every block is the same buffer, refilled: use it before asking for the next one.
+        """
+        rng = np.random.default_rng(self.seed)
+        buffer = np.empty((min(self._STEP, self.resamples), self.problems))
+        for start in range(0, self.resamples, self._STEP):
+            block = buffer[:min(self._STEP, self.resamples - start)]
+            for row in block:
+                row[:] = np.bincount(rng.integers(0, self.problems, size=self.problems), minlength=self.problems)
+            yield start, block
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Every resample's counts ``(resamples, problems)`` (a table this large is built on request only)."""
+        return np.concatenate([block.astype(np.uint32) for _, block in self.blocks()])
 
     def means(self, values: np.ndarray) -> np.ndarray:
         """Resampled means of per-problem ``values`` ``(P,)`` or ``(P, G)``: ``(B,)`` or ``(B, G)``."""
-        values = np.asarray(values, dtype=float)
-        out = np.empty((self.resamples, *values.shape[1:]))
-        step = 256
-        for start in range(0, self.resamples, step):
-            out[start:start + step] = self.counts[start:start + step].astype(float) @ values
-        return out / self.problems
+        return self.means_of(values)[0]
+
+    def means_of(self, *values: np.ndarray) -> list[np.ndarray]:
+        """:meth:`means` of several arrays, drawing the resamples once."""
+        arrays = [np.asarray(v, dtype=float) for v in values]
+        out = [np.empty((self.resamples, *v.shape[1:])) for v in arrays]
+        for start, block in self.blocks():
+            for v, o in zip(arrays, out):
+                o[start:start + len(block)] = block @ v
+        return [o / self.problems for o in out]
 
 
 @dataclass
@@ -310,8 +328,8 @@ class Baseline:
         if self._boot_points is None:
             c = self.curves
             nr, nn = len(c.rules), c.n_max
-            acc = self.bootstrap.means(c.accuracy.reshape(nr * nn, -1).T).reshape(-1, nr, nn).max(axis=1)
-            self._boot_points = acc, self.bootstrap.means(c.tokens.T)
+            acc, tok = self.bootstrap.means_of(c.accuracy.reshape(nr * nn, -1).T, c.tokens.T)
+            self._boot_points = acc.reshape(-1, nr, nn).max(axis=1), tok
         return self._boot_points
 
     def envelope(self, n_max: int) -> _Envelope:
@@ -367,7 +385,7 @@ class Baseline:
     def resampled_gain(self, n_max: int, correct: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Paired bootstrap of accuracy minus envelope for per-problem ``correct``/``tokens`` ``(P, G)``: ``(B, G)``."""
         env = self.envelope(n_max)
-        acc, tok = self.bootstrap.means(correct), self.bootstrap.means(tokens)
+        acc, tok = self.bootstrap.means_of(correct, tokens)
         return acc - envelope_value(env.vx, env.vy, env.count, tok)
 
     def rows(self, n_max: int) -> list[dict]:
@@ -533,13 +551,20 @@ def policy_stats(policies: Sequence, outcomes: Sequence[Outcome], baseline: Base
     return out
 
 
+#: Resamples of :func:`_ratio_interval` drawn at once (the same draws as all at once, in less memory).
+_RATIO_STEP = 64
+
+
 def _ratio_interval(hits: np.ndarray, trials: np.ndarray, resamples: int = 1000, seed: int = 0,
                     level: float = 0.95) -> tuple[float, float]:
     """Bootstrap interval over problems of ``sum(hits) / sum(trials)`` (orders of one problem move together)."""
     hits, trials = np.asarray(hits, dtype=float), np.asarray(trials, dtype=float)
-    weights = np.random.default_rng(seed).multinomial(hits.size, np.full(hits.size, 1.0 / hits.size), resamples)
-    den = weights @ trials
-    ratio = np.divide(weights @ hits, den, out=np.full(resamples, np.nan), where=den > 0)
+    rng, shares = np.random.default_rng(seed), np.full(hits.size, 1.0 / hits.size)
+    num, den = np.empty(resamples), np.empty(resamples)
+    for start in range(0, resamples, _RATIO_STEP):  # a few rows of weights at a time: (resamples, P) is large
+        weights = rng.multinomial(hits.size, shares, min(_RATIO_STEP, resamples - start))
+        num[start:start + len(weights)], den[start:start + len(weights)] = weights @ hits, weights @ trials
+    ratio = np.divide(num, den, out=np.full(resamples, np.nan), where=den > 0)
     ratio = ratio[~np.isnan(ratio)]
     if ratio.size == 0:
         return float("nan"), float("nan")
