@@ -251,6 +251,9 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
         table.add_row("prompt tokens", f"{sum(prompt):,}" if known else "unknown (not reported by the server)")
         table.add_row("tokens of cancelled requests", f"{cancelled:,}")
         table.add_row("flagged samples / failed requests", f"{flagged} / {failed}")
+        ungraded = [sum(r.summary.get("grade_status") == s for r in finished) for s in ("timeout", "error")]
+        if any(ungraded):
+            table.add_row("answers whose grading timed out / failed (counted wrong)", "{} / {}".format(*ungraded))
         if invalid:
             table.add_row("invalid usage reports (counted tokens used)", f"{invalid}")
     table.add_row("wall time", f"{outcome.wall_s:.1f} s")

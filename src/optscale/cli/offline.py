@@ -94,23 +94,34 @@ def _grid(pairs: list[str] | None) -> dict[str, list[str]]:
     return out
 
 
-def grading_timeouts() -> int:
-    """Answers whose grading has timed out in this process so far (counted as wrong)."""
-    from ..answers.grade import COUNTS
+def grading_note(failed: dict[str, int]) -> str | None:
+    """The note on answers whose grading timed out or failed (``grading_problems``), None if none did."""
+    parts = [f"timed out on {failed['timeouts']}"] if failed["timeouts"] else []
+    parts += [f"failed on {failed['errors']}"] if failed["errors"] else []
+    return f"grading {' and '.join(parts)} answer(s); they count as wrong" if parts else None
 
-    return COUNTS["timeouts"]
 
-
-def _pool_notes(batch, n_max: int, timeouts: int) -> list[str]:
-    """What the reader of a replay must know about the pool: a budget it cannot fill, grading timeouts."""
+def _pool_notes(batch, n_max: int | None, failed: dict[str, int]) -> list[str]:
+    """What the reader of a replay must know about the pool: a budget it cannot fill, grading timeouts and errors."""
     notes = []
     most = batch.shape[2]
-    if n_max > most:
+    if n_max is not None and n_max > most:
         notes.append(f"--n-max {n_max} exceeds the pool's {most} samples per problem at most: the policy is "
                      f"replayed on what is stored, so @{n_max} spends at most {most}")
-    if timeouts:
-        notes.append(f"grading timed out on {timeouts} answer(s); they count as wrong")
-    return notes
+    note = grading_note(failed)
+    return notes + ([note] if note else [])
+
+
+def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None):
+    """:func:`load_batch` and the notes on what was read (warned on stderr)."""
+    from ..answers.grade import COUNTS, grading_problems
+
+    before = COUNTS.copy()
+    batch = load_batch(pool, orders, seed)
+    notes = _pool_notes(batch, n_max, grading_problems(before))
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    return batch, notes
 
 
 def promise_note(stats) -> str:
@@ -190,11 +201,7 @@ def replay(
 
         pol = build_policy(policy, n_max, parse_settings(settings))
         _check_run(orders, seed, out)
-        timeouts = grading_timeouts()
-        batch = load_batch(pool, orders, seed)
-        notes = _pool_notes(batch, n_max, grading_timeouts() - timeouts)
-        for note in notes:
-            typer.echo(f"warning: {note}", err=True)
+        batch, notes = load_checked(pool, orders, seed, n_max)
         result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
         stats = result.stats[0]
         if stats.misses_alpha:
@@ -263,7 +270,7 @@ def sweep(
         pairs = check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
                             **options)  # before the long run
         _check_run(orders, seed, out)
-        batch = load_batch(pool, orders, seed)
+        batch, _ = load_checked(pool, orders, seed)
         with progress_bar() as bar:
             task = bar.add_task(f"sweep {policy} ({len(pairs)} settings)", total=None)
             result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
