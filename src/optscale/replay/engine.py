@@ -10,7 +10,8 @@ import numpy as np
 from ..policies.common import PolicyBase
 from .arrays import as_source
 from .batch import check_seed
-from .metrics import Baseline, BonCurve, FixedCurves, Outcome, PolicyStats, fixed_curves, outcome_of, policy_stats
+from .metrics import (Baseline, BonCurve, FixedCurves, PolicyStats, ReplayOutcome, fixed_curves, outcome_of,
+                      policy_stats)
 
 __all__ = ["ReplayResult", "collect", "replay_policies"]
 
@@ -41,7 +42,7 @@ class ReplayResult:
 
 
 def collect(data, policies: Sequence[PolicyBase],
-            on_progress: Callable[[int, int], None] | None = None) -> tuple[FixedCurves, list[Outcome]]:
+            on_progress: Callable[[int, int], None] | None = None) -> tuple[FixedCurves, list[ReplayOutcome]]:
     """Every fixed-N method and every policy on every problem of ``data`` (a :class:`ReplayBatch`
     or an :class:`~optscale.replay.arrays.OrderedPool`), one chunk of problems at a time.
 
@@ -52,7 +53,7 @@ def collect(data, policies: Sequence[PolicyBase],
     p, r, n = source.shape
     chunks = getattr(source, "n_chunks", 1)
     curves: FixedCurves | None = None
-    outcomes: list[list[Outcome]] = [[] for _ in policies]
+    outcomes: list[list[ReplayOutcome]] = [[] for _ in policies]
     done = 0
     for rows, batch in source.chunks():
         part = fixed_curves(batch)
@@ -67,7 +68,7 @@ def collect(data, policies: Sequence[PolicyBase],
             done += 1
             if on_progress is not None:
                 on_progress(done, chunks * len(policies))
-    return curves, [Outcome.concat(o) for o in outcomes]
+    return curves, [ReplayOutcome.concat(o) for o in outcomes]
 
 
 def replay_policies(

@@ -35,8 +35,8 @@ import numpy as np
 
 from ..policies.base import ReplayBatch, ReplayDecisions
 
-__all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "Outcome", "PolicyStats", "RULES", "bon_curve",
-           "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
+__all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "PolicyStats", "RULES", "ReplayOutcome",
+           "bon_curve", "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
 
 #: The fixed-N selection rules of the envelope (``bon --set select=<rule>`` at N samples).
 RULES = ("best", "majority", "weighted")
@@ -400,8 +400,10 @@ class Baseline:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What one policy did, per problem (means over sample orders); small enough to keep for many policies."""
+class ReplayOutcome:
+    """What one policy did in a replay, per problem (means over sample orders); small enough to keep for many
+    policies. (Not :class:`optscale.policies.Outcome`, the result of one live episode; this was also named
+    ``Outcome`` before, which still works with a deprecation warning.)"""
 
     correct: np.ndarray  # (P,) share of orders answered correctly
     tokens: np.ndarray  # (P,) mean tokens
@@ -411,23 +413,23 @@ class Outcome:
     capped: np.ndarray | None = None  # (P,) orders where N* exceeded the budget
     hits_uncapped: np.ndarray | None = None
 
-    def take(self, idx) -> Outcome:
+    def take(self, idx) -> ReplayOutcome:
         idx = np.asarray(idx, dtype=np.int64)
         pick = lambda x: None if x is None else x[idx]  # noqa: E731
-        return Outcome(self.correct[idx], self.tokens[idx], self.samples[idx], self.orders, pick(self.hits),
-                       pick(self.capped), pick(self.hits_uncapped))
+        return ReplayOutcome(self.correct[idx], self.tokens[idx], self.samples[idx], self.orders, pick(self.hits),
+                             pick(self.capped), pick(self.hits_uncapped))
 
     @staticmethod
-    def concat(parts: Sequence[Outcome]) -> Outcome:
+    def concat(parts: Sequence[ReplayOutcome]) -> ReplayOutcome:
         if len(parts) == 1:
             return parts[0]
         cat = lambda name: (None if getattr(parts[0], name) is None  # noqa: E731
                             else np.concatenate([getattr(p, name) for p in parts]))
-        return Outcome(cat("correct"), cat("tokens"), cat("samples"), parts[0].orders, cat("hits"), cat("capped"),
-                       cat("hits_uncapped"))
+        return ReplayOutcome(cat("correct"), cat("tokens"), cat("samples"), parts[0].orders, cat("hits"),
+                             cat("capped"), cat("hits_uncapped"))
 
 
-def outcome_of(batch: ReplayBatch, decisions: ReplayDecisions, policy) -> Outcome:
+def outcome_of(batch: ReplayBatch, decisions: ReplayDecisions, policy) -> ReplayOutcome:
     """Reduce a policy's decisions on ``batch`` to per-problem means (no answer counts as wrong)."""
     p, r, n = batch.shape
     n_used, chosen = decisions.n_used, decisions.chosen
@@ -435,12 +437,13 @@ def outcome_of(batch: ReplayBatch, decisions: ReplayDecisions, policy) -> Outcom
     correct = (picked & (chosen >= 0)).mean(axis=1)
     used = np.arange(n)[None, None, :] < n_used[..., None]
     tokens = np.where(used, batch.tokens, 0.0).sum(axis=2).mean(axis=1)
-    out = Outcome(correct, tokens, n_used.mean(axis=1).astype(np.float32), r)
+    out = ReplayOutcome(correct, tokens, n_used.mean(axis=1).astype(np.float32), r)
     if "capped" in decisions.estimates and hasattr(policy, "s_min"):
         hit = np.where(used, batch.score, -np.inf).max(axis=2) >= policy.s_min
         capped = decisions.estimates["capped"].astype(bool)
         count = lambda x: x.sum(axis=1).astype(np.float32)  # noqa: E731
-        out = Outcome(out.correct, out.tokens, out.samples, r, count(hit), count(capped), count(hit & ~capped))
+        out = ReplayOutcome(out.correct, out.tokens, out.samples, r, count(hit), count(capped),
+                            count(hit & ~capped))
     return out
 
 
@@ -493,7 +496,7 @@ class PolicyStats:
         return asdict(self)
 
 
-def policy_stats(policies: Sequence, outcomes: Sequence[Outcome], baseline: Baseline,
+def policy_stats(policies: Sequence, outcomes: Sequence[ReplayOutcome], baseline: Baseline,
                  curve: BonCurve | None = None) -> list[PolicyStats]:
     """Statistics of several policies on the problems of ``baseline`` (paired resamples, vectorised)."""
     if not policies:
@@ -600,3 +603,18 @@ def _settings(policy) -> dict:
     if getattr(policy, "priors", None) is not None:
         out["priors"] = str(policy.priors)
     return out
+
+
+def renamed(name: str, stacklevel: int = 2):
+    """A name this module had before (with a deprecation warning); AttributeError for any other."""
+    if name == "Outcome":  # the old name, taken by optscale.policies.Outcome (one live episode's result)
+        import warnings
+
+        warnings.warn("optscale.replay.Outcome is renamed ReplayOutcome (optscale.policies.Outcome is a live "
+                      "episode's result)", DeprecationWarning, stacklevel=stacklevel + 1)
+        return ReplayOutcome
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __getattr__(name: str):
+    return renamed(name)
