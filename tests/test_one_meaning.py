@@ -34,11 +34,13 @@ def test_predictor_and_live_runs_read_a_problem_file_with_the_same_ids(tmp_path)
     from optscale.predictor import Problems
 
     path = tmp_path / "bench.jsonl"
-    rows = [{"id": 0, "question": "a"}, {"id": False, "question": "b", "level": "Level 3"}, {"id": 1.5, "question": "c"},
-            {"question": "d", "subject": " Algebra "}, {"id": "x", "question": "e", "level": 2}]
+    rows = [{"id": 0, "question": "a"}, {"id": False, "question": "b", "level": "Level 3"},
+            {"id": 1.5, "question": "c"}, {"question": "d", "subject": " Algebra "},
+            {"id": "x", "question": "e", "level": 2}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     problems = Problems.from_file(path)
-    assert problems.ids == [p.id for p in load_problems(DatasetSpec(str(path)))] == ["0", "false", "1.5", "bench/3", "x"]
+    live_ids = [p.id for p in load_problems(DatasetSpec(str(path)))]
+    assert problems.ids == live_ids == ["0", "false", "1.5", "bench/3", "x"]
     assert problems.levels == [None, 3, None, None, 2] and problems.subjects[3] == "Algebra"
     with pytest.warns(DeprecationWarning, match="Problems.from_file"):
         from optscale.predictor import load_problems as old

@@ -90,4 +90,5 @@ def test_the_promise_interval_is_the_all_at_once_draw(size):
     hits, trials = rng.integers(0, 5, size).astype(float), np.full(size, 5.0)
     weights = np.random.default_rng(7).multinomial(size, np.full(size, 1.0 / size), 1000)
     ratio = (weights @ hits) / (weights @ trials)
-    assert _ratio_interval(hits, trials, seed=7) == (float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5)))
+    want = (float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5)))
+    assert _ratio_interval(hits, trials, seed=7) == want

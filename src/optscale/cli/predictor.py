@@ -13,7 +13,8 @@ from rich.table import Table
 
 from ..errors import InputError
 from ..io import check_out_file, ensure_out_dir, write_jsonl, write_text
-from ..predictor import DEFAULT_MODEL, KINDS, SHARED_DATA_ENV, Problems, load, load_training, prior_rows, shared_data_dir
+from ..predictor import (DEFAULT_MODEL, KINDS, SHARED_DATA_ENV, Problems, load, load_training, prior_rows,
+                         shared_data_dir)
 from ..predictor.base import check_seed, metrics
 from ..predictor.evaluate import compare_file, cross_validated
 from ..report.plots import calibration_plot
