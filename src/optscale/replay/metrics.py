@@ -260,14 +260,18 @@ class Bootstrap:
     _STEP = 256
 
     def __init__(self, problems: int, resamples: int = 2000, seed: int = 0):
-        self.problems, self.resamples, self.seed = int(problems), int(resamples), seed
+        self.problems, self.resamples = int(problems), int(resamples)
+        # the generator's state, so that every pass draws the same resamples (a Generator given as seed included)
+        self._start = np.random.default_rng(seed).bit_generator.state
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(first resample, counts)`` for consecutive blocks of resamples, counts as floats ``(rows, P)``.
 
         Every block is the same buffer, refilled: use it before asking for the next one.
         """
-        rng = np.random.default_rng(self.seed)
+        bits = getattr(np.random, self._start["bit_generator"])()
+        bits.state = self._start
+        rng = np.random.Generator(bits)
         buffer = np.empty((min(self._STEP, self.resamples), self.problems))
         for start in range(0, self.resamples, self._STEP):
             block = buffer[:min(self._STEP, self.resamples - start)]
