@@ -52,7 +52,7 @@ from optscale.errors import InputError
 from optscale.policies import POLICIES, make_policy
 from optscale.policies.base import ReplayBatch
 from optscale.policies.learned import fit_table
-from optscale.replay import Baseline, Outcome, collect, outcome_of, policy_stats, split_problems, subset
+from optscale.replay import Baseline, ReplayOutcome, collect, outcome_of, policy_stats, split_problems, subset
 from optscale.replay.batch import order_indices
 from optscale.replay.sweep import choose
 from optscale.simulate import simulate_arrays
@@ -113,7 +113,7 @@ def cross_fitted(batch: ReplayBatch, calib: np.ndarray, n_max: int, grid: list[d
             pol = make_policy("learned", n_max, table=fit_table(cal, n_max, **g))
             parts[k].append(outcome_of(test, pol.replay(test), pol))
     back = np.argsort(np.concatenate(order))
-    return [Outcome.concat(ps).take(back) for ps in parts]
+    return [ReplayOutcome.concat(ps).take(back) for ps in parts]
 
 
 def split_policies(name: str, n_max: int, cal: ReplayBatch) -> tuple[list[dict], list]:

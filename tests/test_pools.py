@@ -762,6 +762,7 @@ def test_cli_convert_and_validate(tmp_path: Path, cli) -> None:
         "samples with an answer": f"{100 * answered:.1f}%",
         "accuracy of a random sample": f"{100 * accuracy:.1f}%",
         "answers whose grading timed out (counted wrong)": "0",
+        "answers whose grading failed (counted wrong)": "0",
         "mean tokens per sample": f"{sum(s.tokens for s in samples) / len(samples):.1f}",
     }
 

@@ -15,7 +15,7 @@ from optscale.errors import InputError  # noqa: E402
 from optscale.priors import FilePriors, PriorSource  # noqa: E402
 from optscale.predictor import (  # noqa: E402
     ConstantPredictor, EmbeddingPredictor, KernelPredictor, MetadataPredictor, Prediction, Predictor, PredictorPriors,
-    Problems, load, load_problems, load_training,
+    Problems, load, load_training,
 )
 from optscale.predictor.kernel import loo_select  # noqa: E402
 
@@ -87,18 +87,16 @@ def test_bad_training_rows_name_file_and_line(tmp_path, row, message):
 def test_bad_benchmark_files(tmp_path):
     path = tmp_path / "bench.jsonl"
     _write(path, [{"id": "a", "question": "q"}, {"question": "no id"}])
-    with pytest.raises(InputError, match="needs an 'id'") as info:
-        load_problems(path)
-    assert info.value.where == f"{path}:2"
+    assert Problems.from_file(path).ids == ["a", "bench/1"]  # the id a live run gives that row
     _write(path, [{"id": "a", "question": "q"}, {"id": "a", "question": "q2"}])
-    with pytest.raises(InputError, match="duplicate id"):
-        load_problems(path)
+    with pytest.raises(InputError, match="repeats"):
+        Problems.from_file(path)
     path.write_text('{"id": "a", "question": "q"}\n{oops\n', encoding="utf-8")
     with pytest.raises(InputError, match="malformed JSON") as info:
-        load_problems(path)
+        Problems.from_file(path)
     assert info.value.where == f"{path}:2"
     with pytest.raises(InputError, match="file not found"):
-        load_problems(tmp_path / "missing.jsonl")
+        Problems.from_file(tmp_path / "missing.jsonl")
 
 
 # ----------------------------------------------------------------------------- predictive distribution
@@ -437,7 +435,8 @@ def test_cli_train_predict_evaluate(train_file, tmp_path):
     no_ids = tmp_path / "noids.jsonl"
     _write(no_ids, [{"question": "q"}])
     res = runner.invoke(app, ["predictor", "predict", str(no_ids), "--model", str(model_dir), "--out", str(priors)])
-    assert isinstance(res.exception, InputError) and res.exception.where == f"{no_ids}:1"
+    assert res.exit_code == 0, res.output  # keyed as `optscale run` keys that row
+    assert [json.loads(line)["id"] for line in priors.read_text().splitlines()] == ["noids/0"]
 
 
 def test_predictor_is_abstract():
@@ -455,7 +454,7 @@ def test_cli_checks_outputs_before_working_and_names_flags(train_file, tmp_path,
         raise AssertionError("worked before checking its output")
 
     monkeypatch.setattr(cli_predictor, "load_training", never)
-    monkeypatch.setattr(cli_predictor, "load_problems", never)
+    monkeypatch.setattr(cli_predictor.Problems, "from_file", never)
     runner = CliRunner()
     a_file = tmp_path / "file"
     a_file.write_text("x")

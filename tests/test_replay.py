@@ -279,7 +279,7 @@ def test_answer_only_batches_use_majority_vote_only():
 def _first_success_world(rng, problems=200, n_max=8, qs=(0.1, 0.4, 0.7)):
     """Perfect verifier, one token per sample, q_p from qs: BoN@n and 'stop at the first correct sample'
     have closed-form population accuracy and cost, so the true gain over the envelope is known."""
-    from optscale.replay import FixedCurves, Outcome
+    from optscale.replay import FixedCurves, ReplayOutcome
 
     q = rng.choice(qs, problems)
     hits = rng.random((problems, n_max)) < q[:, None]
@@ -287,7 +287,7 @@ def _first_success_world(rng, problems=200, n_max=8, qs=(0.1, 0.4, 0.7)):
     curves = FixedCurves(("best",), any_by.T[None].astype(float), np.tile(np.arange(1.0, n_max + 1)[:, None], problems),
                          np.tile(np.arange(1.0, n_max + 1)[:, None], problems))
     first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, n_max).astype(float)
-    outcome = Outcome(any_by[:, -1].astype(float), first, first.astype(np.float32), 1)
+    outcome = ReplayOutcome(any_by[:, -1].astype(float), first, first.astype(np.float32), 1)
     qa = np.array(qs)
     acc_n = [np.mean(1 - (1 - qa) ** n) for n in range(1, n_max + 1)]
     tokens = np.mean([sum((1 - q_) ** k for k in range(n_max)) for q_ in qa])

@@ -10,7 +10,10 @@ and, when they fire, quietly answer "wrong". So grading runs in one small persis
 process without math-verify's limits, and the caller waits at most :data:`TIMEOUT_SECONDS`
 for each answer; a worker that overruns is killed and a fresh one starts on the next call. A timeout is
 logged, counted in :data:`COUNTS`, and reported as ``status="timeout"`` by
-:func:`grade_detail`; :func:`grade` counts it as wrong. :func:`grade_async` grades without
+:func:`grade_detail`; :func:`grade` counts it as wrong. So is an answer on which math-verify
+raises (``status="error"``, with the exception in :attr:`Grade.detail`): the warning names the
+place the caller gave (``where``: a pool's ``file:line samples[j]``, a problem id); after
+:data:`ERRORS_LOGGED` of them, further ones are only counted. :func:`grade_async` grades without
 blocking an event loop. math-verify (and sympy) are imported only in the worker, so neither
 the CLI nor the caller pays for them.
 """
@@ -24,13 +27,14 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
 from ..errors import InputError
 
-__all__ = ["COUNTS", "Grade", "TIMEOUT_SECONDS", "grade", "grade_async", "grade_detail", "grade_many"]
+__all__ = ["COUNTS", "ERRORS_LOGGED", "Grade", "TIMEOUT_SECONDS", "grade", "grade_async", "grade_detail",
+           "grade_many", "grading_problems"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ STARTUP_SECONDS = 120.0
 
 #: How many answers were graded, and how many ran out of time or crashed the grader (per process).
 COUNTS: collections.Counter[str] = collections.Counter()
+#: Grader errors logged one by one per process; the ones after are counted in :data:`COUNTS` only.
+ERRORS_LOGGED = 10
 
 _BOXED_PREFIXES = ("\\boxed", "\\fbox")
 
@@ -51,6 +57,7 @@ class Grade:
 
     correct: bool
     status: Literal["ok", "no_answer", "timeout", "error"] = "ok"
+    detail: str | None = field(default=None, compare=False)  # what went wrong, for "error"
 
 
 def _boxed(answer: str) -> str:
@@ -71,9 +78,9 @@ def _verify(gold: str, prediction: str) -> Grade:
         if not gold_parsed or not prediction_parsed:
             return Grade(False)
         return Grade(bool(verify(gold_parsed, prediction_parsed, timeout_seconds=None)))
-    except Exception:
-        # A grader crash on one odd answer must not stop a whole pool: it counts as wrong.
-        return Grade(False, "error")
+    except Exception as exc:
+        # A grader crash on one odd answer must not stop a whole pool: it counts as wrong, and the caller logs it.
+        return Grade(False, "error", f"{type(exc).__name__}: {exc}"[:200])
 
 
 def _serve(conn) -> None:
@@ -142,9 +149,8 @@ class _Worker:
                 if self._conn.poll(timeout):
                     return self._conn.recv()
             except (OSError, EOFError, RuntimeError) as exc:
-                log.warning("grader failed on %r vs gold %r (%s): counted as wrong", prediction[:80], gold[:80], exc)
                 self.stop()
-                return Grade(False, "error")
+                return Grade(False, "error", f"the grading process failed: {exc}")
             self.stop()
             return Grade(False, "timeout")
 
@@ -156,35 +162,60 @@ _worker = _Worker()
 def _grade_cached(gold: str, prediction: str, timeout: float) -> Grade:
     result = _worker.grade(gold, prediction, timeout)
     COUNTS["graded"] += 1
-    if result.status == "timeout":
-        COUNTS["timeouts"] += 1
-        log.warning("grading %r against gold %r took over %.1f s: counted as wrong (status 'timeout')",
-                    prediction[:80], gold[:80], timeout)
-    elif result.status == "error":
-        COUNTS["errors"] += 1
+    if result.status in ("timeout", "error"):
+        COUNTS[result.status + "s"] += 1
     return result
 
 
-def grade_detail(gold: str, prediction: str | None, timeout: float | None = None) -> Grade:
+def _log_failure(result: Grade, gold: str, prediction: str, timeout: float, where: str | None) -> None:
+    """Warn about a verdict that counts as wrong because grading failed (errors: the first few only)."""
+    place = f"{where}: " if where else ""
+    if result.status == "timeout":
+        log.warning("%sgrading %r against gold %r took over %.1f s: counted as wrong (status 'timeout')",
+                    place, prediction[:80], gold[:80], timeout)
+        return
+    if COUNTS["errors"] > ERRORS_LOGGED:
+        return
+    log.warning("%sgrading %r against gold %r failed (%s): counted as wrong (status 'error')%s", place,
+                prediction[:80], gold[:80], result.detail,
+                "; further grading errors are counted, not logged" if COUNTS["errors"] == ERRORS_LOGGED else "")
+
+
+def grade_detail(gold: str, prediction: str | None, timeout: float | None = None, where: str | None = None) -> Grade:
     """Whether ``prediction`` is mathematically equal to ``gold``, and how that was decided.
 
     A missing or blank prediction (or gold) is wrong with ``status="no_answer"``. Verdicts,
     timeouts included (they say so), are cached per ``(gold, prediction)`` pair because pools
-    repeat the same answers many times and a hostile answer should cost its time once.
+    repeat the same answers many times and a hostile answer should cost its time once. A
+    timeout or a grader error is logged (naming ``where``, the answer's place) when the pair is
+    first graded, and counted in :data:`COUNTS`.
     """
     if prediction is None or not prediction.strip() or not gold.strip():
         return Grade(False, "no_answer")
-    return _grade_cached(gold, prediction, TIMEOUT_SECONDS if timeout is None else float(timeout))
+    seconds = TIMEOUT_SECONDS if timeout is None else float(timeout)
+    before = _grade_cached.cache_info().misses
+    result = _grade_cached(gold, prediction, seconds)
+    if result.status in ("timeout", "error") and _grade_cached.cache_info().misses > before:
+        _log_failure(result, gold, prediction, seconds, where)
+    return result
 
 
-def grade(gold: str, prediction: str | None) -> bool:
+def grade(gold: str, prediction: str | None, where: str | None = None) -> bool:
     """Whether ``prediction`` is mathematically equal to ``gold`` (gold first; never raises)."""
-    return grade_detail(gold, prediction).correct
+    return grade_detail(gold, prediction, where=where).correct
 
 
-async def grade_async(gold: str, prediction: str | None, timeout: float | None = None) -> Grade:
+async def grade_async(gold: str, prediction: str | None, timeout: float | None = None,
+                      where: str | None = None) -> Grade:
     """:func:`grade_detail` without blocking the event loop (the wait happens in a thread)."""
-    return await asyncio.to_thread(grade_detail, gold, prediction, timeout)
+    return await asyncio.to_thread(grade_detail, gold, prediction, timeout, where)
+
+
+def grading_problems(since: collections.Counter[str] | None = None) -> dict[str, int]:
+    """Answers whose grading timed out or failed (both counted as wrong) in this process, or since the
+    copy ``since`` of :data:`COUNTS` was taken: ``{"timeouts": n, "errors": n}``."""
+    since = since or collections.Counter()
+    return {key: COUNTS[key] - since[key] for key in ("timeouts", "errors")}
 
 
 def grade_many(golds: Sequence[str], predictions: Sequence[str | None]) -> list[bool]:

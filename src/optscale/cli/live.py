@@ -14,7 +14,10 @@ name; :data:`RUN_FLAGS` and :data:`POOL_FLAGS` translate those names to the flag
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -106,42 +109,79 @@ def _scorer_set_help() -> str:
                   f"(or {envs}), never --api-key; keys are never stored.")
 
 
-_Dataset = Annotated[str | None, typer.Argument(help=_help("dataset"), show_default=False)]
-_Config = Annotated[Path | None, typer.Option("--config", help="TOML, YAML or JSON file with any of these "
-                                              "settings (underscored names); flags override it.")]
-_BaseUrl = Annotated[list[str] | None, _option("base_url", after=" (repeat the flag)")]
-_Model = Annotated[str | None, _option("model")]
-_ApiKey = Annotated[str | None, _option("api_key", envvar="OPENAI_API_KEY", show_envvar=True,
-                                        after=", the generator's (never stored)")]
-_Endpoint = Annotated[str | None, _option("endpoint")]
-_Scorer = Annotated[str | None, typer.Option("--scorer", help=_scorer_help(), show_default=False)]
-_ScorerSet = Annotated[list[str] | None, typer.Option("--scorer-set", help=_scorer_set_help(), show_default=False)]
-_Out = Annotated[Path | None, _option("out", "--out", "-o")]
-_System = Annotated[str | None, _option("system", after=" (or @FILE)")]
-_Template = Annotated[str | None, _option("template", after=" (or @FILE)", default=False)]
-_Markup = Annotated[str | None, _option("chat_markup")]
-_Temperature = Annotated[float | None, _option("temperature")]
-_TopP = Annotated[float | None, _option("top_p")]
-_MaxTokens = Annotated[int | None, _option("max_tokens")]
-_Stop = Annotated[list[str] | None, _option("stop", after="; repeatable")]
-_Stream = Annotated[bool | None, _option("stream", "--stream/--no-stream")]
-_Seed = Annotated[int | None, _option("seed", after=", so a re-drawn sample repeats where the server honours seeds")]
-_Concurrency = Annotated[int | None, _option("concurrency")]
-_InFlight = Annotated[int | None, _option("in_flight")]
-_ProblemsInFlight = Annotated[int | None, _option("problems_in_flight")]
-_NPerRequest = Annotated[int | None, _option("n_per_request")]
-_MaxFailures = Annotated[int | None, _option("max_failures")]
-_Timeout = Annotated[float | None, _option("timeout")]
-_IdleTimeout = Annotated[float | None, _option("idle_timeout")]
-_Retries = Annotated[int | None, _option("retries", after=" (429, 5xx, dropped connections)")]
-_Limit = Annotated[int | None, _option("limit")]
-_Offset = Annotated[int | None, _option("offset")]
-_Split = Annotated[str | None, _option("split")]
-_Subset = Annotated[str | None, _option("subset")]
-_QField = Annotated[str | None, _option("question_field")]
-_AField = Annotated[str | None, _option("answer_field")]
-_IdField = Annotated[str | None, _option("id_field")]
-_Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+#: The flags ``run`` and ``pool`` share, defined once: name -> (annotation, default). :func:`_with_shared`
+#: puts the first table before a command's own flags and the second after them (the order of --help).
+_SOURCE_FLAGS: dict[str, tuple[Any, Any]] = {
+    "dataset": (Annotated[str | None, typer.Argument(help=_help("dataset"), show_default=False)], None),
+    "config_file": (Annotated[Path | None, typer.Option("--config", help="TOML, YAML or JSON file with any of these "
+                                                        "settings (underscored names); flags override it.")], None),
+    "base_url": (Annotated[list[str] | None, _option("base_url", after=" (repeat the flag)")], None),
+    "model": (Annotated[str | None, _option("model")], None),
+    "scorer": (Annotated[str | None, typer.Option("--scorer", help=_scorer_help(), show_default=False)], None),
+    "scorer_set": (Annotated[list[str] | None, typer.Option("--scorer-set", help=_scorer_set_help(),
+                                                            show_default=False)], None),
+}
+_SAMPLING_FLAGS: dict[str, tuple[Any, Any]] = {
+    "out": (Annotated[Path | None, _option("out", "--out", "-o")], None),
+    "api_key": (Annotated[str | None, _option("api_key", envvar="OPENAI_API_KEY", show_envvar=True,
+                                              after=", the generator's (never stored)")], None),
+    "endpoint": (Annotated[str | None, _option("endpoint")], None),
+    "system": (Annotated[str | None, _option("system", after=" (or @FILE)")], None),
+    "template": (Annotated[str | None, _option("template", after=" (or @FILE)", default=False)], None),
+    "chat_markup": (Annotated[str | None, _option("chat_markup")], None),
+    "temperature": (Annotated[float | None, _option("temperature")], None),
+    "top_p": (Annotated[float | None, _option("top_p")], None),
+    "max_tokens": (Annotated[int | None, _option("max_tokens")], None),
+    "stop": (Annotated[list[str] | None, _option("stop", after="; repeatable")], None),
+    "stream": (Annotated[bool | None, _option("stream", "--stream/--no-stream")], None),
+    "seed": (Annotated[int | None, _option("seed", after=", so a re-drawn sample repeats where the server honours "
+                                                         "seeds")], None),
+    **{name: (Annotated[int | None, _option(name)], None)
+       for name in ("concurrency", "in_flight", "problems_in_flight", "n_per_request", "max_failures")},
+    "timeout": (Annotated[float | None, _option("timeout")], None),
+    "idle_timeout": (Annotated[float | None, _option("idle_timeout")], None),
+    "retries": (Annotated[int | None, _option("retries", after=" (429, 5xx, dropped connections)")], None),
+    "limit": (Annotated[int | None, _option("limit")], None),
+    "offset": (Annotated[int | None, _option("offset")], None),
+    **{name: (Annotated[str | None, _option(name)], None)
+       for name in ("split", "subset", "question_field", "answer_field", "id_field")},
+    "show_progress": (Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")], True),
+}
+#: Shared flags that are not settings of the run (the rest go to :func:`build_config` as they are).
+_NOT_SETTINGS = ("config_file", "scorer_set", "show_progress")
+
+
+def _with_shared(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with the shared flags added to its signature, which typer reads (and --help shows).
+
+    ``command`` declares its own flags (positional-or-keyword ones go after :data:`_SOURCE_FLAGS`,
+    keyword-only ones after :data:`_SAMPLING_FLAGS`) and receives the shared ones in ``**shared``.
+    """
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+
+    def shared(table: dict[str, tuple[Any, Any]]) -> list[inspect.Parameter]:
+        return [inspect.Parameter(name, keyword, annotation=kind, default=default)
+                for name, (kind, default) in table.items()]
+
+    params = (shared(_SOURCE_FLAGS) + [p.replace(kind=keyword) for p in own if p.kind != keyword]
+              + shared(_SAMPLING_FLAGS) + [p for p in own if p.kind == keyword])
+
+    @functools.wraps(command)
+    def with_shared(**values: Any) -> None:
+        command(**values)
+
+    with_shared.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return with_shared
+
+
+def _split(shared: dict[str, Any]) -> tuple[dict[str, Any], Path | None, list[str] | None, bool]:
+    """The shared flags' run settings, and the config file, scorer settings and progress flag apart."""
+    values = dict(shared)
+    config_file, scorer_set, show_progress = (values.pop(key) for key in _NOT_SETTINGS)
+    return values, config_file, scorer_set, show_progress
+
+
 _SET_HELP = escape(f"Policy setting key=value, repeatable (e.g. s_min=0.95, alpha=0.9). {settings_help()}.")
 _N_HELP = escape(f"Samples drawn for every problem. [default: {_field('n_max').default}]")
 
@@ -251,6 +291,9 @@ def _summary(outcome: RunOutcome, n_max: int, out: Path) -> Table:
         table.add_row("prompt tokens", f"{sum(prompt):,}" if known else "unknown (not reported by the server)")
         table.add_row("tokens of cancelled requests", f"{cancelled:,}")
         table.add_row("flagged samples / failed requests", f"{flagged} / {failed}")
+        ungraded = [sum(r.summary.get("grade_status") == s for r in finished) for s in ("timeout", "error")]
+        if any(ungraded):
+            table.add_row("answers whose grading timed out / failed (counted wrong)", "{} / {}".format(*ungraded))
         if invalid:
             table.add_row("invalid usage reports (counted tokens used)", f"{invalid}")
     table.add_row("wall time", f"{outcome.wall_s:.1f} s")
@@ -308,51 +351,19 @@ def _report(out: Path) -> None:
     console.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, markup=False)
 
 
+@_with_shared
 def run(
-    dataset: _Dataset = None,
-    config_file: _Config = None,
-    base_url: _BaseUrl = None,
-    model: _Model = None,
-    scorer: _Scorer = None,
-    scorer_set: _ScorerSet = None,
     policy: Annotated[str | None, _option("policy", after=": " + ", ".join(POLICIES))] = None,
     n_max: Annotated[int | None, _option("n_max")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP, show_default=False)] = None,
-    out: _Out = None,
-    api_key: _ApiKey = None,
-    endpoint: _Endpoint = None,
-    system: _System = None,
-    template: _Template = None,
-    chat_markup: _Markup = None,
-    temperature: _Temperature = None,
-    top_p: _TopP = None,
-    max_tokens: _MaxTokens = None,
-    stop: _Stop = None,
-    stream: _Stream = None,
-    seed: _Seed = None,
-    concurrency: _Concurrency = None,
-    in_flight: _InFlight = None,
-    problems_in_flight: _ProblemsInFlight = None,
-    n_per_request: _NPerRequest = None,
-    max_failures: _MaxFailures = None,
-    timeout: _Timeout = None,
-    idle_timeout: _IdleTimeout = None,
-    retries: _Retries = None,
-    limit: _Limit = None,
-    offset: _Offset = None,
-    split: _Split = None,
-    subset: _Subset = None,
-    question_field: _QField = None,
-    answer_field: _AField = None,
-    id_field: _IdField = None,
-    show_progress: _Progress = True,
+    *,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report and plots at the "
                                          "end.")] = True,
+    **shared: Any,
 ) -> None:
     """Answer every problem with as few samples as the policy needs, live against a server."""
-    values = dict(locals())
-    for key in ("config_file", "settings", "scorer_set", "show_progress", "report"):
-        values.pop(key)
+    values, config_file, scorer_set, show_progress = _split(shared)
+    values.update(policy=policy, n_max=n_max)
     with flags(RUN_FLAGS):
         file_values, flag_values = _values(values, config_file, settings, scorer_set)
     with flags(_names(RUN_FLAGS, file_values, flag_values, config_file)):
@@ -360,47 +371,13 @@ def run(
         _execute(config, show_progress, report)
 
 
+@_with_shared
 def pool(
-    dataset: _Dataset = None,
-    config_file: _Config = None,
-    base_url: _BaseUrl = None,
-    model: _Model = None,
-    scorer: _Scorer = None,
-    scorer_set: _ScorerSet = None,
     n: Annotated[int | None, typer.Option("--n", "--n-max", help=_N_HELP, show_default=False)] = None,
-    out: _Out = None,
-    api_key: _ApiKey = None,
-    endpoint: _Endpoint = None,
-    system: _System = None,
-    template: _Template = None,
-    chat_markup: _Markup = None,
-    temperature: _Temperature = None,
-    top_p: _TopP = None,
-    max_tokens: _MaxTokens = None,
-    stop: _Stop = None,
-    stream: _Stream = None,
-    seed: _Seed = None,
-    concurrency: _Concurrency = None,
-    in_flight: _InFlight = None,
-    problems_in_flight: _ProblemsInFlight = None,
-    n_per_request: _NPerRequest = None,
-    max_failures: _MaxFailures = None,
-    timeout: _Timeout = None,
-    idle_timeout: _IdleTimeout = None,
-    retries: _Retries = None,
-    limit: _Limit = None,
-    offset: _Offset = None,
-    split: _Split = None,
-    subset: _Subset = None,
-    question_field: _QField = None,
-    answer_field: _AField = None,
-    id_field: _IdField = None,
-    show_progress: _Progress = True,
+    **shared: Any,
 ) -> None:
     """Draw and score the full budget for every problem: a pool (OUT/pool.jsonl) for offline replay."""
-    values = dict(locals())
-    for key in ("config_file", "scorer_set", "show_progress", "n"):
-        values.pop(key)
+    values, config_file, scorer_set, show_progress = _split(shared)
     values.update(policy="bon", n_max=n)
     with flags(POOL_FLAGS):
         file_values, flag_values = _values(values, config_file, None, scorer_set)

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .. import defaults
 from ..errors import InputError
-from ..io import check_out_file, ensure_out_dir, numbered_lines, write_text
+from ..io import check_out_file, ensure_out_dir, write_text
 from ..policies import POLICIES  # command modules load only when their command runs (see commands.py)
 from ..policies.optscale import DEFAULT_TARGET
 from .flags import flags
@@ -94,23 +94,34 @@ def _grid(pairs: list[str] | None) -> dict[str, list[str]]:
     return out
 
 
-def grading_timeouts() -> int:
-    """Answers whose grading has timed out in this process so far (counted as wrong)."""
-    from ..answers.grade import COUNTS
+def grading_note(failed: dict[str, int]) -> str | None:
+    """The note on answers whose grading timed out or failed (``grading_problems``), None if none did."""
+    parts = [f"timed out on {failed['timeouts']}"] if failed["timeouts"] else []
+    parts += [f"failed on {failed['errors']}"] if failed["errors"] else []
+    return f"grading {' and '.join(parts)} answer(s); they count as wrong" if parts else None
 
-    return COUNTS["timeouts"]
 
-
-def _pool_notes(batch, n_max: int, timeouts: int) -> list[str]:
-    """What the reader of a replay must know about the pool: a budget it cannot fill, grading timeouts."""
+def _pool_notes(batch, n_max: int | None, failed: dict[str, int]) -> list[str]:
+    """What the reader of a replay must know about the pool: a budget it cannot fill, grading timeouts and errors."""
     notes = []
     most = batch.shape[2]
-    if n_max > most:
+    if n_max is not None and n_max > most:
         notes.append(f"--n-max {n_max} exceeds the pool's {most} samples per problem at most: the policy is "
                      f"replayed on what is stored, so @{n_max} spends at most {most}")
-    if timeouts:
-        notes.append(f"grading timed out on {timeouts} answer(s); they count as wrong")
-    return notes
+    note = grading_note(failed)
+    return notes + ([note] if note else [])
+
+
+def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None):
+    """:func:`load_batch` and the notes on what was read (warned on stderr)."""
+    from ..answers.grade import COUNTS, grading_problems
+
+    before = COUNTS.copy()
+    batch = load_batch(pool, orders, seed)
+    notes = _pool_notes(batch, n_max, grading_problems(before))
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    return batch, notes
 
 
 def promise_note(stats) -> str:
@@ -190,11 +201,7 @@ def replay(
 
         pol = build_policy(policy, n_max, parse_settings(settings))
         _check_run(orders, seed, out)
-        timeouts = grading_timeouts()
-        batch = load_batch(pool, orders, seed)
-        notes = _pool_notes(batch, n_max, grading_timeouts() - timeouts)
-        for note in notes:
-            typer.echo(f"warning: {note}", err=True)
+        batch, notes = load_checked(pool, orders, seed, n_max)
         result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
         stats = result.stats[0]
         if stats.misses_alpha:
@@ -263,7 +270,7 @@ def sweep(
         pairs = check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
                             **options)  # before the long run
         _check_run(orders, seed, out)
-        batch = load_batch(pool, orders, seed)
+        batch, _ = load_checked(pool, orders, seed)
         with progress_bar() as bar:
             task = bar.add_task(f"sweep {policy} ({len(pairs)} settings)", total=None)
             result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
@@ -343,71 +350,19 @@ def demo(
                   + ", ".join(p.name for p in summary.files))
 
 
-def _result_row(row: dict, where: str) -> dict:
-    """One results row, every field checked: ``file:line field NAME`` names what is wrong."""
-    from ..policies.common import N_MAX_LIMIT
-
-    def field(name: str) -> str:
-        value = row.get(name)
-        if value is None or not value.strip():
-            raise InputError("missing or empty", f"{where} field {name}")
-        if len(value) > 200:
-            raise InputError(f"longer than 200 characters ({len(value)})", f"{where} field {name}")
-        return value.strip()
-
-    def number(name: str, low: float, high: float, what: str) -> float:
-        try:
-            value = float(field(name))
-        except ValueError:
-            raise InputError(f"expected a number, got {row[name]!r}", f"{where} field {name}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise InputError(f"must be {what}, got {row[name]!r}", f"{where} field {name}")
-        return value
-
-    text = field("n_max")
-    if not (text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= N_MAX_LIMIT):
-        raise InputError(f"must be an integer from 1 to {N_MAX_LIMIT}, got {text[:20]!r}", f"{where} field n_max")
-    return {"dataset": field("dataset"), "policy": field("policy"), "n_max": int(text),
-            **{k: number(k, 0.0, 1.0, "a share from 0 to 1") for k in ("accuracy", "ci_low", "ci_high")},
-            "mean_tokens": number("mean_tokens", 0.0, math.inf, "a finite number >= 0")}
-
-
 def table(
     results: Annotated[list[Path], typer.Argument(help="results.csv of replays or selected.csv of sweeps, one per dataset")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="markdown or latex")] = "markdown",
     out: Annotated[Optional[Path], typer.Option("--out", help="write the table to this file instead of printing it")] = None,
 ) -> None:
     """Combine result files into one table shaped like the paper's (method x budget, per dataset)."""
-    import csv
-
-    from ..report import paper_table
+    from ..report import paper_table, read_results
 
     if fmt not in ("markdown", "latex"):
         raise InputError(f"unknown format {fmt!r}; use markdown or latex", "--format")
     if out is not None:
         check_out_file(out, "--out", inputs=results)
-    rows, seen = [], {}
-    for path in results:
-        reader = csv.DictReader(line for _, line in numbered_lines(path))
-        count, first_seed = 0, None
-        for row in reader:
-            count += 1
-            if row.get("split", "held_out") != "held_out":
-                continue  # sweeps: report held-out numbers only
-            first_seed = row.get("split_seed") if first_seed is None else first_seed
-            if row.get("split_seed") != first_seed:
-                continue  # a sweep with --splits: its first split, as its own table.md shows
-            where = f"{path}:{reader.line_num}"
-            result = _result_row(row, where)
-            key = tuple(result[k] for k in ("dataset", "policy", "n_max"))
-            if key in seen and seen[key][1] != result:  # one table cell: one of them would silently vanish
-                raise InputError(f"dataset {key[0]!r}, policy {key[1]!r}, N {key[2]} is also at {seen[key][0]} "
-                                 "with other numbers; give each result once", where)
-            seen.setdefault(key, (where, result))
-            rows.append(result)
-        if not count:
-            raise InputError("no result rows (expected the results.csv of a replay or the selected.csv of a sweep)",
-                             str(path))
+    rows = read_results(results)
     text = paper_table(rows, fmt)
     if out is None:
         typer.echo(text, nl=False)

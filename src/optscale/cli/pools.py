@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..answers.grade import COUNTS
+from ..answers.grade import COUNTS, grading_problems
 from ..errors import InputError
 from ..pools import FLAT_COLUMNS, convert_flat, iter_pool
 from .flags import flags
@@ -78,7 +78,7 @@ def validate(
     counts: list[int] = []
     with_answer = tokens = graded = 0
     accuracy = 0.0
-    timeouts = COUNTS["timeouts"]
+    before = COUNTS.copy()
     for problem in iter_pool(pool, grade_missing=grade):
         counts.append(len(problem.samples))
         with_answer += sum(sample.answer is not None for sample in problem.samples)
@@ -105,6 +105,8 @@ def validate(
         coverage = ""
     table.add_row("accuracy of a random sample", _percent(accuracy, graded) + coverage)
     if grade:
-        table.add_row("answers whose grading timed out (counted wrong)", str(COUNTS["timeouts"] - timeouts))
+        failed = grading_problems(before)
+        table.add_row("answers whose grading timed out (counted wrong)", str(failed["timeouts"]))
+        table.add_row("answers whose grading failed (counted wrong)", str(failed["errors"]))
     table.add_row("mean tokens per sample", f"{tokens / samples:.1f}")
     Console().print(table)

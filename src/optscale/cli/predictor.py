@@ -13,7 +13,8 @@ from rich.table import Table
 
 from ..errors import InputError
 from ..io import check_out_file, ensure_out_dir, write_jsonl, write_text
-from ..predictor import DEFAULT_MODEL, KINDS, load, load_problems, load_training, prior_rows, shared_data_dir
+from ..predictor import (DEFAULT_MODEL, KINDS, SHARED_DATA_ENV, Problems, load, load_training, prior_rows,
+                         shared_data_dir)
 from ..predictor.base import check_seed, metrics
 from ..predictor.evaluate import compare_file, cross_validated
 from ..report.plots import calibration_plot
@@ -39,7 +40,8 @@ def _default_data(data: Path | None) -> Path:
         return data
     shared = shared_data_dir()
     if shared is None:
-        raise InputError("none given and no shared data found (set OPTSCALE_SHARED_DATA)", "data")
+        raise InputError(f"none given, and ${SHARED_DATA_ENV} names no folder (the shared data with "
+                         "score-moments/math_train.jsonl)", "data")
     return shared / "score-moments" / "math_train.jsonl"
 
 
@@ -81,7 +83,7 @@ def _table(title: str) -> Table:
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write (config.json, weights, metrics.json).")],
     data: Annotated[Path | None, typer.Option(help="Training JSONL: question + score_mean/score_std, or samples with scores. "
-                                                   "Default: the shared MATH score moments.")] = None,
+                                                   "Default: the MATH score moments in $OPTSCALE_SHARED_DATA.")] = None,
     kind: Annotated[str, typer.Option(help=f"Predictor kind: {', '.join(KINDS)}.")] = "kernel",
     param: Annotated[list[str], typer.Option("--param", help="Hyper-parameter NAME=VALUE (VALUE as JSON), repeatable.")] = [],  # noqa: B006
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the held-out error (>= 2).")] = 5,
@@ -112,14 +114,15 @@ def train(
 
 @predictor_app.command("predict")
 def predict(
-    benchmark: Annotated[Path, typer.Argument(help="Benchmark JSONL with an id and a question per line.")],
+    benchmark: Annotated[Path, typer.Argument(help="Benchmark file (JSON Lines, JSON or CSV) with a question and an "
+                                                   "id per problem, as `optscale run` reads it.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Priors JSONL to write (readable by OptScale^t's FilePriors).")],
     model: Annotated[Path | None, typer.Option(help="Model folder (default: the packaged predictor).")] = None,
 ) -> None:
     """Write per-problem priors: predicted score moments, their uncertainty, and (mu, sigma) priors."""
     with flags(FLAGS):
         check_out_file(out, "out", inputs=[benchmark])
-        problems = load_problems(benchmark)
+        problems = Problems.from_file(benchmark)
         predictor = load(model or DEFAULT_MODEL)
         rows = prior_rows(predictor, problems)
         write_jsonl(out, rows)
@@ -130,7 +133,8 @@ def predict(
 
 @predictor_app.command("evaluate")
 def evaluate(
-    data: Annotated[Path | None, typer.Option(help="Labelled JSONL (default: the shared MATH score moments).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Labelled JSONL (default: the MATH score moments in "
+                                                   "$OPTSCALE_SHARED_DATA).")] = None,
     model: Annotated[Path | None, typer.Option(help="Model folder whose kind and hyper-parameters are evaluated "
                                                     "(default: the packaged predictor).")] = None,
     fitted: Annotated[bool, typer.Option(help="Score the saved model as it is instead of cross-validating its kind "

@@ -1,7 +1,9 @@
 """Completion pools: stored samples of many problems, the input of offline replay.
 
 A pool is a JSON Lines file with one problem per line (see ``pool.schema.json``);
-:func:`convert_flat` builds one from a flat table with one sample per row.
+:func:`convert_flat` builds one from a flat table with one sample per row. The files of problems
+that pools are drawn from (questions, gold answers, ids) have their one reader in
+:mod:`optscale.pools.problems`.
 """
 
 from .convert import FLAT_COLUMNS, convert_flat, detect_format

@@ -71,7 +71,9 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
     line that is not an object, a number out of range (token counts above 2**53 - 1), NaN or Infinity, missing fields, wrong types, scores outside
     [0, 1], an empty ``samples`` list, a repeated id (naming the first line too) and a file
     with no problems. Blank lines are skipped. Samples without ``correct`` are graded
-    against the gold answer when ``grade_missing``.
+    against the gold answer when ``grade_missing``; an answer whose grading times out or fails
+    counts as wrong, is logged with its ``path:LINE samples[J]`` and is counted
+    (:func:`optscale.answers.grade.grading_problems`).
 
     ``score`` is optional (answer-only pools), but a pool has a score on every sample or on
     none: the first sample that differs from the pool's first is refused, naming both.
@@ -106,9 +108,9 @@ def iter_pool(path: StrPath, grade_missing: bool = True) -> Iterator[PoolProblem
                 raise InputError(f"{state}, but {scored[1]} {other}: a pool has a score on every sample or on none",
                                  where=f"{where} field samples[{j}].score")
         if grade_missing:
-            for sample in problem.samples:
+            for j, sample in enumerate(problem.samples):
                 if sample.correct is None:
-                    sample.correct = grade(problem.answer, sample.answer)
+                    sample.correct = grade(problem.answer, sample.answer, where=f"{where} samples[{j}]")
         yield problem
     if not first_line:
         raise InputError("empty pool: no problems", where=name)

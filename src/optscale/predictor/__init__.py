@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .base import FORMAT_VERSION, KINDS, Prediction, Predictor, cross_validate, load
 from .baselines import ConstantPredictor, MetadataPredictor
-from .data import Problems, TrainingSet, load_problems, load_training, shared_data_dir
+from .data import SHARED_DATA_ENV, Problems, TrainingSet, load_problems, load_training, shared_data_dir
 from .embedding import EmbeddingPredictor
 from .kernel import KernelPredictor
 from .priors import DEFAULT_MODEL, PredictorPriors, load_default, prior_rows
@@ -26,6 +26,6 @@ from .transformer import TransformerPredictor
 __all__ = [
     "FORMAT_VERSION", "KINDS", "Prediction", "Predictor", "cross_validate", "load",
     "ConstantPredictor", "MetadataPredictor", "EmbeddingPredictor", "KernelPredictor", "TransformerPredictor",
-    "Problems", "TrainingSet", "load_problems", "load_training", "shared_data_dir",
+    "SHARED_DATA_ENV", "Problems", "TrainingSet", "load_training", "shared_data_dir",
     "DEFAULT_MODEL", "PredictorPriors", "load_default", "prior_rows",
 ]

@@ -1,17 +1,23 @@
-"""Problems and training labels for the prior predictor, read from JSON Lines.
+"""Problems and training labels for the prior predictor.
 
-Two inputs share one reader: *problems* (``id``, ``question``, optional ``subject`` and
-``level``), as in the benchmark files, and *training rows*, which add the per-problem moments of
-the verifier scores, either given (``score_mean``, ``score_std``, the format of
-``score-moments/math_train.jsonl``) or computed here from raw per-sample scores (``samples``:
-``[{"score": ...}, ...]`` or plain numbers, as in completion pools, or ``scores``). Every
-defect is one :class:`~optscale.errors.InputError` naming ``file:line``.
+*Problems* (``id``, ``question``, optional ``subject`` and ``level``), as in the benchmark
+files, are read by the one reader of problem files, :func:`optscale.pools.problems.load_problems`
+(:meth:`Problems.from_file`), so their ids are the ones a live run gives the same file.
+*Training rows* (JSON Lines) add the per-problem moments of the verifier scores, either given
+(``score_mean``, ``score_std``, the format of ``score-moments/math_train.jsonl``) or computed
+here from raw per-sample scores (``samples``: ``[{"score": ...}, ...]`` or plain numbers, as in
+completion pools, or ``scores``). Every defect is one :class:`~optscale.errors.InputError`
+naming ``file:line``.
+
+The library never guesses where a source checkout keeps its data: :func:`shared_data_dir` is
+``$OPTSCALE_SHARED_DATA`` or nothing, and the commands take files as arguments (``--data``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +26,13 @@ import numpy as np
 from ..checks import check_number
 from ..errors import InputError
 from ..io import iter_objects
+from ..pools.problems import DatasetSpec, problem_id
+from ..pools.problems import load_problems as read_problem_file
 
-__all__ = ["Problems", "TrainingSet", "load_problems", "load_training", "shared_data_dir"]
+__all__ = ["SHARED_DATA_ENV", "Problems", "TrainingSet", "load_training", "shared_data_dir"]
+
+#: The environment variable naming the shared data folder (``benchmarks/``, ``score-moments/``).
+SHARED_DATA_ENV = "OPTSCALE_SHARED_DATA"
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,15 @@ class Problems:
                 raise InputError("question must be a non-empty string", f"questions[{k}]")
         return cls(ids, questions, [None] * len(questions), [None] * len(questions))
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Problems":
+        """The problems of a benchmark file (JSON Lines, JSON or CSV, ``.gz`` too), read as a live run reads
+        it (:func:`optscale.pools.problems.load_problems`: unique ids, ``<stem>/<row>`` for rows without
+        one), with the MATH ``subject`` and ``level`` where the rows give them."""
+        rows = read_problem_file(DatasetSpec(os.fspath(path)))
+        return cls([r.id for r in rows], [r.question for r in rows],
+                   [_subject(r.extra.get("subject")) for r in rows], [_level(r.extra.get("level")) for r in rows])
+
 
 @dataclass(frozen=True)
 class TrainingSet:
@@ -68,13 +88,16 @@ class TrainingSet:
 
 
 def shared_data_dir() -> Path | None:
-    """``$OPTSCALE_SHARED_DATA``, else ``<repo>/../shared/data`` of a source checkout; None if absent."""
-    env = os.environ.get("OPTSCALE_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[4] / "shared" / "data"
-    return path if path.is_dir() else None
+    """The folder named by ``$OPTSCALE_SHARED_DATA`` (:data:`SHARED_DATA_ENV`), or None when unset or not a folder."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    return Path(env) if env and Path(env).is_dir() else None
 
 
-def _level(value, where: str) -> int | None:
+def _subject(value) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _level(value) -> int | None:
     """MATH levels come as ``3`` or ``"Level 3"``; anything else (e.g. ``"Level ?"``) is unknown."""
     if value is None or isinstance(value, bool):
         return None
@@ -84,36 +107,20 @@ def _level(value, where: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _problem(row: dict, where: str, default_id: str | None) -> tuple[str, str, str | None, int | None]:
+def _problem(row: dict, where: str, default_id: str) -> tuple[str, str, str | None, int | None]:
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         raise InputError("needs a non-empty 'question' string", where)
-    if "id" in row and row["id"] is not None and str(row["id"]).strip():
-        key = str(row["id"])
-    elif default_id is None:
-        raise InputError("each line needs an 'id' (the priors file is keyed by it)", where)
-    else:
-        key = default_id
-    subject = row.get("subject")
-    subject = subject.strip() if isinstance(subject, str) and subject.strip() else None
-    return key, question, subject, _level(row.get("level"), where)
+    key = problem_id(row.get("id"), f"{where} field id") or default_id
+    return key, question, _subject(row.get("subject")), _level(row.get("level"))
 
 
 def load_problems(path: str | Path) -> Problems:
-    """Problems of a benchmark file; every line needs a unique ``id`` and a ``question``."""
-    path = Path(path)
-    out: tuple[list, ...] = ([], [], [], [])
-    seen: set[str] = set()
-    for where, row in iter_objects(path):
-        fields = _problem(row, where, None)
-        if fields[0] in seen:
-            raise InputError(f"duplicate id {fields[0]!r}", where)
-        seen.add(fields[0])
-        for column, value in zip(out, fields):
-            column.append(value)
-    if not out[0]:
-        raise InputError("no problems in file", str(path))
-    return Problems(*out)
+    """Deprecated: :meth:`Problems.from_file` (``load_problems`` is the reader of problem files,
+    :func:`optscale.pools.problems.load_problems`, which this one now uses)."""
+    warnings.warn("optscale.predictor.load_problems is deprecated; use Problems.from_file", DeprecationWarning,
+                  stacklevel=2)
+    return Problems.from_file(path)
 
 
 def _label(row: dict, key: str, where: str) -> float:

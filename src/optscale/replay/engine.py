@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..policies.common import PolicyBase
 from .arrays import as_source
 from .batch import check_seed
-from .metrics import Baseline, BonCurve, FixedCurves, Outcome, PolicyStats, fixed_curves, outcome_of, policy_stats
+from .metrics import (Baseline, BonCurve, FixedCurves, PolicyStats, ReplayOutcome, fixed_curves, outcome_of,
+                      policy_stats)
 
 __all__ = ["ReplayResult", "collect", "replay_policies"]
 
@@ -39,7 +42,7 @@ class ReplayResult:
 
 
 def collect(data, policies: Sequence[PolicyBase],
-            on_progress: Callable[[int, int], None] | None = None) -> tuple[FixedCurves, list[Outcome]]:
+            on_progress: Callable[[int, int], None] | None = None) -> tuple[FixedCurves, list[ReplayOutcome]]:
     """Every fixed-N method and every policy on every problem of ``data`` (a :class:`ReplayBatch`
     or an :class:`~optscale.replay.arrays.OrderedPool`), one chunk of problems at a time.
 
@@ -49,17 +52,23 @@ def collect(data, policies: Sequence[PolicyBase],
     source = as_source(data)
     p, r, n = source.shape
     chunks = getattr(source, "n_chunks", 1)
-    curves: list[FixedCurves] = []
-    outcomes: list[list[Outcome]] = [[] for _ in policies]
+    curves: FixedCurves | None = None
+    outcomes: list[list[ReplayOutcome]] = [[] for _ in policies]
     done = 0
-    for _, batch in source.chunks():
-        curves.append(fixed_curves(batch))
+    for rows, batch in source.chunks():
+        part = fixed_curves(batch)
+        if curves is None:  # filled chunk by chunk: concatenating the parts would hold them twice
+            curves = FixedCurves(part.rules, np.empty((*part.accuracy.shape[:2], p)), np.empty((part.n_max, p)),
+                                 np.empty((part.n_max, p)))
+        curves.accuracy[:, :, rows], curves.tokens[:, rows], curves.samples[:, rows] = \
+            part.accuracy, part.tokens, part.samples
+        del part
         for i, policy in enumerate(policies):
             outcomes[i].append(outcome_of(batch, policy.replay(batch), policy))
             done += 1
             if on_progress is not None:
                 on_progress(done, chunks * len(policies))
-    return FixedCurves.concat(curves), [Outcome.concat(o) for o in outcomes]
+    return curves, [ReplayOutcome.concat(o) for o in outcomes]
 
 
 def replay_policies(

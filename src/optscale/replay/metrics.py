@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -37,8 +37,8 @@ from ..policies.base import ReplayBatch, ReplayDecisions
 from ..policies.episode import score_or_zero
 from ..policies.selection import SELECTIONS
 
-__all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "Outcome", "PolicyStats", "RULES", "bon_curve",
-           "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
+__all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "PolicyStats", "RULES", "ReplayOutcome",
+           "bon_curve", "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
 
 #: The fixed-N selection rules of the envelope (``bon --set select=<rule>`` at N samples): every
 #: registered rule (:data:`~optscale.policies.selection.SELECTIONS`), so a new one enters the envelope.
@@ -258,29 +258,51 @@ class Bootstrap:
     """``resamples`` seeded resamples of ``problems`` problems with replacement, as count weights.
 
     The same resamples serve every policy and every fixed method of one problem set: that is
-    what pairs the comparison. Counts are kept as bytes (a problem drawn 256 times among P
-    draws does not happen in practice; wider counts are used if it does).
+    what pairs the comparison. They are drawn again from the seed, a block at a time, whenever
+    they are used (:meth:`means`), instead of being kept: a ``(resamples, problems)`` table
+    would grow with the pool.
     """
 
+    #: Resamples weighted at once: :meth:`means` holds ``(_STEP, problems)`` float weights.
+    _STEP = 256
+
     def __init__(self, problems: int, resamples: int = 2000, seed: int = 0):
-        rng = np.random.default_rng(seed)
         self.problems, self.resamples = int(problems), int(resamples)
-        counts = np.empty((self.resamples, self.problems), dtype=np.uint8)
-        for b in range(self.resamples):
-            row = np.bincount(rng.integers(0, problems, size=problems), minlength=problems)
-            if row.max() > 255 and counts.dtype == np.uint8:
-                counts = counts.astype(np.uint32)
-            counts[b] = row
-        self.counts = counts
+        # the generator's state, so that every pass draws the same resamples (a Generator given as seed included)
+        self._start = np.random.default_rng(seed).bit_generator.state
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first resample, counts)`` for consecutive blocks of resamples, counts as floats ``(rows, P)``.
+
+        Every block is the same buffer, refilled: use it before asking for the next one.
+        """
+        bits = getattr(np.random, self._start["bit_generator"])()
+        bits.state = self._start
+        rng = np.random.Generator(bits)
+        buffer = np.empty((min(self._STEP, self.resamples), self.problems))
+        for start in range(0, self.resamples, self._STEP):
+            block = buffer[:min(self._STEP, self.resamples - start)]
+            for row in block:
+                row[:] = np.bincount(rng.integers(0, self.problems, size=self.problems), minlength=self.problems)
+            yield start, block
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Every resample's counts ``(resamples, problems)`` (a table this large is built on request only)."""
+        return np.concatenate([block.astype(np.uint32) for _, block in self.blocks()])
 
     def means(self, values: np.ndarray) -> np.ndarray:
         """Resampled means of per-problem ``values`` ``(P,)`` or ``(P, G)``: ``(B,)`` or ``(B, G)``."""
-        values = np.asarray(values, dtype=float)
-        out = np.empty((self.resamples, *values.shape[1:]))
-        step = 256
-        for start in range(0, self.resamples, step):
-            out[start:start + step] = self.counts[start:start + step].astype(float) @ values
-        return out / self.problems
+        return self.means_of(values)[0]
+
+    def means_of(self, *values: np.ndarray) -> list[np.ndarray]:
+        """:meth:`means` of several arrays, drawing the resamples once."""
+        arrays = [np.asarray(v, dtype=float) for v in values]
+        out = [np.empty((self.resamples, *v.shape[1:])) for v in arrays]
+        for start, block in self.blocks():
+            for v, o in zip(arrays, out):
+                o[start:start + len(block)] = block @ v
+        return [o / self.problems for o in out]
 
 
 @dataclass
@@ -317,8 +339,8 @@ class Baseline:
         if self._boot_points is None:
             c = self.curves
             nr, nn = len(c.rules), c.n_max
-            acc = self.bootstrap.means(c.accuracy.reshape(nr * nn, -1).T).reshape(-1, nr, nn).max(axis=1)
-            self._boot_points = acc, self.bootstrap.means(c.tokens.T)
+            acc, tok = self.bootstrap.means_of(c.accuracy.reshape(nr * nn, -1).T, c.tokens.T)
+            self._boot_points = acc.reshape(-1, nr, nn).max(axis=1), tok
         return self._boot_points
 
     def envelope(self, n_max: int) -> _Envelope:
@@ -374,7 +396,7 @@ class Baseline:
     def resampled_gain(self, n_max: int, correct: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Paired bootstrap of accuracy minus envelope for per-problem ``correct``/``tokens`` ``(P, G)``: ``(B, G)``."""
         env = self.envelope(n_max)
-        acc, tok = self.bootstrap.means(correct), self.bootstrap.means(tokens)
+        acc, tok = self.bootstrap.means_of(correct, tokens)
         return acc - envelope_value(env.vx, env.vy, env.count, tok)
 
     def rows(self, n_max: int) -> list[dict]:
@@ -389,8 +411,10 @@ class Baseline:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What one policy did, per problem (means over sample orders); small enough to keep for many policies."""
+class ReplayOutcome:
+    """What one policy did in a replay, per problem (means over sample orders); small enough to keep for many
+    policies. (Not :class:`optscale.policies.Outcome`, the result of one live episode; this was also named
+    ``Outcome`` before, which still works with a deprecation warning.)"""
 
     correct: np.ndarray  # (P,) share of orders answered correctly
     tokens: np.ndarray  # (P,) mean tokens
@@ -400,23 +424,23 @@ class Outcome:
     capped: np.ndarray | None = None  # (P,) orders where N* exceeded the budget
     hits_uncapped: np.ndarray | None = None
 
-    def take(self, idx) -> Outcome:
+    def take(self, idx) -> ReplayOutcome:
         idx = np.asarray(idx, dtype=np.int64)
         pick = lambda x: None if x is None else x[idx]  # noqa: E731
-        return Outcome(self.correct[idx], self.tokens[idx], self.samples[idx], self.orders, pick(self.hits),
-                       pick(self.capped), pick(self.hits_uncapped))
+        return ReplayOutcome(self.correct[idx], self.tokens[idx], self.samples[idx], self.orders, pick(self.hits),
+                             pick(self.capped), pick(self.hits_uncapped))
 
     @staticmethod
-    def concat(parts: Sequence[Outcome]) -> Outcome:
+    def concat(parts: Sequence[ReplayOutcome]) -> ReplayOutcome:
         if len(parts) == 1:
             return parts[0]
         cat = lambda name: (None if getattr(parts[0], name) is None  # noqa: E731
                             else np.concatenate([getattr(p, name) for p in parts]))
-        return Outcome(cat("correct"), cat("tokens"), cat("samples"), parts[0].orders, cat("hits"), cat("capped"),
-                       cat("hits_uncapped"))
+        return ReplayOutcome(cat("correct"), cat("tokens"), cat("samples"), parts[0].orders, cat("hits"),
+                             cat("capped"), cat("hits_uncapped"))
 
 
-def outcome_of(batch: ReplayBatch, decisions: ReplayDecisions, policy) -> Outcome:
+def outcome_of(batch: ReplayBatch, decisions: ReplayDecisions, policy) -> ReplayOutcome:
     """Reduce a policy's decisions on ``batch`` to per-problem means (no answer counts as wrong)."""
     p, r, n = batch.shape
     n_used, chosen = decisions.n_used, decisions.chosen
@@ -424,12 +448,13 @@ def outcome_of(batch: ReplayBatch, decisions: ReplayDecisions, policy) -> Outcom
     correct = (picked & (chosen >= 0)).mean(axis=1)
     used = np.arange(n)[None, None, :] < n_used[..., None]
     tokens = np.where(used, batch.tokens, 0.0).sum(axis=2).mean(axis=1)
-    out = Outcome(correct, tokens, n_used.mean(axis=1).astype(np.float32), r)
+    out = ReplayOutcome(correct, tokens, n_used.mean(axis=1).astype(np.float32), r)
     if "capped" in decisions.estimates and hasattr(policy, "s_min"):
         hit = np.where(used, batch.score, -np.inf).max(axis=2) >= policy.s_min
         capped = decisions.estimates["capped"].astype(bool)
         count = lambda x: x.sum(axis=1).astype(np.float32)  # noqa: E731
-        out = Outcome(out.correct, out.tokens, out.samples, r, count(hit), count(capped), count(hit & ~capped))
+        out = ReplayOutcome(out.correct, out.tokens, out.samples, r, count(hit), count(capped),
+                            count(hit & ~capped))
     return out
 
 
@@ -482,7 +507,7 @@ class PolicyStats:
         return asdict(self)
 
 
-def policy_stats(policies: Sequence, outcomes: Sequence[Outcome], baseline: Baseline,
+def policy_stats(policies: Sequence, outcomes: Sequence[ReplayOutcome], baseline: Baseline,
                  curve: BonCurve | None = None) -> list[PolicyStats]:
     """Statistics of several policies on the problems of ``baseline`` (paired resamples, vectorised)."""
     if not policies:
@@ -540,13 +565,20 @@ def policy_stats(policies: Sequence, outcomes: Sequence[Outcome], baseline: Base
     return out
 
 
+#: Resamples of :func:`_ratio_interval` drawn at once (the same draws as all at once, in less memory).
+_RATIO_STEP = 64
+
+
 def _ratio_interval(hits: np.ndarray, trials: np.ndarray, resamples: int = 1000, seed: int = 0,
                     level: float = 0.95) -> tuple[float, float]:
     """Bootstrap interval over problems of ``sum(hits) / sum(trials)`` (orders of one problem move together)."""
     hits, trials = np.asarray(hits, dtype=float), np.asarray(trials, dtype=float)
-    weights = np.random.default_rng(seed).multinomial(hits.size, np.full(hits.size, 1.0 / hits.size), resamples)
-    den = weights @ trials
-    ratio = np.divide(weights @ hits, den, out=np.full(resamples, np.nan), where=den > 0)
+    rng, shares = np.random.default_rng(seed), np.full(hits.size, 1.0 / hits.size)
+    num, den = np.empty(resamples), np.empty(resamples)
+    for start in range(0, resamples, _RATIO_STEP):  # a few rows of weights at a time: (resamples, P) is large
+        weights = rng.multinomial(hits.size, shares, min(_RATIO_STEP, resamples - start))
+        num[start:start + len(weights)], den[start:start + len(weights)] = weights @ hits, weights @ trials
+    ratio = np.divide(num, den, out=np.full(resamples, np.nan), where=den > 0)
     ratio = ratio[~np.isnan(ratio)]
     if ratio.size == 0:
         return float("nan"), float("nan")
@@ -582,3 +614,18 @@ def _settings(policy) -> dict:
     if getattr(policy, "priors", None) is not None:
         out["priors"] = str(policy.priors)
     return out
+
+
+def renamed(name: str, stacklevel: int = 2):
+    """A name this module had before (with a deprecation warning); AttributeError for any other."""
+    if name == "Outcome":  # the old name, taken by optscale.policies.Outcome (one live episode's result)
+        import warnings
+
+        warnings.warn("optscale.replay.Outcome is renamed ReplayOutcome (optscale.policies.Outcome is a live "
+                      "episode's result)", DeprecationWarning, stacklevel=stacklevel + 1)
+        return ReplayOutcome
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __getattr__(name: str):
+    return renamed(name)

@@ -34,7 +34,7 @@ from ..errors import InputError
 from ..policies.registry import make_policy
 from .batch import check_seed
 from .engine import collect
-from .metrics import Baseline, BonCurve, FixedCurves, Outcome, PolicyStats, policy_stats
+from .metrics import Baseline, BonCurve, FixedCurves, PolicyStats, ReplayOutcome, policy_stats
 
 __all__ = ["OBJECTIVES", "SweepResult", "check_sweep", "choose", "grid_points", "pareto_mask", "split_problems", "sweep"]
 
@@ -243,7 +243,7 @@ def sweep(
     population = _is_population(settings)
     p = (data.shape[0])
     seeds = [seed + i for i in range(splits)]
-    shared: tuple[FixedCurves, list[Outcome], list] | None = None
+    shared: tuple[FixedCurves, list[ReplayOutcome], list] | None = None
     grid_rows: list[dict] = []
     per_split: list[dict] = []
     calls = [0]

@@ -14,11 +14,13 @@ import numpy as np
 
 from ..io import staged_dir, write_json, write_text
 from .plots import nstar_plot, pareto_plot
+from .results import read_results, result_row
 from .run import write_run_report
 from .tables import METHOD_NAMES, baseline_table, envelope_table, paper_table, splits_table, write_rows
 
 __all__ = ["METHOD_NAMES", "baseline_table", "envelope_table", "paper_table", "splits_table", "write_rows", "nstar_plot",
-           "pareto_plot", "json_ready", "write_replay_report", "write_run_report", "write_sweep_report"]
+           "pareto_plot", "json_ready", "read_results", "result_row", "write_replay_report", "write_run_report",
+           "write_sweep_report"]
 
 
 def _policy_rows(results) -> list[dict]:

@@ -66,6 +66,9 @@ def write_run_report(run_dir: str | Path, n_max: int | None = None) -> list[Path
         "total_prompt_tokens": prompt_tokens,
         "n_max": n_max, "samples_saved_vs_budget": None if n_max is None else float(1 - samples.mean() / n_max),
         "stop_reasons": dict(Counter(str(r.get("stop_reason")) for r in rows)),
+        # chosen answers counted wrong because grading timed out or math-verify failed on them
+        "grading_timeouts": sum(r.get("grade_status") == "timeout" for r in rows),
+        "grading_errors": sum(r.get("grade_status") == "error" for r in rows),
     }
     acc = "-" if accuracy is None else f"{100 * accuracy:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
     saved = "-" if n_max is None else f"{100 * summary['samples_saved_vs_budget']:.1f}% of {n_max} per problem"
