@@ -476,7 +476,8 @@ class RunStore(RunFolder):
                         try:
                             samples.append(PoolSample(
                                 answer=s.get("answer"), score=float(s["score"]), tokens=s["tokens"],
-                                correct=grade(problem.answer, s.get("answer")), text=s.get("text"),
+                                correct=grade(problem.answer, s.get("answer"), where=f"problem {problem.id!r}"),
+                                text=s.get("text"),
                                 step_scores=s.get("step_scores") or None))
                         except ValidationError as exc:
                             raise InputError(f"corrupt sample {s['id']!r}: {exc.errors()[0]['msg']}", where) from None

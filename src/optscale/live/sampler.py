@@ -548,7 +548,8 @@ class _Run:
                 sampler.listener.on_problem(result)
                 return result
         outcome = episode.result()
-        verdict = None if problem.answer is None else await grade_async(problem.answer, outcome.answer)
+        verdict = None if problem.answer is None else await grade_async(problem.answer, outcome.answer,
+                                                                            where=f"problem {problem.id!r}")
         summary = summarize(problem, samples, events, outcome, self.describe, verdict)
         assert sampler.store is not None
         await sampler.store.finish(summary)
