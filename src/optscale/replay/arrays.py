@@ -146,14 +146,17 @@ def arrays_from_problems(problems: Iterable, source: str = "pool") -> PoolArrays
     return builder.build()
 
 
-def read_pool_arrays(path, grade_missing: bool = True) -> PoolArrays:
-    """Read and validate the pool at ``path`` line by line (:func:`optscale.pools.iter_pool`)
-    into :class:`PoolArrays`; no record outlives its line. Errors are those of ``iter_pool``."""
+def read_pool_arrays(path, grade_missing: bool = True, require_gold: bool = True) -> PoolArrays:
+    """Read and validate the pool at ``path`` (a file or a traffic folder) line by line
+    (:func:`optscale.pools.iter_pool`) into :class:`PoolArrays`; no record outlives its line.
+    Errors are those of ``iter_pool``; without ``require_gold`` a pool without gold answers is
+    read (ungraded samples count as not correct until :func:`~optscale.replay.relabel`)."""
     import os
 
     from ..pools import iter_pool
 
-    return arrays_from_problems(iter_pool(path, grade_missing=grade_missing), source=os.fspath(path))
+    problems = iter_pool(path, grade_missing=grade_missing, require_gold=require_gold)
+    return arrays_from_problems(problems, source=os.fspath(path))
 
 
 @dataclass(frozen=True)
