@@ -297,10 +297,10 @@ def sweep(
         options = dict(grid=given, target=target, token_share=token_share, splits=splits)
         pairs = check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
                             **options)  # before the long run
-        _check_run(orders, seed, out, labels)
         if labels == "consensus" and "select" in given:
             raise InputError("cannot be swept with --labels consensus: the labels follow one selection rule "
                              "(set it with --set select=RULE)", "grid.select")
+        _check_run(orders, seed, out, labels)
         select = fixed.get("select", fields["select"].default if "select" in fields else None)
         batch, _ = load_checked(pool, orders, seed, labels=labels, select=select, label_n_max=max(budgets))
         with progress_bar() as bar:
