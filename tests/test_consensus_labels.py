@@ -189,8 +189,10 @@ def test_cli_replay_with_consensus_labels_reads_a_traffic_folder(traffic, cli):
     assert res["labels"] == "consensus" and any("majority answer over the first 8" in n for n in res["notes"])
     full = [r for r in res["fixed_curves"] if r["rule"] == "majority" and r["n"] == 8]
     assert full and full[0]["accuracy"] == 1.0  # majority@8 is the consensus itself
-    code, out, err = cli("replay", traffic, "--policy", "sc", "--n-max", 8, "--labels", "consensus")
+    report = traffic.parent / "report"
+    code, out, err = cli("replay", traffic, "--policy", "sc", "--n-max", 8, "--labels", "consensus", "--out", report)
     assert code == 0 and "consensus labels" in out and "CONSENSUS LABELS" in out
+    assert json.loads((report / "summary.json").read_text())[0]["labels"] == "consensus"
 
 
 def test_cli_consensus_with_too_few_samples_names_n_max(traffic, cli):

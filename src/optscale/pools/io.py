@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -151,14 +152,15 @@ def iter_pool(path: StrPath, grade_missing: bool = True, require_gold: bool = Tr
     none: the first sample that differs from the pool's first is refused, naming both.
     """
     name = os.fspath(path)
-    first_line: dict[str, str] = {}
+    first_line: dict[str, tuple[str, int]] = {}  # id -> (file, line)
     scored: tuple[bool, str] | None = None  # whether the pool's first sample has a score, and where
     expected = "a JSON object (one problem per line)"
     traffic = Path(path).is_dir()
     for where, obj in (item for file in pool_files(path) for item in _objects(file, traffic)):
         if not isinstance(obj, dict):
             raise InputError(f"expected {expected}, got {type(obj).__name__}", where)
-        file = where.rpartition(":")[0]
+        file, _, lineno = where.rpartition(":")
+        file = sys.intern(file)  # one string per file, however many ids it holds
         bad = _nonfinite_field(obj)
         if bad is not None:
             message = "NaN and Infinity are not valid JSON numbers"
@@ -169,9 +171,9 @@ def iter_pool(path: StrPath, grade_missing: bool = True, require_gold: bool = Tr
             field, message = validation_message(exc)
             raise InputError(message, where=f"{where} field {field}") from None
         if problem.id in first_line:
-            first = _place(first_line[problem.id], file)
+            first = _place("%s:%d" % first_line[problem.id], file)
             raise InputError(f"duplicate id {problem.id!r} (first on {first})", where=f"{where} field id")
-        first_line[problem.id] = where
+        first_line[problem.id] = (file, int(lineno))
         for j, sample in enumerate(problem.samples):
             has = sample.score is not None
             if scored is None:
