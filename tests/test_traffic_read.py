@@ -118,6 +118,22 @@ def test_duplicate_ids_across_files_name_both_places(folder):
     assert info.value.where == f"{last}:2 field id"
 
 
+def test_a_file_gzipped_but_not_yet_removed_is_read_once(folder):
+    plain = folder / "traffic-20261208T020000Z-r0-000002.jsonl"
+    write_traffic(folder / (plain.name + ".gz"), [episode("c")], gz=True)  # the server's rotation, half done
+    assert [f.name for f in pool_files(folder)][-1] == plain.name + ".gz"
+    assert [p.id for p in read_pool(folder, require_gold=False)] == ["a", "b", "c"]
+
+
+def test_a_file_rotated_while_the_folder_is_read_is_read_from_its_gz(folder):
+    plain = folder / "traffic-20261208T020000Z-r0-000002.jsonl"
+    problems = iter_pool(folder, require_gold=False)
+    assert next(problems).id == "a"  # the listing is taken; now the server gzips the open file
+    write_traffic(folder / (plain.name + ".gz"), [episode("c")], gz=True)
+    plain.unlink()
+    assert [p.id for p in problems] == ["b", "c"]
+
+
 def test_a_folder_without_traffic_files_is_named(tmp_path):
     with pytest.raises(InputError, match="traffic-\\*.jsonl") as info:
         read_pool(tmp_path, require_gold=False)

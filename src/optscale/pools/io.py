@@ -77,13 +77,14 @@ def pool_files(path: StrPath) -> list[Path]:
     """The files a pool argument stands for: a file itself, or every ``traffic-*.jsonl`` and
     ``traffic-*.jsonl.gz`` of a folder (a traffic folder), sorted by name.
 
-    A folder without such files raises :class:`InputError` naming it.
+    A file that the server has gzipped but not yet removed (both ``X.jsonl`` and ``X.jsonl.gz``)
+    is read once, from the ``.gz``. A folder without such files raises :class:`InputError` naming it.
     """
     folder = Path(path)
     if not folder.is_dir():
         return [folder]
-    files = sorted({f for pattern in TRAFFIC_PATTERNS for f in folder.glob(pattern) if f.is_file()},
-                   key=lambda f: f.name)
+    found = {f for pattern in TRAFFIC_PATTERNS for f in folder.glob(pattern) if f.is_file()}
+    files = sorted((f for f in found if f.with_name(f.name + ".gz") not in found), key=lambda f: f.name)
     if not files:
         raise InputError(f"not a regular file, and not a traffic folder: it holds no "
                          f"{' or '.join(TRAFFIC_PATTERNS)} files", os.fspath(path))
@@ -97,6 +98,8 @@ def _objects(path: Path, traffic: bool) -> Iterator[tuple[str, Any]]:
     a partial line (a crash): an unreadable last line of an uncompressed file that has no final
     newline is skipped with one warning naming ``file:line``. Every other bad line is an error.
     """
+    if traffic and path.suffix != ".gz" and not path.exists() and path.with_name(path.name + ".gz").is_file():
+        path = path.with_name(path.name + ".gz")  # gzipped (rotated) since the folder was listed
     name = os.fspath(path)
     try:
         for lineno, line in numbered_lines(path):
