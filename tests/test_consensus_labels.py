@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from optscale.errors import InputError
-from optscale.pools import PoolProblem, write_pool
+from optscale.pools import PoolProblem
 from optscale.replay import (arrays_from_problems, build_batch, consensus_labels, full_answers, relabel,
                              replay_policies)
 from optscale.compose import build_policy

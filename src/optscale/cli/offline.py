@@ -239,7 +239,8 @@ def replay(
     if as_json:
         from ..report import json_ready
 
-        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "labels": labels, "notes": notes,
+        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "labels": labels,
+                                           "notes": notes,
                                            "bon_curve": result.curve.rows(),
                                            "fixed_curves": result.baseline.curves.rows(),
                                            "envelope": result.envelope_rows()})))

@@ -107,7 +107,8 @@ def validate(
     table.add_row("samples with an answer", _percent(with_answer, samples)
                   + (" (nothing to agree on: --labels consensus refuses it)" if not with_answer else ""))
     if with_gold < len(counts):  # traffic: say what it can be used with
-        table.add_row("problems with a gold answer", f"{with_gold} of {len(counts)} (the others: use --labels consensus)")
+        table.add_row("problems with a gold answer",
+                      f"{with_gold} of {len(counts)} (the others: use --labels consensus)")
     if graded < len(counts):
         coverage = f" (over the {graded} problems with graded samples)"
     else:

@@ -184,7 +184,8 @@ def iter_pool(path: StrPath, grade_missing: bool = True, require_gold: bool = Tr
             elif has != scored[0]:
                 state = "present" if has else "missing"
                 other = "has one" if scored[0] else "has none"
-                raise InputError(f"{state}, but {_place(scored[1], file)} {other}: a pool has a score on every sample or on none",
+                raise InputError(f"{state}, but {_place(scored[1], file)} {other}: a pool has a score on every "
+                                 "sample or on none",
                                  where=f"{where} field samples[{j}].score")
         ungraded = any(sample.correct is None for sample in problem.samples)
         if problem.answer is None and ungraded and require_gold:
