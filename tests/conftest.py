@@ -1,8 +1,10 @@
-"""Shared fixtures: small generated pools (no shared data needed)."""
+"""Shared fixtures: small generated pools (no shared data needed), and the one place where a test
+may skip for what its machine lacks (:func:`need`)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -18,6 +20,43 @@ import pytest
 from optscale.stats import truncnorm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+pytest_plugins = ("pytester",)  # tests/test_conftest.py runs small test files through pytest
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` set to anything but empty, 0, false or no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def need(ok: object, reason: str) -> None:
+    """Skip the test (or, called at module level, the module) with ``reason`` unless ``ok``.
+
+    Under ``CI=true`` it fails instead: CI installs every extra and has the shared data, so a
+    missing optional dependency or data set is a broken CI setup, never a pass by skipping.
+    Every skip for a missing dependency or data set goes through here.
+    """
+    __tracebackhide__ = True  # pytest reports the caller's line
+    if ok:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need_module(name: str, reason: str | None = None):
+    """``import name`` (the module), else :func:`need` fails or skips: ``pytest.importorskip`` honest under CI.
+
+    Only a missing module counts as missing; a module that is installed but breaks on import
+    raises as it would for a user.
+    """
+    __tracebackhide__ = True
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise
+        need(False, f"{reason or name + ' is not installed'} (no module named {exc.name!r})")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -62,10 +101,10 @@ def pool():
 
 
 def shared_data(*parts: str) -> Path:
-    """Path inside ../shared/data, skipping the test where a clone has no shared data."""
+    """Path inside ../shared/data; where a clone has none, :func:`need` skips the test (fails it under CI)."""
+    __tracebackhide__ = True
     path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs the shared data set at {path} (not part of a user's clone)")
+    need(path.exists(), f"the test needs the shared data set at {path} (not part of a user's clone)")
     return path
 
 
