@@ -108,6 +108,20 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true, and return that (a deadline, not a delay).
+
+    Tests wait on the condition they need, never a fixed time: the timeout is generous, only a
+    bound for a condition that never comes.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.005)
+    return value
+
+
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
     """Run the real entry point (``optscale.cli.main``) in-process: exit code, stdout, stderr."""
     from optscale.cli import main
@@ -134,11 +148,8 @@ def kill_cli_after(args, samples: Path, count: int) -> list[dict]:
     """
     proc = subprocess.Popen([sys.executable, "-c", "from optscale.cli import main; main()", *map(str, args)],
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if samples.exists() and samples.read_text().count("\n") >= count:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: proc.poll() is not None or (samples.exists() and samples.read_text().count("\n") >= count),
+             120, f"{count} lines in {samples}")
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
