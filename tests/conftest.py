@@ -21,7 +21,7 @@ from optscale.stats import truncnorm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-pytest_plugins = ("pytester",)  # tests/test_conftest.py runs small test files through pytest
+pytest_plugins = ("pytester",)  # tests/test_ci_skips.py runs small test files through pytest
 
 
 def in_ci() -> bool:
