@@ -7,6 +7,7 @@ by running small test files through pytest with and without ``CI``.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,9 @@ def test_every_skip_for_a_missing_dependency_goes_through_need():
     forbidden = "pytest." + "importorskip("
     offenders = [p.name for p in sorted(HERE.glob("*.py")) if forbidden in p.read_text(encoding="utf-8")]
     assert not offenders, f"use conftest.need_module, not {forbidden}...) in {offenders}"
+
+
+def test_the_suite_summary_lists_every_skip_with_its_reason():
+    """The README's test command and CI run pytest with the project's options: ``-ra`` names each skip."""
+    options = tomllib.loads((HERE.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]
+    assert "-ra" in options["ini_options"]["addopts"].split()
