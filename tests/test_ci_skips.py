@@ -68,8 +68,8 @@ def test_without_ci_a_missing_need_skips_with_its_reason(suite, monkeypatch, ci)
     result = suite.runpytest("-ra", "test_needs.py")
     result.assert_outcomes(passed=1, skipped=3, failed=1)
     result.stdout.fnmatch_lines_random([
-        "SKIPPED [[]1[]] test_needs.py:*: the imaginary extra is not installed (no module named 'optscale_no_such_module')",
-        "SKIPPED [[]1[]] test_needs.py:*: the test needs the shared data set at *no-such-file.jsonl (not part of a user's clone)",
+        "SKIPPED [[]1[]] test_needs.py:*: the imaginary extra is not installed (no module named 'optscale_no_such_*')",
+        "SKIPPED [[]1[]] test_needs.py:*: the test needs the shared data set at *no-such-file.jsonl (not part of *)",
         "SKIPPED [[]1[]] test_needs.py:*: the machine lacks a thing",
         "FAILED test_needs.py::test_a_module_that_breaks_on_import_is_an_error_not_a_skip*",
         "E   ModuleNotFoundError: No module named 'optscale_no_such_inner_module'",
