@@ -31,7 +31,7 @@ except ImportError:  # scripts/test.sh installs the extra
 from optscale.errors import InputError  # noqa: E402
 from optscale.serve.errors import ApiError  # noqa: E402
 from optscale.serve.idempotency import IdempotencyStore  # noqa: E402
-from optscale.serve.state import (  # noqa: E402
+from optscale.serve.replicas import (  # noqa: E402
     IdempotencyBackend, InProcessIdempotency, SharedState, StateUnavailable, redact_url,
 )
 
@@ -211,7 +211,7 @@ def test_redis_keeps_digests_never_client_keys(server):
 
 OWNER = textwrap.dedent("""
     import asyncio, json, sys
-    from optscale.serve.state import SharedState
+    from optscale.serve.replicas import SharedState
 
     async def main(url, fingerprint):
         state = await SharedState.connect(url, replica="doomed")
@@ -252,6 +252,7 @@ def test_owner_killed_lock_expires_one_retry_samples_once(server):
     finally:
         owner.kill()
         owner.wait(timeout=WAIT_S)
+        owner.stdout.close()
 
 
 def test_key_reused_with_another_body_is_a_400(server):
@@ -429,6 +430,7 @@ def test_redis_down_mid_way_is_503_never_a_second_episode_and_recovers(own_serve
                 assert (err.value.status, err.value.code) == (503, "state_unavailable")
                 assert err.value.headers == {"Retry-After": "1"}
             assert cancelled.is_set() and work.runs == 1
+            assert not await a.ping()
             with pytest.raises(StateUnavailable):  # a new request too, at once
                 await ib.run("c", "idem", fp("body"), episode)
             with pytest.raises(StateUnavailable):
@@ -437,6 +439,7 @@ def test_redis_down_mid_way_is_503_never_a_second_episode_and_recovers(own_serve
                 await a.counts()
             assert work.runs == 1
             own_server.start()
+            assert await a.ping()
             # Redis is back (empty): the next requests reconnect and work
             work.go.set()
             assert await ib.run("c", "idem", fp("body"), episode) == ({"text": "answer", "run": 2}, False)
@@ -470,6 +473,13 @@ def test_bad_or_unreachable_url_is_a_located_error_without_the_password():
     asyncio.run(main())
     assert redact_url("rediss://:pw@h:1/2") == "rediss://:***@h:1/2"
     assert redact_url("redis://h:1/2") == "redis://h:1/2"
+
+
+def test_without_the_redis_extra_the_error_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # as if redis-py were not installed
+    with pytest.raises(InputError) as err:
+        asyncio.run(SharedState.connect("redis://127.0.0.1:6379/0"))
+    assert err.value.where == "--state" and "pip install 'optscale[redis]'" in str(err.value)
 
 
 def test_in_process_backend_keeps_todays_behaviour():

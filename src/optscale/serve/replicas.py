@@ -193,6 +193,14 @@ class SharedState:
         self._listeners.clear()
         await self.client.aclose()
 
+    async def ping(self) -> bool:
+        """Whether Redis answers now (for readiness); never raises."""
+        try:
+            with self.guard("checking readiness"):
+                return bool(await self.client.ping())
+        except StateUnavailable:
+            return False
+
     def key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
 
