@@ -460,6 +460,7 @@ def test_bad_or_unreachable_url_is_a_located_error_without_the_password():
         "redis://:hunter2@127.0.0.1:6379/zero": "the database is a number",
         "redis://:hunter2@127.0.0.1:notaport/0": "is not a URL",
         "redis:///0": "no host",
+        f"redis://127.0.0.1:{port}/0?password=hunter2": "cannot reach Redis at redis://127.0.0.1",
     }
 
     async def main():
@@ -473,6 +474,7 @@ def test_bad_or_unreachable_url_is_a_located_error_without_the_password():
     asyncio.run(main())
     assert redact_url("rediss://:pw@h:1/2") == "rediss://:***@h:1/2"
     assert redact_url("redis://h:1/2") == "redis://h:1/2"
+    assert redact_url("redis://h:1/2?password=pw&db=3") == "redis://h:1/2?password=***&db=3"
 
 
 def test_without_the_redis_extra_the_error_names_it(monkeypatch):

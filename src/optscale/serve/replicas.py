@@ -34,9 +34,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import InputError
 from .errors import ApiError
@@ -106,26 +106,32 @@ class InProcessIdempotency:
 
 # -- URLs ----------------------------------------------------------------------------------------------
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for errors and logs)."""
+def _password(url: str) -> str | None:
+    """The password in ``url``: in its user part, or its ``password`` query parameter (redis-py reads both)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        return parts.password or dict(parse_qsl(parts.query)).get("password") or None
     except ValueError:
-        return "<unparsable URL>"
+        return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for errors and logs)."""
+    password = _password(url)
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _scrub(text: str, url: str) -> str:
     """``text`` (a client library's message) without the password of ``url``."""
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password:
-            text = text.replace(password, "***")
-    return text
+    password = _password(url)
+    return text.replace(password, "***") if password else text
 
 
 def check_state_url(url: str, where: str = "--state") -> str:
