@@ -32,7 +32,7 @@ from optscale.errors import InputError  # noqa: E402
 from optscale.serve.errors import ApiError  # noqa: E402
 from optscale.serve.idempotency import IdempotencyStore  # noqa: E402
 from optscale.serve.replicas import (  # noqa: E402
-    IdempotencyBackend, InProcessIdempotency, SharedState, StateUnavailable, redact_url,
+    IdempotencyBackend, InProcessIdempotency, SharedState, StateUnavailable, check_reachable, redact_url,
 )
 
 WAIT_S = 30.0  # generous bound of every wait on a condition
@@ -476,6 +476,13 @@ def test_bad_or_unreachable_url_is_a_located_error_without_the_password():
     assert redact_url("rediss://:pw@h:1/2") == "rediss://:***@h:1/2"
     assert redact_url("redis://h:1/2") == "redis://h:1/2"
     assert redact_url("redis://h:1/2?password=pw&db=3") == "redis://h:1/2?password=***&db=3"
+
+
+def test_check_reachable_before_the_server_starts(server):
+    check_reachable(server.url)  # no error
+    with pytest.raises(InputError) as err:
+        check_reachable(f"redis://:hunter2@127.0.0.1:{free_port()}/0", "state")
+    assert err.value.where == "state" and "cannot reach Redis" in str(err.value) and "hunter2" not in str(err.value)
 
 
 def test_without_the_redis_extra_the_error_names_it(monkeypatch):

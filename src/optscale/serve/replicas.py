@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["IdempotencyBackend", "InProcessIdempotency", "RedisIdempotency", "SharedState", "StateUnavailable",
-           "redact_url", "check_state_url"]
+           "redact_url", "check_state_url", "check_reachable"]
 
 log = logging.getLogger("optscale.serve")
 
@@ -153,6 +153,15 @@ def check_state_url(url: str, where: str = "--state") -> str:
 
 
 # -- the shared state ----------------------------------------------------------------------------------
+
+def check_reachable(url: str, where: str = "--state") -> None:
+    """Connect to ``url`` once and close (for the CLI, before the server starts, outside any event loop):
+    an :class:`InputError` at ``where`` if Redis cannot be reached."""
+    async def probe() -> None:
+        await (await SharedState.connect(url, where=where)).aclose()
+
+    asyncio.run(probe())
+
 
 class SharedState:
     """One replica's connection to the shared Redis; make it with :meth:`connect`, close it with :meth:`aclose`.
