@@ -21,12 +21,9 @@ import time
 
 import pytest
 
-try:
-    import redis  # noqa: F401
-except ImportError:  # scripts/test.sh installs the extra
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the redis extra is not installed (pip install 'optscale[redis]')", allow_module_level=True)
+from conftest import need, need_module
+
+need_module("redis", "the redis extra is not installed (pip install 'optscale[redis]')")  # scripts/test.sh installs it
 
 from optscale.errors import InputError  # noqa: E402
 from optscale.serve.errors import ApiError  # noqa: E402
@@ -90,11 +87,7 @@ class RedisServer:
 
 def _redis_exe() -> str:
     exe = shutil.which("redis-server")
-    if exe is None:
-        message = "redis-server is not installed (scripts/test.sh installs it: apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need(exe, "redis-server is not installed (scripts/test.sh installs it: apt-get install redis-server)")
     return exe
 
 
