@@ -180,3 +180,34 @@ def test_without_the_ray_extra_the_engine_says_what_to_install(data, server, tmp
     with pytest.raises(InputError) as err:
         run(settings(data, server, out, engine="ray"))
     assert err.value.where == "engine" and "optscale[ray]" in err.value.detail and not out.exists()
+
+
+def pool_lines(path: Path) -> list[dict]:
+    """A pool's problems in id order, each with its samples in id-independent (sorted) order."""
+    out = []
+    for problem in sorted(lines(path), key=lambda p: p["id"]):
+        problem["samples"] = sorted(problem["samples"], key=lambda s: json.dumps(s, sort_keys=True))
+        out.append(problem)
+    return out
+
+
+def test_pool_takes_the_engine_flags_and_draws_the_same_pool(ray, data, server, tmp_path, monkeypatch, capsys):
+    def pool(out: Path, *extra) -> Path:
+        code, _, err = run_cli(["pool", data, "--base-url", server.base_url, "--model", fakes.MODEL, "--scorer",
+                                "confidence", "--out", out, "--n", "3", "--seed", "3", "--limit", "4",
+                                "--no-progress", *extra], monkeypatch, capsys)
+        assert code == 0, err
+        return out / "pool.jsonl"
+
+    local = pool(tmp_path / "local")
+    on_ray = pool(tmp_path / "ray", "--engine", "ray", "--actors", "2", "--actor-gpus", "0",
+                  "--ray-address", ray.get_runtime_context().gcs_address)
+    assert len(lines(local)) == 4 and pool_lines(on_ray) == pool_lines(local)
+
+
+@pytest.mark.parametrize("flag, value", [("--engine", "dask"), ("--actors", "0"), ("--actor-gpus", "-1")])
+def test_bad_engine_settings_name_their_flag(flag, value, data, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(["run", data, "--base-url", "http://127.0.0.1:9/v1", "--model", fakes.MODEL,
+                            "--scorer", "confidence", "--out", tmp_path / "run", flag, value], monkeypatch, capsys)
+    assert code == 2 and flag in err, err
+    assert not (tmp_path / "run").exists()

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 
-_OWN = ("out", "base_url", "model", "endpoint", "system", "template", "chat_markup", "scorer", "policy", "n_max")
+_OWN = ("out", "base_url", "model", "endpoint", "system", "template", "chat_markup", "scorer", "policy", "n_max",
+        "engine", "ray_address", "actors", "actor_gpus")
 RUN_FLAGS: dict[str, str] = {
     **{name: "--" + name.replace("_", "-") for name in (*FLAT, *_OWN)},
     "dataset": "DATASET",
@@ -142,6 +143,10 @@ _QField = Annotated[str | None, _option("question_field")]
 _AField = Annotated[str | None, _option("answer_field")]
 _IdField = Annotated[str | None, _option("id_field")]
 _Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+_Engine = Annotated[str | None, _option("engine")]
+_RayAddress = Annotated[str | None, _option("ray_address")]
+_Actors = Annotated[int | None, _option("actors")]
+_ActorGpus = Annotated[float | None, _option("actor_gpus")]
 _SET_HELP = escape(f"Policy setting key=value, repeatable (e.g. s_min=0.95, alpha=0.9). {settings_help()}.")
 _N_HELP = escape(f"Samples drawn for every problem. [default: {_field('n_max').default}]")
 
@@ -345,6 +350,10 @@ def run(
     question_field: _QField = None,
     answer_field: _AField = None,
     id_field: _IdField = None,
+    engine: _Engine = None,
+    ray_address: _RayAddress = None,
+    actors: _Actors = None,
+    actor_gpus: _ActorGpus = None,
     show_progress: _Progress = True,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report and plots at the "
                                          "end.")] = True,
@@ -395,6 +404,10 @@ def pool(
     question_field: _QField = None,
     answer_field: _AField = None,
     id_field: _IdField = None,
+    engine: _Engine = None,
+    ray_address: _RayAddress = None,
+    actors: _Actors = None,
+    actor_gpus: _ActorGpus = None,
     show_progress: _Progress = True,
 ) -> None:
     """Draw and score the full budget for every problem: a pool (OUT/pool.jsonl) for offline replay."""
