@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sys
 from pathlib import Path
 
@@ -164,14 +165,25 @@ def test_the_actors_import_the_drivers_optscale(ray, data, server, tmp_path):
         ray.kill(actor)
 
 
-def test_a_bad_ray_address_is_a_located_error_and_leaves_no_folder(ray, data, server, tmp_path, monkeypatch):
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(ConnectionError("no cluster there")))
+def test_an_address_where_no_ray_listens_is_a_located_error_and_leaves_no_folder(ray, data, server, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there
     out = tmp_path / "run"
     with pytest.raises(InputError) as err:
-        run(settings(data, server, out, engine="ray", ray_address="ray://127.0.0.1:1"))
-    assert err.value.where == "ray_address" and "no cluster there" in err.value.detail
+        run(settings(data, server, out, engine="ray", ray_address=address))
+    assert err.value.where == "ray_address" and address in err.value.detail
     assert not out.exists()
+
+
+def test_a_cluster_ray_cannot_join_is_a_located_error(ray, data, server, tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(ConnectionError("no cluster there")))
+    with pytest.raises(InputError) as err:
+        run(settings(data, server, tmp_path / "run", engine="ray", ray_address="auto"))
+    assert err.value.where == "ray_address" and "no cluster there" in err.value.detail
 
 
 def test_without_the_ray_extra_the_engine_says_what_to_install(data, server, tmp_path, monkeypatch):

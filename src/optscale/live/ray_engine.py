@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 ACTOR_START_S = 600.0
 #: How long a finishing run waits for actors to close their clients before they are killed.
 _CLOSE_S = 10.0
+#: How long the first connection to a cluster's address may take.
+_CONNECT_S = 5.0
 _NAME = "optscale-worker"
 
 
@@ -221,11 +224,24 @@ def _connect(ray: Any, config: RunConfig) -> bool:
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if address is None:  # room for every actor on this machine; GPUs are detected
         options["num_cpus"] = max(config.actors, os.cpu_count() or 1)
+    else:
+        _reachable(address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError(f"cannot join the Ray cluster at {address}: {exc}", "ray_address") from None
     return True
+
+
+def _reachable(address: str) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens: Ray itself retries for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_S).close()
+    except OSError as exc:
+        raise InputError(f"cannot join the Ray cluster at {address}: {exc.strerror or exc}", "ray_address") from None
 
 
 @asynccontextmanager
