@@ -35,7 +35,7 @@ from ..errors import InputError, OptscaleError
 from .config import RunConfig, build_generator, build_run_scorer
 from .datasets import LiveProblem
 from .runs import RunState
-from .sampler import Listener, ProblemResult, sample_problems
+from .sampler import Listener, ProblemResult, _supervise, sample_problems
 from .types import RequestRejected
 
 __all__ = ["ACTOR_START_S", "ProblemWorker", "RayEngine", "import_ray", "ray_engine"]
@@ -156,8 +156,6 @@ class RayEngine:
         state = store.load()
         results: dict[str, ProblemResult] = {}
         listener.on_start(len(problems))
-        by_id = {p.id: p for p in problems}
-        streams: set[asyncio.Task] = set()
 
         async def write(item: dict[str, Any]) -> None:
             result: ProblemResult = item["result"]
@@ -174,7 +172,7 @@ class RayEngine:
         async def stream(actor: Any, shard: list[LiveProblem]) -> None:
             part = RunState({p.id: state.logs[p.id] for p in shard if p.id in state.logs},
                             {p.id: state.finished[p.id] for p in shard if p.id in state.finished})
-            self._load[id(actor)] += len(shard)
+            self._load[id(actor)] = self._load.get(id(actor), 0) + len(shard)
             try:
                 async for ref in actor.solve.remote(shard, part):
                     item = await ref
@@ -190,22 +188,11 @@ class RayEngine:
                 alive = [a for a in self.actors if id(a) in self._load]
                 log.warning("a Ray actor died (%s); %d unfinished problem(s) %s", str(exc).splitlines()[0],
                             len(left), "re-queued on the others" if alive else "left for the next session")
-                if left and alive:
-                    target = min(alive, key=lambda a: self._load[id(a)])
-                    streams.add(asyncio.create_task(stream(target, left)))
+                if left and alive:  # on the actor with the least work; should it die too, on the next
+                    await stream(min(alive, key=lambda a: self._load[id(a)]), left)
 
         shards = [list(problems[k::len(self.actors)]) for k in range(len(self.actors))]
-        streams.update(asyncio.create_task(stream(a, s)) for a, s in zip(self.actors, shards, strict=True) if s)
-        try:
-            while pending := [t for t in streams if not t.done()]:
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in streams:
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-        finally:
-            for task in streams:
-                task.cancel()
-            await asyncio.gather(*streams, return_exceptions=True)
+        await _supervise([asyncio.create_task(stream(a, s)) for a, s in zip(self.actors, shards, strict=True) if s])
         for problem in problems:
             if problem.id not in results:
                 earlier = state.logs.get(problem.id)
@@ -213,7 +200,7 @@ class RayEngine:
                                        "unfinished", error="every Ray actor died before it finished")
                 results[problem.id] = result
                 listener.on_problem(result)
-        return [results[p.id] for p in by_id.values()]
+        return [results[p.id] for p in problems]
 
 
 def _connect(ray: Any, config: RunConfig) -> bool:
