@@ -79,7 +79,7 @@ class _Relay(Listener):
         self.summaries[summary["id"]] = summary
 
     def on_problem(self, result: ProblemResult) -> None:
-        self.finished.put_nowait({"id": result.id, "result": result, "records": self.records.pop(result.id, []),
+        self.finished.put_nowait({"result": result, "records": self.records.pop(result.id, []),
                                   "summary": self.summaries.pop(result.id, None)})
 
 
@@ -109,12 +109,15 @@ class ProblemWorker:
         """Check the servers (and load an in-process scorer) from where this actor runs."""
         import optscale
 
+        found = {"version": optscale.__version__, "path": optscale.__file__}
         try:
             await self.generator.check(need_logprobs=self.scorer.needs_logprobs, why="scorer")
             await self.scorer.check()
-        except (InputError, OptscaleError) as exc:
-            return {"version": optscale.__version__, "path": optscale.__file__, **(_fatal(exc) or {})}
-        return {"version": optscale.__version__, "path": optscale.__file__}
+        except Exception as exc:
+            if (fatal := _fatal(exc)) is None:
+                raise
+            return found | fatal
+        return found
 
     async def solve(self, problems: Sequence[LiveProblem], state: RunState) -> AsyncIterator[dict[str, Any]]:
         """Sample ``problems`` (``state``: what the run folder holds for them), yielding each as it ends."""
@@ -126,10 +129,8 @@ class ProblemWorker:
         try:
             while (item := await relay.finished.get()) is not None:
                 yield item
-            exc = task.exception()
-            if exc is not None:
-                fatal = _fatal(exc)
-                if fatal is None:
+            if (exc := task.exception()) is not None:
+                if (fatal := _fatal(exc)) is None:
                     raise exc
                 yield fatal
         finally:

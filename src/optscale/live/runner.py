@@ -14,9 +14,9 @@ process alone writes the run folder. A run whose problems are all finished needs
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..compose import build_policy
@@ -73,9 +73,7 @@ async def run_live(config: RunConfig, listener: Listener | None = None) -> RunOu
                 from .ray_engine import ray_engine
 
                 engine = await clients.enter_async_context(ray_engine(config))
-
-                def sample() -> Awaitable[list[ProblemResult]]:
-                    return engine.sample_problems(problems, store, listener)
+                sample = partial(engine.sample_problems, problems, store, listener)
             else:
                 generator = build_generator(config)
                 clients.push_async_callback(generator.aclose)
@@ -84,10 +82,9 @@ async def run_live(config: RunConfig, listener: Listener | None = None) -> RunOu
                 if not done:  # a finished run needs no server: its pool and report are rebuilt from the log
                     await generator.check(need_logprobs=scorer.needs_logprobs, why="scorer")
                     await scorer.check()
-
-                def sample() -> Awaitable[list[ProblemResult]]:
-                    return sample_problems(problems, generator, scorer, policy, template=config.template_obj(),
-                                           settings=config.sampler, store=store, listener=listener)
+                sample = partial(sample_problems, problems, generator, scorer, policy,
+                                 template=config.template_obj(), settings=config.sampler, store=store,
+                                 listener=listener)
             resumed = store.prepare(identity, runtime, config.normalise_identity)
             prepared = True
             store.open()
