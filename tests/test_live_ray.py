@@ -227,3 +227,37 @@ def test_bad_engine_settings_name_their_flag(flag, value, data, tmp_path, monkey
                             "--scorer", "confidence", "--out", tmp_path / "run", flag, value], monkeypatch, capsys)
     assert code == 2 and flag in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_server_check_failing_in_the_actors_is_the_local_runs_error(ray, data, server, tmp_path):
+    errors = []
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        with pytest.raises(InputError) as err:
+            run(settings(data, server, out, model="no-such-model", engine=engine))
+        errors.append((err.value.where, err.value.detail))
+        assert not out.exists()
+    assert errors[0] == errors[1] and "no-such-model" in errors[1][1]
+
+
+def test_a_key_refused_in_an_actor_mid_run_names_the_flag_that_holds_it(ray, data, tmp_path, monkeypatch,
+                                                                        capsys):
+    from fastapi.responses import JSONResponse
+
+    refusing = fakes.FakeServer()
+
+    @refusing.app.middleware("http")
+    async def revoked(request, call_next):  # the actors' checks pass, the run's requests are refused
+        if request.url.path.endswith("/chat/completions") and "Problem r" in (await request.body()).decode():
+            return JSONResponse({"error": {"message": f"key {request.headers.get('authorization')} revoked"}}, 401)
+        return await call_next(request)
+
+    out = tmp_path / "run"
+    with refusing:
+        code, _, err = run_cli(["run", data, "--base-url", refusing.base_url, "--model", fakes.MODEL, "--scorer",
+                                "confidence", "--out", out, "--api-key", "sk-GEN-KEY-1", "--no-progress",
+                                "--no-report", "--engine", "ray", "--ray-address",
+                                ray.get_runtime_context().gcs_address], monkeypatch, capsys)
+    assert code == 2 and "error: --api-key: HTTP 401 from http://127.0.0.1:" in err and "Traceback" not in err, err
+    assert "sk-GEN-KEY-1" not in err
+    assert json.loads((out / "config.json").read_text())["runtime"]["engine"] == "ray"
