@@ -251,8 +251,9 @@ async def ray_engine(config: RunConfig) -> AsyncIterator[RayEngine]:
         try:
             checks = await asyncio.wait_for(asyncio.gather(*(a.start.remote() for a in actors)), ACTOR_START_S)
         except asyncio.TimeoutError:
-            raise InputError(f"the {config.actors} Ray actor(s) did not start within {ACTOR_START_S:.0f} s; "
-                             f"does the cluster have {config.actor_gpus} GPU(s) free for each?", "actors") from None
+            gpus = f" and {config.actor_gpus:g} GPU(s)" if config.actor_gpus else ""
+            raise InputError(f"the {config.actors} Ray actor(s) did not start within {ACTOR_START_S:.0f} s; does "
+                             f"the cluster have room for them (each needs 1 CPU{gpus})?", "actors") from None
         for check in checks:
             if "fatal" in check:
                 raise InputError(*check["fatal"])
