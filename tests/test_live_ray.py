@@ -71,7 +71,8 @@ def data(tmp_path_factory) -> Path:
 def settings(data: Path, server, out: Path, **extra) -> dict:
     """An adaptive run (the optscale policy) whose samples arrive one at a time per problem, with a seed."""
     return {"dataset": str(data), "base_url": [server.base_url], "model": fakes.MODEL, "scorer": "confidence",
-            "out": str(out), "n_max": 8, "policy_settings": {"s_min": 0.9}, "seed": 7, "in_flight": 1, "problems_in_flight": 1, "retries": 2, **extra}
+            "out": str(out), "n_max": 8, "policy_settings": {"s_min": 0.9}, "seed": 7, "in_flight": 1,
+            "problems_in_flight": 1, "retries": 2, **extra}
 
 
 def run(values: dict, listener: Listener | None = None):
@@ -145,8 +146,8 @@ def test_resume_after_kill_9_of_the_driver(ray, data, server, reference, tmp_pat
     address = ray.get_runtime_context().gcs_address
     config.write_text(f'engine = "ray"\nactors = 2\nray_address = "{address}"\n')
     args = ["run", data, "--config", config, "--base-url", server.base_url, "--model", fakes.MODEL,
-            "--scorer", "confidence", "--out", out, "--n-max", "8", "--set", "s_min=0.9", "--seed", "7", "--in-flight", "1",
-            "--problems-in-flight", "1", "--no-progress", "--no-report"]
+            "--scorer", "confidence", "--out", out, "--n-max", "8", "--set", "s_min=0.9", "--seed", "7",
+            "--in-flight", "1", "--problems-in-flight", "1", "--no-progress", "--no-report"]
     kill_cli_after(args, out / "problems.jsonl", 2)
     before = (out / "problems.jsonl").read_text().splitlines()
     assert 2 <= len(before) < PROBLEMS
