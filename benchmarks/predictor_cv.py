@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    data_path = args.data or (shared_data_dir() or Path(".")) / "score-moments" / "math_train.jsonl"
+    data_path = args.data or (shared_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data") / "score-moments" / "math_train.jsonl"
     data = load_training(data_path)
     print(f"{data_path}: {len(data)} problems, {args.folds}-fold grouped cross-validation, seed {args.seed}")
     header = f"{'variant':60s} {'mean RMSE':>10s} {'vs const':>9s} {'std RMSE':>10s} {'vs const':>9s} {'cov90 m/s':>10s} {'s':>6s}"

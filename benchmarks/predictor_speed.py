@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    path = args.benchmark or (shared_data_dir() or Path(".")) / "benchmarks" / "math500.jsonl"
+    path = args.benchmark or (shared_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data") / "benchmarks" / "math500.jsonl"
     problems = load_problems(path)
     source = PredictorPriors(load(args.model))
     source.priors(["warm-up"], ["Load the embedding model before timing: what is 1 + 1?"])

@@ -1,8 +1,10 @@
-"""Shared fixtures: small generated pools (no shared data needed)."""
+"""Shared fixtures: small generated pools (no shared data needed), and the one place where a test
+may skip for what its machine lacks (:func:`need`)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -18,6 +20,43 @@ import pytest
 from optscale.stats import truncnorm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+pytest_plugins = ("pytester",)  # tests/test_ci_skips.py runs small test files through pytest
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` set to anything but empty, 0, false or no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def need(ok: object, reason: str) -> None:
+    """Skip the test (or, called at module level, the module) with ``reason`` unless ``ok``.
+
+    Under ``CI=true`` it fails instead: CI installs every extra and has the shared data, so a
+    missing optional dependency or data set is a broken CI setup, never a pass by skipping.
+    Every skip for a missing dependency or data set goes through here.
+    """
+    __tracebackhide__ = True  # pytest reports the caller's line
+    if ok:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need_module(name: str, reason: str | None = None):
+    """``import name`` (the module), else :func:`need` fails or skips: ``pytest.importorskip`` honest under CI.
+
+    Only a missing module counts as missing; a module that is installed but breaks on import
+    raises as it would for a user.
+    """
+    __tracebackhide__ = True
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise
+        need(False, f"{reason or name + ' is not installed'} (no module named {exc.name!r})")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -62,11 +101,25 @@ def pool():
 
 
 def shared_data(*parts: str) -> Path:
-    """Path inside ../shared/data, skipping the test where a clone has no shared data."""
+    """Path inside ../shared/data; where a clone has none, :func:`need` skips the test (fails it under CI)."""
+    __tracebackhide__ = True
     path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs the shared data set at {path} (not part of a user's clone)")
+    need(path.exists(), f"the test needs the shared data set at {path} (not part of a user's clone)")
     return path
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true, and return that (a deadline, not a delay).
+
+    Tests wait on the condition they need, never a fixed time: the timeout is generous, only a
+    bound for a condition that never comes.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.005)
+    return value
 
 
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
@@ -95,11 +148,8 @@ def kill_cli_after(args, samples: Path, count: int) -> list[dict]:
     """
     proc = subprocess.Popen([sys.executable, "-c", "from optscale.cli import main; main()", *map(str, args)],
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if samples.exists() and samples.read_text().count("\n") >= count:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: proc.poll() is not None or (samples.exists() and samples.read_text().count("\n") >= count),
+             120, f"{count} lines in {samples}")
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

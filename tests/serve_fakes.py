@@ -10,16 +10,10 @@ from typing import Any
 import httpx
 from live_fakes import FakeConfig, FakeServer
 
+from conftest import wait_for
 from optscale.serve import build_serve_config, create_app
 
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    """Poll ``predicate`` until it holds (a deadline, not a delay)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.005)
+__all__ = ["FaultyUpstream", "Proxy", "wait_for"]
 
 
 class Proxy:
@@ -66,6 +60,11 @@ class Proxy:
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._sock.close()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until the proxy runs no request: whatever a request logs has been logged."""
+        tasks = self._server.server_state.tasks
+        wait_for(lambda: not tasks, timeout, "the proxy to finish its requests")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"

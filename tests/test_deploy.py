@@ -25,6 +25,8 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import pytest
+
+from conftest import need
 import typer
 import yaml
 from kubernetes_validate.utils import schema_contents
@@ -433,11 +435,7 @@ HAPROXY_CFG = DEPLOY / "haproxy.cfg"
 
 def test_haproxy_config_passes_haproxy_check():
     exe = shutil.which("haproxy")
-    if exe is None:
-        message = "haproxy is not installed (scripts/test.sh installs it: apt-get install haproxy)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need(exe, "haproxy is not installed (scripts/test.sh installs it: apt-get install haproxy)")
     result = subprocess.run([exe, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

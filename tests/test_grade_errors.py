@@ -12,7 +12,7 @@ import pytest
 
 from optscale.pools import PoolProblem, iter_pool, write_pool
 
-from conftest import run_cli
+from conftest import run_cli, need_module
 
 grading = importlib.import_module("optscale.answers.grade")
 
@@ -39,7 +39,7 @@ def ungraded_pool(path, problems=3, samples=4):
 
 
 def test_a_math_verify_exception_is_an_error_verdict_with_its_reason(monkeypatch):
-    math_verify = pytest.importorskip("math_verify")
+    math_verify = need_module("math_verify", "math-verify is a core dependency")
 
     def broken(*args, **kwargs):
         raise ValueError("sympy gave up")
@@ -102,7 +102,7 @@ def test_validate_reports_grading_errors_next_to_timeouts(failing_grader, tmp_pa
 
 
 def test_a_live_run_reports_grading_errors_in_its_summary_and_report(failing_grader, tmp_path, cli):
-    pytest.importorskip("httpx", reason="the live extra is not installed")
+    need_module("httpx", "the live extra is not installed")
     import live_fakes as fakes
 
     data = tmp_path / "problems.jsonl"

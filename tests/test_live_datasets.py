@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared_data
 from optscale.errors import InputError
 from optscale.live.config import build_config, build_run_scorer, load_config_file
 from optscale.live.datasets import DatasetSpec, load_problems
@@ -17,7 +18,6 @@ from optscale.live.prompts import PromptTemplate, render_markup
 from optscale.live.sampler import SamplerSettings
 from optscale.live.types import GenerationSettings
 
-SHARED_GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "gsm8k.jsonl"
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -90,9 +90,8 @@ def test_a_hub_name_without_the_datasets_package_says_what_to_install():
     assert info.value.where == "openai/gsm8k"
 
 
-@pytest.mark.skipif(not SHARED_GSM8K.exists(), reason="shared benchmark data not present")
 def test_the_shared_gsm8k_file_loads():
-    problems = load_problems(DatasetSpec(str(SHARED_GSM8K), limit=3))
+    problems = load_problems(DatasetSpec(str(shared_data("benchmarks", "gsm8k.jsonl")), limit=3))
     assert [p.id for p in problems] == ["gsm8k/test/0", "gsm8k/test/1", "gsm8k/test/2"]
     assert problems[0].answer == "18"
 

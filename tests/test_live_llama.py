@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python (the local extra) is not installed")
+from conftest import need_module
+
+need_module("llama_cpp", "llama-cpp-python (the local extra) is not installed")
 
 from optscale.live import GenerationSettings, OpenAIGenerator, PromptTemplate  # noqa: E402
 from optscale.live.local import MODEL_ALIAS, LocalServer  # noqa: E402

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="the local PRM needs torch and transformers")
-transformers = pytest.importorskip("transformers", reason="the local PRM needs torch and transformers")
-tokenizers = pytest.importorskip("tokenizers", reason="the local PRM needs torch and transformers")
+from conftest import need_module
+
+torch = need_module("torch", "the local PRM needs torch and transformers")
+transformers = need_module("transformers", "the local PRM needs torch and transformers")
+tokenizers = need_module("tokenizers", "the local PRM needs torch and transformers")
 
 from optscale.errors import InputError  # noqa: E402
 from optscale.live.scorers import LocalPrmScorer, ScoreRequest  # noqa: E402

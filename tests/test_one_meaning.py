@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, need_module
 from optscale.errors import InputError
 
 
@@ -29,7 +29,7 @@ def test_the_replay_outcome_is_replay_outcome_and_the_old_name_warns():
 
 
 def test_predictor_and_live_runs_read_a_problem_file_with_the_same_ids(tmp_path):
-    pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+    need_module("sklearn", "the predictor extra is not installed")
     from optscale.live.datasets import DatasetSpec, load_problems
     from optscale.predictor import Problems
 
@@ -49,7 +49,7 @@ def test_predictor_and_live_runs_read_a_problem_file_with_the_same_ids(tmp_path)
 
 
 def test_shared_data_comes_from_the_environment_only(tmp_path, monkeypatch):
-    pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+    need_module("sklearn", "the predictor extra is not installed")
     from optscale.predictor import SHARED_DATA_ENV, shared_data_dir
 
     monkeypatch.delenv(SHARED_DATA_ENV, raising=False)
@@ -61,7 +61,7 @@ def test_shared_data_comes_from_the_environment_only(tmp_path, monkeypatch):
 
 
 def test_predictor_train_without_data_names_the_flag_and_the_variable(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+    need_module("sklearn", "the predictor extra is not installed")
     monkeypatch.delenv("OPTSCALE_SHARED_DATA", raising=False)
     code, _, err = run_cli(["predictor", "train", "--out", tmp_path / "m"], monkeypatch, capsys)
     assert code == 2 and "--data" in err and "OPTSCALE_SHARED_DATA" in err, err
@@ -82,7 +82,7 @@ def test_result_files_are_read_by_the_library(tmp_path):
 
 
 def test_run_and_pool_declare_their_shared_flags_once():
-    pytest.importorskip("httpx", reason="the live extra is not installed")
+    need_module("httpx", "the live extra is not installed")
     from optscale.cli import live
     from optscale.cli.app import load_command
 

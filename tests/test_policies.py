@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import check_live_equals_replay, toy_pool
+from conftest import check_live_equals_replay, need_module, toy_pool
 from optscale.errors import InputError
 from optscale.policies import (ConstantPriors, Decision, Prior, Problem, Sample, Selection, make_policy,
                                parse_settings, select)
@@ -132,7 +132,7 @@ def test_one_registry_lists_policies_settings_and_schemas():
     assert "n_max" not in schema["properties"] and schema["title"] == "optscale0"
     assert schema["properties"]["alpha"]["exclusiveMaximum"] == 1
     assert schema["properties"]["select"]["default"] == "best"
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = need_module("jsonschema")
     jsonschema.validate({"alpha": 0.8, "peek": 4}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"alpha": 2}, schema)
@@ -189,8 +189,8 @@ def test_build_policy_injects_the_default_predictor_priors_only_where_needed(mon
 
 
 def test_default_priors_are_the_packaged_predictors():
-    pytest.importorskip("sklearn", reason="the predictor extra is not installed")
-    pytest.importorskip("sentence_transformers", reason="the predictor extra is not installed")
+    need_module("sklearn", "the predictor extra is not installed")
+    need_module("sentence_transformers", "the predictor extra is not installed")
     from optscale.compose import build_policy
     from optscale.predictor import PredictorPriors, load_default
 

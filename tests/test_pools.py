@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from conftest import run_cli, shared_data
+from conftest import need_module, run_cli, shared_data
 from optscale.answers import grade
 from optscale.errors import InputError
 from optscale.pools import (
@@ -426,7 +426,7 @@ INVALID = [
     ids=[f"valid{i}" for i in range(len(VALID))] + [f"invalid{i}" for i in range(len(INVALID))],
 )
 def test_json_schema_agrees_with_models(obj: Any) -> None:
-    jsonschema = pytest.importorskip("jsonschema")  # a test-only dependency
+    jsonschema = need_module("jsonschema")  # a test-only dependency
     validator = jsonschema.Draft202012Validator(json_schema())
     try:
         PoolProblem.model_validate(obj)
@@ -438,7 +438,7 @@ def test_json_schema_agrees_with_models(obj: Any) -> None:
 
 
 def test_json_schema_is_a_valid_draft_2020_12_schema() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = need_module("jsonschema")
     jsonschema.Draft202012Validator.check_schema(json_schema())
     assert json_schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 

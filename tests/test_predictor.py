@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+from conftest import need_module
+
+need_module("sklearn", "the predictor extra is not installed")
 
 from optscale.errors import InputError  # noqa: E402
 from optscale.priors import FilePriors, PriorSource  # noqa: E402

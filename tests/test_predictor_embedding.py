@@ -7,20 +7,24 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn", reason="the predictor extra is not installed")
-pytest.importorskip("sentence_transformers", reason="the predictor extra is not installed")
+from conftest import need, need_module, shared_data
+
+need_module("sklearn", "the predictor extra is not installed")
+need_module("sentence_transformers", "the predictor extra is not installed")
 
 from optscale.errors import InputError  # noqa: E402
 from optscale.priors import PriorSource  # noqa: E402
 from optscale.predictor import (  # noqa: E402
-    EmbeddingPredictor, KernelPredictor, PredictorPriors, Problems, load, load_default, load_training, shared_data_dir,
+    EmbeddingPredictor, KernelPredictor, PredictorPriors, Problems, load, load_default, load_training,
 )
 from optscale.predictor.encoder import embed, model_dir, static_embed  # noqa: E402
 
 try:
     model_dir()
+    missing_model = None
 except InputError as exc:  # the extra without its model package
-    pytest.skip(f"all-MiniLM-L6-v2 is not installed: {exc}", allow_module_level=True)
+    missing_model = exc
+need(missing_model is None, f"all-MiniLM-L6-v2 is not installed: {missing_model}")
 
 QUESTIONS = [
     "What is $1 + 1$?",
@@ -34,10 +38,7 @@ QUESTIONS = [
 @pytest.fixture(scope="session")
 def math_subset():
     """120 real training rows (embedded once per session by the encoder's memo)."""
-    shared = shared_data_dir()
-    if shared is None or not (shared / "score-moments" / "math_train.jsonl").is_file():
-        pytest.skip("shared data (../shared/data or $OPTSCALE_SHARED_DATA) is not available")
-    data = load_training(shared / "score-moments" / "math_train.jsonl")
+    data = load_training(shared_data("score-moments", "math_train.jsonl"))
     return data.subset(np.random.default_rng(0).choice(len(data), 120, replace=False))
 
 
@@ -95,12 +96,9 @@ def test_default_model_is_small_and_sensible():
 
 
 def test_default_model_ranks_math500_levels():
-    shared = shared_data_dir()
-    if shared is None or not (shared / "benchmarks" / "math500.jsonl").is_file():
-        pytest.skip("shared data (../shared/data or $OPTSCALE_SHARED_DATA) is not available")
     from optscale.predictor import load_problems
 
-    problems = load_problems(shared / "benchmarks" / "math500.jsonl")
+    problems = load_problems(shared_data("benchmarks", "math500.jsonl"))
     levels = np.array(problems.levels)
     keep = np.concatenate([np.flatnonzero(levels == k)[:30] for k in (1, 3, 5)])  # 90 problems keep it quick
     problems, levels = problems.subset(keep), levels[keep]

@@ -11,7 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+from conftest import need_module
+
+need_module("sklearn", "the predictor extra is not installed")
 
 from optscale.errors import InputError  # noqa: E402
 from optscale.predictor import (  # noqa: E402

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the predictor extra is not installed")
-transformers = pytest.importorskip("transformers", reason="the predictor extra is not installed")
-pytest.importorskip("sklearn", reason="the predictor extra is not installed")
+from conftest import need_module
+
+torch = need_module("torch", "the predictor extra is not installed")
+transformers = need_module("transformers", "the predictor extra is not installed")
+need_module("sklearn", "the predictor extra is not installed")
 
 from optscale.predictor import Problems, TrainingSet, TransformerPredictor, load  # noqa: E402
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from conftest import need_module, shared_data
 from optscale.errors import InputError
 from optscale.fit import moments_to_params
 from optscale.policies import ConstantPriors, FilePriors, PriorArrays
@@ -217,8 +217,8 @@ def benchmark_file(tmp_path, count=30):
 
 
 def test_predictor_priors_use_level_and_subject_like_predictor_predict(tmp_path):
-    pytest.importorskip("sklearn", reason="the predictor extra is not installed")
-    pytest.importorskip("sentence_transformers", reason="the predictor extra is not installed")
+    need_module("sklearn", "the predictor extra is not installed")
+    need_module("sentence_transformers", "the predictor extra is not installed")
     from optscale.compose import build_policy
     from optscale.predictor import load_default, prior_rows
     from optscale.predictor.data import load_problems
@@ -277,8 +277,8 @@ def test_placeholder_check_accepts_real_questions():
 
 
 def test_optscale_t_with_the_predictor_refuses_a_placeholder_pool():
-    pytest.importorskip("sklearn", reason="the predictor extra is not installed")
-    pytest.importorskip("sentence_transformers", reason="the predictor extra is not installed")
+    need_module("sklearn", "the predictor extra is not installed")
+    need_module("sentence_transformers", "the predictor extra is not installed")
     from optscale.compose import build_policy
 
     batch = build_batch(toy_pool(problems=5))  # questions "question 0" ... "question 4"

@@ -419,10 +419,6 @@ def test_proxy_decisions_equal_offline_replay(name, tmp_path):
         settings = {"table": str(fitted_table(tmp_path / "tables"))}
         server = {"policy": "bon", "tables_dir": str(tmp_path / "tables")}
         request = {"policy": "learned", "table": "t8.json"}
-    try:
-        build_policy(name, 8, settings)
-    except InputError as exc:  # a server-side file this test cannot make
-        pytest.skip(f"{name} needs server-side settings: {exc}")
     config = fakes.FakeConfig(seed=11, min_tokens=8, max_tokens=16)
     questions = (Q, "Problem p12: how many?")  # a hard problem and an easy one (low and high scores)
     with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=8, in_flight=1, **server) as px:
@@ -531,53 +527,65 @@ def test_config_file_flags_and_located_errors(tmp_path):
 
 
 # -- regressions of the review ---------------------------------------------------------------------
-def raw_upload(port: int, declared: int, sent: bytes, path: str = "/v1/chat/completions") -> socket.socket:
+def raw_upload(port: int, declared: int, sent: bytes, path: str = "/v1/chat/completions",
+               request_id: str = "raw-upload") -> socket.socket:
     """A client that declares ``declared`` body bytes and sends only ``sent`` (a slow or leaving upload)."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+                 f"X-Request-Id: {request_id}\r\nContent-Length: {declared}\r\n\r\n".encode() + sent)
     return sock
+
+
+def request_logs(caplog, rid: str) -> list[logging.LogRecord]:
+    """The serve's log records of one request (its access line and any line naming its id)."""
+    return [r for r in caplog.records if r.name.startswith("optscale.serve")
+            and (getattr(r, "fields", {}).get("request_id") == rid or rid in r.getMessage())]
 
 
 def test_readiness_comes_back_after_a_failed_check():
     with fakes.FakeServer() as up, Proxy(up.base_url, n_max=2, ready_ttl_s=0.05) as px:
+        def outlive_the_last_check():  # the next /ready or request checks the upstream again
+            service = px.service
+            wait_for(lambda: time.monotonic() - service.checked_at > px.config.ready_ttl_s, what="a stale check")
+
         up.config.models = ("other-model",)  # the upstream stops serving the model
-        time.sleep(0.1)
+        outlive_the_last_check()
         r = httpx.get(px.url("/ready"))
         assert r.status_code == 503 and "does not serve" in r.json()["error"]["message"]
         assert "127.0.0.1" not in r.text and up.base_url not in r.text  # the upstream's URL stays in the log
         assert httpx.post(px.url("/v1/chat/completions"), json=OK).status_code == 503
         up.config.models = (fakes.MODEL,)  # back
-        time.sleep(0.1)
+        outlive_the_last_check()
         assert httpx.post(px.url("/v1/chat/completions"), json=OK).status_code == 200  # a request re-checks
         up.config.models = ("other-model",)
-        time.sleep(0.1)
+        outlive_the_last_check()
         assert httpx.get(px.url("/ready")).status_code == 503
         up.config.models = (fakes.MODEL,)
-        time.sleep(0.1)
+        outlive_the_last_check()
         assert httpx.get(px.url("/ready")).status_code == 200  # and so does /ready
 
 
-def test_a_client_leaving_mid_upload_is_a_499_without_a_traceback(proxy, caplog):
+def test_a_client_leaving_mid_upload_is_a_499_without_a_traceback(upstream, caplog):
     caplog.set_level(logging.INFO, logger="optscale.serve")
-    raw_upload(proxy.port, 1000, b'{"model": "fake-').close()
-
-    def logged():
-        return [r for r in caplog.records if r.name == "optscale.serve.access" and r.fields["status"] == 499]
-
-    wait_for(lambda: logged(), what="the access line")
-    time.sleep(0.1)
-    # (an earlier test's access line, written after its response went, may land here too)
-    serve_logs = [r for r in caplog.records if r.name.startswith("optscale.serve")
-                  and not (r.name == "optscale.serve.access" and r.fields["status"] != 499)]
-    assert len(serve_logs) == 1 and not any(r.exc_info for r in caplog.records), serve_logs
+    with Proxy(upstream.base_url, n_max=2) as px:  # its own proxy: no other test's request logs here
+        rid = f"leaves-{random.random()}"
+        raw_upload(px.port, 1000, b'{"model": "fake-', request_id=rid).close()
+        wait_for(lambda: request_logs(caplog, rid), what="the access line")
+        px.wait_idle()  # the request has ended: all it logs is logged
+    [line] = request_logs(caplog, rid)
+    assert line.name == "optscale.serve.access" and line.fields["status"] == 499, line.getMessage()
+    assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
 
 
 def test_slow_uploads_time_out_and_concurrent_uploads_are_bounded(upstream):
     with Proxy(upstream.base_url, n_max=2, body_timeout_s=1.0, max_body_reads=1, limit_concurrency=4) as px:
         slow = raw_upload(px.port, 1000, b'{"model":')
-        time.sleep(0.2)
-        r = httpx.post(px.url("/v1/chat/completions"), json=OK)  # a second upload while the first stalls
+
+        def second_upload():  # while the first stalls; answered (200) until the server reads the first
+            r = httpx.post(px.url("/v1/chat/completions"), json=OK)
+            return r if r.status_code != 200 else None
+
+        r = wait_for(second_upload, what="the first upload to take the one body slot")
         assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_uploads" and r.headers["retry-after"]
         slow.settimeout(5)
         start = time.monotonic()
@@ -588,9 +596,9 @@ def test_slow_uploads_time_out_and_concurrent_uploads_are_bounded(upstream):
         slow.close()
         assert httpx.post(px.url("/v1/chat/completions"), json=OK).status_code == 200
         idle = [socket.create_connection(("127.0.0.1", px.port)) for _ in range(4)]  # limit_concurrency: 4
-        time.sleep(0.1)
         try:
-            assert httpx.get(px.url("/health")).status_code == 503
+            # refused once the server has taken the idle connections (a limit never enforced times out)
+            wait_for(lambda: httpx.get(px.url("/health")).status_code == 503, what="/health refused at the limit")
         finally:
             for sock in idle:
                 sock.close()
@@ -610,23 +618,34 @@ def test_a_question_the_prior_refuses_is_400_and_plan_takes_a_question(proxy):
 
 
 class SlowPriors(ConstantPriors):
-    """Priors that take half a second (as a predictor does on a cold question)."""
+    """Priors that take as long as the test wants (as a predictor does on a cold question): each call
+    sets ``entered`` and waits for ``release``."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.entered, self.release = threading.Event(), threading.Event()
 
     def priors(self, ids, questions, meta=None):
-        time.sleep(0.5)
+        self.entered.set()
+        assert self.release.wait(30), "never released"
         return super().priors(ids, questions, meta)
 
 
 def test_an_episode_start_does_not_stall_the_event_loop(upstream):
-    with Proxy(upstream.base_url, n_max=2, policy="optscale-t",
-               policy_settings={"priors": SlowPriors(0.7, 0.2, 0.1, 0.05)}) as px:
-        worker = threading.Thread(target=lambda: httpx.post(px.url("/v1/chat/completions"), json=OK, timeout=30))
+    slow = SlowPriors(0.7, 0.2, 0.1, 0.05)
+    with Proxy(upstream.base_url, n_max=2, policy="optscale-t", policy_settings={"priors": slow}) as px:
+        answers = []
+        worker = threading.Thread(target=lambda: answers.append(
+            httpx.post(px.url("/v1/chat/completions"), json=OK, timeout=30)))
         worker.start()
-        time.sleep(0.1)
-        start = time.monotonic()
-        assert httpx.get(px.url("/health")).status_code == 200
-        assert time.monotonic() - start < 0.25
-        worker.join(30)
+        try:
+            assert slow.entered.wait(10), "the episode never asked for its priors"
+            # the priors are still being computed: on a stalled loop /health would not answer at all
+            assert httpx.get(px.url("/health"), timeout=10).status_code == 200
+        finally:
+            slow.release.set()
+            worker.join(30)
+    assert answers[0].status_code == 200, answers[0].text
 
 
 def test_a_reused_idempotency_key_on_a_stream_is_a_400_before_the_stream(proxy):
@@ -708,14 +727,13 @@ def test_small_contract_points(proxy, upstream):
 
 def test_the_access_log_line_has_the_documented_fields(proxy, caplog):
     caplog.set_level(logging.INFO, logger="optscale.serve")
-    httpx.post(proxy.url("/v1/chat/completions"), json={**OK, "optscale": {"policy": "bon"}})
-
-    def lines():  # the line is written once the response has gone: an earlier test's line may land here too
-        return [m for r in caplog.records if r.name == "optscale.serve.access"
-                and "POST /v1/chat/completions" in (m := r.getMessage())]
-
-    wait_for(lambda: lines(), what="the access line")
-    [line] = lines()
+    rid = f"access-{random.random()}"  # the line is written once the response has gone: found by its id
+    httpx.post(proxy.url("/v1/chat/completions"), json={**OK, "optscale": {"policy": "bon"}},
+               headers={"X-Request-Id": rid})
+    wait_for(lambda: request_logs(caplog, rid), what="the access line")
+    [record] = request_logs(caplog, rid)
+    line = record.getMessage()
+    assert record.name == "optscale.serve.access" and f"{rid} POST /v1/chat/completions 200" in line, line
     for field in ("policy=bon", "n_used=4", "stop_reason=n_max", "completion_tokens="):
         assert field in line, line
 

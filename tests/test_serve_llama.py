@@ -14,7 +14,9 @@ import httpx
 import openai
 import pytest
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python (the local extra) is not installed")
+from conftest import need_module
+
+need_module("llama_cpp", "llama-cpp-python (the local extra) is not installed")
 
 from serve_fakes import Proxy  # noqa: E402
 

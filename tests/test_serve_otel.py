@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import live_fakes as fakes
 import openai
-import pytest
 from serve_fakes import Proxy
 
-pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk (the otel extra) is not installed")
+from conftest import need_module
+
+need_module("opentelemetry.sdk", "opentelemetry-sdk (the otel extra) is not installed")
 
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
