@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from optscale.errors import InputError
-from optscale.pools import iter_pool, pool_files, read_pool
+from optscale.pools import iter_pool, pool_files, pool_sha256, read_pool
 from optscale.replay import read_pool_arrays
 
 
@@ -132,6 +132,20 @@ def test_a_file_rotated_while_the_folder_is_read_is_read_from_its_gz(folder):
     write_traffic(folder / (plain.name + ".gz"), [episode("c")], gz=True)
     plain.unlink()
     assert [p.id for p in problems] == ["b", "c"]
+
+
+def test_a_pools_sha256_is_its_files_and_changes_with_the_folder(folder, tmp_path):
+    import hashlib
+
+    single = tmp_path / "pool.jsonl"
+    write_traffic(single, [episode("a")])
+    assert pool_sha256(single) == hashlib.sha256(single.read_bytes()).hexdigest()
+    before = pool_sha256(folder)
+    assert before == pool_sha256(folder)  # files outside the pattern do not count
+    (folder / "other.jsonl").write_text("changed")
+    assert pool_sha256(folder) == before
+    write_traffic(folder / "traffic-20261208T030000Z-r0-000003.jsonl", [episode("d")])
+    assert pool_sha256(folder) != before
 
 
 def test_a_folder_without_traffic_files_is_named(tmp_path):

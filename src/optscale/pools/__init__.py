@@ -8,7 +8,7 @@ that pools are drawn from (questions, gold answers, ids) have their one reader i
 """
 
 from .convert import FLAT_COLUMNS, convert_flat, detect_format
-from .io import TRAFFIC_PATTERNS, iter_pool, pool_files, read_pool, write_pool
+from .io import TRAFFIC_PATTERNS, iter_pool, pool_files, pool_sha256, read_pool, write_pool
 from .schema import MAX_SAMPLES, MAX_TOKENS, SCHEMA_PATH, PoolProblem, PoolSample, json_schema
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "json_schema",
     "iter_pool",
     "pool_files",
+    "pool_sha256",
     "TRAFFIC_PATTERNS",
     "read_pool",
     "write_pool",

@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..io import StrPath, atomic_open, numbered_lines, parse_json
 from .schema import PoolProblem
 
-__all__ = ["TRAFFIC_PATTERNS", "iter_pool", "pool_files", "read_pool", "write_pool", "format_loc",
+__all__ = ["TRAFFIC_PATTERNS", "iter_pool", "pool_files", "pool_sha256", "read_pool", "write_pool", "format_loc",
            "validation_message"]
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,25 @@ def pool_files(path: StrPath) -> list[Path]:
         raise InputError(f"not a regular file, and not a traffic folder: it holds no "
                          f"{' or '.join(TRAFFIC_PATTERNS)} files", os.fspath(path))
     return files
+
+
+def pool_sha256(path: StrPath) -> str:
+    """sha256 identity of a pool: of the file's bytes, or for a traffic folder of each of its
+    :func:`pool_files` in order (name, size and bytes), so that any change to the folder's pool changes it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    folder = Path(path).is_dir()
+    for file in pool_files(path):
+        try:
+            with open(file, "rb") as handle:
+                if folder:
+                    digest.update(f"{file.name}\0{os.fstat(handle.fileno()).st_size}\0".encode())
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror or exc}", os.fspath(file)) from None
+    return digest.hexdigest()
 
 
 def _objects(path: Path, traffic: bool) -> Iterator[tuple[str, Any]]:
