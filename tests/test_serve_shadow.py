@@ -177,6 +177,21 @@ def test_with_share_1_the_client_gets_the_same_answer_first_and_the_shadow_sampl
     assert record["optscale"]["early_answer"] == client["answer"]
 
 
+def test_a_streamed_answer_is_sampled_on_once_its_stream_has_ended(tmp_path):
+    with fakes.FakeServer(fakes.FakeConfig(seed=9)) as up, Proxy(up.base_url, shadow_share=1.0,
+                                                                  traffic_dir=str(tmp_path)) as px:
+        before = len(up.served)
+        body = {**EARLY, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", px.url("/v1/chat/completions"), json=body, timeout=60) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        usage = json.loads(events[-2][len("data: "):])["usage"]
+        wait_for(lambda: metric(px, "optscale_traffic_records_total") == 1, 30, "the shadow episode")
+        assert len(up.served) - before == 4
+    [record] = read_traffic(tmp_path)
+    assert usage["completion_tokens"] == record["samples"][0]["tokens"]  # the client paid for its one sample only
+
+
 def test_a_traffic_record_is_a_pool_line_without_gold_or_prompts(tmp_path):
     with fakes.FakeServer(fakes.FakeConfig(seed=2)) as up, Proxy(up.base_url, shadow_share=1.0,
                                                                   traffic_dir=str(tmp_path)) as px:

@@ -88,7 +88,8 @@ def serve(
     traffic_dir: Annotated[Path | None, _opt("traffic_dir")] = None,
     traffic_rotate_mb: Annotated[float | None, _opt("traffic_rotate_mb")] = None,
     traffic_store_prompts: Annotated[bool | None, typer.Option(
-        "--traffic-store-prompts/--no-traffic-store-prompts", help=_help("traffic_store_prompts"), show_default=False)] = None,
+        "--traffic-store-prompts/--no-traffic-store-prompts", help=_help("traffic_store_prompts"),
+        show_default=False)] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help=escape("TOML, YAML or JSON file with any setting of docs/serve.md (underscored names); "
                                 f"flags override it. The upstream key: api_key there or {UPSTREAM_KEY_ENV}."),

@@ -109,4 +109,5 @@ def _traffic_writer(config: ServeConfig, service: Service) -> TrafficWriter | No
         log.warning("traffic_dir is set but shadow_share is 0: no traffic will be written")
     m = service.metrics
     return TrafficWriter(config.traffic_dir, int(config.traffic_rotate_mb * 1024 * 1024), config.traffic_rotate_s,
-                         on_write=m.traffic_records.inc, on_drop=lambda reason: m.traffic_dropped.labels(reason=reason).inc())
+                         on_write=m.traffic_records.inc,
+                         on_drop=lambda reason: m.traffic_dropped.labels(reason=reason).inc())

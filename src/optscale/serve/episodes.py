@@ -378,7 +378,8 @@ class Service:
                              accounting.prompt_tokens(), scorer.tokens)
 
     async def sample_on(self, kind: str, prompt: Prompt, question: str, episode: Episode, earlier: ProblemLog,
-                        generation: GenerationSettings, request_id: str, requests: Any, deadline_s: float) -> EpisodeRun:
+                        generation: GenerationSettings, request_id: str, requests: Any,
+                        deadline_s: float) -> EpisodeRun:
         """Continue an episode that has observed ``earlier``'s samples, taking upstream requests through
         ``requests`` (shadow sampling: the limiter's background lane); its tokens are counted apart."""
         sampler = EpisodeSampler(self.generators[kind], _CountedScorer(self, self.config.model), self.sampler_settings,

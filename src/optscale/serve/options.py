@@ -27,8 +27,8 @@ from ..policies import POLICIES, PolicyBase, policy_settings_schema
 from .errors import ApiError
 from .settings import ServeConfig
 
-__all__ = ["Options", "resolve_options", "located", "table_names", "table_file", "loaded_table", "OPTION_KEYS", "HEADER_POLICY",
-           "HEADER_SETTINGS", "SERVER_ONLY", "REQUEST_OPTIONS_SCHEMA"]
+__all__ = ["Options", "resolve_options", "located", "table_names", "table_file", "loaded_table", "OPTION_KEYS",
+           "HEADER_POLICY", "HEADER_SETTINGS", "SERVER_ONLY", "REQUEST_OPTIONS_SCHEMA"]
 
 HEADER_POLICY = "X-OptScale-Policy"
 HEADER_SETTINGS = "X-OptScale-Settings"

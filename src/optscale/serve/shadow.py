@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ class ShadowRunner:
         self.queue: collections.deque[ShadowJob] = collections.deque()
         self.running: dict[asyncio.Task, _Held] = {}
         self.closed = False
-        self._file_sha: dict[int, str | None] = {}
+        self._file_sha: weakref.WeakKeyDictionary[StoppingTable, str | None] = weakref.WeakKeyDictionary()
         service.limiter.on_wait = self.yield_to_clients
 
     def offer(self, kind: str, prompt: Prompt, question: str, options: Options, generation: GenerationSettings,
@@ -247,12 +248,12 @@ class ShadowRunner:
         loaded = self.tables.identify(table)
         if loaded is not None:
             return loaded.name, loaded.sha256
-        if id(table) not in self._file_sha:  # a server-side table (--set table=FILE), read once at start
+        if table not in self._file_sha:  # a server-side table (--set table=FILE), read once at start
             try:
-                self._file_sha[id(table)] = file_sha256(table.path) if table.path else None
+                self._file_sha[table] = file_sha256(table.path) if table.path else None
             except OSError:
-                self._file_sha[id(table)] = None
-        return (Path(table.path).name if table.path else None), self._file_sha[id(table)]
+                self._file_sha[table] = None
+        return (Path(table.path).name if table.path else None), self._file_sha[table]
 
     async def _count(self, record: dict[str, Any]) -> None:
         meta = record["optscale"]
