@@ -26,7 +26,7 @@ from test_serve_shutdown import start_serve
 from optscale.answers import normalize_answer
 from optscale.errors import InputError
 from optscale.cli.serve import SERVE_FLAGS
-from optscale.pools import json_schema
+from optscale.pools import json_schema, read_pool
 from optscale.serve import build_serve_config
 from optscale.serve import traffic as traffic_module
 from optscale.serve.limits import FairLimiter
@@ -214,6 +214,12 @@ def test_a_traffic_record_is_a_pool_line_without_gold_or_prompts(tmp_path):
     best = max(range(4), key=lambda i: record["samples"][i]["score"])
     assert meta["full_answer"] == record["samples"][best]["answer"]
     assert meta["early_answer"] == r.json()["optscale"]["samples"][0]["answer"]
+    # the pool reader takes the line once it has a gold answer (reading gold-free pools is --labels consensus's)
+    pool = tmp_path / "with-gold.jsonl"
+    pool.write_text(json.dumps({**record, "answer": "0"}) + "\n")
+    [problem] = read_pool(pool, grade_missing=False)
+    assert [(s.answer, s.score, s.tokens) for s in problem.samples] == [
+        (s["answer"], s["score"], s["tokens"]) for s in record["samples"]]
 
 
 def test_prompts_are_stored_only_when_asked(tmp_path):
@@ -430,3 +436,17 @@ def test_savings_counts_report_per_policy_and_table():
     rows = savings_report(snap)
     assert [(r["policy"], r["table"], r["agreement_rate"], r["token_share"]) for r in rows] == [
         ("learned", "t8.json", 0.5, 30 / 80), ("optscale", None, 1.0, 1.0)]
+
+
+def test_a_shutdown_closes_shadow_sampling_before_the_drain_begins():
+    from optscale.serve import create_app
+
+    app = create_app(build_serve_config({**BASE, "shadow_share": 1.0}, env={}), env={})
+    state = app.state.optscale
+
+    async def go():
+        assert not state.shadow.closed
+        state.drain.begin(60)  # what SIGTERM does first
+        assert state.shadow.closed and state.drain.draining
+
+    asyncio.run(go())
