@@ -174,3 +174,45 @@ def test_replay_of_traffic_with_gold_labels_is_one_located_error(folder, cli):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "jsonl.gz:1 field answer" in lines[0] and "--labels consensus" in lines[0], err
+
+
+def written(proxy) -> float:
+    """``optscale_traffic_records_total`` of a running proxy."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(proxy.service.metrics.render().decode())
+               for s in f.samples if s.name == "optscale_traffic_records_total")
+
+
+def test_the_servers_traffic_folder_reads_and_its_consensus_is_the_servers_full_answer(tmp_path):
+    """Real traffic from ``optscale serve --shadow-share 1 --traffic-dir`` (fake upstream): the reader takes the
+    folder, and the full answer of consensus labels is the one the server recorded (``optscale.full_answer``)."""
+    import live_fakes as fakes
+    from serve_fakes import Proxy, wait_for
+
+    import httpx
+    from optscale.answers import normalize_answer
+    from optscale.replay import consensus_labels, full_answers
+
+    traffic = tmp_path / "traffic"
+    with fakes.FakeServer(fakes.FakeConfig(seed=3)) as up, Proxy(up.base_url, shadow_share=1.0,
+                                                                  traffic_dir=str(traffic)) as px:
+        for i in range(6):
+            body = {"model": "fake-model", "messages": [{"role": "user", "content": f"Problem p{i}: how many?"}],
+                    "optscale": {"policy": "firstpass", "t": 0.0, "n_max": 4, "select": ("best", "majority")[i % 2]}}
+            assert httpx.post(px.url("/v1/chat/completions"), json=body, timeout=60).status_code == 200
+        wait_for(lambda: written(px) == 6, 30, "six shadow episodes written")
+    records = [json.loads(line) for f in sorted(traffic.iterdir())
+               for line in gzip.decompress(f.read_bytes()).decode().splitlines()]
+    arrays = read_pool_arrays(traffic, grade_missing=False, require_gold=False)
+    assert len(records) == 6 and sorted(arrays.ids) == sorted(r["id"] for r in records)
+    for rule in ("best", "majority"):
+        rows = [i for i, r in enumerate(records) if r["optscale"]["select"] == rule]
+        sub = arrays.take([arrays.ids.index(records[i]["id"]) for i in rows])
+        full = full_answers(sub.answer, sub.score, sub.available, rule, 4)
+        got = [sub.answer_text[k][c] if c >= 0 else None for k, c in enumerate(full)]
+        assert got == [normalize_answer(records[i]["optscale"]["full_answer"]) for i in rows]
+        labels = consensus_labels(sub, rule, 4)
+        for k, i in enumerate(rows):
+            assert labels[k, 0] == (records[i]["optscale"]["early_answer"] is not None and normalize_answer(
+                records[i]["optscale"]["early_answer"]) == got[k])
