@@ -363,7 +363,7 @@ def test_cli_policy_fit_refuses_an_oversized_agree_cap(tmp_path, monkeypatch, ca
     pool = write_toy(tmp_path / "calib.jsonl", relabel(toy_pool(problems=10, samples=4, seed=2), "cap"))
     code, _, err = run_cli(["policy", "fit", pool, "--n-max", 4, "--lambda", 0, "--agree-cap", 1000000000,
                             "--out", tmp_path / "t.json"], monkeypatch, capsys)
-    assert code != 0 and "--agree-cap:" in err and "0 to 1024" in err, err
+    assert code != 0 and "--agree-cap:" in err and "1 to 1024" in err, err
 
 
 # -- benchmarks/policy_frontier.py: what its docstring says, and splits where nothing was chosen -------

@@ -56,14 +56,15 @@ def _shrunk(total: np.ndarray, count: np.ndarray, shape: tuple[int, ...], shrink
     ``shape``) shrunk toward the level above it, from ``n`` alone down to the full state."""
     lead = total.shape[:-1]
     all_n = count.sum(axis=-1, keepdims=True)
-    est = np.divide(total.sum(axis=-1, keepdims=True), all_n, out=np.zeros(all_n.shape), where=all_n > 0)
+    sums = total.sum(axis=-1, keepdims=True)
+    est = np.divide(sums, all_n, out=np.zeros(np.broadcast_shapes(sums.shape, all_n.shape)), where=all_n > 0)
     prefix = 1
     for size in shape:
         if size == 1:
             continue
         prefix *= size
         t = total.reshape(*lead, prefix, -1).sum(axis=-1)
-        c = count.reshape(*lead, prefix, -1).sum(axis=-1)
+        c = count.reshape(*count.shape[:-1], prefix, -1).sum(axis=-1)
         parent = np.repeat(est, size, axis=-1)
         est = np.where(c > 0, (t + shrink * parent) / np.maximum(c + shrink, 1e-300), parent)
     return np.repeat(est, total.shape[-1] // est.shape[-1], axis=-1)
@@ -163,30 +164,43 @@ class _Prepared:
 
     rule: Selection
     feats: Features
-    correct: np.ndarray  #: (rows, n_max)
+    correct: np.ndarray  #: (rows, n_max) whether the sample the rule returns after each n is correct
     cost: np.ndarray  #: (rows, n_max)
-    edges: np.ndarray
     length_edges: np.ndarray
     cost_name: str
+    has_scores: bool
+
+    def edges(self, bins: int) -> np.ndarray:
+        """Quantile edges of the best score so far for ``bins`` bins (none without scores)."""
+        return _quantile_edges(self.feats.best, bins, 6) if bins > 1 and self.has_scores else np.zeros(0)
+
+    def calibration(self, bins: int, agree_cap: int, margin_cap: int, consensus: bool, length: bool
+                    ) -> tuple[_Calibration, np.ndarray, np.ndarray]:
+        """Calibration rows of one state design, with its score and length edges."""
+        edges = self.edges(bins)
+        consensus = consensus and self.has_scores
+        length_edges = self.length_edges if length else np.zeros(0)
+        states = combine(self.feats, edges, agree_cap, margin_cap, consensus, length_edges)
+        shape = (len(edges) + 1, agree_cap + 1, margin_cap + 1, 2 if consensus else 1, len(length_edges) + 1)
+        return _Calibration(states, self.correct, self.cost, np.full(states.shape[0], states.shape[1]), shape), \
+            edges, length_edges
 
 
-def _features(batch: ReplayBatch, n_max: int, rule: Selection, bins: int, length_bins: int) -> _Prepared:
+def _features(batch: ReplayBatch, n_max: int, rule: Selection, length_bins: int = DEFAULT_LENGTH_BINS) -> _Prepared:
     score = score_or_zero(batch.flat("score"))
     code, correct, tokens = batch.flat("answer"), batch.flat("correct"), batch.flat("tokens")
     if rule is not Selection.BEST and not (code[:, :n_max] >= 0).any():
         raise InputError(f"no sample of {batch.source} has an extracted answer, so select={rule.value} (a vote over "
                          "answers) never returns one and there is nothing to fit; give a pool with answers",
                          f"{batch.source} field samples[].answer")
-    edges = _quantile_edges(np.maximum.accumulate(score[:, :n_max], axis=1), bins, 6) \
-        if bins > 1 and batch.has_scores else np.zeros(0)
     cost_name = "tokens" if tokens[:, :n_max].sum() > 0 else "samples"
     cost = tokens[:, :n_max].astype(float) if cost_name == "tokens" else np.ones((code.shape[0], n_max))
-    feats = prefix_features(score, code, tokens, n_max, edges, rule)
+    feats = prefix_features(score, code, tokens, n_max, rule)
     length_edges = np.zeros(0)
     if length_bins > 1 and cost_name == "tokens":
         length_edges = _quantile_edges(feats.length[feats.chosen >= 0], length_bins, 3)
     right = np.take_along_axis(correct[:, :n_max], np.maximum(feats.chosen, 0), axis=1) & (feats.chosen >= 0)
-    return _Prepared(rule, feats, right, cost, edges, length_edges, cost_name)
+    return _Prepared(rule, feats, right, cost, length_edges, cost_name, bool(batch.has_scores))
 
 
 def _quantile_edges(values: np.ndarray, bins: int, digits: int) -> np.ndarray:
@@ -196,21 +210,12 @@ def _quantile_edges(values: np.ndarray, bins: int, digits: int) -> np.ndarray:
     return edges[edges < values.max()]
 
 
-def _calibration(prep: _Prepared, agree_cap: int, margin_cap: int, consensus: bool, length: bool) -> _Calibration:
-    length_edges = prep.length_edges if length else np.zeros(0)
-    states = combine(prep.feats, agree_cap, margin_cap, consensus, length_edges)
-    shape = (len(prep.edges) + 1, agree_cap + 1, margin_cap + 1, 2 if consensus else 1, len(length_edges) + 1)
-    rows = states.shape[0]
-    return _Calibration(states, prep.correct, prep.cost, np.full(rows, states.shape[1]), shape)
-
-
 def _prepare(batch: ReplayBatch, n_max: int, rule: Selection, bins: int, agree_cap: int, consensus: bool,
              length_bins: int, margin_cap: int = 0) -> tuple[_Calibration, np.ndarray, np.ndarray, str]:
     """The calibration rows of a batch for one state design: (calibration, edges, length edges, cost)."""
-    consensus = consensus and batch.has_scores
-    prep = _features(batch, n_max, rule, bins, length_bins)
-    cal = _calibration(prep, agree_cap, margin_cap, consensus, True)
-    return cal, prep.edges, prep.length_edges, prep.cost_name
+    prep = _features(batch, n_max, rule, length_bins)
+    cal, edges, length_edges = prep.calibration(bins, agree_cap, margin_cap, consensus, True)
+    return cal, edges, length_edges, prep.cost_name
 
 
 # -- the fit ------------------------------------------------------------------------------------------

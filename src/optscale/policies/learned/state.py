@@ -60,17 +60,17 @@ def table_states(score: np.ndarray, code: np.ndarray, tokens: np.ndarray, width:
     ``select(rule)`` returns after that prefix (-1: none). One vectorised implementation serves
     the fit, the replay and the live episode (a batch of one row).
     """
-    feats = prefix_features(score, code, tokens, width, edges, rule)
-    return combine(feats, agree_cap, margin_cap, consensus, length_edges), feats.chosen
+    feats = prefix_features(score, code, tokens, width, rule)
+    return combine(feats, edges, agree_cap, margin_cap, consensus, length_edges), feats.chosen
 
 
 class Features:
     """The raw features after each prefix (``(B, width)`` arrays), before capping and combining."""
 
-    __slots__ = ("bins", "count", "margin", "agree", "length", "chosen")
+    __slots__ = ("best", "count", "margin", "agree", "length", "chosen")
 
     def __init__(self, rows: int, width: int):
-        self.bins = np.empty((rows, width), dtype=np.int32)
+        self.best = np.empty((rows, width), dtype=float)
         self.count = np.empty((rows, width), dtype=np.int32)
         self.margin = np.empty((rows, width), dtype=np.int32)
         self.agree = np.empty((rows, width), dtype=bool)
@@ -78,9 +78,9 @@ class Features:
         self.chosen = np.empty((rows, width), dtype=np.int64)
 
 
-def prefix_features(score: np.ndarray, code: np.ndarray, tokens: np.ndarray, width: int, edges: np.ndarray,
+def prefix_features(score: np.ndarray, code: np.ndarray, tokens: np.ndarray, width: int,
                     rule: Selection | str) -> Features:
-    """Score bin, leader's count, margin over the runner-up, consensus, returned length and position."""
+    """Best score so far, leader's count, margin over the runner-up, consensus, returned length and position."""
     rule = Selection(rule)
     score = score_or_zero(score)
     rows = score.shape[0]
@@ -89,15 +89,17 @@ def prefix_features(score: np.ndarray, code: np.ndarray, tokens: np.ndarray, wid
     step = max(1, _BLOCK // (width * max(kinds, width)))
     for lo in range(0, rows, step):
         part = slice(lo, lo + step)
-        values = _prefix(score[part, :width], code[part, :width], tokens[part, :width], kinds, edges, rule)
+        values = _prefix(score[part, :width], code[part, :width], tokens[part, :width], kinds, rule)
         for name, value in zip(Features.__slots__, values):
             getattr(out, name)[part] = value
     return out
 
 
-def combine(f: Features, agree_cap: int, margin_cap: int, consensus: bool, length_edges: np.ndarray) -> np.ndarray:
+def combine(f: Features, edges: np.ndarray, agree_cap: int, margin_cap: int, consensus: bool,
+            length_edges: np.ndarray) -> np.ndarray:
     """The state index of every prefix from its raw features (see :func:`table_states`)."""
-    state = f.bins.astype(np.int64) * (agree_cap + 1) + np.minimum(f.count, agree_cap)
+    bins = np.searchsorted(edges, f.best, side="right") if len(edges) else np.zeros(f.best.shape, dtype=np.int64)
+    state = bins * (agree_cap + 1) + np.minimum(f.count, agree_cap)
     state = state * (margin_cap + 1) + np.minimum(f.margin, margin_cap)
     if consensus:
         state = state * 2 + f.agree
@@ -106,7 +108,7 @@ def combine(f: Features, agree_cap: int, margin_cap: int, consensus: bool, lengt
     return state.astype(np.int32)
 
 
-def _prefix(score, code, tokens, kinds, edges, rule):
+def _prefix(score, code, tokens, kinds, rule):
     b, w = score.shape
     pos = np.arange(w)
     rows = np.arange(b)[:, None]
@@ -115,7 +117,6 @@ def _prefix(score, code, tokens, kinds, edges, rule):
     prev = np.concatenate([np.full((b, 1), -np.inf), run_max[:, :-1]], axis=1)
     best = np.maximum.accumulate(np.where(score > prev, pos, 0), axis=1)
     best_code = code[rows, best]
-    bins = np.searchsorted(edges, run_max, side="right") if len(edges) else np.zeros((b, w), dtype=np.int64)
     onehot = code[:, :, None] == np.arange(kinds)
     tally = np.cumsum(onehot, axis=1, dtype=np.int32)
     top = tally.max(axis=2)
@@ -141,4 +142,4 @@ def _prefix(score, code, tokens, kinds, edges, rule):
     margin = np.maximum(count - runner, 0)
     agree = has & (count == top) & (lead == best_code)
     length = np.where(chosen >= 0, tokens[rows, np.maximum(chosen, 0)], 0.0)
-    return bins, count, margin, agree, length, chosen
+    return run_max, count, margin, agree, length, chosen

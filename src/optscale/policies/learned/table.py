@@ -133,6 +133,7 @@ class CrossValidated(_Strict):
     folds: int = Field(ge=2)
     candidates: int = Field(ge=1)
     criterion: str
+    chosen: str
     accuracy: Finite
     token_share: Finite
     envelope_accuracy: Finite
