@@ -378,23 +378,14 @@ def _frontier():
     return module
 
 
-def test_frontier_docstring_names_the_folds_default(monkeypatch):
-    import argparse
-
+def test_frontier_fits_learned_with_the_default_flags_of_policy_fit(calib, monkeypatch):
     mod = _frontier()
-    seen = {}
-    parse = argparse.ArgumentParser.parse_args
-
-    def defaults(self, *args, **kwargs):
-        seen.update(vars(parse(self, [])))
-        raise SystemExit(0)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", defaults)
-    with pytest.raises(SystemExit):
-        mod.main()
-    doc = " ".join(mod.__doc__.split())
-    assert f"by default (``--folds {seen['folds']}``)" in doc and "in-sample" in doc
-    assert "development pool" in doc and "default 2" not in doc
+    calls = []
+    monkeypatch.setattr(mod, "fit_auto", lambda batch, n_max, **kw: calls.append(kw) or fit_table(
+        batch, n_max, lam=0.0, strict=False))
+    grid, pols = mod.split_policies("learned", 16, calib)
+    assert len(pols) == len(grid) >= 2 and [set(kw) for kw in calls] == [{"budget", "strict"}] * len(grid)
+    assert "default flags" in " ".join(mod.__doc__.split())
 
 
 def test_frontier_reports_unmet_splits_as_not_met_and_sorts_them_last(capsys):

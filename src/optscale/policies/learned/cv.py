@@ -62,9 +62,12 @@ SHRINKS = (5.0, DEFAULT_SHRINK, 80.0)
 #: Default number of folds.
 DEFAULT_FOLDS = 5
 #: Lambdas of the grid, times the mean cost of one sample (plus lambda 0).
-_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, 24)])
+_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, 13)])
 #: Bootstrap resamples of the gain's interval.
 BOOTSTRAP = 400
+#: Calibration rows (problem x order) the search replays at most: a pool of many problems is searched on
+#: its first orders only (10,000 problems: 2 of 4), the chosen table is fitted on all of them.
+SEARCH_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,14 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
         designs = tuple((f, bins if "score" in f else 1) for f, _ in DESIGNS)
     if not consensus:
         designs = tuple((tuple(x for x in f if x != "consensus"), b) for f, b in designs)
-    search = _Search(batch, n_max, folds, lam, budget, seed)
-    best = None
+    keep = max(1, min(batch.shape[1], SEARCH_ROWS // p))
+    seen = batch if keep == batch.shape[1] else replace(
+        batch, score=batch.score[:, :keep], answer=batch.answer[:, :keep], tokens=batch.tokens[:, :keep],
+        correct=batch.correct[:, :keep], cache={})
+    search = _Search(seen, n_max, folds, lam, budget, seed)
+    best, preps = None, {}
     for rule in rules:
-        prep = _features(batch, n_max, rule)
+        prep = preps[rule] = _features(seen, n_max, rule)
         search.add_envelope(prep)
         floor = float(prep.cost[:, 0].mean() / max(prep.cost.sum(axis=1).mean(), 1e-300))
         if budget is not None and floor > budget * (1 + 1e-12):
@@ -162,7 +169,8 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
     if features is None and chosen.gain(env) <= 0:
         chosen = max((r for r in search.results if not r.cand.features), key=lambda r: (r.score, -r.tokens))
     estimate = search.estimate(chosen, env)
-    prep = _features(batch, n_max, Selection(chosen.cand.select))
+    rule = Selection(chosen.cand.select)
+    prep = preps[rule] if seen is batch else _features(batch, n_max, rule)
     s = chosen.cand.settings()
     cal, edges, length_edges = prep.calibration(s["bins"], s["agree_cap"], s["margin_cap"], s["consensus"],
                                                 s["length_bins"] > 1)
