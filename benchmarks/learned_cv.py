@@ -67,9 +67,10 @@ def speed(problems: int, orders: int) -> dict:
     return {"problems": problems, "orders": orders, "auto_s": auto, "plain_s": plain, "chosen": cv["chosen"]}
 
 
-def simulated(problems: int, orders: int, budgets, n_maxes, bootstrap: int, splits: int) -> dict:
+def simulated(problems: int, orders: int, budgets, n_maxes, bootstrap: int, splits: int,
+              pools=("default", "weak")) -> dict:
     out = {}
-    for pool in ("default", "weak"):
+    for pool in pools:
         batch = simulated_batch(problems, orders, pool, 0)
         for n_max in n_maxes:
             for budget in budgets:
@@ -143,6 +144,7 @@ def main() -> None:
     ap.add_argument("--speed-problems", type=int, default=10_000)
     ap.add_argument("--budgets", default="0.25,0.5")
     ap.add_argument("--n-max", default="16,64")
+    ap.add_argument("--pools", default="default,weak", help="simulated pools")
     ap.add_argument("--splits", type=int, default=SPLITS)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -157,7 +159,8 @@ def main() -> None:
         out["speed"] = speed(2000 if quick else args.speed_problems, 4)
     if "simulated" in sections:
         out["simulated"] = simulated(problems, orders, [float(b) for b in args.budgets.split(",")],
-                                     [int(n) for n in args.n_max.split(",")], bootstrap, args.splits)
+                                     [int(n) for n in args.n_max.split(",")], bootstrap, args.splits,
+                                     args.pools.split(","))
     if "answers" in sections:
         patterns = ("aime2024_*.jsonl.gz", "gpqa_diamond_*.jsonl.gz") if quick else ("*.jsonl.gz",)
         out["answers"] = answers(args.data, 2 if quick else 4, bootstrap, args.splits, patterns)

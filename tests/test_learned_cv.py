@@ -15,12 +15,7 @@ from optscale.policies.common import score_or_zero
 from optscale.policies.learned import fit_table, table_states
 from optscale.policies.learned.cv import fit_auto, parse_features
 from optscale.replay import build_batch
-
-
-def relabel(problems, tag):
-    for i, p in enumerate(problems):
-        p.id, p.question = f"{tag}/{i}", f"{tag} question {i}"
-    return problems
+from test_learned import relabel
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def spent_share(table, batch, n_max):
         axis=2).mean()
 
 
-@pytest.mark.parametrize("budget", [0.2, 0.3, 0.45])
+@pytest.mark.parametrize("budget", [0.2, 0.3, 0.45, 0.9])
 @pytest.mark.parametrize("design", ["coarse", "answers only", "default"])
 def test_a_budget_lands_within_two_percent_of_its_share_on_calibration(calib, budget, design):
     from dataclasses import replace

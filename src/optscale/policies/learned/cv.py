@@ -61,8 +61,12 @@ DESIGNS: tuple[tuple[tuple[str, ...], int], ...] = (
 SHRINKS = (5.0, DEFAULT_SHRINK, 80.0)
 #: Default number of folds.
 DEFAULT_FOLDS = 5
-#: Lambdas of the grid, times the mean cost of one sample (plus lambda 0).
-_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, 13)])
+#: Lambdas of the grid, times the mean cost of one sample: rewards (a budget above what lambda 0 spends),
+#: 0, and costs.
+_GRID = np.concatenate([-np.geomspace(1.0, 1e-4, 5), [0.0], np.geomspace(1e-4, 1.0, 17)])
+#: The finer grid of the ``n``-only tables (one state per n: cheap), so that none of the fixed N on
+#: the calibration curve's hull is skipped.
+_FINE_GRID = np.concatenate([-np.geomspace(1.0, 1e-5, 20), [0.0], np.geomspace(1e-5, 1.0, 100)])
 #: Bootstrap resamples of the gain's interval.
 BOOTSTRAP = 400
 #: Calibration rows (problem x order) the search replays at most: a pool of many problems is searched on
@@ -244,7 +248,8 @@ class _Search:
         trains = [_Stats.total([x for g, x in enumerate(parts) if g != f]) for f in range(self.folds)]
         moves = [[sparse.csr_matrix((count, (src, dst)), shape=(size, size)) for src, dst, count in t.pairs]
                  if size > 1 else None for t in trains]
-        lams = np.array([self.lam]) if self.lam is not None else _GRID / max(self.unit, 1e-300)
+        grid = _GRID if cand.features else _FINE_GRID
+        lams = np.array([self.lam]) if self.lam is not None else grid / max(self.unit, 1e-300)
         for shrink in (shrinks if cand.features else shrinks[:1]):
             right = np.zeros((len(lams), len(self.fold)))
             spent = np.zeros_like(right)

@@ -349,29 +349,40 @@ def _budget(batch, cal, q, shrink, target, budget):
 def _bisect(cal: _Calibration, q: np.ndarray, shrink: float, target: float, budget: float
             ) -> tuple[float | None, float]:
     """The least cost per unit (log-scale bisection) whose calibration mean cost is at most ``target``
-    (``hi``) and one a hair below it that spends more (``lo``; None when lambda 0 is within it)."""
+    (``hi``) and one a hair below it that spends more (``lo``; None when nothing spends more). Where
+    lambda 0 spends less than ``target`` the cost is negative: a reward per unit, so that the table
+    spends the budget in the states where its estimates say continuing loses least."""
     def spent(lam: float) -> float:
         return float(cal.replay(_induction(cal, q, lam, shrink))[2].mean())
 
-    if spent(0.0) <= target:
-        return None, 0.0
-    floor = float(cal.cost[:, 0].mean())
-    if floor > target * (1 + 1e-12):
-        share = floor / max(cal.cost.sum(axis=1).mean(), 1e-300)
-        raise InputError(f"{budget} is below what one sample per problem costs ({share:.3f} of Best-of-N's); "
-                         f"give at least that", "budget")
     unit = float(cal.cost[cal.cost > 0].min())
-    hi = 1.0 / unit
-    while spent(hi) > target:
-        hi *= 4.0
-    lo = hi / 4.0 if spent(hi / 4.0) > target else 0.0
-    lo = lo or hi * 1e-9
+    sign = 1.0
+    if spent(0.0) <= target:
+        sign, far = -1.0, 1.0 / unit
+        while spent(-far) <= target:
+            if far > 1e6 / unit:
+                return None, -far  # every state continues: Best-of-n_max fits the budget
+            far *= 4.0
+        if spent(-far * 1e-9) > target:
+            return -far * 1e-9, 0.0
+        a, b = far, far * 1e-9  # magnitudes: -a spends more than the target, -b does not
+    else:
+        floor = float(cal.cost[:, 0].mean())
+        if floor > target * (1 + 1e-12):
+            share = floor / max(cal.cost.sum(axis=1).mean(), 1e-300)
+            raise InputError(f"{budget} is below what one sample per problem costs ({share:.3f} of Best-of-N's); "
+                             f"give at least that", "budget")
+        b = 1.0 / unit
+        while spent(b) > target:
+            b *= 4.0
+        a = b / 4.0 if spent(b / 4.0) > target else 0.0
+        a = a or b * 1e-9
     for _ in range(60):
-        mid = math.sqrt(lo * hi)
-        if spent(mid) <= target:
-            hi = mid
+        mid = math.sqrt(a * b)
+        if spent(sign * mid) <= target:
+            b = mid
         else:
-            lo = mid
-        if hi / lo < 1.0001:
+            a = mid
+        if max(a, b) / min(a, b) < 1.0001:
             break
-    return lo, hi
+    return sign * a, sign * b

@@ -59,14 +59,14 @@ def _increasing(values: list[float]) -> list[float]:
 class Mix(_Strict):
     """The second lambda of a budget fit and the share of problems that follow it."""
 
-    lam: Finite = Field(alias="lambda", ge=0)
+    lam: Finite = Field(alias="lambda")
     share: Finite = Field(ge=0, le=1)
 
 
 class Settings(_Strict):
     n_max: int = Field(ge=1, le=N_MAX_LIMIT)
     select: Literal["best", "majority", "weighted"]
-    lam: Finite = Field(alias="lambda", ge=0)
+    lam: Finite = Field(alias="lambda")
     agree_cap: int = Field(ge=0, le=MAX_AGREE_CAP)
     margin_cap: int = Field(0, ge=0, le=MAX_MARGIN_CAP)
     consensus: bool
@@ -93,6 +93,8 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _size(self):
+        if (self.lam < 0 or (self.mix is not None and self.mix.lam < 0)) and self.budget is None:
+            raise ValueError("a negative lambda (a reward per token, to spend a budget) needs the budget")
         too_big = _size_error(self.n_max, self.bins, self.agree_cap, self.consensus, self.length_bins,
                               self.margin_cap)
         if too_big:
