@@ -85,8 +85,8 @@ def fit(
     f = table.fitted
     cost = table.cost
     cv = f["cross_validated"]
-    console.print(f"wrote {out}: n_max {table.n_max}, {cv['chosen']}, lambda {table.lam:.4g} per {cost[:-1]}"
-                  + (f" (mixed with {table.mix_lam:.4g} on {100 * table.mix_share:.0f}% of problems)"
+    console.print(f"wrote {out}: n_max {table.n_max}, {cv['chosen']}, lambda {table.lam:.6g} per {cost[:-1]}"
+                  + (f" (mixed with {table.mix_lam:.6g} on {100 * table.mix_share:.0f}% of problems)"
                      if table.mix_stop is not None else "")
                   + f"; on the calibration pool ({batch.shape[0]} problems x {orders} orders, in-sample) accuracy "
                   f"{f['accuracy']:.4f} with {f['mean_samples']:.2f} samples, {100 * f['share_of_bon']:.1f}% of "

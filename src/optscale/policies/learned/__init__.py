@@ -3,7 +3,8 @@
 **State** after ``n`` samples of a problem: ``n``; the quantile bin ``b`` of the best score
 so far (bin edges: quantiles of the best-so-far scores of the calibration pool); ``k``, how
 many samples share the *leading* answer (the answer the selection rule would return now,
-capped at ``agree_cap``); with ``consensus``, whether that answer is also the most
+capped at ``agree_cap``; 0: no such feature); ``m``, the leader's count minus the runner-up's
+(capped at ``margin_cap``; 0: none); with ``consensus``, whether that answer is also the most
 frequent one *and* holds the best-scored sample; and the quantile bin ``l`` of the returned
 sample's length in tokens (``length_bins``; long answers are more often wrong, and long
 problems cost more per further sample).
@@ -18,14 +19,21 @@ sunk and cancel)::
 
 ``q`` and the expectation are calibration averages over (problem, order) rows in state ``s``
 (empirical transition frequencies), shrunk toward the pooled state one feature coarser
-``(n, b, k, c, l) -> (n, b, k, c) -> (n, b, k) -> (n, b) -> (n)`` with ``shrink`` pseudo-rows::
+``(n, b, k, m, c, l) -> (n, b, k, m, c) -> ... -> (n, b) -> (n)`` with ``shrink`` pseudo-rows::
 
     est(s) = (sum over rows in s + shrink * est(parent(s))) / (rows in s + shrink)
 
 so a state seen a handful of times in calibration borrows the estimate of the states around
 it instead of stopping (or sampling on) on a few lucky rows. ``--budget F`` bisects ``lambda``
 (log scale) to the least value whose calibration mean tokens are at most ``F`` times those
-of Best-of-``n_max``.
+of Best-of-``n_max`` (negative, a reward per token, where lambda 0 spends less), and mixes in
+the table of the lambda just below it on a share of the problems chosen by their keys, so that
+the calibration mean lands on ``F`` (:mod:`.fit`). ``policy fit`` chooses the selection rule,
+the features and ``shrink`` by cross-validation (:mod:`.cv`).
+
+Modules: :mod:`.state` (the state of a prefix of samples), :mod:`.table` (the table in memory
+and its file, a pydantic model), :mod:`.fit` (statistics, shrinkage, induction, budget),
+:mod:`.cv` (the cross-validated search of ``policy fit``), :mod:`.policy` (the policy).
 
 This is the classical finite-horizon optimal-stopping recursion (Chow, Robbins & Siegmund,
 *Great Expectations: The Theory of Optimal Stopping*, 1971) with the value and transition
@@ -44,8 +52,9 @@ looks better than it is. Fit on a separate calibration pool. Tables without that
 before it existed) are refused with a request to refit.
 
 **Limits.** ``bins`` <= :data:`MAX_BINS`, ``agree_cap`` <= :data:`MAX_AGREE_CAP`,
-``length_bins`` <= :data:`MAX_LENGTH_BINS`, and the table's size ``n_max x bins x (agree_cap + 1)
-x C x L`` <= :data:`MAX_TABLE_CELLS`; fits and table files beyond them are refused.
+``margin_cap`` <= :data:`MAX_MARGIN_CAP`, ``length_bins`` <= :data:`MAX_LENGTH_BINS`, and the
+table's size ``n_max x bins x (agree_cap + 1) x (margin_cap + 1) x C x L`` <=
+:data:`MAX_TABLE_CELLS`; fits and table files beyond them are refused.
 """
 
 from __future__ import annotations

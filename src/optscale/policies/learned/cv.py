@@ -63,7 +63,7 @@ SHRINKS = (5.0, DEFAULT_SHRINK, 80.0)
 DEFAULT_FOLDS = 5
 #: Lambdas of the grid, times the mean cost of one sample: rewards (a budget above what lambda 0 spends),
 #: 0, and costs.
-_GRID = np.concatenate([-np.geomspace(1.0, 1e-4, 5), [0.0], np.geomspace(1e-4, 1.0, 17)])
+_GRID = np.concatenate([-np.geomspace(1.0, 1e-4, 4), [0.0], np.geomspace(1e-4, 1.0, 13)])
 #: The finer grid of the ``n``-only tables (one state per n: cheap), so that none of the fixed N on
 #: the calibration curve's hull is skipped.
 _FINE_GRID = np.concatenate([-np.geomspace(1.0, 1e-5, 20), [0.0], np.geomspace(1e-5, 1.0, 100)])
@@ -257,9 +257,14 @@ class _Search:
                 q = _shrunk(trains[f].q_sum, trains[f].q_cnt, cal.shape, shrink)
                 stops = _induction_grid(trains[f], moves[f], q, lams, shrink, cal.shape)
                 states = cal.states[rows]
-                hit = stops[:, np.arange(states.shape[1])[None, :], states]  # (lambdas, rows, n)
-                hit[:, :, -1] = True
-                n = hit.argmax(axis=2)
+                if size == 1:  # n only: every row stops at the same n
+                    first = stops[:, :, 0].copy()
+                    first[:, -1] = True
+                    n = np.repeat(first.argmax(axis=1)[:, None], len(rows), axis=1)
+                else:
+                    hit = stops[:, np.arange(states.shape[1])[None, :], states]  # (lambdas, rows, n)
+                    hit[:, :, -1] = True
+                    n = hit.argmax(axis=2)
                 right[:, rows] = cal.correct[rows][np.arange(len(rows))[None, :], n]
                 spent[:, rows] = self.cumcost[rows][np.arange(len(rows))[None, :], n]
             result = self._at_criterion(replace(cand, shrink=shrink), right, spent)
