@@ -6,7 +6,8 @@ Sections (``--sections``, default all three):
   on a simulated calibration pool of ``--speed-problems`` (10,000) x 64 samples x 4 orders (the CLI's
   default) at budget 0.5, and in the same run the plain fit of one fixed design
   (:func:`~optscale.policies.learned.fit_table`, ``select=best``, the old default features) on the same
-  pool: both times and their ratio. Target (issue 15): the auto search <= 60 s on 2 cores.
+  pool: both times and their ratio; ``--cli`` also times the whole ``optscale policy fit`` on a pool
+  file (reading it included). Target (issue 15): the auto search <= 60 s on 2 cores.
 - ``simulated``: the default and weak-verifier simulated pools (:func:`optscale.simulate.simulate_arrays`,
   seed 0, ``--problems`` x 64, ``--orders``), 6 split seeds halving the problems: a table fitted with
   default flags on the calibration half at each budget (a share of BoN@N_max's tokens), replayed on
@@ -19,7 +20,7 @@ Sections (``--sections``, default all three):
   on the held-out half against the envelope. Targets: mean gain over the envelope >= -0.3 pp, and
   learned at least as accurate as boinf with no more tokens.
 
-Usage: python benchmarks/learned_cv.py [--quick] [--sections speed,simulated,answers] [--problems 2000]
+Usage: python benchmarks/learned_cv.py [--quick] [--sections speed,simulated,answers] [--cli] [--problems 2000]
 [--orders 2] [--budgets 0.25,0.5] [--n-max 16,64] [--json OUT]
 """
 
@@ -52,7 +53,7 @@ def held_out_row(test, policies, bootstrap: int, seed: int) -> list:
     return policy_stats(policies, [outcome_of(test, p.replay(test), p) for p in policies], base)
 
 
-def speed(problems: int, orders: int) -> dict:
+def speed(problems: int, orders: int, cli: bool = False) -> dict:
     batch = simulated_batch(problems, orders, "default", 0)
     t0 = time.perf_counter()
     fit_table(batch, 64, "best", budget=0.5)
@@ -64,7 +65,24 @@ def speed(problems: int, orders: int) -> dict:
     print(f"speed: {problems} problems x 64 samples x {orders} orders, budget 0.5: auto search ({cv['candidates']} "
           f"candidates x {cv['folds']} folds) {auto:.1f} s, plain fit of one design {plain:.1f} s, ratio "
           f"{auto / plain:.1f}x; chose {cv['chosen']}")
-    return {"problems": problems, "orders": orders, "auto_s": auto, "plain_s": plain, "chosen": cv["chosen"]}
+    out = {"problems": problems, "orders": orders, "auto_s": auto, "plain_s": plain, "chosen": cv["chosen"]}
+    if cli:
+        import subprocess
+        import tempfile
+
+        from optscale.pools import write_pool
+        from optscale.simulate import simulate_pool
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pool = Path(tmp) / "calib.jsonl"
+            write_pool(pool, simulate_pool(problems, 64, 0))
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "optscale", "policy", "fit", str(pool), "--n-max", "64", "--budget",
+                            "0.5", "--orders", str(orders), "--out", str(Path(tmp) / "t.json")], check=True)
+            out["cli_s"] = time.perf_counter() - t0
+        print(f"optscale policy fit (read + auto search + fit + write), {problems} x 64 x {orders} orders: "
+              f"{out['cli_s']:.1f} s")
+    return out
 
 
 def simulated(problems: int, orders: int, budgets, n_maxes, bootstrap: int, splits: int,
@@ -148,6 +166,7 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=SPLITS)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--cli", action="store_true", help="speed: also time the whole command on a written pool file")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     quick = args.quick
@@ -156,7 +175,7 @@ def main() -> None:
     out: dict = {}
     start = time.perf_counter()
     if "speed" in sections:
-        out["speed"] = speed(2000 if quick else args.speed_problems, 4)
+        out["speed"] = speed(2000 if quick else args.speed_problems, 4, args.cli)
     if "simulated" in sections:
         out["simulated"] = simulated(problems, orders, [float(b) for b in args.budgets.split(",")],
                                      [int(n) for n in args.n_max.split(",")], bootstrap, args.splits,

@@ -235,10 +235,11 @@ class _Search:
         self.seed = seed
 
     def add_envelope(self, prep) -> None:
+        """Add a rule's fixed-N curve (per row) to the envelope; the costs are every rule's."""
         self.cumcost = np.cumsum(prep.cost, axis=1)
         self.curves.append((prep.correct.astype(float), self.cumcost))
         self.unit = float(prep.cost.mean())
-        self.bon = float(prep.cost.sum(axis=1).mean())
+        self.bon = float(self.cumcost[:, -1].mean())
 
     def evaluate(self, prep, cand: Candidate, shrinks):
         s = cand.settings()
@@ -256,12 +257,12 @@ class _Search:
             for f, rows in enumerate(self.rows):
                 q = _shrunk(trains[f].q_sum, trains[f].q_cnt, cal.shape, shrink)
                 stops = _induction_grid(trains[f], moves[f], q, lams, shrink, cal.shape)
-                states = cal.states[rows]
                 if size == 1:  # n only: every row stops at the same n
                     first = stops[:, :, 0].copy()
                     first[:, -1] = True
                     n = np.repeat(first.argmax(axis=1)[:, None], len(rows), axis=1)
                 else:
+                    states = cal.states[rows]
                     hit = stops[:, np.arange(states.shape[1])[None, :], states]  # (lambdas, rows, n)
                     hit[:, :, -1] = True
                     n = hit.argmax(axis=2)
@@ -276,20 +277,15 @@ class _Search:
         if self.lam is not None:
             return _Result(cand, right[0], spent[0], float(acc[0] - self.lam * tok[0]), float(tok[0]))
         target = self.budget * self.bon
-        # tok falls (weakly) as lambda grows; the two grid points around the target
+        # tok falls (weakly) as lambda grows: the two grid points around the target, mixed to meet it
         above = np.flatnonzero(tok > target)
-        if not above.size:
-            g, w = 0, 1.0
-        elif above[-1] == len(tok) - 1:
-            g, w = len(tok) - 1, 1.0  # cannot get down to the budget: its cheapest point, over budget
+        if not above.size or above[-1] == len(tok) - 1:  # within budget everywhere, or never (over: refused)
+            g = 0 if not above.size else len(tok) - 1
+            r, s = right[g], spent[g]
         else:
             g = above[-1]
             w = (target - tok[g + 1]) / (tok[g] - tok[g + 1])
-            right, spent = right.copy(), spent.copy()
-            right[g] = w * right[g] + (1 - w) * right[g + 1]
-            spent[g] = w * spent[g] + (1 - w) * spent[g + 1]
-            w = 1.0
-        r, s = right[g], spent[g]
+            r, s = w * right[g] + (1 - w) * right[g + 1], w * spent[g] + (1 - w) * spent[g + 1]
         over = s.mean() > target * (1 + 1e-9)
         return _Result(cand, r, s, float(r.mean()) - (1.0 if over else 0.0), float(s.mean()))
 
