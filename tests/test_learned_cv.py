@@ -162,3 +162,14 @@ def test_parse_features():
     with pytest.raises(InputError) as info:
         parse_features("n,score")
     assert info.value.where == "features"
+
+
+def test_a_search_whose_best_candidate_does_not_beat_the_envelope_falls_back_to_n_only(calib, monkeypatch):
+    import optscale.policies.learned.cv as cv
+
+    monkeypatch.setattr(cv._Result, "gain", lambda self, env: -0.01)  # nothing beats the folds' envelope
+    table = fit_auto(calib, 8, budget=0.4, folds=3, strict=False)
+    assert table.features == ("n",) and table.bins == 1 and table.agree_cap == 0 and not table.consensus
+    assert table.stop.reshape(8, -1).shape[1] == 1 and "features=n only" in table.fitted["cross_validated"]["chosen"]
+    explicit = fit_auto(calib, 8, budget=0.4, folds=3, features="score,agree", select="best", strict=False)
+    assert explicit.features == ("score", "agree")  # an explicit design is kept

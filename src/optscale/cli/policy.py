@@ -62,9 +62,9 @@ def fit(
 ) -> None:
     """Fit the learned policy's optimal-stopping table on a calibration pool and write it as JSON.
 
-    The selection rule, state features and shrinkage are chosen by K-fold cross-validation over the
-    calibration problems (held-out accuracy at the budget or lambda); the table records the choice and
-    what to expect on new problems. Use it with --policy learned --set table=OUT in replay, sweep and run.
+    Rule, features and shrinkage are chosen by K-fold cross-validation (see docs/policies.md).
+
+    Use it with --policy learned --set table=OUT in replay, sweep and run.
     """
     from ..policies.learned import file_sha256
     from ..policies.learned.cv import fit_auto
