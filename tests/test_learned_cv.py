@@ -173,3 +173,13 @@ def test_a_search_whose_best_candidate_does_not_beat_the_envelope_falls_back_to_
     assert table.stop.reshape(8, -1).shape[1] == 1 and "features=n only" in table.fitted["cross_validated"]["chosen"]
     explicit = fit_auto(calib, 8, budget=0.4, folds=3, features="score,agree", select="best", strict=False)
     assert explicit.features == ("score", "agree")  # an explicit design is kept
+
+
+def test_the_demo_fits_learned_on_its_calibration_half_and_replays_it(tmp_path):
+    from optscale.demo import run_demo
+
+    summary = run_demo(tmp_path / "demo", problems=40, samples=8, orders=1, seed=0)
+    rows = [s for _, stats in summary.tables for s in stats if s.policy == "learned"]
+    assert len(rows) == 1 and rows[0].n_max == 8 and rows[0].problems == 20  # the held-out half only
+    assert not any("learned" in note for note in summary.notes)
+    assert "`learned` is fitted per budget on the calibration problems" in (tmp_path / "demo" / "README.md").read_text()
