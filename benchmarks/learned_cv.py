@@ -109,7 +109,8 @@ def simulated(problems: int, orders: int, budgets, n_maxes, bootstrap: int, spli
                             "mean_gain": float(g.mean())}
                 print(f"{pool:>7} N_max {n_max:>2} budget {budget:<4}: held-out gain over the envelope "
                       f"{100 * g.mean():+.2f} pp ({100 * g.min():+.2f}..{100 * g.max():+.2f}), beat {(g > 0).sum()}/"
-                      f"{splits}, >= 0 {(g >= 0).sum()}/{splits}, accuracy {100 * np.mean([r['accuracy'] for r in rows]):.2f}%"
+                      f"{splits}, >= 0 {(g >= 0).sum()}/{splits}, accuracy "
+                      f"{100 * np.mean([r['accuracy'] for r in rows]):.2f}%"
                       f" at {100 * np.mean([r['share'] for r in rows]):.0f}% of BoN tokens; chosen: "
                       f"{', '.join(sorted({r['chosen'] for r in rows}))}")
     return out

@@ -129,7 +129,8 @@ def test_cli_fit_defaults_to_the_auto_search_and_prints_its_estimate(tmp_path, m
     data = json.loads(out.read_text())
     assert data["fitted"]["cross_validated"]["folds"] == 3 and data["settings"]["features"]
     code, stdout, err = run_cli(["policy", "fit", pool, "--n-max", 16, "--lambda", 0, "--features", "agree,margin",
-                                 "--select", "majority", "--folds", 2, "--orders", 1, "--out", out], monkeypatch, capsys)
+                                 "--select", "majority", "--folds", 2, "--orders", 1, "--out", out],
+                                monkeypatch, capsys)
     assert code == 0, err
     data = json.loads(out.read_text())
     assert data["settings"]["features"] == ["agree", "margin"] and data["settings"]["margin_cap"] > 0

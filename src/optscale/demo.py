@@ -5,7 +5,8 @@ of every fixed-N method at its own mean tokens; OptScale's (s_min, alpha) are ch
 calibration half first, and where no setting matches fixed BoN there the report says so and
 shows the policy at its defaults. ``learned`` is fitted on the calibration half with the
 default flags of ``optscale policy fit`` (its cross-validated search) at :data:`LEARNED_BUDGET`
-of Best-of-N_max's tokens. Policies that cannot run without extra input are listed as skipped. Runs in well under a minute on 2 cores. The pool follows real per-problem PRM score
+of Best-of-N_max's tokens. Policies that cannot run without extra input are listed as skipped.
+Runs in about a minute on 2 cores. The pool follows real per-problem PRM score
 statistics (see :mod:`optscale.simulate`). OptScale^t gets priors from a *simulated*
 predictor, the true per-problem parameters plus noise of a stated size, because simulated
 problems have no text a real predictor could read; the report says so.

@@ -67,4 +67,9 @@ from .state import (DEFAULT_AGREE_CAP, DEFAULT_BINS, DEFAULT_LENGTH_BINS, DEFAUL
 from .table import (FORMAT, FORMATS, PROBLEM_KEY_TEXT, StoppingTable, TableFile, _cached_table, file_sha256,
                     load_table, mix_fraction)
 
-__all__ = ["FORMAT", "Learned", "StoppingTable", "file_sha256", "fit_table", "load_table", "table_states"]
+__all__ = ["DEFAULT_AGREE_CAP", "DEFAULT_BINS", "DEFAULT_LENGTH_BINS", "DEFAULT_MARGIN_CAP", "DEFAULT_SHRINK", "FORMAT",
+           "FORMATS", "Learned", "MAX_AGREE_CAP", "MAX_BINS", "MAX_LENGTH_BINS", "MAX_MARGIN_CAP", "MAX_TABLE_CELLS",
+           "MIN_PROBLEMS", "PROBLEM_KEY_TEXT", "StoppingTable", "TableFile", "check_pool", "file_sha256", "fit_table",
+           "load_table", "mix_fraction", "table_cells", "table_states"]
+# Also importable from here, as from the module this package replaced: _Calibration, _induction, _prepare,
+# _q_values, _shrunk, _cached_table.
