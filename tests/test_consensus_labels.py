@@ -228,3 +228,70 @@ def test_cli_sweep_with_consensus_labels(traffic, cli, tmp_path):
                          "--grid", "select=best,majority", "--out", tmp_path / "s2")
     assert code == 2 and err.startswith("error: --grid select: "), err
     assert not (tmp_path / "s2").exists()
+
+
+# -- policy fit ------------------------------------------------------------------------------------
+
+
+def scored_pool(problems: int = 40, samples: int = 6, seed: int = 0) -> list[PoolProblem]:
+    """Problems whose answers agree more often when scored high; gold is '0' but often not the consensus."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(problems):
+        truth = str(rng.integers(3))
+        rows = [(truth if s > 0.5 else str(rng.integers(3, 5)), float(s)) for s in rng.random(samples)]
+        out.append(rows)
+    return make(out, gold="0")
+
+
+@pytest.mark.parametrize("select", ["best", "majority", "weighted", "auto"])
+def test_a_table_fitted_on_consensus_agrees_fully_at_n_max_with_its_own_rule(select):
+    """In the pool's own order (shuffles break vote ties otherwise) fixed N_max with the table's rule is
+    the consensus: labels from any other rule than the chosen one would fall short of 1."""
+    from optscale.policies.learned.cv import fit_auto
+
+    batch = build_batch(scored_pool(), orders=1)
+    table = fit_auto(batch, 6, select, "n", 2, budget=0.6, labels="consensus")
+    assert table.fitted["labels"] == "consensus" and "agreement" in table.fitted["note"]
+    # fixed N_max with the table's own rule is its consensus by definition, whichever rule was chosen
+    assert table.calibration["fixed_n_max_accuracy"] == 1.0
+    gold = fit_auto(batch, 6, select, "n", 2, budget=0.6)
+    assert gold.fitted["labels"] == "gold" and gold.calibration["fixed_n_max_accuracy"] < 1.0
+
+
+def test_fit_table_takes_consensus_labels_too():
+    from optscale.policies.learned import fit_table
+
+    batch = build_batch(scored_pool(), orders=1)
+    table = fit_table(batch, 6, "majority", budget=0.7, labels="consensus")
+    assert table.fitted["labels"] == "consensus" and table.calibration["fixed_n_max_accuracy"] == 1.0
+    with pytest.raises(InputError) as info:
+        fit_table(batch, 6, "majority", budget=0.7, labels="silver")
+    assert info.value.where == "labels"
+
+
+def test_cli_policy_fit_on_a_traffic_folder_with_consensus_labels(traffic, cli, tmp_path):
+    table = tmp_path / "t.json"
+    code, out, err = cli("policy", "fit", traffic, "--labels", "consensus", "--n-max", 8, "--budget", "0.6",
+                         "--folds", 2, "--features", "n", "--select", "best", "--out", table)
+    assert code == 0, err
+    doc = json.loads(table.read_text())
+    assert doc["fitted"]["labels"] == "consensus" and doc["calibration"]["pool"] == "traffic"
+    assert doc["calibration"]["fixed_n_max_accuracy"] == 1.0 and "labels: consensus" in out
+    code, out, err = cli("replay", traffic, "--policy", "learned", "--n-max", 8, "--set", f"table={table}",
+                         "--labels", "consensus")  # its own calibration problems: refused, as with gold
+    assert code == 2 and "--set table" in err
+
+
+def test_cli_policy_fit_refuses_traffic_with_gold_labels_and_too_few_samples(traffic, cli, tmp_path):
+    table = tmp_path / "t.json"
+    code, out, err = cli("policy", "fit", traffic, "--n-max", 8, "--budget", "0.6", "--out", table)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "jsonl:1 field answer" in err and "--labels consensus" in err
+    code, out, err = cli("policy", "fit", traffic, "--labels", "consensus", "--n-max", 9, "--budget", "0.6",
+                         "--out", table)
+    assert code == 2 and err.startswith("error: --n-max: ") and "fewest: 8" in err, err
+    code, out, err = cli("policy", "fit", traffic, "--labels", "bronze", "--n-max", 8, "--budget", "0.6",
+                         "--out", table)
+    assert code == 2 and err.startswith("error: --labels: "), err
+    assert not table.exists()
