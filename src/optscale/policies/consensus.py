@@ -10,6 +10,8 @@ the order they were drawn, and each sample compared with it (normalised answer c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..errors import InputError
@@ -17,7 +19,7 @@ from .base import ReplayBatch
 from .episode import score_or_zero
 from .selection import SELECTIONS, Selection
 
-__all__ = ["LABELS", "check_labels", "consensus_labels", "full_answers"]
+__all__ = ["LABELS", "check_labels", "consensus_labels", "full_answers", "relabel"]
 
 #: Where a sample's "correct" comes from: gold answers (graded) or consensus with full sampling.
 LABELS: tuple[str, ...] = ("gold", "consensus")
@@ -91,3 +93,13 @@ def consensus_labels(data, select: Selection | str, n_max: int) -> np.ndarray:
                         getattr(data, "has_scores", True))
     full = full.reshape(full.shape + (1,) * (data.answer.ndim - 1))
     return (data.answer == full) & (full >= 0)
+
+
+def relabel(data, labels: str, select: Selection | str, n_max: int):
+    """``data`` (a :class:`~optscale.replay.PoolArrays` or a :class:`ReplayBatch`) with ``correct``
+    from ``labels``: as it is (``gold``) or :func:`consensus_labels` of ``select`` on ``n_max`` samples
+    (``consensus``; a batch's cached fits are dropped with its old labels)."""
+    if check_labels(labels) == "gold":
+        return data
+    fresh = {"cache": {}} if isinstance(data, ReplayBatch) else {}
+    return replace(data, correct=consensus_labels(data, select, n_max), **fresh)

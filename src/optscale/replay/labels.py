@@ -14,24 +14,10 @@ consensus labels is agreement with full sampling, not accuracy, and is reported 
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Literal
-
-from ..policies.consensus import LABELS, check_labels, consensus_labels, full_answers
+from ..policies.consensus import LABELS, check_labels, consensus_labels, full_answers, relabel
 from ..policies.selection import Selection
 
-__all__ = ["LABELS", "Labels", "check_labels", "consensus_labels", "full_answers", "labels_note", "relabel"]
-
-Labels = Literal["gold", "consensus"]
-
-
-
-def relabel(arrays, labels: str, select: Selection | str, n_max: int):
-    """``arrays`` (a :class:`~optscale.replay.PoolArrays`) with ``correct`` from ``labels``: as read
-    (``gold``) or :func:`consensus_labels` (``consensus``)."""
-    if check_labels(labels) == "gold":
-        return arrays
-    return replace(arrays, correct=consensus_labels(arrays, select, n_max))
+__all__ = ["LABELS", "check_labels", "consensus_labels", "full_answers", "labels_note", "relabel"]
 
 
 def labels_note(labels: str, select: Selection | str | None = None, n_max: int | None = None) -> str:

@@ -39,7 +39,8 @@ from ...errors import InputError
 from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT
 from ..selection import Selection
-from .fit import _check_cost, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool, labelled
+from ..consensus import relabel
+from .fit import _check_cost, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
 from .state import (DEFAULT_AGREE_CAP, DEFAULT_LENGTH_BINS, DEFAULT_MARGIN_CAP, DEFAULT_SHRINK, MAX_AGREE_CAP,
                     MAX_BINS, MAX_LENGTH_BINS, _size_error)
 from .table import StoppingTable
@@ -122,7 +123,8 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
     comma-separated text) fixes the design; ``bins``/``shrink`` fix those, ``agree_cap`` and
     ``length_bins`` size those features, ``consensus`` False drops that one. ``labels`` "consensus"
     (no gold) judges every candidate, and the envelope of its rule, by agreement with the answer its
-    own rule returns on all ``n_max`` samples (:func:`~.fit.labelled`). Errors name
+    own rule returns on all ``n_max`` samples (:func:`~optscale.policies.consensus.relabel`).
+    Errors name
     ``folds``, ``features``, ``select``, ``budget``, ``n_max``, a size argument or the pool."""
     _check_cost(lam, budget)
     if isinstance(features, str) or features is None:
@@ -157,7 +159,7 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
     search = _Search(seen, n_max, folds, lam, budget, seed)
     best, preps = None, {}
     for rule in rules:
-        prep = preps[rule] = _features(labelled(seen, rule, n_max, labels), n_max, rule)
+        prep = preps[rule] = _features(relabel(seen, labels, rule, n_max), n_max, rule)
         search.add_envelope(prep)
         floor = float(prep.cost[:, 0].mean() / max(prep.cost.sum(axis=1).mean(), 1e-300))
         if budget is not None and floor > budget * (1 + 1e-12):
@@ -177,7 +179,7 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
         chosen = max((r for r in search.results if not r.cand.features), key=lambda r: (r.score, -r.tokens))
     estimate = search.estimate(chosen, env)
     rule = Selection(chosen.cand.select)
-    final = labelled(batch, rule, n_max, labels)
+    final = relabel(batch, labels, rule, n_max)
     prep = preps[rule] if seen is batch else _features(final, n_max, rule)
     s = chosen.cand.settings()
     cal, edges, length_edges = prep.calibration(s["bins"], s["agree_cap"], s["margin_cap"], s["consensus"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from ...errors import InputError
 from ...priors import problem_keys
 from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT, score_or_zero
-from ..consensus import check_labels, consensus_labels
+from ..consensus import relabel
 from ..selection import Selection
 from .state import (DEFAULT_AGREE_CAP, DEFAULT_BINS, DEFAULT_LENGTH_BINS, DEFAULT_SHRINK, MAX_AGREE_CAP, MAX_BINS,
                     MAX_LENGTH_BINS, MAX_MARGIN_CAP, Features, _size_error, combine, prefix_features)
@@ -242,8 +242,9 @@ def fit_table(
     ``calibration`` section; the table records ``batch``'s problems and refuses to be applied to
     them unless ``strict`` is False (for a benchmark choosing among tables on their own calibration
     data). ``features`` only names the design in the file. ``labels`` "consensus" fits on
-    :func:`labelled` batches (no gold: agreement with the rule's answer on all ``n_max`` samples)
-    and the table records it (``fitted.labels``). Errors name the argument (``n_max``,
+    consensus labels (no gold: agreement with the answer ``select`` returns on all ``n_max``
+    samples, :func:`~optscale.policies.consensus.relabel`); the table records them
+    (``fitted.labels``). Errors name the argument (``n_max``,
     ``select``, ``lam``, ``budget``, ``bins``, ``agree_cap``, ``margin_cap``, ``length_bins``,
     ``shrink``, ``source``); the limits are those of :mod:`.state`.
     """
@@ -266,21 +267,11 @@ def fit_table(
                          else "length_bins" if length_bins > DEFAULT_LENGTH_BINS else "margin_cap" if margin_cap
                          else "n_max")
     check_pool(batch, n_max)
-    batch = labelled(batch, rule, n_max, labels)
+    batch = relabel(batch, labels, rule, n_max)
     cal, edges, length_edges, cost_name = _prepare(batch, n_max, rule, bins, agree_cap, bool(consensus), length_bins,
                                                    margin_cap)
     return _finish(batch, cal, rule, edges, length_edges, cost_name, n_max, lam, budget, shrink, source, strict,
                    features, labels)
-
-
-def labelled(batch: ReplayBatch, rule: Selection, n_max: int, labels: str = "gold") -> ReplayBatch:
-    """``batch`` with the labels a table of ``rule`` is fitted on: ``correct`` as given (``gold``), or
-    ``consensus``: a sample is correct when its answer equals the answer ``rule`` returns on the first
-    ``n_max`` samples of its problem (:func:`optscale.policies.consensus.consensus_labels`). Each rule
-    gets its own consensus, the answer a table of that rule would serve after full sampling."""
-    if check_labels(labels) == "gold":
-        return batch
-    return replace(batch, correct=consensus_labels(batch, rule, n_max), cache={})
 
 
 def _rule(select) -> Selection:
