@@ -216,3 +216,18 @@ def test_the_servers_traffic_folder_reads_and_its_consensus_is_the_servers_full_
         for k, i in enumerate(rows):
             assert labels[k, 0] == (records[i]["optscale"]["early_answer"] is not None and normalize_answer(
                 records[i]["optscale"]["early_answer"]) == got[k])
+
+
+def test_pool_arrays_as_one_batch_are_build_batchs_arrays():
+    """policy fit reads line by line into arrays and lays them out at once: the same batch as before."""
+    import numpy as np
+
+    from conftest import toy_pool
+    from optscale.replay import arrays_from_problems, build_batch
+
+    problems = toy_pool(problems=30, samples=12)
+    old = build_batch(problems, orders=4, seed=3, source="x")
+    new = arrays_from_problems(problems, source="x").batch(4, 3)
+    for name in ("score", "answer", "tokens", "correct", "available"):
+        assert np.array_equal(getattr(old, name), getattr(new, name), equal_nan=True), name
+    assert (old.ids, old.questions, old.answer_text, old.meta) == (new.ids, new.questions, new.answer_text, new.meta)

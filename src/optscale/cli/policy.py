@@ -74,8 +74,8 @@ def fit(
     Use it with --policy learned --set table=OUT in replay, sweep and run.
     """
     from ..policies.learned.cv import fit_auto
-    from ..pools import pool_sha256, read_pool
-    from ..replay import build_batch, check_labels, check_orders, check_seed
+    from ..pools import pool_sha256
+    from ..replay import check_labels, check_orders, check_seed, read_pool_arrays
 
     with flags(FIT_FLAGS):
         if (budget is None) == (lam is None):
@@ -84,8 +84,8 @@ def fit(
         check_seed(seed)
         gold = check_labels(labels) == "gold"
         check_out_file(out, "out", inputs=[pool])
-        problems = read_pool(pool, grade_missing=gold, require_gold=gold)
-        batch = build_batch(problems, orders=orders, seed=seed, source=str(pool))
+        # read line by line into arrays (no record kept): a traffic folder can hold many episodes
+        batch = read_pool_arrays(pool, grade_missing=gold, require_gold=gold).batch(orders, seed)
         source = {"pool": pool.name, "sha256": pool_sha256(pool)}
         table = fit_auto(batch, n_max, select, features, folds, lam=lam, budget=budget, bins=bins, shrink=shrink,
                          agree_cap=agree_cap, length_bins=length_bins, consensus=consensus, source=source, seed=seed,

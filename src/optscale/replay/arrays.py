@@ -69,6 +69,12 @@ class PoolArrays:
     def ordered(self, orders: int = 1, seed: int = 0, chunk_cells: int = CHUNK_CELLS) -> OrderedPool:
         return OrderedPool(self, check_orders(orders), check_seed(seed), chunk_cells)
 
+    def batch(self, orders: int = 1, seed: int = 0) -> ReplayBatch:
+        """Every problem in ``orders`` orders as one :class:`ReplayBatch`, the arrays
+        :func:`~optscale.replay.build_batch` lays out for the same seed (for fits that need the whole pool)."""
+        cells = self.problems * check_orders(orders) * self.width
+        return next(self.ordered(orders, seed, chunk_cells=max(1, cells)).chunks())[1]
+
 
 class _Builder:
     """Every sample's numbers appended to flat buffers; padded into arrays once the pool is read.
