@@ -99,6 +99,7 @@ def pool_sha256(path: StrPath) -> str:
     digest = hashlib.sha256()
     folder = Path(path).is_dir()
     for file in pool_files(path):
+        file = _current(file) if folder else file
         try:
             with open(file, "rb") as handle:
                 if folder:
@@ -110,6 +111,12 @@ def pool_sha256(path: StrPath) -> str:
     return digest.hexdigest()
 
 
+def _current(path: Path) -> Path:
+    """A traffic file, or its ``.gz`` when the server rotated (gzipped and removed) it since the folder was listed."""
+    gz = path.with_name(path.name + ".gz")
+    return gz if path.suffix != ".gz" and not path.exists() and gz.is_file() else path
+
+
 def _objects(path: Path, traffic: bool) -> Iterator[tuple[str, Any]]:
     """``(where, value)`` of each non-blank line of one file.
 
@@ -117,8 +124,7 @@ def _objects(path: Path, traffic: bool) -> Iterator[tuple[str, Any]]:
     a partial line (a crash): an unreadable last line of an uncompressed file that has no final
     newline is skipped with one warning naming ``file:line``. Every other bad line is an error.
     """
-    if traffic and path.suffix != ".gz" and not path.exists() and path.with_name(path.name + ".gz").is_file():
-        path = path.with_name(path.name + ".gz")  # gzipped (rotated) since the folder was listed
+    path = _current(path) if traffic else path
     name = os.fspath(path)
     try:
         for lineno, line in numbered_lines(path):
