@@ -4,12 +4,13 @@ Every policy in the registry is replayed on held-out problems and compared with 
 of every fixed-N method at its own mean tokens; OptScale's (s_min, alpha) are chosen on the
 calibration half first, and where no setting matches fixed BoN there the report says so and
 shows the policy at its defaults. ``learned`` is fitted on the calibration half, one table per
-budget, by the function ``optscale policy fit`` calls with that command's default flags, at
-:data:`LEARNED_SAMPLES` samples' worth of tokens per problem (``--budget LEARNED_SAMPLES/N_max``);
-its tables are written into the report folder. Policies that still cannot run without extra
-input are listed as skipped. The report starts with a summary: per budget, the rule with the
-largest gain over the envelope (:mod:`optscale.report.summary`). Runs in well under a minute on
-2 cores. The pool follows real per-problem PRM score statistics (see :mod:`optscale.simulate`). OptScale^t gets priors from a *simulated*
+budget, by the function ``optscale policy fit`` calls, with that command's default flags (its
+cross-validated search), at the tokens of :data:`LEARNED_SAMPLES` samples per problem
+(``--budget LEARNED_SAMPLES/N_max``); its tables are written into the report folder. Policies
+that still cannot run without extra input are listed as skipped. The report starts with a
+summary: per budget, the rule with the largest gain over the envelope
+(:mod:`optscale.report.summary`). Runs in about a minute on 2 cores. The pool follows real
+per-problem PRM score statistics (see :mod:`optscale.simulate`). OptScale^t gets priors from a *simulated*
 predictor, the true per-problem parameters plus noise of a stated size, because simulated
 problems have no text a real predictor could read; the report says so.
 """
@@ -36,7 +37,7 @@ PRIOR_NOISE = 0.05  # std of the simulated predictor's error on mu (and relative
 #: report's files are claimed by its staged write.
 FILES = ("pool.jsonl", "priors.jsonl", "selected_settings.csv", "README.md")
 #: ``learned``'s budget: the calibration mean tokens of this many samples per problem (``--budget k/N_max``).
-LEARNED_SAMPLES = 3
+LEARNED_SAMPLES = 4
 
 
 def learned_table_name(n_max: int) -> str:
@@ -68,14 +69,15 @@ def _others(budget: int) -> tuple[list, list[str]]:
     return built, skipped
 
 
-def _learned_tables(calib, budgets: list[int], out: Path, source: dict) -> dict[int, Path]:
+def _learned_tables(calib, budgets: list[int], out: Path, source: dict, seed: int) -> dict[int, Path]:
     """A ``learned`` table per budget, fitted on the calibration batch by the function ``optscale
-    policy fit`` calls, with that command's defaults, and written into ``out``."""
-    from .policies.learned import fit_table  # what `policy fit` calls
+    policy fit`` calls, with that command's defaults (its cross-validated search; ``seed`` as its
+    --seed), and written into ``out``."""
+    from .policies.learned.cv import fit_auto  # what `policy fit` calls
 
     paths = {}
     for b in budgets:
-        table = fit_table(calib, b, budget=min(1.0, LEARNED_SAMPLES / b), source=source)
+        table = fit_auto(calib, b, budget=min(1.0, LEARNED_SAMPLES / b), source=source, seed=seed)
         paths[b] = table.save(out / learned_table_name(b))
     return paths
 
@@ -163,7 +165,7 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = de
                                "calibration_tokens": sel["calibration"].mean_tokens if sel["met"] else None})
     summary.files.append(write_rows(selections, out / "selected_settings.csv"))
     tables = _learned_tables(subset(batch, calib_idx), budgets, out,
-                             {"pool": "pool.jsonl", "sha256": file_sha256(out / "pool.jsonl")})
+                             {"pool": "pool.jsonl", "sha256": file_sha256(out / "pool.jsonl")}, seed)
     summary.files += tables.values()
     step()
 
@@ -197,7 +199,8 @@ def _readme(problems: int, samples: int, orders: int, calib: int, test: int, not
   problems (`selected_settings.csv`: cheapest setting matching fixed BoN accuracy there); every number
   in `table.md` and the plots comes from the other {test} problems, each replayed in {orders} sample orders.
 - `learned` uses `learned-table-N<N_max>.json`, one stopping table per budget fitted on the same
-  {calib} calibration problems as `optscale policy fit` fits it with its default flags, at
+  {calib} calibration problems as `optscale policy fit` fits it with its default flags (selection rule,
+  state features and shrinkage chosen by cross-validation), at
   `--budget {LEARNED_SAMPLES}/N_max` (the tokens of {LEARNED_SAMPLES} samples per problem on calibration problems).
   A table refuses the problems it was fitted on, so it cannot be replayed on the whole `pool.jsonl`.
 - OptScale^t uses `priors.jsonl`, a *simulated* predictor: the true parameters plus noise
@@ -213,6 +216,6 @@ def _readme(problems: int, samples: int, orders: int, calib: int, test: int, not
   of them) at the same mean tokens, with a paired bootstrap 95% interval for the gain, and names the
   best single fixed method within the same tokens; the comparison with the Best-of-N curve alone
   is kept beside it. An adaptive rule only pays if it beats every fixed method for the same cost.
-- Policies other than OptScale's and `learned` run at their default settings.
+- The other policies run at their default settings.
 - Notes:{noted or " none"}
 """

@@ -95,13 +95,13 @@ def _panels(res) -> list[dict]:
 
 def _frontier_plots(dataset: str, panels: list[dict], stage: Path, featured: Sequence[str], suffix: str) -> list[Path]:
     """``frontier.png`` (featured policies and the three best others) and ``frontier-all.png`` of one replay."""
-    title = f"{dataset}: accuracy vs tokens"
+    title = f"{dataset}, accuracy vs tokens"
     chosen = [{**p, "policies": featured_rows(p["policies"], featured)} for p in panels]
-    return [frontier_plot(chosen, stage / f"frontier{suffix}.png",
-                          title=f"{title}; {', '.join(featured)} and the 3 other rules with the largest gain over the "
-                                "envelope", highlight=featured),
-            frontier_plot(panels, stage / f"frontier{suffix}-all.png", highlight=featured, intervals=False,
-                          title=f"{title}; every rule (95% intervals in table.md)")]
+    return [frontier_plot(chosen, stage / f"frontier{suffix}.png", highlight=featured,
+                          title=f"{title}: {', '.join(featured)} and the 3 other rules with the largest gain over the "
+                                "envelope\n(bars: paired 95% interval of the gain over the envelope)"),
+            frontier_plot(panels, stage / f"frontier{suffix}-all.png", highlight=featured, intervals=None,
+                          title=f"{title}: every rule (95% intervals in table.md)")]
 
 
 #: How the envelope is defined, for the reports' readers.

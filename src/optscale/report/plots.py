@@ -61,9 +61,11 @@ def pareto_plot(
 
 
 def _draw_pareto(ax, curve_rows, policy_rows, grid_rows=(), envelope_rows=(),
-                 styles: Mapping[str, tuple[str, str]] | None = None, intervals: bool = True) -> None:
+                 styles: Mapping[str, tuple[str, str]] | None = None, intervals: str | None = "accuracy") -> None:
     """The curves and points of :func:`pareto_plot` on one axis; ``styles`` (policy name -> marker,
-    colour) keep a policy's look across panels; without ``intervals`` the points have no error bars."""
+    colour) keep a policy's look across panels. Each point's bar is its accuracy's 95% interval,
+    or with ``intervals="gain"`` the paired 95% interval of its gain over the envelope placed around
+    it (the bar clears the envelope exactly where the gain's interval is above 0), or none."""
     tok = np.array([r["mean_tokens"] for r in curve_rows])
     acc = np.array([r["accuracy"] for r in curve_rows])
     ax.plot(tok, 100 * acc, "k.-", lw=1.2, label="fixed-N Best-of-N")
@@ -77,7 +79,7 @@ def _draw_pareto(ax, curve_rows, policy_rows, grid_rows=(), envelope_rows=(),
         ax.plot(e_tok, e_acc, "-", color="tab:green", lw=1.5, label="envelope of fixed-N methods", zorder=2)
         for r in envelope_rows:
             ax.annotate(r["method"], (r["mean_tokens"], 100 * r["accuracy"]), textcoords="offset points",
-                        xytext=(2, 4), fontsize=6, color="tab:green")
+                        xytext=(2, 4), fontsize=6, color="tab:green", zorder=1)  # under the policies' points
     if grid_rows:
         g_tok = np.array([r["mean_tokens"] for r in grid_rows])
         g_acc = np.array([r["accuracy"] for r in grid_rows])
@@ -89,7 +91,7 @@ def _draw_pareto(ax, curve_rows, policy_rows, grid_rows=(), envelope_rows=(),
             order = np.argsort(g_tok[front])
             ax.plot(g_tok[front][order], 100 * g_acc[front][order], "--", color="tab:red", lw=1, label="grid Pareto front")
     for i, r in enumerate(policy_rows):
-        err = [[100 * (r["accuracy"] - r["ci_low"])], [100 * (r["ci_high"] - r["accuracy"])]] if intervals else None
+        err = _error_bar(r, intervals)
         marker, colour = (styles or {}).get(r["policy"]) or (_MARKERS[i % len(_MARKERS)], None)
         ax.errorbar(r["mean_tokens"], 100 * r["accuracy"], yerr=err, fmt=marker, ms=11 if marker == "*" else 6, color=colour,
                     capsize=2, label=r["label"], zorder=3)
@@ -97,6 +99,16 @@ def _draw_pareto(ax, curve_rows, policy_rows, grid_rows=(), envelope_rows=(),
     ax.set_xlabel("mean tokens per problem (log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(True, which="both", ls=":", alpha=0.5)
+
+
+def _error_bar(row: Mapping, kind: str | None):
+    """``yerr`` (points below, above) of one policy's row: see :func:`_draw_pareto`."""
+    if kind == "accuracy":
+        return [[100 * (row["accuracy"] - row["ci_low"])], [100 * (row["ci_high"] - row["accuracy"])]]
+    gain = row.get("gain_vs_envelope")
+    if kind != "gain" or gain is None or gain != gain:
+        return None
+    return [[100 * (gain - row["gain_vs_envelope_ci_low"])], [100 * (row["gain_vs_envelope_ci_high"] - gain)]]
 
 
 _MARKERS = "osD^v<>ph*X"  # 11 markers against 10 colours: no two of 110 policies look alike
@@ -107,11 +119,12 @@ _COLOURS = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab
 
 
 def frontier_plot(panels: Sequence[Mapping], path: str | Path, title: str = "", highlight: Sequence[str] = (),
-                  intervals: bool = True) -> Path:
+                  intervals: str | None = "gain") -> Path:
     """Accuracy vs mean tokens at several budgets side by side, one legend for all: each panel
     (``title``, ``curve``, ``envelope``, ``policies`` rows, as :func:`pareto_plot` takes them)
     shows the fixed-N Best-of-N curve, the envelope of every fixed-N method and the policies, with
-    their 95% intervals unless ``intervals`` is False (many policies' bars would cover each other).
+    the paired 95% interval of their gain over the envelope around each point (``intervals``:
+    "gain", "accuracy" or None, for many policies whose bars would cover each other).
     A policy keeps its marker and colour (and its name in the legend) in every panel; those in
     ``highlight`` are drawn as large stars."""
     from matplotlib.ticker import NullFormatter

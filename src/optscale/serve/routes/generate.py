@@ -4,6 +4,7 @@ A request that samples runs as its own task: when the client leaves (non-streami
 hears ``http.disconnect``; streaming: the stream is closed) the task is cancelled and every
 upstream stream it had open is closed at once. When a shutdown's grace ends, a stream that has
 begun ends with an error event (a request not yet answered is answered 503 by the middleware).
+Once the client has its whole answer, its episode may be sampled on in the shadow (:mod:`..shadow`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from ..episodes import EpisodeResult
 from ..errors import ApiError, error_body
@@ -78,7 +81,7 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
     raw, body = await ctx.bodies.read_json(request)
     req = parse_request(kind, body)
     options = resolve_options(config, req.model, req.optscale, request.headers.get(HEADER_POLICY),
-                              request.headers.get(HEADER_SETTINGS))
+                              request.headers.get(HEADER_SETTINGS), tables=ctx.tables)
     state["policy"] = options.name
     if req.n > options.policy.n_max:
         raise ApiError(400, f"n ({req.n}) is more than the episode's n_max ({options.policy.n_max})", "n",
@@ -120,11 +123,17 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
         finally:
             service.gate.leave()
 
+    def shadow(result: EpisodeResult):
+        """Shadow sampling of this episode, to run once the client has its answer (None: not this one)."""
+        if state.get("log", {}).get("idempotent_replay"):
+            return None  # sampled on when it was first answered
+        return ctx.shadow.offer(kind, prompt, question, options, generation, rid, result)
+
     service.admit()
     task = asyncio.create_task(episode())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _EpisodeStream(_events(ctx, task, kind, req.model, req.n, include_usage, state),
+        return _EpisodeStream(_events(ctx, task, kind, req.model, req.n, include_usage, state, shadow),
                               task, media_type="text/event-stream",
                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     watcher = asyncio.create_task(_disconnected(request))
@@ -141,11 +150,13 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
     result, rid, created = task.result()
     _log_result(state, result)
     render = chat_completion if kind == "chat" else text_completion
-    return JSONResponse(render(result, rid, created, req.model, req.n))
+    later = shadow(result)
+    return JSONResponse(render(result, rid, created, req.model, req.n),
+                        background=BackgroundTask(later) if later is not None else None)
 
 
 async def _events(ctx: AppState, task: asyncio.Task, kind: str, model: str, n: int, include_usage: bool,
-                  state: dict):
+                  state: dict, shadow: Callable[[EpisodeResult], Any]):
     rid = state["request_id"]
     yield ": optscale sampling\n\n"
     cut = asyncio.ensure_future(ctx.drain.cut.wait())
@@ -176,6 +187,9 @@ async def _events(ctx: AppState, task: asyncio.Task, kind: str, model: str, n: i
     render = chat_stream if kind == "chat" else text_stream
     for event in render(result, rid, created, model, n, include_usage):
         yield event
+    later = shadow(result)  # the stream has been sent
+    if later is not None:
+        await later()
 
 
 def _log_result(state: dict, result: EpisodeResult) -> None:
