@@ -22,7 +22,8 @@ from optscale.report.summary import best_rules, equal_accuracy_tokens, featured_
 def _pool(problems: int, samples: int, seed: int = 0) -> list[PoolProblem]:
     return [PoolProblem.model_validate({
         "id": p.id, "question": p.question, "answer": p.answer,
-        "samples": [{"answer": s.answer, "score": s.score, "tokens": s.tokens, "correct": s.correct} for s in p.samples],
+        "samples": [{"answer": s.answer, "score": s.score, "tokens": s.tokens, "correct": s.correct}
+                    for s in p.samples],
     }) for p in toy_pool(problems=problems, samples=samples, seed=seed)]
 
 
@@ -142,8 +143,8 @@ def test_demo_table_md_starts_with_the_summary_of_its_results(demo_run):
     numeric = ("accuracy", "ci_low", "ci_high", "mean_tokens", "gain_vs_envelope", "gain_vs_envelope_ci_low",
                "gain_vs_envelope_ci_high")
     rows = [{**r, "n_max": int(r["n_max"]), **{k: float(r[k]) if r[k] else math.nan for k in numeric}} for r in results]
-    envelope = [{**e, "n_max": int(e["n_max"]), "accuracy": float(e["accuracy"]), "mean_tokens": float(e["mean_tokens"])}
-                for e in _csv(out / "envelope.csv")]
+    envelope = [{**e, "n_max": int(e["n_max"]), "accuracy": float(e["accuracy"]),
+                 "mean_tokens": float(e["mean_tokens"])} for e in _csv(out / "envelope.csv")]
     text = (out / "table.md").read_text()
     assert text.startswith("## The rule with the largest gain over the envelope at each N_max\n\n")
     assert text.index(summary_table(best_rules(rows, envelope))) < text.index("## Accuracy (%)")

@@ -196,9 +196,9 @@ def stats_table(rows, title: str, narrow: bool = False) -> Table:
 
 def summary_table(best: list[dict], title: str) -> Table:
     """The report's summary (:func:`optscale.report.summary.summary_cells`) as a terminal table."""
-    from ..report.summary import SUMMARY_COLUMNS, SUMMARY_NOTE, summary_cells
-
     from rich import box
+
+    from ..report.summary import SUMMARY_COLUMNS, SUMMARY_NOTE, summary_cells
 
     t = Table(title=title, title_justify="left", caption=SUMMARY_NOTE, box=box.SIMPLE_HEAD, pad_edge=False)
     for col, align in SUMMARY_COLUMNS.items():
@@ -377,6 +377,7 @@ def demo(
         console.print(stats_table(rows, title, narrow=True))
     for note in summary.notes:
         console.print(f"note: {note}")
+    console.print("every column (settings, saved vs BoN@N, the Best-of-N curve, hit/α) is in table.md and results.csv")
     console.print(f"report written to {out}/ in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(p.name for p in summary.files))
 

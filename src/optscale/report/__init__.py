@@ -19,9 +19,9 @@ from .run import write_run_report
 from .summary import best_rules, featured_rows, summary_table
 from .tables import METHOD_NAMES, baseline_table, envelope_table, paper_table, splits_table, write_rows
 
-__all__ = ["METHOD_NAMES", "baseline_table", "best_rules", "envelope_table", "paper_table", "splits_table", "write_rows",
-           "frontier_plot", "nstar_plot", "pareto_plot", "json_ready", "read_results", "replay_summary", "result_row",
-           "write_replay_report", "write_run_report", "write_sweep_report"]
+__all__ = ["METHOD_NAMES", "baseline_table", "best_rules", "envelope_table", "paper_table", "splits_table",
+           "write_rows", "frontier_plot", "nstar_plot", "pareto_plot", "json_ready", "read_results", "replay_summary",
+           "result_row", "write_replay_report", "write_run_report", "write_sweep_report"]
 
 
 def _policy_rows(results) -> list[dict]:
@@ -65,7 +65,8 @@ def write_replay_report(out: str | Path, results: Sequence, s_min: float | None 
         names = [write_rows(rows, stage / "results.csv"), write_rows(rows, stage / "results.parquet"),
                  write_rows(curves, stage / "bon_curve.csv"), write_rows(fixed, stage / "fixed_curves.csv"),
                  write_rows(envelope, stage / "envelope.csv"),
-                 write_text(stage / "table.md", head + "## Accuracy (%) and mean tokens per problem\n\n" + paper_table(rows)
+                 write_text(stage / "table.md", head + "## Accuracy (%) and mean tokens per problem\n\n"
+                            + paper_table(rows)
                             + "\n## Against the envelope of every fixed-N method\n\n" + ENVELOPE_NOTE
                             + envelope_table(rows)
                             + "\n## Against the whole fixed-N Best-of-N curve\n\n" + baseline_table(rows)),
@@ -87,7 +88,8 @@ def write_replay_report(out: str | Path, results: Sequence, s_min: float | None 
 
 def _panels(res) -> list[dict]:
     """Per N_max of one replay: its policies' rows, the Best-of-N curve up to 2 N_max and the envelope."""
-    return [{"n_max": n_max, "title": f"N_max = {n_max}", "policies": [s.as_dict() for s in res.stats if s.n_max == n_max],
+    return [{"n_max": n_max, "title": f"N_max = {n_max}",
+             "policies": [s.as_dict() for s in res.stats if s.n_max == n_max],
              "curve": [c for c in res.curve.rows() if c["n"] <= 2 * n_max],
              "envelope": res.baseline.rows(n_max) if res.baseline else []}
             for n_max in sorted({s.n_max for s in res.stats})]

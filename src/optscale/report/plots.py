@@ -93,8 +93,8 @@ def _draw_pareto(ax, curve_rows, policy_rows, grid_rows=(), envelope_rows=(),
     for i, r in enumerate(policy_rows):
         err = _error_bar(r, intervals)
         marker, colour = (styles or {}).get(r["policy"]) or (_MARKERS[i % len(_MARKERS)], None)
-        ax.errorbar(r["mean_tokens"], 100 * r["accuracy"], yerr=err, fmt=marker, ms=11 if marker == "*" else 6, color=colour,
-                    capsize=2, label=r["label"], zorder=3)
+        ax.errorbar(r["mean_tokens"], 100 * r["accuracy"], yerr=err, fmt=marker, ms=11 if marker == "*" else 6,
+                    color=colour, capsize=2, label=r["label"], zorder=3)
     ax.set_xscale("log")
     ax.set_xlabel("mean tokens per problem (log scale)")
     ax.set_ylabel("accuracy (%)")
