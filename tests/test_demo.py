@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from conftest import toy_pool
+from conftest import run_cli, toy_pool
 from optscale.compose import build_policy
 from optscale.pools import PoolProblem
 from optscale.replay import build_batch, replay_policies
@@ -162,3 +162,13 @@ def test_demo_terminal_fits_100_columns_summary_first(demo_run):
         gain = (f"{100 * float(r['gain_vs_envelope']):+.1f} [{100 * float(r['gain_vs_envelope_ci_low']):+.1f}, "
                 f"{100 * float(r['gain_vs_envelope_ci_high']):+.1f}]")
         assert len(row) == 1 and f"{float(r['mean_tokens']):,.0f}" in row[0] and gain in row[0], (name, row)
+
+
+def test_demo_refuses_a_users_table_file_before_any_work(tmp_path, monkeypatch, capsys):
+    import optscale.simulate
+
+    monkeypatch.setattr(optscale.simulate, "simulate_pool", lambda *a, **k: pytest.fail("simulated anyway"))
+    (tmp_path / "learned-table-N16.json").write_text("mine\n")
+    code, _, err = run_cli(["demo", "--out", tmp_path, "--samples", 16], monkeypatch, capsys)
+    assert code == 2 and "learned-table-N16.json exists and was not written by optscale" in err, err
+    assert (tmp_path / "learned-table-N16.json").read_text() == "mine\n"

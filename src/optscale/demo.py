@@ -200,8 +200,8 @@ def _readme(problems: int, samples: int, orders: int, calib: int, test: int, not
   in `table.md` and the plots comes from the other {test} problems, each replayed in {orders} sample orders.
 - `learned` uses `learned-table-N<N_max>.json`, one stopping table per budget fitted on the same
   {calib} calibration problems as `optscale policy fit` fits it with its default flags (selection rule,
-  state features and shrinkage chosen by cross-validation), at
-  `--budget {LEARNED_SAMPLES}/N_max` (the tokens of {LEARNED_SAMPLES} samples per problem on calibration problems).
+  state features and shrinkage chosen by cross-validation), at `--budget {LEARNED_SAMPLES}/N_max`
+  (the tokens of {LEARNED_SAMPLES} samples per problem on calibration problems).
   A table refuses the problems it was fitted on, so it cannot be replayed on the whole `pool.jsonl`.
 - OptScale^t uses `priors.jsonl`, a *simulated* predictor: the true parameters plus noise
   (std {PRIOR_NOISE} on mu, {PRIOR_NOISE:.0%} on sigma). Real priors come from `optscale predictor`.

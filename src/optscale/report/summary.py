@@ -78,7 +78,8 @@ SUMMARY_COLUMNS = {"N_max": "---:", "rule": "---", "accuracy % [95%]": "---:", "
 #: What the summary's columns mean, for its readers.
 SUMMARY_NOTE = ("rule: the largest gain over the envelope of every fixed-N method (N <= N_max) at the same mean "
                 "tokens, with its paired 95% interval; vs fixed of equal acc.: the rule's tokens as a share of "
-                "the least tokens at which the envelope (mixing two fixed methods) is as accurate as the rule.")
+                "the least tokens at which the envelope (mixing two fixed methods) is as accurate as the rule "
+                "(where the envelope is nearly flat, a small difference in accuracy moves it far).")
 
 
 def summary_cells(best: Mapping) -> list[str]:
