@@ -122,10 +122,12 @@ def write_sweep_report(out: str | Path, result, dataset: str) -> list[Path]:
     """
     out = Path(out)
     selected_rows, unmet = [], []
+    labels = result.grid[0].get("labels", "gold") if result.grid else "gold"
     splits = result.splits or [{"seed": None, "selected": result.selected}]
     for index, split in enumerate(splits):
         for sel in split["selected"]:
-            head = {"dataset": dataset, "split_seed": split["seed"], "budget": sel["budget"], "met": sel["met"],
+            head = {"dataset": dataset, "labels": labels, "split_seed": split["seed"], "budget": sel["budget"],
+                    "met": sel["met"],
                     "reason": sel["reason"], **{k: sel.get(k) for k in result.grid_keys}}
             if not sel["met"]:
                 selected_rows.append({**head, "split": "calibration"})
@@ -138,7 +140,7 @@ def write_sweep_report(out: str | Path, result, dataset: str) -> list[Path]:
     held = [r for r in selected_rows if r["split"] == "held_out" and r["split_seed"] == first_seed]
     test_grid = [r for r in result.grid if r["split"] == "held_out" and r.get("split_seed", first_seed) == first_seed]
     text = (f"## {result.policy} on {dataset}: settings chosen on {result.calib_problems} calibration "
-            f"problems ({result.objective}), reported on {result.test_problems} held-out problems\n\n"
+            f"problems ({result.objective}), reported on {result.test_problems} held-out problems ({labels} labels)\n\n"
             + (paper_table(held) + "\n" + ENVELOPE_NOTE + envelope_table(held) + "\n" + baseline_table(held)
                if held else "")
             + ("\n**Nothing met the objective on calibration problems:**\n\n" + "\n".join(unmet) + "\n" if unmet else ""))
