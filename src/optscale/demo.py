@@ -125,8 +125,7 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = de
     Bad arguments and an ``out`` that cannot be written raise :class:`~optscale.errors.InputError`
     (naming ``out``, ``orders``, ``seed``, ``n_problems``, ``n_samples``) before any work.
     """
-    from .pools import PoolProblem, write_pool
-    from .policies.learned import file_sha256
+    from .pools import PoolProblem, pool_sha256, write_pool
     from .report import replay_summary, write_replay_report, write_rows
     from .simulate import simulate_pool
 
@@ -165,7 +164,7 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = de
                                "calibration_tokens": sel["calibration"].mean_tokens if sel["met"] else None})
     summary.files.append(write_rows(selections, out / "selected_settings.csv"))
     tables = _learned_tables(subset(batch, calib_idx), budgets, out,
-                             {"pool": "pool.jsonl", "sha256": file_sha256(out / "pool.jsonl")}, seed)
+                             {"pool": "pool.jsonl", "sha256": pool_sha256(out / "pool.jsonl")}, seed)
     summary.files += tables.values()
     step()
 
