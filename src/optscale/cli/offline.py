@@ -174,12 +174,31 @@ def _pp(x: float) -> str:
     return "-" if x != x else f"{100 * x:+.1f}"
 
 
-def stats_table(rows, title: str) -> Table:
-    """One line per policy: accuracy with its 95% interval, cost, and the honest fixed-N comparisons."""
+#: Each column of :func:`stats_table`: what its caption says about it ("" for none).
+_STATS_COLUMNS = {
+    "policy": "", "settings": "",
+    "acc. %": "acc. ± half-width of the 95% bootstrap interval over problems",
+    "samples": "", "tokens": "",
+    "saved": "saved: tokens vs fixed BoN at the same N",
+    "envelope": ("envelope: best mixture of fixed-N methods (every N <= N_max, best score, majority and "
+                 "score-weighted vote) at the same mean tokens"),
+    "gain [95%]": "gain: accuracy minus that, with its paired 95% bootstrap interval",
+    "best fixed ≤ tokens": "best fixed ≤ tokens: most accurate single fixed method costing no more (rule@N)",
+    "BoN@tokens": "", "gain BoN": "BoN@tokens, gain BoN: the same against the Best-of-N curve alone",
+    "hit/α": "hit/α: share whose best score reached s_min vs the promised α",
+}
+#: The columns of the narrow table (:func:`stats_table` with ``narrow``): it fits 100 terminal columns.
+NARROW_COLUMNS = ("policy", "acc. %", "tokens", "envelope", "gain [95%]", "best fixed ≤ tokens")
+
+
+def stats_table(rows, title: str, narrow: bool = False) -> Table:
+    """One line per policy: accuracy with its 95% interval, cost, and the honest fixed-N comparisons;
+    ``narrow`` keeps only :data:`NARROW_COLUMNS` (the report's files keep every column)."""
+    columns = NARROW_COLUMNS if narrow else tuple(_STATS_COLUMNS)
     t = Table(title=title, title_justify="left")
-    for col in ("policy", "settings", "acc. %", "samples", "tokens", "saved", "envelope", "gain [95%]",
-                "best fixed ≤ tokens", "BoN@tokens", "gain BoN", "hit/α"):
-        t.add_column(col, justify="left" if col in ("policy", "settings", "best fixed ≤ tokens") else "right")
+    for col in columns:
+        t.add_column(col, justify="left" if col in ("policy", "settings", "best fixed ≤ tokens") else "right",
+                     no_wrap=narrow)
     for s in rows:
         calib = "-"
         if s.promised_alpha is not None and s.achieved_uncapped is not None:
@@ -188,17 +207,27 @@ def stats_table(rows, title: str) -> Table:
         gain = "-" if env != env else (f"{_pp(s.gain_vs_envelope)} [{_pp(s.gain_vs_envelope_ci_low)}, "
                                        f"{_pp(s.gain_vs_envelope_ci_high)}]")
         best = "-" if not s.best_fixed_method else f"{s.best_fixed_method}: {100 * s.best_fixed_method_accuracy:.1f}"
-        t.add_row(f"{s.policy}@{s.n_max}", _short_settings(s),
-                  f"{100 * s.accuracy:.1f}±{50 * (s.ci_high - s.ci_low):.1f}",
-                  f"{s.mean_samples:.1f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.0f}%",
-                  "-" if env != env else f"{100 * env:.1f}", gain, best,
-                  "-" if same != same else f"{100 * same:.1f}", _pp(s.gain_vs_bon_curve), calib)
-    t.caption = ("acc. ± half-width of the 95% bootstrap interval over problems; saved: tokens vs fixed BoN at the "
-                 "same N; envelope: best mixture of fixed-N methods (every N <= N_max, best score, majority and "
-                 "score-weighted vote) at the same mean tokens; gain: accuracy minus that, with its paired 95% "
-                 "bootstrap interval; best fixed ≤ tokens: most accurate single fixed method costing no more "
-                 "(rule@N); BoN@tokens, gain BoN: the same against the Best-of-N curve alone; hit/α: share whose "
-                 "best score reached s_min vs the promised α")
+        cells = dict(zip(_STATS_COLUMNS, (
+            f"{s.policy}@{s.n_max}", _short_settings(s), f"{100 * s.accuracy:.1f}±{50 * (s.ci_high - s.ci_low):.1f}",
+            f"{s.mean_samples:.1f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.0f}%",
+            "-" if env != env else f"{100 * env:.1f}", gain, best,
+            "-" if same != same else f"{100 * same:.1f}", _pp(s.gain_vs_bon_curve), calib)))
+        t.add_row(*(cells[col] for col in columns))
+    t.caption = "; ".join(_STATS_COLUMNS[col] for col in columns if _STATS_COLUMNS[col])
+    return t
+
+
+def summary_table(best: list[dict], title: str) -> Table:
+    """The report's summary (:func:`optscale.report.summary.summary_cells`) as a terminal table."""
+    from rich import box
+
+    from ..report.summary import SUMMARY_COLUMNS, SUMMARY_NOTE, summary_cells
+
+    t = Table(title=title, title_justify="left", caption=SUMMARY_NOTE, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, align in SUMMARY_COLUMNS.items():
+        t.add_column(col, justify="right" if align.endswith(":") else "left")
+    for b in best:
+        t.add_row(*summary_cells(b))
     return t
 
 
@@ -377,10 +406,13 @@ def demo(
         check_demo(out, problems, samples, orders, seed)  # before the progress bar starts
     with flags(DEMO_FLAGS), progress_bar() as bar:
         summary = run_demo(out, problems=problems, samples=samples, orders=orders, seed=seed, progress=bar)
+    console.print(summary_table(summary.best, "The rule with the largest gain over the envelope at each N_max "
+                                              "(held-out problems)"))
     for title, rows in summary.tables:
-        console.print(stats_table(rows, title))
+        console.print(stats_table(rows, title, narrow=True))
     for note in summary.notes:
         console.print(f"note: {note}")
+    console.print("every column (settings, saved vs BoN@N, the Best-of-N curve, hit/α) is in table.md and results.csv")
     console.print(f"report written to {out}/ in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(p.name for p in summary.files))
 
