@@ -31,6 +31,11 @@ PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help=", ".join(POLICIE
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="policy setting key=value, repeatable (e.g. s_min=0.9, alpha=0.8, peek=5); `optscale policy settings` lists each policy's")]
 OrdersOpt = Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem; order 1 is the pool's own, the others seeded shuffles")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the shuffled orders, bootstrap and splits")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="parallel jobs (1: one after another in this process); the "
+                                      "results are the same, bit for bit")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="where --jobs run: loky (processes on this machine), ray "
+                                         "(extra ray; RAY_ADDRESS or a local Ray) or dask (extra dask; "
+                                         "DASK_SCHEDULER_ADDRESS or a local cluster)")]
 
 
 @contextmanager
@@ -43,7 +48,7 @@ def progress_bar(quiet: bool = False):
 
 #: Library names -> flags, one table per command (see :func:`optscale.cli.flags.flags`).
 _POLICY_FLAGS = {"policy": "--policy", "settings": "--set", "settings.": "--set ", "orders": "--orders", "seed": "--seed",
-                 "out": "--out"}
+                 "out": "--out", "jobs": "--jobs", "backend": "--backend"}
 REPLAY_FLAGS = {**_POLICY_FLAGS, "n_max": "--n-max"}
 SWEEP_FLAGS = {**_POLICY_FLAGS, "budgets": "--n-max", "n_max": "--n-max", "s_mins": "--s-min", "alphas": "--alpha",
                "calib_fraction": "--calib-fraction", "objective": "--objective", "target": "--target",
@@ -112,15 +117,24 @@ def _pool_notes(batch, n_max: int | None, failed: dict[str, int]) -> list[str]:
     return notes + ([note] if note else [])
 
 
-def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None):
-    """:func:`load_batch` and the notes on what was read (warned on stderr)."""
+def read_checked(pool: Path, orders: int, seed: int, n_max: int | None = None):
+    """:func:`load_batch` and the notes on what was read."""
     from ..answers.grade import COUNTS, grading_problems
 
     before = COUNTS.copy()
     batch = load_batch(pool, orders, seed)
-    notes = _pool_notes(batch, n_max, grading_problems(before))
+    return batch, _pool_notes(batch, n_max, grading_problems(before))
+
+
+def warn(notes: list[str]) -> None:
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
+
+
+def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None):
+    """:func:`read_checked`, its notes warned on stderr."""
+    batch, notes = read_checked(pool, orders, seed, n_max)
+    warn(notes)
     return batch, notes
 
 
@@ -131,14 +145,41 @@ def promise_note(stats) -> str:
             "its score model does not fit these scores")
 
 
-def _check_run(orders: int, seed: int, out: Path | None) -> None:
-    """Everything about a replay that can be wrong apart from the pool, checked before reading it."""
+def _check_run(orders: int, seed: int, out: Path | None, jobs: int = 1, backend: str = "loky",
+               pools: list[Path] = ()) -> None:
+    """Everything about a replay that can be wrong apart from the pools' contents, checked before reading them."""
     from ..replay import check_orders, check_seed
+    from ..replay.parallel import check_parallel
 
     check_orders(orders)
     check_seed(seed)
+    check_parallel(jobs, backend)
+    names: dict[str, Path] = {}
+    for pool in pools:  # each pool's results are named by its file name's stem
+        if names.setdefault(pool.stem, pool) != pool:
+            raise InputError(f"{pool} and {names[pool.stem]} would both be reported as {pool.stem!r}: "
+                             "give pools with different names", str(pool))
     if out is not None:
         ensure_out_dir(out, "out")
+
+
+def replay_pool(pool: Path, policy, orders: int, seed: int, n_max: int):
+    """One pool of ``optscale replay`` (a unit of parallel work): its result, notes and number of problems."""
+    from ..replay import replay_policies
+
+    batch, notes = read_checked(pool, orders, seed, n_max)
+    result = replay_policies(batch, [policy], dataset=pool.stem, seed=seed)
+    if result.stats[0].misses_alpha:
+        notes.append(promise_note(result.stats[0]))
+    return result, notes, batch.shape[0]
+
+
+def sweep_pool(pool: Path, orders: int, seed: int, args: tuple, options: dict):
+    """One pool of ``optscale sweep`` with several pools (a unit of parallel work): its result and notes."""
+    from ..replay import sweep as run_sweep
+
+    batch, notes = read_checked(pool, orders, seed)
+    return run_sweep(batch, *args, seed, **options), notes
 
 
 def _short_settings(stats) -> str:
@@ -180,7 +221,8 @@ def stats_table(rows, title: str) -> Table:
 
 
 def replay(
-    pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines, one problem per line)")],
+    pool: Annotated[list[Path], typer.Argument(help="completion pool (JSON Lines, one problem per line); several: "
+                                                   "one result per pool, in one report")],
     policy: PolicyOpt = defaults.POLICY,
     n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem")] = defaults.N_MAX,
     settings: SetOpt = None,
@@ -188,46 +230,52 @@ def replay(
     seed: SeedOpt = defaults.SEED,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="also write a report folder (tables, plots)")] = None,
+    jobs: JobsOpt = 1,
+    backend: BackendOpt = "loky",
 ) -> None:
-    """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN.
+    """Replay one policy over stored pools in several sample orders and compare it with fixed-N BoN.
 
     Also against the envelope of every fixed-N method (N <= --n-max; best score, majority and
     score-weighted vote) at the same mean tokens, with a paired bootstrap interval for the gain.
+    Several pools are replayed one by one, or --jobs at a time (each job reads its pool), and
+    reported in argument order: a table (or a --json line) per pool, one --out report whose
+    files have a row per pool (column dataset: the pool's file name without extension).
     """
+    pools = pool
     with flags(REPLAY_FLAGS):
         from ..compose import build_policy
         from ..policies import parse_settings
-        from ..replay import replay_policies
+        from ..replay.parallel import run_units
 
         pol = build_policy(policy, n_max, parse_settings(settings))
-        _check_run(orders, seed, out)
-        batch, notes = load_checked(pool, orders, seed, n_max)
-        result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
-        stats = result.stats[0]
-        if stats.misses_alpha:
-            notes.append(promise_note(stats))
-            typer.echo(f"warning: {notes[-1]}", err=True)
+        _check_run(orders, seed, out, jobs, backend, pools)
+        done = run_units(replay_pool, [(p, pol, orders, seed, n_max) for p in pools], jobs, backend)
         if out is not None:
             from ..report import write_replay_report
 
-            write_replay_report(out, [result], s_min=getattr(pol, "s_min", None), alpha=getattr(pol, "alpha", None))
-    if as_json:
-        from ..report import json_ready
+            write_replay_report(out, [result for result, _, _ in done], s_min=getattr(pol, "s_min", None),
+                                alpha=getattr(pol, "alpha", None))
+    for pool, (result, notes, problems) in zip(pools, done):
+        warn(notes)
+        stats = result.stats[0]
+        if as_json:
+            from ..report import json_ready
 
-        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "notes": notes,
-                                           "bon_curve": result.curve.rows(),
-                                           "fixed_curves": result.baseline.curves.rows(),
-                                           "envelope": result.envelope_rows()})))
-        return
-    console.print(stats_table([stats], f"{pool.name}: {batch.shape[0]} problems x {orders} orders"))
-    if stats.envelope_mix:
-        console.print(f"envelope at {stats.mean_tokens:,.0f} tokens: {stats.envelope_mix}")
-    if out is not None:
+            typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "notes": notes,
+                                               "bon_curve": result.curve.rows(),
+                                               "fixed_curves": result.baseline.curves.rows(),
+                                               "envelope": result.envelope_rows()})))
+            continue
+        console.print(stats_table([stats], f"{pool.name}: {problems} problems x {orders} orders"))
+        if stats.envelope_mix:
+            console.print(f"envelope at {stats.mean_tokens:,.0f} tokens: {stats.envelope_mix}")
+    if out is not None and not as_json:
         console.print(f"report written to {out}")
 
 
 def sweep(
-    pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines)")],
+    pool: Annotated[list[Path], typer.Argument(help="completion pool (JSON Lines); several: a report per pool, in "
+                                                   "--out/<pool name>/")],
     policy: PolicyOpt = defaults.POLICY,
     n_max: Annotated[str, typer.Option("--n-max", "-n", help="budgets, comma-separated")] = ",".join(map(str, defaults.BUDGETS)),
     s_min: Annotated[Optional[str], typer.Option("--s-min", help=f"grid of target scores, comma-separated (policies with s_min; default {DEFAULT_S_MIN})")] = None,
@@ -242,19 +290,26 @@ def sweep(
     token_share: Annotated[float, typer.Option("--token-share", help="budget: most tokens, as a share of fixed BoN's at the same budget")] = 0.5,
     splits: Annotated[int, typer.Option("--splits", help="repeat the calibration/held-out split over this many seeds (--seed, --seed+1, ...)")] = 1,
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("sweep-report"),
+    jobs: JobsOpt = 1,
+    backend: BackendOpt = "loky",
 ) -> None:
     """Grid-search (s_min, alpha) per budget on a calibration split; report the choice on held-out problems.
 
     Any policy's settings can be swept with --grid. Settings are chosen on calibration problems
     only (--objective); when none meets the objective there, the output says so and nothing is
     selected for that budget. Held-out rows are compared with the envelope of every fixed-N method.
+    With --jobs, one pool's grid is replayed in parts in parallel (the parts share the pool read
+    once); several pools are swept --jobs at a time, each job reading its pool, each pool's
+    report in --out/<pool file name without extension>/. Results equal the serial ones, bit for bit.
     """
+    pools = pool
     with flags(SWEEP_FLAGS):
         from ..compose import with_default_priors
         from ..policies import POLICIES as registry
         from ..policies import parse_settings
         from ..replay import check_sweep
         from ..replay import sweep as run_sweep
+        from ..replay.parallel import run_units
         from ..report import write_sweep_report
 
         budgets = _ints(n_max, "budgets")
@@ -269,13 +324,25 @@ def sweep(
         options = dict(grid=given, target=target, token_share=token_share, splits=splits)
         pairs = check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
                             **options)  # before the long run
-        _check_run(orders, seed, out)
-        batch, _ = load_checked(pool, orders, seed)
+        _check_run(orders, seed, out, jobs, backend, pools)
+        args, options["objective"] = (policy, budgets, s_mins, alphas, extra, calib_fraction), objective
+        batch = load_checked(pools[0], orders, seed)[0] if len(pools) == 1 else None
         with progress_bar() as bar:
             task = bar.add_task(f"sweep {policy} ({len(pairs)} settings)", total=None)
-            result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
-                               on_progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
-        write_sweep_report(out, result, pool.stem)
+            update = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+            if batch is not None:
+                done = [(run_sweep(batch, *args, seed, on_progress=update, jobs=jobs, backend=backend, **options), [])]
+            else:
+                done = run_units(sweep_pool, [(p, orders, seed, args, options) for p in pools], jobs, backend, update)
+        for pool, (result, notes) in zip(pools, done):
+            warn(notes)
+            write_sweep_report(out if len(pools) == 1 else out / pool.stem, result, pool.stem)
+    for pool, (result, _) in zip(pools, done):
+        _print_sweep(pool, result)
+    console.print(f"grid, Pareto front and plots written to {out}")
+
+
+def _print_sweep(pool: Path, result) -> None:
     met = [s["held_out"] for s in result.selected if s["met"]]
     title = (f"{pool.name}: settings chosen on {result.calib_problems} calibration problems ({result.objective}), "
              f"reported on {result.test_problems} held-out problems")
@@ -287,7 +354,6 @@ def sweep(
     if len(result.splits) > 1:
         console.print(splits_table(result.summary, f"{result.policy} over {len(result.splits)} split seeds "
                                                    f"(held-out numbers of each split's calibration choice)"))
-    console.print(f"grid, Pareto front and plots written to {out}")
 
 
 def splits_table(summary: list[dict], title: str) -> Table:
