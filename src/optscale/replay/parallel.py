@@ -21,7 +21,6 @@ arguments. Ray and Dask are imported only when asked for.
 from __future__ import annotations
 
 import importlib.util
-import os
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -67,9 +66,10 @@ def run_units(fn: Callable[..., Any], units: Sequence[tuple], jobs: int = 1, bac
     import joblib
 
     results = []
+    returned = "list" if backend == "ray" else "generator"  # Ray's backend returns all at once
     with _backend(backend, jobs) as config:
         with joblib.parallel_config(**config):
-            for result in joblib.Parallel(return_as="generator")(joblib.delayed(fn)(*unit) for unit in units):
+            for result in joblib.Parallel(return_as=returned)(joblib.delayed(fn)(*unit) for unit in units):
                 results.append(result)
                 if on_done is not None:
                     on_done(len(results), total)
@@ -89,7 +89,7 @@ def _backend(backend: str, jobs: int) -> Iterator[dict]:
 
             register_ray()
             if not ray.is_initialized():
-                ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+                ray.init(include_dashboard=False, log_to_driver=False)  # RAY_ADDRESS set: that cluster
                 stack.callback(ray.shutdown)
             yield {"backend": "ray", "n_jobs": jobs}
             return

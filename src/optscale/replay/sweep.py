@@ -32,7 +32,8 @@ import numpy as np
 from ..checks import check_int
 from ..errors import InputError
 from ..policies.registry import make_policy
-from .batch import check_seed
+from .arrays import OrderedPool
+from .batch import check_seed, subset
 from .engine import collect
 from .metrics import Baseline, BonCurve, FixedCurves, PolicyStats, ReplayOutcome, policy_stats
 from .parallel import check_parallel, run_units
@@ -240,10 +241,10 @@ def sweep(
     """Replay the grid on every problem of ``data`` (a batch or an ordered pool), then per split
     seed (``seed``, ``seed + 1``, ...) select per budget on the calibration split (see the module).
 
-    With ``jobs`` > 1 the grid's policies are replayed in ``jobs`` parts, and the statistics of each
-    (split seed, half) computed, in parallel on ``backend`` (:mod:`optscale.replay.parallel`); the
-    parts get ``data`` itself (its compact arrays, not re-read), and the result is the serial one, bit
-    for bit. ``on_progress`` then counts finished parts instead of (chunk, policy) steps."""
+    With ``jobs`` > 1 the problems are replayed in ``jobs`` runs, and the statistics of each (split
+    seed, half) computed, in parallel on ``backend`` (:mod:`optscale.replay.parallel`); each run gets
+    its problems' rows of ``data`` (compact arrays, not the pool re-read), and the result is the
+    serial one, bit for bit. ``on_progress`` then counts finished runs instead of (chunk, policy) steps."""
     pairs = check_sweep(policy, budgets, s_mins, alphas, settings, calib_fraction, seed, objective, grid=grid,
                         target=target, token_share=token_share, splits=splits)
     jobs, backend = check_parallel(jobs, backend)
@@ -312,8 +313,9 @@ def _collect(data, replayed: dict[int, list], jobs: int, backend: str,
              on_progress: Callable[[int, int], None] | None) -> dict[int, tuple[FixedCurves, list[ReplayOutcome]]]:
     """Per split seed of ``replayed`` (its policies): the fixed-N curves and each policy's outcome.
 
-    On ``jobs`` > 1 each seed's policies are dealt round-robin into ``jobs`` parts (settings of every
-    budget in each), replayed in parallel and put back in grid order.
+    On ``jobs`` > 1 the problems are cut into ``jobs`` runs of consecutive problems, each replayed
+    with every policy in parallel (so fits shared by settings are still made once per problem),
+    and the runs put back together in problem order.
     """
     if jobs == 1:
         calls = [0]
@@ -327,19 +329,40 @@ def _collect(data, replayed: dict[int, list], jobs: int, backend: str,
             out[split_seed] = collect(data, pols, progress)
             calls[0] += 1
         return out
-    count = len(next(iter(replayed.values())))
-    parts = [range(k, count, min(jobs, count)) for k in range(min(jobs, count))]
-    done = iter(run_units(collect, [(data, [pols[i] for i in part]) for pols in replayed.values() for part in parts],
-                          jobs, backend, on_progress))
+    runs = _runs(data, jobs)
+    done = iter(run_units(_replay_run, [(pols, *run) for pols in replayed.values() for run in runs], jobs, backend,
+                          on_progress))
     out = {}
-    for split_seed in replayed:
-        outcomes: list[ReplayOutcome] = [None] * count  # type: ignore[list-item]
-        for part in parts:
-            curves, part_outcomes = next(done)  # every part computes the same fixed-N curves
-            for i, o in zip(part, part_outcomes):
-                outcomes[i] = o
-        out[split_seed] = (curves, outcomes)
+    for split_seed, pols in replayed.items():
+        parts = [next(done) for _ in runs]
+        out[split_seed] = (FixedCurves.concat([curves for curves, _ in parts]),
+                           [ReplayOutcome.concat([outcomes[i] for _, outcomes in parts]) for i in range(len(pols))])
     return out
+
+
+def _runs(data, parts: int) -> list[tuple]:
+    """``data`` (an ordered pool or a batch) as up to ``parts`` runs of consecutive problems, for :func:`_replay_run`.
+
+    A policy decides each problem from its own samples only, so a run replays its problems exactly
+    as the whole does; a pool's run carries its first problem's place, where its sample orders
+    continue the pool's random stream (each problem draws ``orders x width`` numbers, in pool order).
+    """
+    p = data.shape[0]
+    bounds = [p * k // parts for k in range(parts + 1)]
+    rows = [np.arange(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if isinstance(data, OrderedPool):
+        return [(data.arrays.take(r), data.orders, data.seed, int(r[0]), data.chunk_cells) for r in rows]
+    return [(subset(data, r),) for r in rows]
+
+
+def _replay_run(policies: list, source, orders: int | None = None, seed: int = 0, first: int = 0,
+                chunk_cells: int = 0) -> tuple[FixedCurves, list[ReplayOutcome]]:
+    """:func:`collect` on one run of :func:`_runs`: a batch, or pool arrays whose orders start at problem ``first``."""
+    if orders is not None:
+        bits = np.random.PCG64(seed)  # what default_rng(seed) draws from, moved past the problems before the run
+        bits.advance(first * orders * source.width)
+        source = OrderedPool(source, orders, bits, chunk_cells)
+    return collect(source, policies)
 
 
 def _half_stats(pols: list, curves: FixedCurves, outcomes: list[ReplayOutcome], idx: np.ndarray, bootstrap: int,
