@@ -11,6 +11,7 @@ import pytest
 from conftest import run_cli, toy_pool
 from optscale.errors import InputError
 from optscale.pools import PoolProblem, write_pool
+from optscale.replay import build_batch, sweep
 
 
 def _write(path, seed):
@@ -68,6 +69,13 @@ def test_sweep_population_prior_loky_equals_serial(pools, tmp_path, cli):
     args = (pools[0], "--set", "priors=population", "--set", "estimator=map")
     serial = sweep_files(cli, tmp_path, "serial", *args)
     assert sweep_files(cli, tmp_path, "loky", *args, "--jobs", 2) == serial
+
+
+def test_library_sweep_of_a_laid_out_batch_equals_serial():
+    """A ReplayBatch (not a pool read in chunks) is cut into runs of problems too."""
+    batch = build_batch(toy_pool(problems=30, samples=8, seed=4), orders=3, seed=5)
+    one, two = (sweep(batch, "optscale", [4, 8], [0.8, 0.9], [0.5, 0.9], jobs=jobs) for jobs in (1, 2))
+    assert repr(two.grid) == repr(one.grid) and repr(two.selected) == repr(one.selected)
 
 
 def test_sweep_several_pools_each_in_its_folder(pools, tmp_path, cli):

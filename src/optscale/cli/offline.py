@@ -233,7 +233,7 @@ def replay(
     jobs: JobsOpt = 1,
     backend: BackendOpt = "loky",
 ) -> None:
-    """Replay one policy over stored pools in several sample orders and compare it with fixed-N BoN.
+    """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN.
 
     Also against the envelope of every fixed-N method (N <= --n-max; best score, majority and
     score-weighted vote) at the same mean tokens, with a paired bootstrap interval for the gain.
@@ -298,9 +298,9 @@ def sweep(
     Any policy's settings can be swept with --grid. Settings are chosen on calibration problems
     only (--objective); when none meets the objective there, the output says so and nothing is
     selected for that budget. Held-out rows are compared with the envelope of every fixed-N method.
-    With --jobs, one pool's grid is replayed in parts in parallel (the parts share the pool read
-    once); several pools are swept --jobs at a time, each job reading its pool, each pool's
-    report in --out/<pool file name without extension>/. Results equal the serial ones, bit for bit.
+    With --jobs, one pool is read once and its problems replayed in --jobs runs in parallel;
+    several pools are swept --jobs at a time, each job reading its pool, each pool's report in
+    --out/<pool file name without extension>/. Results equal the serial ones, bit for bit.
     """
     pools = pool
     with flags(SWEEP_FLAGS):
