@@ -94,11 +94,9 @@ def _backend(backend: str, jobs: int) -> Iterator[dict]:
             yield {"backend": "ray", "n_jobs": jobs}
             return
         import dask
-        from distributed import Client, LocalCluster
+        from distributed import Client, LocalCluster, get_client
 
         try:
-            from distributed import get_client
-
             get_client()
         except ValueError:  # no client yet: the configured scheduler, else a local cluster of processes
             address = dask.config.get("scheduler-address", None)
