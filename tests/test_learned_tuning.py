@@ -1,7 +1,8 @@
 """Why the self-tuning ``policy fit`` lost to the fixed-N envelope, each fixed: the ``n``-only table of a
 budget stays on the fixed-N curve (two neighbouring N, not a chord between far ends of a noisy
 calibration hull), a majority vote never stops at an even N (no better in expectation than one fewer,
-and dearer), and the search keeps that fixed N unless a candidate beats it significantly."""
+and dearer), and without scores the search keeps its default (the margin design, else that fixed N)
+unless a candidate beats it significantly."""
 
 from __future__ import annotations
 
@@ -23,15 +24,14 @@ def stopped_at(table, batch, n_max):
     return make_policy("learned", n_max, table=table).replay(batch).n_used
 
 
-def flat_pool(problems=120, n=16, seed=0, informative=False):
+def flat_pool(problems=120, n=16, seed=0):
     """Every sample of a problem gives its one answer (right or wrong): the fixed-N curve is flat, so its
     calibration hull is N = 1 alone and a budget above it can only be spent."""
     rng = np.random.default_rng(seed)
     right = rng.random(problems) < 0.6
     shape = (problems, 1, n)
     answer = np.where(right[:, None, None], 0, 1) * np.ones(shape, dtype=np.int64)
-    score = rng.random(shape) if not informative else np.where(right[:, None, None], 0.9, 0.1) + 0 * rng.random(shape)
-    return ReplayBatch(score=score, answer=answer, tokens=rng.integers(50, 150, shape).astype(float),
+    return ReplayBatch(score=rng.random(shape), answer=answer, tokens=rng.integers(50, 150, shape).astype(float),
                        correct=np.broadcast_to(right[:, None, None], shape).copy(), available=np.full(problems, n),
                        ids=tuple(f"flat{seed}/{i}" for i in range(problems)), questions=(None,) * problems)
 
