@@ -197,7 +197,7 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
     cal, edges, length_edges = prep.calibration(s["bins"], s["agree_cap"], s["margin_cap"], s["consensus"],
                                                 s["length_bins"] > 1)
     table = _finish(batch, cal, prep.rule, edges, length_edges, prep.cost_name, n_max, lam, budget, s["shrink"],
-                    source, strict, chosen.cand.features or ("n",), chosen.cand.fixed)
+                    source, strict, chosen.cand.features or ("n",), fixed=chosen.cand.fixed)
     estimate["summary"] = summary(estimate, table)
     return replace(table, fitted={**table.fitted, "cross_validated": estimate})
 

@@ -285,7 +285,7 @@ def _check_cost(lam, budget) -> None:
 
 
 def _finish(batch, cal, rule, edges, length_edges, cost_name, n_max, lam, budget, shrink, source, strict,
-            features, fixed: bool = False) -> StoppingTable:
+            features, *, fixed: bool = False) -> StoppingTable:
     """The table of a design (``fixed``: the fixed N of the budget, :func:`_fixed_budget`) with its records."""
     q = _q_values(cal, shrink)
     bon_cost = cal.cost.sum(axis=1).mean()
