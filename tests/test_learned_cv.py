@@ -183,4 +183,6 @@ def test_the_demo_fits_learned_on_its_calibration_half_and_replays_it(tmp_path):
     rows = [s for _, stats in summary.tables for s in stats if s.policy == "learned"]
     assert len(rows) == 1 and rows[0].n_max == 8 and rows[0].problems == 20  # the held-out half only
     assert not any("learned" in note for note in summary.notes)
-    assert "`learned` is fitted per budget on the calibration problems" in (tmp_path / "demo" / "README.md").read_text()
+    assert "`learned` uses `learned-table-N<N_max>.json`, one stopping table per budget fitted on the same" in (
+        tmp_path / "demo" / "README.md").read_text()
+    assert (tmp_path / "demo" / "learned-table-N8.json").is_file()

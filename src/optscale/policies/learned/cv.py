@@ -10,8 +10,10 @@ Candidates are (selection rule, state design, shrinkage). The rules are those th
 - ``consensus``: the returned answer is also the most frequent and holds the best score;
 - ``length``: tercile of the returned sample's tokens;
 
-and the design with none (``n`` only), whose table is the best fixed N of the calibration pool
-(the lambda mixture makes it the fixed-N envelope of that rule). Each design is tried with the
+and the design with none (``n`` only): with a lambda its table is the best fixed N of the
+calibration pool; with a budget it is tried both ways, fitted (a lambda mixture along the
+calibration curve's hull) and as the fixed N of the budget (two neighbouring N of the fixed-N
+curve, :func:`.fit.fixed_ns`, mixed per problem to meet the budget). Each design is tried with the
 shrinkages of :data:`SHRINKS`. For each fold, every candidate is fitted on the other folds at each
 lambda of a grid and replayed on the fold; the folds' outcomes pooled give a held-out curve
 (tokens, accuracy) per candidate.
@@ -20,8 +22,10 @@ lambda of a grid and replayed on the fold; the folds' outcomes pooled give a hel
 the two grid lambdas around it, as the per-problem mixture realises it); with a lambda: held-out
 accuracy minus lambda x tokens (the table's own objective). Ties go to fewer tokens. A candidate
 that does not beat the held-out folds' fixed-N envelope (every rule the pool supports, N = 1..
-N_max, the upper concave hull of (tokens, accuracy)) at its tokens loses to the best ``n``-only
-table. The estimate kept in the table: the chosen candidate's held-out accuracy, its tokens as a
+N_max, the upper concave hull of (tokens, accuracy)) at its tokens loses to the fixed N of the
+budget (with a lambda: the best ``n``-only table). Without scores the search starts from a
+default and leaves it only for a significantly better candidate (:meth:`_Search.choose`). The
+estimate kept in the table: the chosen candidate's held-out accuracy, its tokens as a
 share of Best-of-N_max's, and its gain over the envelope with a 95% paired bootstrap interval over
 problems.
 """
@@ -40,7 +44,7 @@ from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT
 from ..selection import Selection
 from ..consensus import relabel
-from .fit import _check_cost, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
+from .fit import _check_cost, fixed_ns, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
 from .state import (DEFAULT_AGREE_CAP, DEFAULT_LENGTH_BINS, DEFAULT_MARGIN_CAP, DEFAULT_SHRINK, MAX_AGREE_CAP,
                     MAX_BINS, MAX_LENGTH_BINS, _size_error)
 from .table import StoppingTable
@@ -58,7 +62,11 @@ DESIGNS: tuple[tuple[tuple[str, ...], int], ...] = (
     (("score", "agree"), 8),
     (("agree", "margin"), 1),
     (("agree",), 1),
+    (("margin",), 1),
 )
+#: The default design of a pool without scores (at ``DEFAULT_SHRINK``): n and the leader's margin, the
+#: state of Bayes-factor stopping on vote counts (``boinf``).
+PRIOR = ("margin",)
 #: Shrinkages tried for each design (pseudo-rows toward the coarser state).
 SHRINKS = (5.0, DEFAULT_SHRINK, 80.0)
 #: Default number of folds.
@@ -71,6 +79,9 @@ _GRID = np.concatenate([-np.geomspace(1.0, 1e-4, 4), [0.0], np.geomspace(1e-4, 1
 _FINE_GRID = np.concatenate([-np.geomspace(1.0, 1e-5, 20), [0.0], np.geomspace(1e-5, 1.0, 100)])
 #: Bootstrap resamples of the gain's interval.
 BOOTSTRAP = 400
+#: A candidate replaces the default (the fixed N of the budget) only where this lower quantile of its
+#: paired bootstrap gain over the default is above 0 (one-sided 90%).
+LEVEL = 0.10
 #: Calibration rows (problem x order) the search replays at most: a pool of many problems is searched on
 #: its first orders only (10,000 problems: 2 of 4), the chosen table is fitted on all of them.
 SEARCH_ROWS = 20_000
@@ -84,6 +95,8 @@ class Candidate:
     shrink: float
     agree_cap: int = DEFAULT_AGREE_CAP
     length_bins: int = DEFAULT_LENGTH_BINS
+    #: n only, stopping at the fixed N of the budget (mixed with the next N to meet it), not a fitted lambda
+    fixed: bool = False
 
     def settings(self) -> dict:
         """Arguments of :func:`fit_table` for this design."""
@@ -93,6 +106,8 @@ class Candidate:
                 "length_bins": self.length_bins if "length" in f else 1, "shrink": self.shrink}
 
     def text(self) -> str:
+        if self.fixed:
+            return f"select={self.select}, features=n only, the fixed N of the budget"
         feats = "+".join(self.features) or "n only"
         return f"select={self.select}, features={feats}" + (f" ({self.bins} bins)" if "score" in self.features
                                                             else "") + f", shrink={self.shrink:g}"
@@ -170,13 +185,15 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
             if not prep.has_scores:
                 feats = tuple(x for x in feats if x not in ("score", "consensus"))
             cands.append(Candidate(rule.value, feats, b if "score" in feats else 1, 0.0, agree_cap, length_bins))
+        if budget is not None and (features is None or not features):
+            cands.append(Candidate(rule.value, (), 1, 0.0, fixed=True))
         for cand in dict.fromkeys(cands):
             for result in search.evaluate(prep, cand, shrinks):
                 best = _better(best, result)
     env = search.envelope()
-    chosen = best
-    if features is None and chosen.gain(env) <= 0:
-        chosen = max((r for r in search.results if not r.cand.features), key=lambda r: (r.score, -r.tokens))
+    chosen = search.choose(env, batch.has_scores) if features is None else best
+    if features == ():  # n only: the fixed N of the budget (with a lambda: the best n-only table)
+        chosen = max([r for r in search.results if r.cand.fixed] or search.results, key=_key)
     estimate = search.estimate(chosen, env)
     rule = Selection(chosen.cand.select)
     final = relabel(batch, labels, rule, n_max)
@@ -185,7 +202,7 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
     cal, edges, length_edges = prep.calibration(s["bins"], s["agree_cap"], s["margin_cap"], s["consensus"],
                                                 s["length_bins"] > 1)
     table = _finish(final, cal, prep.rule, edges, length_edges, prep.cost_name, n_max, lam, budget, s["shrink"],
-                    source, strict, chosen.cand.features or ("n",), labels)
+                    source, strict, chosen.cand.features or ("n",), labels, fixed=chosen.cand.fixed)
     estimate["summary"] = summary(estimate, table)
     return replace(table, fitted={**table.fitted, "cross_validated": estimate})
 
@@ -222,6 +239,11 @@ class _Result:
         return float(self.right.mean() - env(self.spent.mean()))
 
 
+def _key(r: _Result) -> tuple:
+    """The criterion, ties to fewer tokens."""
+    return round(r.score, 12), -r.tokens
+
+
 def _better(a: _Result | None, b: _Result) -> _Result:
     if a is None:
         return b
@@ -255,6 +277,12 @@ class _Search:
         trains = [_Stats.total([x for g, x in enumerate(parts) if g != f]) for f in range(self.folds)]
         moves = [[sparse.csr_matrix((count, (src, dst)), shape=(size, size)) for src, dst, count in t.pairs]
                  if size > 1 else None for t in trains]
+        if cand.fixed:  # the fixed-N curve itself, largest N first (tokens falling, as along the lambda grid)
+            ns = fixed_ns(prep.rule, self.n_max)[::-1] - 1
+            result = self._at_criterion(cand, cal.correct[:, ns].T.astype(float), self.cumcost[:, ns].T)
+            self.results.append(result)
+            yield result
+            return
         grid = _GRID if cand.features else _FINE_GRID
         lams = np.array([self.lam]) if self.lam is not None else grid / max(self.unit, 1e-300)
         for shrink in (shrinks if cand.features else shrinks[:1]):
@@ -295,6 +323,40 @@ class _Search:
         over = s.mean() > target * (1 + 1e-9)
         return _Result(cand, r, s, float(r.mean()) - (1.0 if over else 0.0), float(s.mean()))
 
+    def choose(self, env, has_scores: bool) -> _Result:
+        """The chosen candidate. With scores: the best by the criterion, unless it does not beat the
+        folds' envelope, then the best ``n``-only table (the fixed N of the budget included). Without
+        scores (a vote on answers, often few problems, where the folds cannot tell ~10 candidates
+        apart): the :data:`PRIOR` design at ``DEFAULT_SHRINK`` (else the fixed N of the budget), left
+        only for a candidate that beats the folds' envelope and beats it significantly: the lower
+        :data:`LEVEL` quantile of its paired bootstrap gain over the default (problems resampled)
+        above 0; of those, the best by the criterion."""
+        plain = [r for r in self.results if not r.cand.features]
+        plain = [r for r in plain if r.cand.fixed] or plain
+        best = max(self.results, key=_key)
+        if has_scores:
+            return best if best.gain(env) > 0 else max(plain, key=_key)
+        prior = [r for r in self.results if r.cand.features == PRIOR and r.cand.shrink == DEFAULT_SHRINK]
+        base = max(prior or plain, key=_key)
+        value = (lambda r: self._per(r.right)) if self.lam is None else (
+            lambda r: self._per(r.right) - self.lam * self._per(r.spent))
+        w = self._weights()
+        ref = value(base)
+        best = base
+        for r in self.results:
+            if r is base or r.gain(env) <= 0 or _better(best, r) is best:
+                continue
+            if np.quantile(w @ (value(r) - ref), LEVEL) > 0:
+                best = r
+        return best
+
+    def _per(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(self.p, self.r).mean(axis=1)
+
+    def _weights(self) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        return rng.multinomial(self.p, np.full(self.p, 1.0 / self.p), size=BOOTSTRAP) / self.p
+
     def envelope(self):
         xs = np.concatenate([[0.0]] + [c.mean(axis=0) for _, c in self.curves])
         ys = np.concatenate([[0.0]] + [r.mean(axis=0) for r, _ in self.curves])
@@ -302,12 +364,10 @@ class _Search:
 
     def estimate(self, res: _Result, env) -> dict:
         """Held-out accuracy, token share and the gain over the envelope with a paired bootstrap interval."""
-        per = lambda a: a.reshape(self.p, self.r).mean(axis=1)  # noqa: E731
-        right, spent = per(res.right), per(res.spent)
+        right, spent = self._per(res.right), self._per(res.spent)
         fx = np.concatenate([np.zeros((self.p, 1))] + [per_problem(c, self.p, self.r) for _, c in self.curves], 1)
         fy = np.concatenate([np.zeros((self.p, 1))] + [per_problem(r, self.p, self.r) for r, _ in self.curves], 1)
-        rng = np.random.default_rng(self.seed)
-        w = rng.multinomial(self.p, np.full(self.p, 1.0 / self.p), size=BOOTSTRAP) / self.p
+        w = self._weights()
         gains = (w @ right) - _hull_at(w @ fx, w @ fy, w @ spent)
         lo, hi = np.quantile(gains, [0.025, 0.975])
         return {"folds": self.folds, "candidates": len(self.results),

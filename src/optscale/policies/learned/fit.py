@@ -291,13 +291,17 @@ def _check_cost(lam, budget) -> None:
 
 
 def _finish(batch, cal, rule, edges, length_edges, cost_name, n_max, lam, budget, shrink, source, strict,
-            features, labels: str = "gold") -> StoppingTable:
+            features, labels: str = "gold", *, fixed: bool = False) -> StoppingTable:
+    """The table of a design (``fixed``: the fixed N of the budget, :func:`_fixed_budget`) with its records."""
     q = _q_values(cal, shrink)
     bon_cost = cal.cost.sum(axis=1).mean()
     mix_lam, mix_share, mix_stop, mixed = None, 0.0, None, None
-    if budget is not None:
-        lam, mix_lam, mix_share, mix_stop, mixed = _budget(batch, cal, q, shrink, budget * bon_cost, budget)
-    stop = _induction(cal, q, float(lam), shrink)
+    if budget is not None and fixed:
+        lam, stop, mix_lam, mix_share, mix_stop, mixed = _fixed_budget(batch, cal, rule, budget * bon_cost)
+    else:
+        if budget is not None:
+            lam, mix_lam, mix_share, mix_stop, mixed = _budget(batch, cal, q, shrink, budget * bon_cost, budget)
+        stop = _induction(cal, q, float(lam), shrink)
     n, right, spent = cal.replay(stop, mix_stop, mixed)
     p, r, _ = batch.shape
     inside = np.arange(batch.shape[2])[None, :] < batch.available[:, None]
@@ -333,7 +337,17 @@ def _budget(batch, cal, q, shrink, target, budget):
     lo, hi = _bisect(cal, q, shrink, target, budget)
     if lo is None:
         return hi, None, 0.0, None, None
-    stop_hi, stop_lo = _induction(cal, q, hi, shrink), _induction(cal, q, lo, shrink)
+    stop_lo = _induction(cal, q, lo, shrink)
+    share, mixed = _mix(batch, cal, _induction(cal, q, hi, shrink), stop_lo, target)
+    if mixed is None:
+        return hi, None, 0.0, None, None
+    return hi, lo, share, stop_lo, mixed
+
+
+def _mix(batch, cal, stop_hi, stop_lo, target) -> tuple[float, np.ndarray | None]:
+    """The share of problems (by key, :func:`mix_fraction`) that follow ``stop_lo`` (which spends more)
+    instead of ``stop_hi`` so that the calibration mean cost comes as close to ``target`` as the
+    problems allow without passing it, and which rows follow it (None: none)."""
     p, r, _ = batch.shape
     spent_hi = cal.replay(stop_hi)[2].reshape(p, r).mean(axis=1)
     spent_lo = cal.replay(stop_lo)[2].reshape(p, r).mean(axis=1)
@@ -342,10 +356,40 @@ def _budget(batch, cal, q, shrink, target, budget):
     mean = spent_hi.mean() + np.concatenate([[0.0], np.cumsum((spent_lo - spent_hi)[order])]) / p
     k = int(np.flatnonzero(mean <= target * (1 + 1e-12)).max())
     if k == 0:
-        return hi, None, 0.0, None, None
+        return 0.0, None
     share = 1.0 if k == p else float(u[order[k]])
-    mixed = np.repeat(u < share, r)
-    return hi, lo, share, stop_lo, mixed
+    return share, np.repeat(u < share, r)
+
+
+def fixed_ns(rule: Selection, n_max: int) -> np.ndarray:
+    """The N a fixed-N table stops at: every N, but for the majority vote only odd N (and ``n_max``):
+    with ties going to the answer seen first, a vote over an even N is in expectation no more
+    accurate than over one sample fewer, and costs more."""
+    ns = np.arange(1, n_max + 1)
+    return ns if rule is not Selection.MAJORITY else ns[(ns % 2 == 1) | (ns == n_max)]
+
+
+def _fixed_budget(batch, cal, rule, target):
+    """The fixed N of a budget: every problem stops at the largest N of :func:`fixed_ns` whose
+    calibration mean cost is at most ``target``, and a share of them (by key) at the next one, so
+    that the mean lands on the target, on the fixed-N curve between two neighbouring N (not on a
+    chord of the calibration curve's hull, whose far ends a small calibration pool picks by noise).
+    Returns (lambda, stop, mix lambda, share, mix stop, mixed rows); the lambdas are the slope
+    between the two N's calibration points (informative)."""
+    width, size = cal.states.shape[1], cal.size
+    ns = fixed_ns(rule, width)
+    cost = np.cumsum(cal.cost, axis=1).mean(axis=0)[ns - 1]
+    acc = cal.correct.mean(axis=0)[ns - 1]
+    i = max(0, int(np.searchsorted(cost, target * (1 + 1e-12), side="right")) - 1)
+    stop = np.arange(width)[:, None] >= np.full((1, size), ns[i] - 1)
+    if i + 1 >= len(ns):
+        return 0.0, stop, None, 0.0, None, None
+    mix_stop = np.arange(width)[:, None] >= np.full((1, size), ns[i + 1] - 1)
+    share, mixed = _mix(batch, cal, stop, mix_stop, target)
+    slope = float((acc[i + 1] - acc[i]) / max(cost[i + 1] - cost[i], 1e-300))
+    if mixed is None:
+        return slope, stop, None, 0.0, None, None
+    return slope, stop, slope, share, mix_stop, mixed
 
 
 def _bisect(cal: _Calibration, q: np.ndarray, shrink: float, target: float, budget: float
