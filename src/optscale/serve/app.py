@@ -26,7 +26,8 @@ from .errors import ApiError, error_body
 from .idempotency import IdempotencyStore
 from .middleware import JsonFormatter, RequestContext
 from .routes import ROUTERS
-from .routes.generate import result_size
+from .replicas import SharedState
+from .routes.generate import Answer, result_size
 from .server import Drain
 from .settings import ServeConfig
 from .state import AppState
@@ -34,6 +35,13 @@ from .state import AppState
 __all__ = ["create_app", "JsonFormatter"]
 
 CHECK_RETRY_S = 2.0
+
+
+async def connect_shared(ctx: AppState) -> None:
+    """Connect to the replicas' shared state (``--state``) and keep ``Idempotency-Key`` answers there."""
+    config = ctx.config
+    ctx.shared = await SharedState.connect(config.state, retry_after_s=config.retry_after_s)
+    ctx.idempotency = ctx.shared.idempotency(config.idempotency_ttl_s, Answer.dumps, Answer.loads)
 
 
 def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
@@ -57,10 +65,14 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     async def lifespan(app: FastAPI):
         checker = asyncio.create_task(check_until_ready())
         try:
+            if config.state is not None:
+                await connect_shared(shared)
             yield
         finally:
             checker.cancel()
             await asyncio.gather(checker, return_exceptions=True)
+            if shared.shared is not None:
+                await shared.shared.aclose()
             await service.aclose()
 
     app = FastAPI(title="optscale serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
