@@ -24,15 +24,12 @@ splits with gain > 0 (ci: whole 95% paired interval > 0); match: splits whose ``
 reached the held-out envelope's best accuracy with at most 50% of that method's tokens; tok/best:
 that choice's mean token share of the envelope's best method (over splits where one was chosen).
 
-``learned`` is fitted per split on the calibration half (one table per grid point, see
-``learned_grid``); its setting is chosen on calibration outcomes, by default (``--folds 1``)
-*in-sample*: each table replayed on its own calibration problems (the tables are built with
-``strict=False`` for that; the reported numbers are always the held-out half's). A table looks
-better on its own calibration problems than it is, so ``--folds K`` (K >= 2) chooses instead on
-out-of-fold outcomes (each calibration fold replayed with tables fitted on the other folds); the
-default stays 1 because on a development pool (another simulate seed) in-sample choice measured
-better held-out than 2 folds. Its design was tuned on that development pool, never on the
-benchmark's pools.
+``learned`` is fitted per split on the calibration half with the default flags of ``optscale policy
+fit`` (:func:`optscale.policies.learned.cv.fit_auto`: selection rule, features and shrinkage chosen
+by 5-fold cross-validation inside the calibration half), one table per budget of ``learned_grid``;
+the budget is chosen like every other policy's setting, on calibration outcomes, here in-sample
+(each table replayed on its own calibration problems: the tables are built with ``strict=False``
+for that; the reported numbers are always the held-out half's).
 
 Targets (issue 10): the recommended policy beats the envelope in >= 5 of 6 splits at every budget,
 and reaches the envelope's best accuracy with <= 50% of its tokens at one budget or more.
@@ -51,8 +48,8 @@ import numpy as np
 from optscale.errors import InputError
 from optscale.policies import POLICIES, make_policy
 from optscale.policies.base import ReplayBatch
-from optscale.policies.learned import fit_table
-from optscale.replay import Baseline, ReplayOutcome, collect, outcome_of, policy_stats, split_problems, subset
+from optscale.policies.learned.cv import fit_auto
+from optscale.replay import Baseline, collect, outcome_of, policy_stats, split_problems, subset
 from optscale.replay.batch import order_indices
 from optscale.replay.sweep import choose
 from optscale.simulate import simulate_arrays
@@ -78,14 +75,12 @@ GRIDS: dict[str, list[dict]] = {
 }
 #: Fixed-N rules are the envelope itself.
 FIXED = {"bon", "sc"}
-#: learned: one table per (selection rule, token budget in samples' worth: budget = x / N_max, or lam = 0).
-LEARNED_SELECT = ("best", "majority", "weighted")
-LEARNED_SAMPLES = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, None)
+#: learned: one table (default flags of ``policy fit``) per token budget in samples' worth: budget = x / N_max.
+LEARNED_SAMPLES = (2.0, 4.0)
 
 
 def learned_grid(n_max: int) -> list[dict]:
-    return [{"select": s, **({"lam": 0.0} if x is None else {"budget": x / n_max})}
-            for s in LEARNED_SELECT for x in LEARNED_SAMPLES if x is None or x < n_max]
+    return [{"budget": x / n_max} for x in LEARNED_SAMPLES if x < n_max]
 
 
 def simulated_batch(problems: int, orders: int, verifier: str, seed: int) -> ReplayBatch:
@@ -98,30 +93,12 @@ def simulated_batch(problems: int, orders: int, verifier: str, seed: int) -> Rep
                        ids=tuple(f"sim{seed}/{i}" for i in range(p)), questions=(None,) * p)
 
 
-def cross_fitted(batch: ReplayBatch, calib: np.ndarray, n_max: int, grid: list[dict], folds: int, seed: int) -> list:
-    """Out-of-fold outcomes of ``learned`` on the calibration problems (in ``calib`` order): each fold's
-    problems are replayed with tables fitted on the other folds, so that choosing a setting on
-    calibration does not see a table's in-sample optimism."""
-    fold = np.random.default_rng(1000 + seed).permutation(len(calib)) % folds
-    parts = [[] for _ in grid]
-    order = []
-    for f in range(folds):
-        fit_on, test_on = calib[fold != f], calib[fold == f]
-        cal, test = subset(batch, fit_on), subset(batch, test_on)
-        order.append(np.flatnonzero(fold == f))
-        for k, g in enumerate(grid):
-            pol = make_policy("learned", n_max, table=fit_table(cal, n_max, **g))
-            parts[k].append(outcome_of(test, pol.replay(test), pol))
-    back = np.argsort(np.concatenate(order))
-    return [ReplayOutcome.concat(ps).take(back) for ps in parts]
-
-
 def split_policies(name: str, n_max: int, cal: ReplayBatch) -> tuple[list[dict], list]:
     """Grid and policies of a policy whose settings are fitted on the calibration half."""
     if name == "learned":
         grid = learned_grid(n_max)
-        # strict=False: with --folds 1 the setting is chosen on the tables' own calibration problems.
-        return grid, [make_policy("learned", n_max, table=fit_table(cal, n_max, strict=False, **g)) for g in grid]
+        # strict=False: the budget is chosen on the tables' own calibration problems.
+        return grid, [make_policy("learned", n_max, table=fit_auto(cal, n_max, strict=False, **g)) for g in grid]
     from optscale.priors import PopulationPriors
 
     prior = PopulationPriors.from_batch(cal, strict=False)
@@ -129,8 +106,7 @@ def split_policies(name: str, n_max: int, cal: ReplayBatch) -> tuple[list[dict],
     return grid, [make_policy(name, n_max, priors=prior, **g) for g in grid]
 
 
-def run_pool(batch: ReplayBatch, names: list[str], budgets, splits: int, notes: list[str], bootstrap: int,
-             folds: int = 2) -> dict:
+def run_pool(batch: ReplayBatch, names: list[str], budgets, splits: int, notes: list[str], bootstrap: int) -> dict:
     p = batch.shape[0]
     halves = [split_problems(p, 0.5, seed) for seed in range(splits)]
     fitted = {"learned", "optscale-t"}
@@ -149,9 +125,9 @@ def run_pool(batch: ReplayBatch, names: list[str], budgets, splits: int, notes: 
     results: dict = {n_max: {"rows": {}, "envelope": []} for n_max in budgets}
     for seed, (calib, held) in enumerate(halves):
         base = {half: Baseline(curves.take(idx), bootstrap, seed) for half, idx in (("c", calib), ("h", held))}
-        groups: dict[tuple[str, int], tuple[list[dict], list, list, list | None]] = {}
+        groups: dict[tuple[str, int], tuple[list[dict], list, list]] = {}
         for (name, n_max, g), pol, out in zip(keys, static, outcomes):
-            grid, pols, outs, _ = groups.setdefault((name, n_max), ([], [], [], None))
+            grid, pols, outs = groups.setdefault((name, n_max), ([], [], []))
             grid.append(g), pols.append(pol), outs.append(out)
         cal = subset(batch, calib) if fitted & set(names) else None
         for name in names:
@@ -159,17 +135,16 @@ def run_pool(batch: ReplayBatch, names: list[str], budgets, splits: int, notes: 
                 continue
             for n_max in budgets:
                 grid, pols = split_policies(name, n_max, cal)
-                oof = cross_fitted(batch, calib, n_max, grid, folds, seed) if name == "learned" and folds > 1 else None
-                groups[name, n_max] = (grid, pols, [outcome_of(batch, q.replay(batch), q) for q in pols], oof)
+                groups[name, n_max] = (grid, pols, [outcome_of(batch, q.replay(batch), q) for q in pols])
         for n_max in budgets:
             env_c, env_h = base["c"].at(n_max, np.inf), base["h"].at(n_max, np.inf)
             results[n_max]["envelope"].append({k: env_h[k] for k in ("envelope_best_accuracy",
                                                                       "envelope_best_tokens", "envelope_best_method")}
                                               | {"fixed_tokens": float(base["h"].curves.bon().mean_tokens[n_max - 1])})
-            for (name, nm), (grid, pols, outs, oof) in groups.items():
+            for (name, nm), (grid, pols, outs) in groups.items():
                 if nm != n_max:
                     continue
-                rows_c = policy_stats(pols, oof or [o.take(calib) for o in outs], base["c"])
+                rows_c = policy_stats(pols, [o.take(calib) for o in outs], base["c"])
                 rows_h = policy_stats(pols, [o.take(held) for o in outs], base["h"])
                 fixed_tok = float(base["c"].curves.bon().mean_tokens[n_max - 1])
                 i, _ = choose(rows_c, "gain", 0.0, fixed_tok, 1.0)
@@ -255,8 +230,6 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=2)
     ap.add_argument("--splits", type=int, default=SPLITS)
     ap.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples of the gain interval")
-    ap.add_argument("--folds", type=int, default=1, help="learned: choose its setting on out-of-fold calibration "
-                    "outcomes of this many folds (1: in-sample, on the tables' own calibration problems)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the simulated pools (the benchmark's: 0)")
     ap.add_argument("--pools", default="default,weak")
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
@@ -270,7 +243,7 @@ def main() -> None:
     start = time.perf_counter()
     for pool in args.pools.split(","):
         batch = simulated_batch(problems, orders, pool, args.seed)
-        out[pool] = run_pool(batch, names, budgets, args.splits, notes, bootstrap, args.folds)
+        out[pool] = run_pool(batch, names, budgets, args.splits, notes, bootstrap)
         for n_max in budgets:
             print_table(pool, n_max, out[pool][n_max], args.splits)
     print(f"\n{problems} problems x 64 samples x {orders} orders per pool (simulate seed {args.seed}), "

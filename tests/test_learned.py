@@ -287,7 +287,7 @@ def test_a_table_without_its_calibration_problems_is_refused(calib, tmp_path):
 def test_the_table_file_is_read_once_when_the_policy_is_built(calib, held, tmp_path, monkeypatch):
     import os
 
-    import optscale.policies.learned as learned
+    import optscale.policies.learned.table as learned
 
     path = fit_table(calib, 8, budget=0.3).save(tmp_path / "t.json")
     reads = []
@@ -363,7 +363,7 @@ def test_cli_policy_fit_refuses_an_oversized_agree_cap(tmp_path, monkeypatch, ca
     pool = write_toy(tmp_path / "calib.jsonl", relabel(toy_pool(problems=10, samples=4, seed=2), "cap"))
     code, _, err = run_cli(["policy", "fit", pool, "--n-max", 4, "--lambda", 0, "--agree-cap", 1000000000,
                             "--out", tmp_path / "t.json"], monkeypatch, capsys)
-    assert code != 0 and "--agree-cap:" in err and "1 to 1024" in err, err
+    assert code != 0 and "--agree-cap:" in err and "1 to 1,024" in err, err
 
 
 # -- benchmarks/policy_frontier.py: what its docstring says, and splits where nothing was chosen -------
@@ -378,23 +378,14 @@ def _frontier():
     return module
 
 
-def test_frontier_docstring_names_the_folds_default(monkeypatch):
-    import argparse
-
+def test_frontier_fits_learned_with_the_default_flags_of_policy_fit(calib, monkeypatch):
     mod = _frontier()
-    seen = {}
-    parse = argparse.ArgumentParser.parse_args
-
-    def defaults(self, *args, **kwargs):
-        seen.update(vars(parse(self, [])))
-        raise SystemExit(0)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", defaults)
-    with pytest.raises(SystemExit):
-        mod.main()
-    doc = " ".join(mod.__doc__.split())
-    assert f"by default (``--folds {seen['folds']}``)" in doc and "in-sample" in doc
-    assert "development pool" in doc and "default 2" not in doc
+    calls = []
+    monkeypatch.setattr(mod, "fit_auto", lambda batch, n_max, **kw: calls.append(kw) or fit_table(
+        batch, n_max, lam=0.0, strict=False))
+    grid, pols = mod.split_policies("learned", 16, calib)
+    assert len(pols) == len(grid) >= 2 and [set(kw) for kw in calls] == [{"budget", "strict"}] * len(grid)
+    assert "default flags" in " ".join(mod.__doc__.split())
 
 
 def test_frontier_reports_unmet_splits_as_not_met_and_sorts_them_last(capsys):

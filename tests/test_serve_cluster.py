@@ -27,6 +27,7 @@ import live_fakes as fakes
 import pytest
 
 from conftest import need, need_module, wait_for
+from test_serve_reload import save_table
 
 pytestmark = pytest.mark.slow
 
@@ -158,9 +159,20 @@ class Cluster:
 
     def __enter__(self) -> Cluster:
         self.upstream.__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
         self.redis.start()
+        self.tables = self.tmp / "tables"
+        save_table(self.tables, "t4.json")
         args = ["--upstream", self.upstream.base_url, "--model", "fake-model", "--scorer", "confidence",
-                "--state", self.redis.url, "--upstream-session-header", SESSION, "--drain-s", "20"]
+                "--state", self.redis.url, "--upstream-session-header", SESSION, "--drain-s", "20",
+                "--tables-dir", str(self.tables)]
         self.replicas = [Replica(f"r{i}", args, self.tmp) for i in range(2)]
         self.ensure()
         cfg = self.tmp / "haproxy.cfg"
@@ -170,7 +182,6 @@ class Cluster:
         self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         wait_for(lambda: self._get("/ready") == 200, 20, "haproxy up")
-        return self
 
     def _get(self, path: str) -> int | None:
         try:
@@ -187,7 +198,7 @@ class Cluster:
                 r.start()
 
     def __exit__(self, *exc: object) -> None:
-        for proc in [self.haproxy, *(r.proc for r in self.replicas), self.redis.proc]:
+        for proc in [self.haproxy, *(r.proc for r in self.replicas), self.redis.proc]:  # those started
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
@@ -248,7 +259,8 @@ def test_a_retry_after_the_owner_is_killed_samples_once_more_and_answers(c):
     retry = post(b.base, "killed", "k-killed")  # waits for the dead owner's lock to expire, then samples
     assert retry.status_code == 200, retry.text
     assert len(c.upstream.sessions("killed")) == 2
-    again = post(c.url, "killed", "k-killed")  # and the answer is kept for every replica
+    a.start()
+    again = post(a.base, "killed", "k-killed")  # the answer is kept for every replica, a restarted one too
     assert again.content == retry.content and len(c.upstream.sessions("killed")) == 2
 
 
@@ -311,6 +323,40 @@ def test_redis_stopped_and_restarted_mid_load(c):
         if [status for status, _ in answers] == [200, 200]:  # one episode answered both replicas
             assert answers[0][1] == answers[1][1] and len(c.upstream.sessions(tag)) == 1, tag
     assert all(r.ready() for r in c.replicas)
+
+
+def test_a_table_reload_on_one_replica_reaches_the_other(c):
+    a, b = c.replicas
+
+    def ask(replica: Replica) -> httpx.Response:
+        return httpx.post(replica.base + "/v1/chat/completions", timeout=60, json={
+            **body("reload"), "optscale": {"policy": "learned", "table": "new.json", "n_max": 4}})
+
+    save_table(c.tables, "new.json")
+    assert "no stopping table 'new.json'" in ask(b).json()["error"]["message"]  # read at start and on reloads
+    r = httpx.post(a.base + "/v1/optscale/tables/reload", timeout=60)
+    assert r.status_code == 200 and {t["name"]: t["status"] for t in r.json()["tables"]}["new.json"] == "loaded"
+    wait_for(lambda: ask(b).status_code == 200, 20, "replica b reloading on replica a's broadcast")
+    assert "stopping tables reloaded (broadcast by replica" in b.log.read_text()
+
+
+def test_savings_are_summed_over_replicas(cluster, tmp_path):
+    """Shadow sampling's counts (``/v1/optscale/savings``) of two in-process replicas sharing a Redis database."""
+    from serve_fakes import Proxy
+
+    url = cluster.redis.url.removesuffix("/0") + "/1"  # a database of its own
+    early = {**body("savings"), "optscale": {"policy": "firstpass", "t": 0.5, "n_max": 4}}
+    with Upstream() as up, Proxy(up.base_url, state=url, shadow_share=1.0, n_max=4) as pa, \
+            Proxy(up.base_url, state=url, shadow_share=1.0, n_max=4) as pb:
+        for proxy, n in ((pa, 2), (pb, 3)):
+            for _ in range(n):
+                assert httpx.post(proxy.url("/v1/chat/completions"), json=early, timeout=60).status_code == 200
+
+        def rows(proxy) -> list[dict]:
+            return httpx.get(proxy.url("/v1/optscale/savings")).json()["data"]
+
+        wait_for(lambda: [r["episodes"] for r in rows(pa)] == [5], 60, "five shadow episodes counted")
+        assert rows(pb) == rows(pa) and rows(pa)[0]["policy"] == "firstpass"
 
 
 def test_upstream_session_header_names_the_episode_on_every_upstream_request(tmp_path):

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 
-_OWN = ("out", "base_url", "model", "endpoint", "system", "template", "chat_markup", "scorer", "policy", "n_max")
+_OWN = ("out", "base_url", "model", "endpoint", "system", "template", "chat_markup", "scorer", "policy", "n_max",
+        "engine", "ray_address", "actors", "actor_gpus")
 RUN_FLAGS: dict[str, str] = {
     **{name: "--" + name.replace("_", "-") for name in (*FLAT, *_OWN)},
     "dataset": "DATASET",
@@ -145,6 +146,10 @@ _SAMPLING_FLAGS: dict[str, tuple[Any, Any]] = {
     "offset": (Annotated[int | None, _option("offset")], None),
     **{name: (Annotated[str | None, _option(name)], None)
        for name in ("split", "subset", "question_field", "answer_field", "id_field")},
+    "engine": (Annotated[str | None, _option("engine")], None),
+    "ray_address": (Annotated[str | None, _option("ray_address")], None),
+    "actors": (Annotated[int | None, _option("actors")], None),
+    "actor_gpus": (Annotated[float | None, _option("actor_gpus")], None),
     "show_progress": (Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")], True),
 }
 #: Shared flags that are not settings of the run (the rest go to :func:`build_config` as they are).

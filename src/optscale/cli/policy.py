@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 #: Library names -> flags of ``policy fit`` (see :func:`optscale.cli.flags.flags`).
 FIT_FLAGS = {"n_max": "--n-max", "budget": "--budget", "lam": "--lambda", "select": "--select", "bins": "--bins",
              "agree_cap": "--agree-cap", "length_bins": "--length-bins", "shrink": "--shrink", "orders": "--orders",
-             "seed": "--seed", "out": "--out"}
+             "seed": "--seed", "out": "--out", "features": "--features", "folds": "--folds"}
 
 
 @policy_app.command("fit")
@@ -35,25 +35,39 @@ def fit(
     n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem (the table serves only this)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="table to write (JSON)")],
     budget: Annotated[Optional[float], typer.Option(
-        help="share of Best-of-N_max's mean tokens to spend on calibration, in (0, 1]; picks lambda")] = None,
+        help="share of Best-of-N_max's mean tokens to spend on calibration, in (0, 1]; picks lambda (two "
+             "neighbouring lambdas mixed per problem so that the share lands on it)")] = None,
     lam: Annotated[Optional[float], typer.Option("--lambda", help="cost of one token in accuracy (>= 0)")] = None,
-    select: Annotated[str, typer.Option(help="selection rule the table serves: best, majority or weighted")] = "best",
-    bins: Annotated[int, typer.Option(help="quantile bins of the best score so far")] = 8,
-    agree_cap: Annotated[int, typer.Option("--agree-cap", help="cap on the count of samples sharing the answer")] = 6,
+    select: Annotated[str, typer.Option(
+        help="selection rule the table serves: best, majority, weighted, or auto (chosen by cross-validation "
+             "among those the pool supports)")] = "auto",
+    features: Annotated[str, typer.Option(
+        help="state features: auto (chosen by cross-validation, see docs/policies.md), n (n only: the best fixed "
+             "N), or a comma-separated list of score, agree, margin, consensus, length")] = "auto",
+    folds: Annotated[int, typer.Option(help="folds of the cross-validation over calibration problems")] = 5,
+    bins: Annotated[Optional[int], typer.Option(
+        help="quantile bins of the best score so far (default: 4 or 8, chosen by cross-validation)")] = None,
+    agree_cap: Annotated[int, typer.Option("--agree-cap", help="cap on the count of samples sharing the answer "
+                                                               "(feature agree)")] = 6,
     consensus: Annotated[bool, typer.Option(
-        " /--no-consensus", help="drop the feature 'the returned answer is also the most frequent and best-scored'")
-    ] = True,
+        " /--no-consensus", help="never use the feature 'the returned answer is also the most frequent and "
+                                 "best-scored'")] = True,
     length_bins: Annotated[int, typer.Option("--length-bins", help="quantile bins of the returned sample's tokens "
-                                                                   "(1: no length feature)")] = 3,
-    shrink: Annotated[float, typer.Option(help="pseudo-rows pulling each state toward its coarser state")] = 20.0,
+                                                                   "(feature length)")] = 3,
+    shrink: Annotated[Optional[float], typer.Option(
+        help="pseudo-rows pulling each state toward its coarser state (default: 5, 20 or 80, chosen by "
+             "cross-validation)")] = None,
     orders: Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem used as calibration rows")] = 4,
-    seed: Annotated[int, typer.Option(help="seed of the shuffled orders")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the shuffled orders and of the folds")] = 0,
 ) -> None:
     """Fit the learned policy's optimal-stopping table on a calibration pool and write it as JSON.
 
+    Rule, features and shrinkage are chosen by K-fold cross-validation (see docs/policies.md).
+
     Use it with --policy learned --set table=OUT in replay, sweep and run.
     """
-    from ..policies.learned import file_sha256, fit_table
+    from ..policies.learned import file_sha256
+    from ..policies.learned.cv import fit_auto
     from ..pools import read_pool
     from ..replay import build_batch, check_orders, check_seed
 
@@ -65,15 +79,19 @@ def fit(
         check_out_file(out, "out", inputs=[pool])
         batch = build_batch(read_pool(pool), orders=orders, seed=seed, source=str(pool))
         source = {"pool": pool.name, "sha256": file_sha256(pool)}
-        table = fit_table(batch, n_max, select, lam=lam, budget=budget, bins=bins, agree_cap=agree_cap,
-                          consensus=consensus, length_bins=length_bins, shrink=shrink, source=source)
+        table = fit_auto(batch, n_max, select, features, folds, lam=lam, budget=budget, bins=bins, shrink=shrink,
+                         agree_cap=agree_cap, length_bins=length_bins, consensus=consensus, source=source, seed=seed)
         table.save(out)
     f = table.fitted
     cost = table.cost
-    console.print(f"wrote {out}: n_max {table.n_max}, select {table.select}, lambda {table.lam:.4g} per "
-                  f"{cost[:-1]}; on the calibration pool ({batch.shape[0]} problems x {orders} orders, in-sample) "
-                  f"accuracy {f['accuracy']:.4f} with {f['mean_samples']:.2f} samples, "
-                  f"{100 * f['share_of_bon']:.1f}% of fixed-{table.n_max}'s {cost}", highlight=False, markup=False)
+    cv = f["cross_validated"]
+    console.print(f"wrote {out}: n_max {table.n_max}, {cv['chosen']}, lambda {table.lam:.6g} per {cost[:-1]}"
+                  + (f" (mixed with {table.mix_lam:.6g} on {100 * table.mix_share:.0f}% of problems)"
+                     if table.mix_stop is not None else "")
+                  + f"; on the calibration pool ({batch.shape[0]} problems x {orders} orders, in-sample) accuracy "
+                  f"{f['accuracy']:.4f} with {f['mean_samples']:.2f} samples, {100 * f['share_of_bon']:.1f}% of "
+                  f"fixed-{table.n_max}'s {cost}", highlight=False, markup=False)
+    console.print(cv["summary"], highlight=False, markup=False)
 
 
 @policy_app.command("settings")

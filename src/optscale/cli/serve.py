@@ -28,7 +28,8 @@ from ..serve.settings import UPSTREAM_KEY_ENV, ServeConfig, build_serve_config  
 from .flags import flags  # noqa: E402
 
 _OWN = ("upstream", "model", "scorer", "policy", "n_max", "host", "port", "api_keys_file", "max_episodes",
-        "max_in_flight", "in_flight", "max_deadline_s", "max_total_tokens", "log_format", "tables_dir")
+        "max_in_flight", "in_flight", "max_deadline_s", "max_total_tokens", "log_format", "tables_dir", "shadow_share",
+        "shadow_in_flight", "traffic_dir", "traffic_rotate_mb", "traffic_store_prompts")
 _REPLICAS = ("state", "upstream_session_header", "drain_s")  # several replicas behind a load balancer
 SERVE_FLAGS: dict[str, str] = {
     **{name: "--" + name.replace("_", "-") for name in _OWN + _REPLICAS},
@@ -81,7 +82,15 @@ def serve(
     max_deadline_s: Annotated[float | None, _opt("max_deadline_s")] = None,
     max_total_tokens: Annotated[int | None, _opt("max_total_tokens")] = None,
     log_format: Annotated[str | None, _opt("log_format")] = None,
-    tables_dir: Annotated[Path | None, _opt("tables_dir")] = None,
+    tables_dir: Annotated[Path | None, _opt("tables_dir", "; SIGHUP or POST /v1/optscale/tables/reload reads it "
+                                            "again")] = None,
+    shadow_share: Annotated[float | None, _opt("shadow_share")] = None,
+    shadow_in_flight: Annotated[int | None, _opt("shadow_in_flight")] = None,
+    traffic_dir: Annotated[Path | None, _opt("traffic_dir")] = None,
+    traffic_rotate_mb: Annotated[float | None, _opt("traffic_rotate_mb")] = None,
+    traffic_store_prompts: Annotated[bool | None, typer.Option(
+        "--traffic-store-prompts/--no-traffic-store-prompts", help=_help("traffic_store_prompts"),
+        show_default=False)] = None,
     state: Annotated[str | None, _opt("state", ", e.g. redis://127.0.0.1:6379/0 (extra redis)")] = None,
     upstream_session_header: Annotated[str | None, _opt("upstream_session_header")] = None,
     drain_s: Annotated[float | None, _opt("drain_s")] = None,
@@ -96,7 +105,10 @@ def serve(
                   "host": host, "port": port, "api_keys_file": str(api_keys_file) if api_keys_file else None,
                   "max_episodes": max_episodes, "max_in_flight": max_in_flight, "in_flight": in_flight,
                   "max_deadline_s": max_deadline_s, "max_total_tokens": max_total_tokens, "log_format": log_format,
-                  "tables_dir": str(tables_dir) if tables_dir else None, "policy_settings": parse_settings(settings)}
+                  "tables_dir": str(tables_dir) if tables_dir else None, "shadow_share": shadow_share,
+                  "shadow_in_flight": shadow_in_flight, "traffic_dir": str(traffic_dir) if traffic_dir else None,
+                  "traffic_rotate_mb": traffic_rotate_mb, "traffic_store_prompts": traffic_store_prompts,
+                  "policy_settings": parse_settings(settings)}
         values |= {"state": state, "upstream_session_header": upstream_session_header, "drain_s": drain_s}
         try:
             values["scorer_settings"] = parse_settings(scorer_set)

@@ -14,8 +14,8 @@ give a model's fields as a table (``[client] backoff = 1``). Errors name the fla
 
 :meth:`RunConfig.identity` is what makes stored samples comparable (dataset, model, prompt,
 sampling, scorer, policy), computed from validated, normalised settings, and is checked when
-a run folder is resumed; everything else (server URLs, keys, concurrency, timeouts) may
-change between sessions. Keys are never written anywhere and URLs lose their credentials.
+a run folder is resumed; everything else (server URLs, keys, concurrency, timeouts, the engine
+and its Ray settings) may change between sessions. Keys are never written anywhere and URLs lose their credentials.
 """
 
 from __future__ import annotations
@@ -86,6 +86,15 @@ class RunConfig(BaseModel):
     generation: GenerationSettings = GenerationSettings()
     client: ClientSettings = ClientSettings()
     sampler: SamplerSettings = SamplerSettings()
+    # Where the run executes: recorded in the runtime, never in the identity, so a run may resume on another engine.
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local (one process) or ray (problems sharded over Ray actors; the ray extra)")
+    ray_address: str | None = Field(None, min_length=1, description="Ray cluster to join, e.g. ray://HEAD:10001 "
+                                    "or auto; default: a local Ray started for the run")
+    actors: int = Field(2, ge=1, le=10_000, description="Ray actors the problems are sharded over; each runs "
+                        "the sampler and scorer with the concurrency settings")
+    actor_gpus: float = Field(0.0, ge=0, le=1024, description="GPUs each Ray actor reserves (for an in-process "
+                              "scorer such as prm-local)")
 
     _known_scorer = field_validator("scorer")(lambda kind: known_scorer(kind))
     _urls = field_validator("base_url")(lambda urls: server_urls(urls))

@@ -5,6 +5,10 @@ The order matters for the run folder: everything that can be checked without a s
 folder) is checked first, then the servers, so a typo never leaves a folder that a corrected
 command would refuse to resume: a folder this command created is removed again when it fails
 before writing the run's configuration. Every client opened is closed on every path.
+
+``config.engine`` chooses where the problems are sampled: here (``local``) or on Ray actors
+(``ray``, :mod:`.ray_engine`), which check the servers from where they run; either way this
+process alone writes the run folder. A run whose problems are all finished needs neither.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..compose import build_policy
@@ -64,19 +69,27 @@ async def run_live(config: RunConfig, listener: Listener | None = None) -> RunOu
     prepared = False
     try:
         async with AsyncExitStack() as clients:
-            generator = build_generator(config)
-            clients.push_async_callback(generator.aclose)
-            scorer = build_run_scorer(config)
-            clients.push_async_callback(scorer.aclose)
-            if not done:  # a finished run needs no server: its pool and report are rebuilt from the log
-                await generator.check(need_logprobs=scorer.needs_logprobs, why="scorer")
-                await scorer.check()
+            if config.engine == "ray" and not done:  # the actors build the clients and check the servers
+                from .ray_engine import ray_engine
+
+                engine = await clients.enter_async_context(ray_engine(config))
+                sample = partial(engine.sample_problems, problems, store, listener)
+            else:
+                generator = build_generator(config)
+                clients.push_async_callback(generator.aclose)
+                scorer = build_run_scorer(config)
+                clients.push_async_callback(scorer.aclose)
+                if not done:  # a finished run needs no server: its pool and report are rebuilt from the log
+                    await generator.check(need_logprobs=scorer.needs_logprobs, why="scorer")
+                    await scorer.check()
+                sample = partial(sample_problems, problems, generator, scorer, policy,
+                                 template=config.template_obj(), settings=config.sampler, store=store,
+                                 listener=listener)
             resumed = store.prepare(identity, runtime, config.normalise_identity)
             prepared = True
             store.open()
             try:
-                results = await sample_problems(problems, generator, scorer, policy, template=config.template_obj(),
-                                                settings=config.sampler, store=store, listener=listener)
+                results = await sample()
             except RequestRejected as exc:
                 raise InputError(exc.detail, exc.where) from None
             finally:

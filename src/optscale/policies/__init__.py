@@ -25,9 +25,6 @@ from .learned import Learned
 from .pandora import Pandora
 from .beacon import Beacon
 
-# The learned policy's module predates @register_policy: it is registered here until its class carries it.
-register_policy(Learned)
-
 __all__ = [
     "Decision", "Episode", "Outcome", "Policy", "Prior", "Problem", "ReplayBatch", "ReplayDecisions", "Sample",
     "PolicyBase", "AdaptiveSC", "EarlyStoppingSC", "BestOfN", "SelfConsistency", "OptScale0", "OptScaleT",

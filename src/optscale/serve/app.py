@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import logging
+
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -26,22 +28,31 @@ from .errors import ApiError, error_body
 from .idempotency import IdempotencyStore
 from .middleware import JsonFormatter, RequestContext
 from .routes import ROUTERS
-from .replicas import SharedState
+from .replicas import SharedSavings, SharedState
 from .routes.generate import Answer, result_size
+from .savings import SavingsCounts
 from .server import Drain
 from .settings import ServeConfig
+from .shadow import ShadowRunner
 from .state import AppState
+from .tables import TableSet
+from .traffic import TrafficWriter
 
 __all__ = ["create_app", "JsonFormatter"]
 
 CHECK_RETRY_S = 2.0
+log = logging.getLogger("optscale.serve")
 
 
 async def connect_shared(ctx: AppState) -> None:
-    """Connect to the replicas' shared state (``--state``) and keep ``Idempotency-Key`` answers there."""
+    """Connect to the replicas' shared state (``--state``): ``Idempotency-Key`` answers and the savings counts
+    live there, and table reloads are broadcast to every replica."""
     config = ctx.config
     ctx.shared = await SharedState.connect(config.state, retry_after_s=config.retry_after_s)
     ctx.idempotency = ctx.shared.idempotency(config.idempotency_ttl_s, Answer.dumps, Answer.loads)
+    ctx.savings = ctx.shadow.savings = SharedSavings(ctx.shared)
+    if config.tables_dir is not None:
+        await ctx.shared.listen_reloads(ctx.on_reload)
 
 
 def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
@@ -53,7 +64,13 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     service = Service(config, transport=transport, tracer_provider=tracer_provider)
     store = IdempotencyStore(config.idempotency_ttl_s, config.idempotency_max_entries, config.idempotency_max_bytes,
                              result_size)
-    shared = AppState(config, service, store, BodyReader(config), keys, Drain())
+    tables = TableSet(config.tables_dir)
+    tables.reload()  # a file refused is logged; a request naming it gets a 400 saying why
+    savings = SavingsCounts()
+    drain = Drain()
+    shadow = ShadowRunner(service, savings, tables, _traffic_writer(config, service))
+    drain.on_begin(shadow.cancel_all)  # shadow episodes never hold up a shutdown
+    shared = AppState(config, service, store, BodyReader(config), keys, drain, tables, savings, shadow)
 
     async def check_until_ready() -> None:
         """Check on start until the first check passes; afterwards readiness is re-checked on demand
@@ -73,6 +90,7 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
             await asyncio.gather(checker, return_exceptions=True)
             if shared.shared is not None:
                 await shared.shared.aclose()
+            await shadow.aclose()
             await service.aclose()
 
     app = FastAPI(title="optscale serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -98,3 +116,14 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
         app.include_router(router)
     app.add_middleware(RequestContext, service=service, bodies=shared.bodies, drain=shared.drain)
     return app
+
+
+def _traffic_writer(config: ServeConfig, service: Service) -> TrafficWriter | None:
+    if config.traffic_dir is None:
+        return None
+    if config.shadow_share == 0:
+        log.warning("traffic_dir is set but shadow_share is 0: no traffic will be written")
+    m = service.metrics
+    return TrafficWriter(config.traffic_dir, int(config.traffic_rotate_mb * 1024 * 1024), config.traffic_rotate_s,
+                         on_write=m.traffic_records.inc,
+                         on_drop=lambda reason: m.traffic_dropped.labels(reason=reason).inc())

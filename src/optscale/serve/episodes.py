@@ -4,7 +4,9 @@
 fair request limiter, the episode gate, metrics) and runs each request's episode with
 :meth:`~optscale.live.sampler.EpisodeSampler.run_episode`, the loop ``optscale run`` uses too.
 It accounts every upstream generation as it happens (through the sampler's listener), so the
-tokens of a request whose client left mid-episode are counted too.
+tokens of a request whose client left mid-episode are counted too. :meth:`Service.sample_on`
+continues a finished episode in the background (shadow sampling, :mod:`.shadow`): the samples
+the client paid for are reused, never drawn again, and the new ones are counted apart.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from ..errors import InputError, OptscaleError
 from ..fit import FitFlag
 from ..live.openai import MODELS_BODY_LIMIT, OpenAIGenerator
 from ..live.datasets import LiveProblem
-from ..live.sampler import EpisodeLimits, EpisodeSampler, Listener, plain
+from ..live.runs import ProblemLog
+from ..live.sampler import EpisodeLimits, EpisodeRun, EpisodeSampler, Listener, plain
 from ..live.scorers import BatchingScorer, Score, Scorer, ScorerContext, ScoreRequest, build_scorer
 from ..live.secrets import Redactor
 from ..live.transport import read_body
@@ -147,6 +150,17 @@ class _Accounting(Listener):
         if record["type"] == "failed":
             return int(record.get("attempts") or self.service.config.client.retries + 1)
         return 1
+
+
+class _ShadowAccounting(Listener):
+    """Counts the upstream generations of shadow sampling (``optscale_upstream_tokens_total{kind="shadow"}``)."""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        tokens = int(record["tokens"]) + int(record.get("wasted_tokens") or 0)
+        self.service.metrics.tokens.labels(model=self.service.config.model, kind="shadow").inc(tokens)
 
 
 class _CountedScorer:
@@ -362,6 +376,17 @@ class Service:
         timings = {"total_s": round(elapsed, 4), "first_sample_s": round(min(scored), 4) if scored else None}
         return EpisodeResult(options, run.samples, run.events, outcome, stop, chosen, timings,
                              accounting.prompt_tokens(), scorer.tokens)
+
+    async def sample_on(self, kind: str, prompt: Prompt, question: str, episode: Episode, earlier: ProblemLog,
+                        generation: GenerationSettings, request_id: str, requests: Any,
+                        deadline_s: float) -> EpisodeRun:
+        """Continue an episode that has observed ``earlier``'s samples, taking upstream requests through
+        ``requests`` (shadow sampling: the limiter's background lane); its tokens are counted apart."""
+        sampler = EpisodeSampler(self.generators[kind], _CountedScorer(self, self.config.model), self.sampler_settings,
+                                 listener=_ShadowAccounting(self), generation=generation, requests=requests)
+        limits = EpisodeLimits(deadline=time.monotonic() + deadline_s)
+        return await sampler.run_episode(episode, LiveProblem(request_id, question), prompt, limits=limits,
+                                         earlier=earlier)
 
     def _pass_on_wait(self, failure: RequestFailed) -> None:
         """An upstream that kept answering 429 (or 503 with a ``Retry-After``) asks its clients to wait:

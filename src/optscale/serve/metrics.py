@@ -44,6 +44,23 @@ class Metrics:
         self.inflight.set_function(inflight)
         self.fit_failures = Counter("optscale_fit_failures_total", "Episodes whose last fit was flagged, by flag",
                                     ["model", "policy", "flag"], registry=r)
+        # shadow sampling (docs/serve.md, "Calibrate on your own traffic"); table: its file name, "" without one
+        shadow = ["model", "policy", "table"]
+        self.shadow_episodes = Counter("optscale_shadow_episodes_total", "Shadow episodes sampled on to n_max",
+                                       shadow, registry=r)
+        self.shadow_agreement = Counter("optscale_shadow_agreement_total", "Shadow episodes whose early answer "
+                                        "equals the answer of all n_max samples (same selection rule)", shadow,
+                                        registry=r)
+        self.shadow_tokens = Counter("optscale_shadow_tokens_total", "Completion tokens of shadow episodes' samples: "
+                                     "early (the samples the client's answer used), full (all n_max samples)",
+                                     [*shadow, "kind"], registry=r)
+        self.shadow_dropped = Counter("optscale_shadow_dropped_total", "Shadow episodes dropped, by reason: "
+                                      "queue_full, load (a client request waited), shutdown, failed", ["reason"],
+                                      registry=r)
+        self.traffic_records = Counter("optscale_traffic_records_total", "Shadow episodes written to traffic_dir",
+                                       registry=r)
+        self.traffic_dropped = Counter("optscale_traffic_records_dropped_total", "Shadow episodes not written to "
+                                       "traffic_dir, by reason: disk_full, error", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

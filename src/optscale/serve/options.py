@@ -27,8 +27,8 @@ from ..policies import POLICIES, PolicyBase, policy_settings_schema
 from .errors import ApiError
 from .settings import ServeConfig
 
-__all__ = ["Options", "resolve_options", "located", "table_names", "table_file", "OPTION_KEYS", "HEADER_POLICY",
-           "HEADER_SETTINGS", "SERVER_ONLY", "REQUEST_OPTIONS_SCHEMA"]
+__all__ = ["Options", "resolve_options", "located", "table_names", "table_file", "loaded_table", "OPTION_KEYS",
+           "HEADER_POLICY", "HEADER_SETTINGS", "SERVER_ONLY", "REQUEST_OPTIONS_SCHEMA"]
 
 HEADER_POLICY = "X-OptScale-Policy"
 HEADER_SETTINGS = "X-OptScale-Settings"
@@ -66,24 +66,43 @@ def table_names(tables_dir: str) -> list[str]:
     return names[:MAX_TABLES_LISTED]
 
 
+def _table_name(name: Any, place: str) -> str:
+    if not isinstance(name, str) or not TABLE_NAME.match(name):
+        raise ApiError(400, f"{place}: the file name of a stopping table in the server's tables directory (letters, "
+                       f"digits, '.', '_', '-'; no path), got {json.dumps(name, default=str)[:100]}", place,
+                       "invalid_setting")
+    return name
+
+
+def _no_table(name: str, known: list[str], place: str) -> ApiError:
+    listed = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none"
+    return ApiError(400, f"{place}: no stopping table {name!r} on this server (tables: {listed})", place,
+                    "invalid_setting")
+
+
 def table_file(tables_dir: str, name: Any, place: str) -> tuple[str, tuple[int, int]]:
     """The file of the table a request named (a name in ``tables_dir``, never a path) and its (mtime, size).
 
     Names with a separator or a leading dot, and links that lead out of the directory, are
     refused: a request can only choose among the tables the operator put there.
     """
-    if not isinstance(name, str) or not TABLE_NAME.match(name):
-        raise ApiError(400, f"{place}: the file name of a stopping table in the server's tables directory (letters, "
-                       f"digits, '.', '_', '-'; no path), got {json.dumps(name, default=str)[:100]}", place,
-                       "invalid_setting")
-    found = _usable_table(Path(tables_dir).resolve(), name)
+    found = _usable_table(Path(tables_dir).resolve(), _table_name(name, place))
     if found is None:
-        known = table_names(tables_dir)
-        listed = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none"
-        raise ApiError(400, f"{place}: no stopping table {name!r} on this server (tables: {listed})", place,
-                       "invalid_setting")
+        raise _no_table(name, table_names(tables_dir), place)
     path, st = found
     return str(path), (st.st_mtime_ns, st.st_size)
+
+
+def loaded_table(tables: Any, name: Any, place: str) -> tuple[Any, str]:
+    """The table a request named among those the server has read (a :class:`~.tables.TableSet`), and its sha256."""
+    loaded = tables.get(_table_name(name, place))
+    if loaded is None:
+        why = tables.error(name)
+        if why is not None:
+            raise ApiError(400, f"{place}: the stopping table {name!r} was refused when the server read it: {why}",
+                           place, "invalid_setting")
+        raise _no_table(name, tables.names(), place)
+    return loaded.table, loaded.sha256
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "none", "list", "dict", "constrained-str"}
@@ -143,7 +162,7 @@ _POLICY_CACHE: collections.OrderedDict[tuple[Any, ...], PolicyBase] = collection
 _POLICY_CACHE_SIZE = 512
 
 
-def _policy(name: str, n_max: int, settings: dict[str, Any], stamp: tuple[int, int] | None = None) -> PolicyBase:
+def _policy(name: str, n_max: int, settings: dict[str, Any], stamp: Any = None) -> PolicyBase:
     """The policy for these settings, built once (policies are immutable) and kept for the next requests."""
     key = (name, n_max, json.dumps(settings, sort_keys=True, default=lambda v: f"{type(v).__name__}@{id(v)}"), stamp)
     policy = _POLICY_CACHE.get(key)
@@ -227,13 +246,15 @@ def _policy_name(value: Any, place: str) -> str:
 
 def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any] | None,
                     header_policy: str | None, header_settings: str | None, body_place: str = "optscale",
-                    unused: tuple[str, ...] = ()) -> Options:
+                    unused: tuple[str, ...] = (), tables: Any = None) -> Options:
     """The request's policy and settings, by precedence; raises 400/404 naming the place of a bad value.
 
     Every value given is validated at its own level, even one that a higher level overrides
     (a bad value is a client's bug, not a default to fall back from). ``body_place`` names
     where the body's options sit (``optscale``; empty for a body that is the options object
-    itself, as that of ``/v1/optscale/plan``); ``unused`` are option keys the endpoint refuses.
+    itself, as that of ``/v1/optscale/plan``); ``unused`` are option keys the endpoint refuses. ``tables``
+    (a :class:`~.tables.TableSet`) holds the tables a request may name; without it they are read from
+    ``tables_dir`` as named.
     """
     alias = model.partition("+")[2] or None if model != config.model else None
     if model != config.model and (not model.startswith(config.model + "+") or not alias):
@@ -250,7 +271,7 @@ def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any
         merged.update(config.policy_settings)
         origin.update({k: f"policy_settings.{k}" for k in config.policy_settings})
     own: dict[str, Any] = {}
-    stamp = None  # the named table file's (mtime, size): a changed file makes a new policy
+    stamp = None  # the named table's sha256 (or its file's mtime and size): a changed table makes a new policy
     policy = None
     for source, prefix in ((body, body_place), (header, HEADER_SETTINGS)):
         if not source:
@@ -265,7 +286,8 @@ def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any
                 level[key] = value
                 continue
             if key == "table" and config.tables_dir is not None:
-                value, stamp = table_file(config.tables_dir, value, place)
+                value, stamp = (table_file(config.tables_dir, value, place) if tables is None
+                                else loaded_table(tables, value, place))
             elif key in SERVER_ONLY:
                 why = " (this server has no tables_dir)" if key == "table" else ""
                 raise ApiError(400, f"{place}: a server setting (a file on the server); it cannot be "
@@ -288,7 +310,7 @@ def resolve_options(config: ServeConfig, model: str, body_options: dict[str, Any
     return Options(policy, settings, deadline, cap, bool(own.get("return_samples", False)))
 
 
-def _build(config: ServeConfig, name: str, n_max: int, merged: dict[str, Any], stamp: tuple[int, int] | None,
+def _build(config: ServeConfig, name: str, n_max: int, merged: dict[str, Any], stamp: Any,
            origin: dict[str, str], body_place: str) -> PolicyBase:
     """The policy for the settings of one level and those below it, errors at the place of the bad value."""
     try:

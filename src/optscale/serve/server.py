@@ -7,14 +7,19 @@
 * **Shutdown** (SIGTERM, SIGINT): the server stops accepting connections, ``/ready`` and new
   generation requests get 503, and the requests under way get ``drain_s`` to finish; then each
   is answered: 503 (OpenAI-shaped, with ``Connection: close``), or an error event for a stream
-  that has begun. A second SIGINT quits at once.
+  that has begun. A second SIGINT quits at once. Shadow sampling is dropped as the shutdown begins.
+* **SIGHUP** reads ``--tables-dir`` again (as ``POST /v1/optscale/tables/reload`` does; with ``--state`` on
+  every replica).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -22,7 +27,9 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from .errors import ApiError, error_body
 
-__all__ = ["Drain", "Server", "http_protocol", "run", "shutting_down"]
+__all__ = ["Drain", "Server", "http_protocol", "reload_on_signal", "reload_summary", "run", "shutting_down"]
+
+log = logging.getLogger("optscale.serve")
 
 
 def http_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
@@ -94,6 +101,11 @@ class Drain:
         self.draining = False
         self.cut = asyncio.Event()
         self._requests: dict[asyncio.Task, dict[str, Any]] = {}
+        self._on_begin: list[Callable[[], None]] = []
+
+    def on_begin(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a shutdown begins, before the requests under way are given their grace."""
+        self._on_begin.append(callback)
 
     def track(self, task: asyncio.Task, state: dict[str, Any]) -> None:
         self._requests[task] = state
@@ -104,6 +116,8 @@ class Drain:
     def begin(self, grace_s: float) -> None:
         if not self.draining:
             self.draining = True
+            for callback in self._on_begin:
+                callback()
             asyncio.get_running_loop().call_later(grace_s, self.cut_now)
 
     def cut_now(self) -> None:
@@ -115,23 +129,59 @@ class Drain:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server whose shutdown first tells the app (:class:`Drain`), so that every client is answered."""
+    """uvicorn's server whose shutdown first tells the app (:class:`Drain`), so that every client is answered,
+    and whose SIGHUP calls ``on_hangup`` (the app's table reload)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float):
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float,
+                 on_hangup: Callable[[], None] | None = None):
         super().__init__(config)
-        self.drain, self.grace_s = drain, grace_s
+        self.drain, self.grace_s, self.on_hangup = drain, grace_s, on_hangup
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.on_hangup is not None and hasattr(signal, "SIGHUP"):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_hangup)
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.drain.begin(self.grace_s)
         await super().shutdown(sockets)
 
 
+def reload_summary(statuses: list[Any]) -> str:
+    """What a reload did, for the log: ``2 loaded, 1 refused``."""
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status.status] = counts.get(status.status, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tables"
+
+
+def reload_on_signal(reload: Callable[[], Awaitable[list[Any]]]) -> Callable[[], None]:
+    """A SIGHUP handler that runs ``reload`` (the app's reload: file reads in a worker thread, and with
+    ``--state`` a broadcast to every replica) and logs what it did."""
+    pending: set[asyncio.Task] = set()
+
+    async def run_reload() -> None:
+        try:
+            statuses = await reload()
+        except Exception:
+            log.exception("reloading the stopping tables (SIGHUP) failed")
+            return
+        log.warning("stopping tables reloaded (SIGHUP): %s", reload_summary(statuses))
+
+    def handler() -> None:
+        task = asyncio.get_running_loop().create_task(run_reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return handler
+
+
 def run(app: Any, config: Any) -> None:
     """Serve ``app`` (from :func:`~optscale.serve.create_app`) as ``config`` (its
-    :class:`~optscale.serve.ServeConfig`) says, until SIGTERM/SIGINT."""
+    :class:`~optscale.serve.ServeConfig`) says, until SIGTERM/SIGINT; SIGHUP reloads the stopping tables."""
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                         timeout_graceful_shutdown=config.drain_s + 2, **config.uvicorn_options())
-    server = Server(uv, app.state.drain, config.drain_s)
+    server = Server(uv, app.state.drain, config.drain_s, reload_on_signal(app.state.optscale.reload_all_tables))
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn raises the SIGINT it held back once it has shut down: a clean stop

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from ..policies import POLICIES
 from .. import defaults
 from ..policies.common import N_MAX_LIMIT
 
-__all__ = ["ServeConfig", "build_serve_config", "UPSTREAM_KEY_ENV", "CLIENT_KEYS_ENV", "FLAT"]
+__all__ = ["ServeConfig", "build_serve_config", "check_writable_dir", "UPSTREAM_KEY_ENV", "CLIENT_KEYS_ENV", "FLAT"]
 
 UPSTREAM_KEY_ENV = "OPTSCALE_UPSTREAM_API_KEY"
 CLIENT_KEYS_ENV = "OPTSCALE_SERVE_API_KEYS"
@@ -77,6 +78,21 @@ class ServeConfig(BaseModel):
     tables_dir: str | None = Field(None, description="directory of stopping tables (written by `optscale policy "
                                    "fit`) that a request may name with the learned policy's setting table: a file "
                                    "name in it, never a path; without it requests cannot set table")
+    shadow_share: float = Field(0.0, ge=0.0, le=1.0, description="share of requests (0 to 1, chosen by a hash of "
+                                "the request id) whose episode is sampled on to n_max in the background after "
+                                "the client has its answer, at the lowest priority (shadow sampling)")
+    shadow_in_flight: int = Field(4, ge=1, le=100_000, description="upstream requests of shadow sampling at once "
+                                  "(within max_in_flight, only from spare capacity)")
+    shadow_queue: int = Field(64, ge=1, le=100_000, description="shadow episodes waiting to run; beyond it the "
+                              "oldest is dropped")
+    traffic_dir: str | None = Field(None, description="directory where every shadow episode is appended as a pool "
+                                    "line (rotating gzipped JSON Lines, no gold); none: not written")
+    traffic_rotate_mb: float = Field(64.0, gt=0, description="size in MiB after which a traffic file is closed and "
+                                     "gzipped")
+    traffic_rotate_s: float = Field(3600.0, gt=0, description="age in seconds after which a traffic file is closed "
+                                    "and gzipped (at its next record)")
+    traffic_store_prompts: bool = Field(False, description="store the question and the samples' texts in traffic "
+                                        "records (otherwise only a sha256 of the messages)")
     max_n_max: int = Field(64, ge=1, le=N_MAX_LIMIT, description="largest n_max a request may ask for")
     max_deadline_s: float = Field(600.0, gt=0, description="longest deadline_s a request may ask for (and the "
                                   "deadline of requests that give none)")
@@ -159,6 +175,17 @@ class ServeConfig(BaseModel):
         return config_secrets(self.client, self.scorer_config(), self.upstream)
 
 
+def check_writable_dir(path: str, where: str) -> None:
+    """Create ``path`` if needed and write a probe file in it; an :class:`InputError` at ``where`` when that fails."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".optscale-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{path!r} is not a writable directory ({exc.strerror or exc})", where) from None
+
+
 def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
     out = nested_settings(values, FLAT, _SECTIONS)
     if isinstance(out.get("upstream"), str):
@@ -212,5 +239,7 @@ def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values
         raise InputError(f"must not exceed max_n_max ({config.max_n_max})", "n_max")
     if config.tables_dir is not None and not os.path.isdir(config.tables_dir):
         raise InputError(f"{config.tables_dir!r} is not a directory", "tables_dir")
+    if config.traffic_dir is not None:
+        check_writable_dir(config.traffic_dir, "traffic_dir")
     config.scorer_config()
     return config

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import admin, generate, info, plan
+from . import admin, calibration, generate, info, plan
 
-ROUTERS = (generate.router, info.router, plan.router, admin.router)
+ROUTERS = (generate.router, info.router, plan.router, admin.router, calibration.router)
 
 __all__ = ["ROUTERS"]

@@ -4,6 +4,7 @@ A request that samples runs as its own task: when the client leaves (non-streami
 hears ``http.disconnect``; streaming: the stream is closed) the task is cancelled and every
 upstream stream it had open is closed at once. When a shutdown's grace ends, a stream that has
 begun ends with an error event (a request not yet answered is answered 503 by the middleware).
+Once the client has its whole answer, its episode may be sampled on in the shadow (:mod:`..shadow`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from ...live.transport import extra_headers
 from ..episodes import EpisodeResult
@@ -99,7 +102,7 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
     raw, body = await ctx.bodies.read_json(request)
     req = parse_request(kind, body)
     options = resolve_options(config, req.model, req.optscale, request.headers.get(HEADER_POLICY),
-                              request.headers.get(HEADER_SETTINGS))
+                              request.headers.get(HEADER_SETTINGS), tables=ctx.tables)
     state["policy"] = options.name
     if req.n > options.policy.n_max:
         raise ApiError(400, f"n ({req.n}) is more than the episode's n_max ({options.policy.n_max})", "n",
@@ -121,6 +124,7 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
     created = int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     session = {config.upstream_session_header: rid} if config.upstream_session_header else {}
+    sampled: list[EpisodeResult] = []  # the episode this request ran (none for a replay)
 
     async def sample() -> Answer:
         with service.tracing.request("chat" if kind == "chat" else "text_completion", req.model) as span, \
@@ -131,6 +135,7 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
                 span.set_attribute("gen_ai.usage.input_tokens", usage["prompt_tokens"])
                 span.set_attribute("gen_ai.usage.output_tokens", usage["completion_tokens"])
                 span.set_attribute("optscale.n_used", len(result.samples))
+        sampled.append(result)
         if req.stream:
             render = chat_stream if kind == "chat" else text_stream
             chunks = render(result, rid, created, req.model, req.n, include_usage)
@@ -151,10 +156,16 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
         finally:
             service.gate.leave()
 
+    def shadow():
+        """Shadow sampling of this episode, to run once the client has its answer (None: not this one)."""
+        if not sampled:
+            return None  # a replay: sampled on when it was first answered
+        return ctx.shadow.offer(kind, prompt, question, options, generation, rid, sampled[0])
+
     service.admit()
     task = asyncio.create_task(episode())
     if req.stream:
-        return _EpisodeStream(_events(ctx, task, state),
+        return _EpisodeStream(_events(ctx, task, state, shadow),
                               task, media_type="text/event-stream",
                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     watcher = asyncio.create_task(_disconnected(request))
@@ -170,10 +181,12 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
         return Response(status_code=499)
     answer = task.result()
     state.setdefault("log", {}).update(answer.log)
-    return Response(answer.chunks[0], media_type="application/json")
+    later = shadow()
+    return Response(answer.chunks[0], media_type="application/json",
+                    background=BackgroundTask(later) if later is not None else None)
 
 
-async def _events(ctx: AppState, task: asyncio.Task, state: dict):
+async def _events(ctx: AppState, task: asyncio.Task, state: dict, shadow: Callable[[], Any]):
     rid = state["request_id"]
     yield ": optscale sampling\n\n"
     cut = asyncio.ensure_future(ctx.drain.cut.wait())
@@ -203,6 +216,9 @@ async def _events(ctx: AppState, task: asyncio.Task, state: dict):
     state.setdefault("log", {}).update(answer.log)
     for event in answer.chunks:
         yield event
+    later = shadow()  # the stream has been sent
+    if later is not None:
+        await later()
 
 
 def _log_fields(result: EpisodeResult) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from ...policies import POLICIES, policy_settings_schema
-from ..options import OPTION_KEYS, REQUEST_OPTIONS_SCHEMA, SERVER_ONLY, table_names
+from ..options import OPTION_KEYS, REQUEST_OPTIONS_SCHEMA, SERVER_ONLY
 from ..state import AppState, app_state
 
 __all__ = ["router"]
@@ -32,7 +32,7 @@ async def policies(request: Request, ctx: Ctx):
     ctx.caller(request)
     config = ctx.config
     data = []
-    tables = table_names(config.tables_dir) if config.tables_dir is not None else []
+    tables = ctx.tables.names()
     for name in POLICIES.names():
         schema = policy_settings_schema(name)
         for key in SERVER_ONLY:

@@ -13,6 +13,7 @@ from ...policies import Decision, Problem, Sample
 from ..episodes import estimates
 from ..errors import ApiError
 from ..options import HEADER_POLICY, HEADER_SETTINGS, resolve_options
+from ..responses import json_safe
 from ..state import AppState, app_state
 
 __all__ = ["router", "MAX_PLAN_SCORES"]
@@ -43,7 +44,7 @@ async def plan(request: Request, ctx: Annotated[AppState, Depends(app_state)]):
         raise ApiError(400, "answers: a list of strings (or null), one per score", "answers", "invalid_request")
     options = resolve_options(ctx.config, ctx.config.model, body, request.headers.get(HEADER_POLICY),
                               request.headers.get(HEADER_SETTINGS), body_place="",
-                              unused=("deadline_s", "max_total_tokens", "return_samples"))
+                              unused=("deadline_s", "max_total_tokens", "return_samples"), tables=ctx.tables)
     episode = await ctx.service.start(options, Problem(id="plan", question=question), "question")
     decision, used = Decision.CONTINUE, 0
     for i, score in enumerate(scores):
@@ -54,8 +55,9 @@ async def plan(request: Request, ctx: Annotated[AppState, Depends(app_state)]):
     outcome = episode.result()
     fit = fit_mle([scores[:used]])
     est = estimates(outcome)
-    return {"policy": options.name, "settings": options.settings, "decision": decision.value, "n_observed": used,
-            "n_given": len(scores), "planned": episode.planned, "stop_reason": outcome.stop_reason,
-            "chosen_index": outcome.chosen, "n_star": est.get("n_star"), "estimates": est,
-            "fit": {"mu": float(fit.mu[0]), "sigma": float(fit.sigma[0]), "converged": bool(fit.converged[0]),
-                    "flags": FitFlag.describe(int(fit.flag[0]))}}
+    return json_safe({  # a degenerate fit's NaN goes out as null, never as invalid JSON or a 500
+        "policy": options.name, "settings": options.settings, "decision": decision.value, "n_observed": used,
+        "n_given": len(scores), "planned": episode.planned, "stop_reason": outcome.stop_reason,
+        "chosen_index": outcome.chosen, "n_star": est.get("n_star"), "estimates": est,
+        "fit": {"mu": float(fit.mu[0]), "sigma": float(fit.sigma[0]), "converged": bool(fit.converged[0]),
+                "flags": FitFlag.describe(int(fit.flag[0]))}})

@@ -1,0 +1,193 @@
+"""``learned`` with default flags (``policy fit``'s cross-validated search) against the fixed-N envelope; its speed.
+
+Sections (``--sections``, default all three):
+
+- ``speed``: :func:`optscale.policies.learned.cv.fit_auto` (``--select auto --features auto``, 5 folds)
+  on a simulated calibration pool of ``--speed-problems`` (10,000) x 64 samples x 4 orders (the CLI's
+  default) at budget 0.5, and in the same run the plain fit of one fixed design
+  (:func:`~optscale.policies.learned.fit_table`, ``select=best``, the old default features) on the same
+  pool: both times and their ratio; ``--cli`` also times the whole ``optscale policy fit`` on a pool
+  file (reading it included). Target (issue 15): the auto search <= 60 s on 2 cores.
+- ``simulated``: the default and weak-verifier simulated pools (:func:`optscale.simulate.simulate_arrays`,
+  seed 0, ``--problems`` x 64, ``--orders``), 6 split seeds halving the problems: a table fitted with
+  default flags on the calibration half at each budget (a share of BoN@N_max's tokens), replayed on
+  the held-out half; gain = held-out accuracy minus the held-out fixed-N envelope (every selection
+  rule, N = 1..N_max) at its tokens, with the paired 95% bootstrap interval. Targets: beat the
+  envelope in >= 5 of 6 splits (default pool), >= 0 pp in >= 5 of 6 (weak verifier).
+- ``answers``: the shared answer-only pools (``../shared/data/pools/boinf``, no scores, so
+  ``select=majority``): per pool and split, ``boinf`` (default bf) is replayed on the calibration
+  half, learned is fitted there at boinf's token share (so it spends no more), and both are scored
+  on the held-out half against the envelope. Targets: mean gain over the envelope >= -0.3 pp, and
+  learned at least as accurate as boinf with no more tokens.
+
+Usage: python benchmarks/learned_cv.py [--quick] [--sections speed,simulated,answers] [--cli] [--problems 2000]
+[--orders 2] [--budgets 0.25,0.5] [--n-max 16,64] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from optscale.policies import make_policy
+from optscale.policies.learned import fit_table
+from optscale.policies.learned.cv import fit_auto
+from optscale.pools import iter_pool
+from optscale.replay import build_batch, outcome_of, policy_stats, split_problems, subset
+from optscale.replay.metrics import baseline_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_frontier import simulated_batch  # noqa: E402
+
+SPLITS = 6
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def held_out_row(test, policies, bootstrap: int, seed: int) -> list:
+    base = baseline_of(test, bootstrap, seed)
+    return policy_stats(policies, [outcome_of(test, p.replay(test), p) for p in policies], base)
+
+
+def speed(problems: int, orders: int, cli: bool = False) -> dict:
+    batch = simulated_batch(problems, orders, "default", 0)
+    t0 = time.perf_counter()
+    fit_table(batch, 64, "best", budget=0.5)
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table = fit_auto(batch, 64, budget=0.5)
+    auto = time.perf_counter() - t0
+    cv = table.fitted["cross_validated"]
+    print(f"speed: {problems} problems x 64 samples x {orders} orders, budget 0.5: auto search ({cv['candidates']} "
+          f"candidates x {cv['folds']} folds) {auto:.1f} s, plain fit of one design {plain:.1f} s, ratio "
+          f"{auto / plain:.1f}x; chose {cv['chosen']}")
+    out = {"problems": problems, "orders": orders, "auto_s": auto, "plain_s": plain, "chosen": cv["chosen"]}
+    if cli:
+        import subprocess
+        import tempfile
+
+        from optscale.pools import write_pool
+        from optscale.simulate import simulate_pool
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pool = Path(tmp) / "calib.jsonl"
+            write_pool(pool, simulate_pool(problems, 64, 0))
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "optscale", "policy", "fit", str(pool), "--n-max", "64", "--budget",
+                            "0.5", "--orders", str(orders), "--out", str(Path(tmp) / "t.json")], check=True)
+            out["cli_s"] = time.perf_counter() - t0
+        print(f"optscale policy fit (read + auto search + fit + write), {problems} x 64 x {orders} orders: "
+              f"{out['cli_s']:.1f} s")
+    return out
+
+
+def simulated(problems: int, orders: int, budgets, n_maxes, bootstrap: int, splits: int,
+              pools=("default", "weak")) -> dict:
+    out = {}
+    for pool in pools:
+        batch = simulated_batch(problems, orders, pool, 0)
+        for n_max in n_maxes:
+            for budget in budgets:
+                rows = []
+                for seed in range(splits):
+                    calib, held = split_problems(batch.shape[0], 0.5, seed)
+                    table = fit_auto(subset(batch, calib), n_max, budget=budget, seed=seed)
+                    s = held_out_row(subset(batch, held), [make_policy("learned", n_max, table=table)], bootstrap,
+                                     seed)[0]
+                    cv = table.fitted["cross_validated"]
+                    rows.append({"gain": s.gain_vs_envelope, "ci": [s.gain_vs_envelope_ci_low,
+                                                                      s.gain_vs_envelope_ci_high],
+                                 "accuracy": s.accuracy, "share": s.mean_tokens / s.bon_tokens,
+                                 "cv_gain": cv["gain"], "chosen": cv["chosen"]})
+                g = np.array([r["gain"] for r in rows])
+                key = f"{pool}/N{n_max}/b{budget}"
+                out[key] = {"splits": rows, "beat": int((g > 0).sum()), "nonneg": int((g >= 0).sum()),
+                            "mean_gain": float(g.mean())}
+                print(f"{pool:>7} N_max {n_max:>2} budget {budget:<4}: held-out gain over the envelope "
+                      f"{100 * g.mean():+.2f} pp ({100 * g.min():+.2f}..{100 * g.max():+.2f}), beat {(g > 0).sum()}/"
+                      f"{splits}, >= 0 {(g >= 0).sum()}/{splits}, accuracy "
+                      f"{100 * np.mean([r['accuracy'] for r in rows]):.2f}%"
+                      f" at {100 * np.mean([r['share'] for r in rows]):.0f}% of BoN tokens; chosen: "
+                      f"{', '.join(sorted({r['chosen'] for r in rows}))}")
+    return out
+
+
+def answers(data: Path, orders: int, bootstrap: int, splits: int, patterns) -> dict:
+    out = {}
+    for path in [p for pat in patterns for p in sorted((data / "pools" / "boinf").glob(pat))]:
+        batch = build_batch(list(iter_pool(path)), orders=orders, seed=0, source=path.name)
+        n = int(batch.available.min())
+        rows = []
+        for seed in range(splits):
+            calib, held = split_problems(batch.shape[0], 0.5, seed)
+            cal, test = subset(batch, calib), subset(batch, held)
+            boinf = make_policy("boinf", n)
+            d = boinf.replay(cal)
+            used = np.arange(batch.shape[2])[None, None, :] < d.n_used[..., None]
+            share = float(np.where(used, cal.tokens, 0).sum(axis=2).mean() / cal.tokens[:, :, :n].sum(axis=2).mean())
+            table = fit_auto(cal, n, budget=min(1.0, share), folds=min(5, len(calib)), seed=seed)
+            lrn, bf = held_out_row(test, [make_policy("learned", n, table=table), boinf], bootstrap, seed)
+            rows.append({"gain": lrn.gain_vs_envelope, "boinf_gain": bf.gain_vs_envelope,
+                         "acc_minus_boinf": lrn.accuracy - bf.accuracy,
+                         "tokens_over_boinf": lrn.mean_tokens / bf.mean_tokens, "chosen": table.fitted[
+                             "cross_validated"]["chosen"]})
+        name = path.name.removesuffix(".jsonl.gz")
+        g = np.array([r["gain"] for r in rows])
+        acc = np.array([r["acc_minus_boinf"] for r in rows])
+        tok = np.array([r["tokens_over_boinf"] for r in rows])
+        out[name] = {"splits": rows, "mean_gain": float(g.mean()), "boinf_gain": float(np.mean(
+            [r["boinf_gain"] for r in rows])), "acc_minus_boinf": float(acc.mean()), "tokens_over_boinf": float(
+            tok.mean())}
+        print(f"{name:<46} learned {100 * g.mean():+.2f} pp vs envelope (boinf {100 * out[name]['boinf_gain']:+.2f}); "
+              f"learned - boinf {100 * acc.mean():+.2f} pp at {tok.mean():.2f}x boinf's tokens")
+    if out:
+        mg = np.mean([v["mean_gain"] for v in out.values()])
+        ma = np.mean([v["acc_minus_boinf"] for v in out.values()])
+        mt = np.mean([v["tokens_over_boinf"] for v in out.values()])
+        print(f"answer-only pools, mean over {len(out)}: learned {100 * mg:+.2f} pp vs the envelope (target >= -0.30), "
+              f"learned - boinf {100 * ma:+.2f} pp at {mt:.2f}x boinf's tokens")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="600 problems, 1 order, 200 resamples, 2000-problem speed "
+                    "pool, the AIME and GPQA answer pools only")
+    ap.add_argument("--sections", default="speed,simulated,answers")
+    ap.add_argument("--problems", type=int, default=2000)
+    ap.add_argument("--orders", type=int, default=2)
+    ap.add_argument("--speed-problems", type=int, default=10_000)
+    ap.add_argument("--budgets", default="0.25,0.5")
+    ap.add_argument("--n-max", default="16,64")
+    ap.add_argument("--pools", default="default,weak", help="simulated pools")
+    ap.add_argument("--splits", type=int, default=SPLITS)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--cli", action="store_true", help="speed: also time the whole command on a written pool file")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    quick = args.quick
+    problems, orders, bootstrap = (600, 1, 200) if quick else (args.problems, args.orders, args.bootstrap)
+    sections = args.sections.split(",")
+    out: dict = {}
+    start = time.perf_counter()
+    if "speed" in sections:
+        out["speed"] = speed(2000 if quick else args.speed_problems, 4, args.cli)
+    if "simulated" in sections:
+        out["simulated"] = simulated(problems, orders, [float(b) for b in args.budgets.split(",")],
+                                     [int(n) for n in args.n_max.split(",")], bootstrap, args.splits,
+                                     args.pools.split(","))
+    if "answers" in sections:
+        patterns = ("aime2024_*.jsonl.gz", "gpqa_diamond_*.jsonl.gz") if quick else ("*.jsonl.gz",)
+        out["answers"] = answers(args.data, 2 if quick else 4, bootstrap, args.splits, patterns)
+    print(f"{time.perf_counter() - start:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
