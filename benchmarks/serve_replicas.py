@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,7 @@ defaults
     timeout connect 5s
     timeout client 300s
     timeout server 300s
+    timeout check 10s
     retries 3
     option redispatch
 frontend proxy
@@ -48,7 +50,7 @@ backend replicas
     balance leastconn
     option httpchk GET /ready
     http-check expect status 200
-    default-server check inter 1s fall 2 rise 1 maxconn 4096
+    default-server check inter 2s fall 3 rise 1 maxconn 4096
 {servers}
 """
 
@@ -58,7 +60,7 @@ def haproxy(replicas: list[ProxyProcess], folder: Path) -> tuple[subprocess.Pope
     cfg = folder / f"haproxy-{len(replicas)}.cfg"
     cfg.write_text(HAPROXY_CFG.format(port=port, servers="\n".join(
         f"    server r{i} 127.0.0.1:{r.port}" for i, r in enumerate(replicas))))
-    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -72,21 +74,22 @@ def haproxy(replicas: list[ProxyProcess], folder: Path) -> tuple[subprocess.Pope
         time.sleep(0.05)
 
 
-async def _round(url: str, clients: int, per_client: int) -> tuple[int, list[float], float]:
-    errors, times = 0, []
+async def _round(url: str, clients: int, per_client: int) -> tuple[Counter, list[float], float]:
+    errors: Counter = Counter()  # what each failed request got: its status, or the client's exception
+    times: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     body = {"model": "fake-model", "messages": MESSAGES, "optscale": {"policy": "bon", "n_max": 2}}
     async with httpx.AsyncClient(timeout=300, limits=limits) as c:
         async def client(k: int) -> None:
-            nonlocal errors
             for i in range(per_client):
                 headers = {"Idempotency-Key": uuid.uuid4().hex} if (k + i) % 2 else {}
                 t = time.perf_counter()
                 try:
                     r = await c.post(url + "/v1/chat/completions", json=body, headers=headers)
-                    errors += r.status_code != 200
-                except httpx.HTTPError:
-                    errors += 1
+                    if r.status_code != 200:
+                        errors[str(r.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
                 times.append(time.perf_counter() - t)
 
         start = time.perf_counter()
@@ -121,7 +124,8 @@ def main() -> None:
                     proc.terminate()
                     proc.wait(10)
                 print(f"{n} replica(s): {args.clients} clients x {args.per_client}: {len(times) / wall:.1f} req/s, "
-                      f"p50 {pct(times, .5) * 1000:.0f} ms, p99 {pct(times, .99) * 1000:.0f} ms, errors {errors}")
+                      f"p50 {pct(times, .5) * 1000:.0f} ms, p99 {pct(times, .99) * 1000:.0f} ms, "
+                      f"errors {sum(errors.values())} {dict(errors) or ''}")
         finally:
             for r in replicas:
                 r.close()

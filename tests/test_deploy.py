@@ -201,7 +201,8 @@ def test_dockerfile_runs_serve_as_a_non_root_user():
     check = dict(final)["HEALTHCHECK"]
     assert f"http://127.0.0.1:{port}/health" in check and "urllib.request" in check, check
     assert "curl" not in check and "wget" not in check
-    # what it installs: the `serve` and `redis` extras of this repository (compose passes --state), and only what the build context lets in
+    # what it installs: the `serve` and `redis` extras of this repository (compose passes --state), and only
+    # what the build context lets in
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {"serve", "redis"} <= set(extras) and any('".[serve,redis]"' in rest for op, rest in steps if op == "RUN")
     allowed = [line[1:].rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()

@@ -35,8 +35,8 @@ from ..errors import InputError
 from .secrets import Redactor, redact_url, url_secrets
 from .types import ClientSettings, RequestFailed, RequestRejected, TokenMeter, clean_key
 
-__all__ = ["check_credentials", "check_url", "Transient", "Endpoint", "EndpointPool", "TransportStats", "HttpTransport", "read_body", "read_lines",
-           "extra_headers"]
+__all__ = ["check_credentials", "check_url", "Transient", "Endpoint", "EndpointPool", "TransportStats", "HttpTransport",
+           "read_body", "read_lines", "extra_headers"]
 
 log = logging.getLogger(__name__)
 

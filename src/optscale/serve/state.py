@@ -1,8 +1,9 @@
 """What the routes share, injected as a FastAPI dependency: ``ctx: Annotated[AppState, Depends(app_state)]``.
 
 Hooks meant to be called from outside a request too (a signal, a broadcast from another
-replica): :meth:`AppState.reload_tables` (:meth:`AppState.reload_all_tables`: on every replica); the savings counts are :attr:`AppState.savings`
-(any :class:`~.savings.SavingsBackend`).
+replica): :meth:`AppState.reload_tables` (:meth:`AppState.reload_all_tables` on every replica,
+:meth:`AppState.on_reload` for a broadcast); the savings counts are :attr:`AppState.savings`
+(any :class:`~.savings.SavingsBackend`; summed over replicas with ``--state``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class AppState:
         return self.tables.reload()
 
     async def reload_all_tables(self) -> list[TableStatus]:
-        """:meth:`reload_tables` here and, with ``--state``, on every replica (a broadcast); this replica's statuses.
+        """:meth:`reload_tables` here and, with ``--state``, on every replica (a broadcast); this one's statuses.
 
         If Redis cannot be reached the others reload once it is back (their listeners resubscribe then).
         """

@@ -5,6 +5,8 @@ hears ``http.disconnect``; streaming: the stream is closed) the task is cancelle
 upstream stream it had open is closed at once. When a shutdown's grace ends, a stream that has
 begun ends with an error event (a request not yet answered is answered 503 by the middleware).
 Once the client has its whole answer, its episode may be sampled on in the shadow (:mod:`..shadow`).
+An ``Idempotency-Key`` keeps the :class:`Answer` as sent (in process, or in Redis with ``--state``);
+with ``--upstream-session-header`` every upstream request of the episode names its request id.
 """
 
 from __future__ import annotations
