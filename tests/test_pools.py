@@ -387,14 +387,14 @@ VALID = [
     problem(answer=""),
     problem(samples=[{"answer": "1", "tokens": 1}]),  # answer-only pools: score is optional
     problem(samples=[{"answer": "1", "score": None, "tokens": 1}]),
+    problem() | {"answer": None},  # traffic pools have no gold (issue 16)
+    {"id": "a", "samples": [sample()]},
 ]
 INVALID = [
     {"answer": "1", "samples": [sample()]},
-    {"id": "a", "samples": [sample()]},
     {"id": "a", "answer": "1"},
     problem() | {"id": ""},
     problem() | {"id": 1},
-    problem() | {"answer": None},
     problem() | {"question": 3},
     problem() | {"samples": []},
     problem() | {"samples": sample()},

@@ -31,6 +31,11 @@ PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help=", ".join(POLICIE
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="policy setting key=value, repeatable (e.g. s_min=0.9, alpha=0.8, peek=5); `optscale policy settings` lists each policy's")]
 OrdersOpt = Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem; order 1 is the pool's own, the others seeded shuffles")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the shuffled orders, bootstrap and splits")]
+LabelsOpt = Annotated[str, typer.Option("--labels", help="where a sample's 'correct' comes from: gold (graded against "
+                                        "its problem's gold answer) or consensus (its answer equals the policy's "
+                                        "selection rule's answer on the problem's first N_max samples: no gold "
+                                        "needed, e.g. a traffic folder; see docs/policies.md)")]
+PoolArg = "completion pool (JSON Lines, one problem per line), or a traffic folder (optscale serve --traffic-dir)"
 
 
 @contextmanager
@@ -43,7 +48,7 @@ def progress_bar(quiet: bool = False):
 
 #: Library names -> flags, one table per command (see :func:`optscale.cli.flags.flags`).
 _POLICY_FLAGS = {"policy": "--policy", "settings": "--set", "settings.": "--set ", "orders": "--orders", "seed": "--seed",
-                 "out": "--out"}
+                 "out": "--out", "labels": "--labels", "select": "--set select"}
 REPLAY_FLAGS = {**_POLICY_FLAGS, "n_max": "--n-max"}
 SWEEP_FLAGS = {**_POLICY_FLAGS, "budgets": "--n-max", "n_max": "--n-max", "s_mins": "--s-min", "alphas": "--alpha",
                "calib_fraction": "--calib-fraction", "objective": "--objective", "target": "--target",
@@ -71,12 +76,17 @@ def _ints(text: str, name: str) -> list[int]:
     return [int(v) for v in values]
 
 
-def load_batch(pool: Path, orders: int, seed: int):
-    """Read, validate (and grade where needed) a pool line by line into compact arrays, replayed
-    in ``orders`` sample orders a chunk of problems at a time (:class:`optscale.replay.OrderedPool`)."""
-    from ..replay import read_pool_arrays
+def load_batch(pool: Path, orders: int, seed: int, labels: str = "gold", select: str | None = None,
+               n_max: int | None = None):
+    """Read, validate (and grade where needed) a pool or traffic folder line by line into compact
+    arrays, labelled by ``labels`` (consensus: ``select`` on the first ``n_max`` samples, no
+    grading), replayed in ``orders`` sample orders a chunk of problems at a time
+    (:class:`optscale.replay.OrderedPool`)."""
+    from ..replay import check_labels, read_pool_arrays, relabel
 
-    return read_pool_arrays(pool).ordered(orders, seed)
+    gold = check_labels(labels) == "gold"
+    arrays = read_pool_arrays(pool, grade_missing=gold, require_gold=gold)
+    return relabel(arrays, labels, select, n_max).ordered(orders, seed)
 
 
 def _grid(pairs: list[str] | None) -> dict[str, list[str]]:
@@ -112,16 +122,28 @@ def _pool_notes(batch, n_max: int | None, failed: dict[str, int]) -> list[str]:
     return notes + ([note] if note else [])
 
 
-def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None):
-    """:func:`load_batch` and the notes on what was read (warned on stderr)."""
+def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None, labels: str = "gold",
+                 select: str | None = None, label_n_max: int | None = None):
+    """:func:`load_batch` and the notes on what was read (warned on stderr), then, for consensus labels
+    (``select`` over ``label_n_max`` samples, default ``n_max``), what they measure."""
     from ..answers.grade import COUNTS, grading_problems
+    from ..replay import labels_note
 
     before = COUNTS.copy()
-    batch = load_batch(pool, orders, seed)
+    label_n_max = label_n_max or n_max
+    batch = load_batch(pool, orders, seed, labels, select, label_n_max)
     notes = _pool_notes(batch, n_max, grading_problems(before))
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
-    return batch, notes
+    return batch, notes + ([labels_note(labels, select, label_n_max)] if labels != "gold" else [])
+
+
+def labelled(table: Table, labels: str) -> Table:
+    """``table`` whose caption says which labels its accuracy counts (consensus: agreement with full sampling)."""
+    if labels == "consensus":
+        table.caption = ("CONSENSUS LABELS: acc. is agreement with the selection rule's answer on all N_max samples "
+                         "(no gold); " + (table.caption or ""))
+    return table
 
 
 def promise_note(stats) -> str:
@@ -131,10 +153,11 @@ def promise_note(stats) -> str:
             "its score model does not fit these scores")
 
 
-def _check_run(orders: int, seed: int, out: Path | None) -> None:
+def _check_run(orders: int, seed: int, out: Path | None, labels: str = "gold") -> None:
     """Everything about a replay that can be wrong apart from the pool, checked before reading it."""
-    from ..replay import check_orders, check_seed
+    from ..replay import check_labels, check_orders, check_seed
 
+    check_labels(labels)
     check_orders(orders)
     check_seed(seed)
     if out is not None:
@@ -180,7 +203,7 @@ def stats_table(rows, title: str) -> Table:
 
 
 def replay(
-    pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines, one problem per line)")],
+    pool: Annotated[Path, typer.Argument(help=PoolArg)],
     policy: PolicyOpt = defaults.POLICY,
     n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem")] = defaults.N_MAX,
     settings: SetOpt = None,
@@ -188,11 +211,13 @@ def replay(
     seed: SeedOpt = defaults.SEED,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="also write a report folder (tables, plots)")] = None,
+    labels: LabelsOpt = "gold",
 ) -> None:
     """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN.
 
     Also against the envelope of every fixed-N method (N <= --n-max; best score, majority and
     score-weighted vote) at the same mean tokens, with a paired bootstrap interval for the gain.
+    With --labels consensus (traffic without gold) accuracy is agreement with full sampling.
     """
     with flags(REPLAY_FLAGS):
         from ..compose import build_policy
@@ -200,9 +225,9 @@ def replay(
         from ..replay import replay_policies
 
         pol = build_policy(policy, n_max, parse_settings(settings))
-        _check_run(orders, seed, out)
-        batch, notes = load_checked(pool, orders, seed, n_max)
-        result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed)
+        _check_run(orders, seed, out, labels)
+        batch, notes = load_checked(pool, orders, seed, n_max, labels, getattr(pol, "select", None))
+        result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed, labels=labels)
         stats = result.stats[0]
         if stats.misses_alpha:
             notes.append(promise_note(stats))
@@ -214,12 +239,14 @@ def replay(
     if as_json:
         from ..report import json_ready
 
-        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "notes": notes,
+        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "labels": labels,
+                                           "notes": notes,
                                            "bon_curve": result.curve.rows(),
                                            "fixed_curves": result.baseline.curves.rows(),
                                            "envelope": result.envelope_rows()})))
         return
-    console.print(stats_table([stats], f"{pool.name}: {batch.shape[0]} problems x {orders} orders"))
+    console.print(labelled(stats_table([stats], f"{pool.name}: {batch.shape[0]} problems x {orders} orders, "
+                                                f"{labels} labels"), labels))
     if stats.envelope_mix:
         console.print(f"envelope at {stats.mean_tokens:,.0f} tokens: {stats.envelope_mix}")
     if out is not None:
@@ -227,7 +254,7 @@ def replay(
 
 
 def sweep(
-    pool: Annotated[Path, typer.Argument(help="completion pool (JSON Lines)")],
+    pool: Annotated[Path, typer.Argument(help=PoolArg)],
     policy: PolicyOpt = defaults.POLICY,
     n_max: Annotated[str, typer.Option("--n-max", "-n", help="budgets, comma-separated")] = ",".join(map(str, defaults.BUDGETS)),
     s_min: Annotated[Optional[str], typer.Option("--s-min", help=f"grid of target scores, comma-separated (policies with s_min; default {DEFAULT_S_MIN})")] = None,
@@ -242,12 +269,14 @@ def sweep(
     token_share: Annotated[float, typer.Option("--token-share", help="budget: most tokens, as a share of fixed BoN's at the same budget")] = 0.5,
     splits: Annotated[int, typer.Option("--splits", help="repeat the calibration/held-out split over this many seeds (--seed, --seed+1, ...)")] = 1,
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("sweep-report"),
+    labels: LabelsOpt = "gold",
 ) -> None:
     """Grid-search (s_min, alpha) per budget on a calibration split; report the choice on held-out problems.
 
     Any policy's settings can be swept with --grid. Settings are chosen on calibration problems
     only (--objective); when none meets the objective there, the output says so and nothing is
     selected for that budget. Held-out rows are compared with the envelope of every fixed-N method.
+    With --labels consensus every budget is scored against the rule's answer on the largest --n-max.
     """
     with flags(SWEEP_FLAGS):
         from ..compose import with_default_priors
@@ -269,18 +298,24 @@ def sweep(
         options = dict(grid=given, target=target, token_share=token_share, splits=splits)
         pairs = check_sweep(policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
                             **options)  # before the long run
-        _check_run(orders, seed, out)
-        batch, _ = load_checked(pool, orders, seed)
+        if labels == "consensus" and "select" in given:
+            raise InputError("cannot be swept with --labels consensus: the labels follow one selection rule "
+                             "(set it with --set select=RULE)", "grid.select")
+        _check_run(orders, seed, out, labels)
+        select = fixed.get("select", fields["select"].default if "select" in fields else None)
+        batch, _ = load_checked(pool, orders, seed, labels=labels, select=select, label_n_max=max(budgets))
         with progress_bar() as bar:
             task = bar.add_task(f"sweep {policy} ({len(pairs)} settings)", total=None)
             result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
                                on_progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
+        for row in result.grid:
+            row["labels"] = labels
         write_sweep_report(out, result, pool.stem)
     met = [s["held_out"] for s in result.selected if s["met"]]
     title = (f"{pool.name}: settings chosen on {result.calib_problems} calibration problems ({result.objective}), "
              f"reported on {result.test_problems} held-out problems")
     if met:
-        console.print(stats_table(met, title))
+        console.print(labelled(stats_table(met, title + f", {labels} labels"), labels))
     for s in result.selected:
         if not s["met"]:
             console.print(f"N_max {s['budget']}: {s['reason']}; nothing selected (no fallback)")

@@ -25,13 +25,14 @@ def register(app: typer.Typer) -> None:
 #: Library names -> flags of ``policy fit`` (see :func:`optscale.cli.flags.flags`).
 FIT_FLAGS = {"n_max": "--n-max", "budget": "--budget", "lam": "--lambda", "select": "--select", "bins": "--bins",
              "agree_cap": "--agree-cap", "length_bins": "--length-bins", "shrink": "--shrink", "orders": "--orders",
-             "seed": "--seed", "out": "--out", "features": "--features", "folds": "--folds"}
+             "seed": "--seed", "out": "--out", "features": "--features", "folds": "--folds", "labels": "--labels"}
 
 
 @policy_app.command("fit")
 def fit(
     pool: Annotated[Path, typer.Argument(help="calibration pool (JSON Lines): problems like those the table will "
-                                              "serve, each with at least --n-max samples")],
+                                              "serve, each with at least --n-max samples; or a traffic folder "
+                                              "(optscale serve --traffic-dir, with --labels consensus)")],
     n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem (the table serves only this)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="table to write (JSON)")],
     budget: Annotated[Optional[float], typer.Option(
@@ -59,28 +60,36 @@ def fit(
              "cross-validation)")] = None,
     orders: Annotated[int, typer.Option("--orders", "-r", help="sample orders per problem used as calibration rows")] = 4,
     seed: Annotated[int, typer.Option(help="seed of the shuffled orders and of the folds")] = 0,
+    labels: Annotated[str, typer.Option(
+        help="where a sample's 'correct' comes from: gold (graded against its problem's gold answer) or consensus "
+             "(its answer equals the one the table's rule returns on the problem's first --n-max samples: no gold "
+             "needed, e.g. traffic; with --select auto each candidate rule is judged by its own consensus)")] = "gold",
 ) -> None:
     """Fit the learned policy's optimal-stopping table on a calibration pool and write it as JSON.
 
     Rule, features and shrinkage are chosen by K-fold cross-validation (see docs/policies.md).
+    With --labels consensus the table is fitted on traffic without gold: it learns to stop once
+    the answer will not change (see docs/policies.md, "Labels: gold or consensus").
 
     Use it with --policy learned --set table=OUT in replay, sweep and run.
     """
-    from ..policies.learned import file_sha256
     from ..policies.learned.cv import fit_auto
-    from ..pools import read_pool
-    from ..replay import build_batch, check_orders, check_seed
+    from ..pools import pool_sha256
+    from ..replay import check_labels, check_orders, check_seed, read_pool_arrays
 
     with flags(FIT_FLAGS):
         if (budget is None) == (lam is None):
             raise InputError("give exactly one of --budget and --lambda", "budget")
         check_orders(orders)
         check_seed(seed)
+        gold = check_labels(labels) == "gold"
         check_out_file(out, "out", inputs=[pool])
-        batch = build_batch(read_pool(pool), orders=orders, seed=seed, source=str(pool))
-        source = {"pool": pool.name, "sha256": file_sha256(pool)}
+        # read line by line into arrays (no record kept): a traffic folder can hold many episodes
+        batch = read_pool_arrays(pool, grade_missing=gold, require_gold=gold).batch(orders, seed)
+        source = {"pool": pool.name, "sha256": pool_sha256(pool)}
         table = fit_auto(batch, n_max, select, features, folds, lam=lam, budget=budget, bins=bins, shrink=shrink,
-                         agree_cap=agree_cap, length_bins=length_bins, consensus=consensus, source=source, seed=seed)
+                         agree_cap=agree_cap, length_bins=length_bins, consensus=consensus, source=source, seed=seed,
+                         labels=labels)
         table.save(out)
     f = table.fitted
     cost = table.cost
@@ -92,6 +101,10 @@ def fit(
                   f"{f['accuracy']:.4f} with {f['mean_samples']:.2f} samples, {100 * f['share_of_bon']:.1f}% of "
                   f"fixed-{table.n_max}'s {cost}", highlight=False, markup=False)
     console.print(cv["summary"], highlight=False, markup=False)
+    if labels == "consensus":
+        console.print(f"labels: consensus (no gold): accuracy above is agreement with the {table.select} answer of "
+                      f"all {table.n_max} samples; errors that full sampling makes are not seen", highlight=False,
+                      markup=False)
 
 
 @policy_app.command("settings")

@@ -68,19 +68,25 @@ def _percent(part: float, whole: float) -> str:
 
 
 def validate(
-    pool: Annotated[Path, typer.Argument(help="Pool to check (JSON Lines, gzipped when it ends in .gz).")],
+    pool: Annotated[Path, typer.Argument(help="Pool to check (JSON Lines, gzipped when it ends in .gz), or a "
+                                              "traffic folder (optscale serve --traffic-dir).")],
     grade: Annotated[
         bool,
         typer.Option(help="Grade samples without 'correct' using math-verify (slow on big pools)."),
     ] = True,
 ) -> None:
-    """Check a pool line by line (stopping at the first error) and summarise it."""
+    """Check a pool line by line (stopping at the first error) and summarise it.
+
+    Problems without a gold answer (traffic) are valid; the summary says how many there are,
+    since such a pool is replayed and fitted with --labels consensus only.
+    """
     counts: list[int] = []
-    with_answer = tokens = graded = 0
+    with_answer = tokens = graded = with_gold = 0
     accuracy = 0.0
     before = COUNTS.copy()
-    for problem in iter_pool(pool, grade_missing=grade):
+    for problem in iter_pool(pool, grade_missing=grade, require_gold=False):
         counts.append(len(problem.samples))
+        with_gold += problem.answer is not None
         with_answer += sum(sample.answer is not None for sample in problem.samples)
         tokens += sum(sample.tokens for sample in problem.samples)
         known = [sample.correct for sample in problem.samples if sample.correct is not None]
@@ -98,7 +104,11 @@ def validate(
         "samples per problem (min / median / max)",
         f"{min(counts)} / {statistics.median(counts):g} / {max(counts)}",
     )
-    table.add_row("samples with an answer", _percent(with_answer, samples))
+    table.add_row("samples with an answer", _percent(with_answer, samples)
+                  + (" (nothing to agree on: --labels consensus refuses it)" if not with_answer else ""))
+    if with_gold < len(counts):  # traffic: say what it can be used with
+        table.add_row("problems with a gold answer",
+                      f"{with_gold} of {len(counts)} (the others: use --labels consensus)")
     if graded < len(counts):
         coverage = f" (over the {graded} problems with graded samples)"
     else:

@@ -81,18 +81,18 @@ class PoolSample(BaseModel):
 
 
 class PoolProblem(BaseModel):
-    """One problem: its gold answer and at least one sample."""
+    """One problem: its gold answer (None in traffic, which has none) and at least one sample."""
 
     model_config = ConfigDict(strict=True, extra="allow")
 
     id: Annotated[str, Field(min_length=1)]
     question: str | None = None
-    answer: str
+    answer: str | None = None
     samples: Annotated[list[PoolSample], Field(min_length=1, max_length=MAX_SAMPLES)]
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_unknown(self, handler, ("question",))
+        return _drop_unknown(self, handler, ("question", "answer"))
 
 
 def json_schema() -> dict[str, Any]:

@@ -69,6 +69,12 @@ class PoolArrays:
     def ordered(self, orders: int = 1, seed: int = 0, chunk_cells: int = CHUNK_CELLS) -> OrderedPool:
         return OrderedPool(self, check_orders(orders), check_seed(seed), chunk_cells)
 
+    def batch(self, orders: int = 1, seed: int = 0) -> ReplayBatch:
+        """Every problem in ``orders`` orders as one :class:`ReplayBatch`, the arrays
+        :func:`~optscale.replay.build_batch` lays out for the same seed (for fits that need the whole pool)."""
+        cells = self.problems * check_orders(orders) * self.width
+        return next(self.ordered(orders, seed, chunk_cells=max(1, cells)).chunks())[1]
+
 
 class _Builder:
     """Every sample's numbers appended to flat buffers; padded into arrays once the pool is read.
@@ -146,14 +152,17 @@ def arrays_from_problems(problems: Iterable, source: str = "pool") -> PoolArrays
     return builder.build()
 
 
-def read_pool_arrays(path, grade_missing: bool = True) -> PoolArrays:
-    """Read and validate the pool at ``path`` line by line (:func:`optscale.pools.iter_pool`)
-    into :class:`PoolArrays`; no record outlives its line. Errors are those of ``iter_pool``."""
+def read_pool_arrays(path, grade_missing: bool = True, require_gold: bool = True) -> PoolArrays:
+    """Read and validate the pool at ``path`` (a file or a traffic folder) line by line
+    (:func:`optscale.pools.iter_pool`) into :class:`PoolArrays`; no record outlives its line.
+    Errors are those of ``iter_pool``; without ``require_gold`` a pool without gold answers is
+    read (ungraded samples count as not correct until :func:`~optscale.replay.relabel`)."""
     import os
 
     from ..pools import iter_pool
 
-    return arrays_from_problems(iter_pool(path, grade_missing=grade_missing), source=os.fspath(path))
+    problems = iter_pool(path, grade_missing=grade_missing, require_gold=require_gold)
+    return arrays_from_problems(problems, source=os.fspath(path))
 
 
 @dataclass(frozen=True)

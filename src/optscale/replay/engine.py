@@ -24,6 +24,7 @@ class ReplayResult:
     curve: BonCurve
     stats: list[PolicyStats]
     baseline: Baseline | None = None
+    labels: str = "gold"  # where "correct" came from: gold answers or consensus (optscale.replay.labels)
 
     def envelope_rows(self) -> list[dict]:
         """The envelope's vertices for each n_max of the policies."""
@@ -34,6 +35,7 @@ class ReplayResult:
     def to_json(self) -> dict:
         return {
             "dataset": self.dataset,
+            "labels": self.labels,
             "policies": [s.as_dict() for s in self.stats],
             "bon_curve": self.curve.rows(),
             "fixed_curves": self.baseline.curves.rows() if self.baseline else [],
@@ -78,8 +80,12 @@ def replay_policies(
     seed: int = 0,
     on_done: Callable[[PolicyBase], None] | None = None,
     bootstrap: int = 2000,
+    labels: str = "gold",
 ) -> ReplayResult:
-    """Run each policy on every problem and order of ``data``; the fixed-N curves span the pool."""
+    """Run each policy on every problem and order of ``data``; the fixed-N curves span the pool.
+
+    ``labels`` records where the data's "correct" came from (``gold`` or ``consensus``, see
+    :func:`~optscale.replay.relabel`) in the result and its JSON."""
     seed = check_seed(seed)
     curves, outcomes = collect(data, policies)
     baseline = Baseline(curves, bootstrap, seed)
@@ -88,4 +94,4 @@ def replay_policies(
     for policy in policies:
         if on_done is not None:
             on_done(policy)
-    return ReplayResult(dataset, curve, stats, baseline)
+    return ReplayResult(dataset, curve, stats, baseline, labels)

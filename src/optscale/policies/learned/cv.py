@@ -39,6 +39,7 @@ from ...errors import InputError
 from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT
 from ..selection import Selection
+from ..consensus import relabel
 from .fit import _check_cost, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
 from .state import (DEFAULT_AGREE_CAP, DEFAULT_LENGTH_BINS, DEFAULT_MARGIN_CAP, DEFAULT_SHRINK, MAX_AGREE_CAP,
                     MAX_BINS, MAX_LENGTH_BINS, _size_error)
@@ -115,12 +116,15 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
              folds: int = DEFAULT_FOLDS, lam: float | None = None, budget: float | None = None,
              bins: int | None = None, shrink: float | None = None, agree_cap: int = DEFAULT_AGREE_CAP,
              length_bins: int = DEFAULT_LENGTH_BINS, consensus: bool = True, source: dict | None = None,
-             strict: bool = True, seed: int = 0) -> StoppingTable:
+             strict: bool = True, seed: int = 0, labels: str = "gold") -> StoppingTable:
     """Choose the candidate by ``folds``-fold cross-validation, fit it on the whole batch, and record
     the choice and the cross-validated estimate in ``fitted.cross_validated``. ``select`` "auto"
     tries every rule the pool supports; ``features`` None/"auto" tries :data:`DESIGNS`, a tuple (or
     comma-separated text) fixes the design; ``bins``/``shrink`` fix those, ``agree_cap`` and
-    ``length_bins`` size those features, ``consensus`` False drops that one. Errors name
+    ``length_bins`` size those features, ``consensus`` False drops that one. ``labels`` "consensus"
+    (no gold) judges every candidate, and the envelope of its rule, by agreement with the answer its
+    own rule returns on all ``n_max`` samples (:func:`~optscale.policies.consensus.relabel`).
+    Errors name
     ``folds``, ``features``, ``select``, ``budget``, ``n_max``, a size argument or the pool."""
     _check_cost(lam, budget)
     if isinstance(features, str) or features is None:
@@ -155,7 +159,7 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
     search = _Search(seen, n_max, folds, lam, budget, seed)
     best, preps = None, {}
     for rule in rules:
-        prep = preps[rule] = _features(seen, n_max, rule)
+        prep = preps[rule] = _features(relabel(seen, labels, rule, n_max), n_max, rule)
         search.add_envelope(prep)
         floor = float(prep.cost[:, 0].mean() / max(prep.cost.sum(axis=1).mean(), 1e-300))
         if budget is not None and floor > budget * (1 + 1e-12):
@@ -175,12 +179,13 @@ def fit_auto(batch: ReplayBatch, n_max: int, select: str = "auto", features: str
         chosen = max((r for r in search.results if not r.cand.features), key=lambda r: (r.score, -r.tokens))
     estimate = search.estimate(chosen, env)
     rule = Selection(chosen.cand.select)
-    prep = preps[rule] if seen is batch else _features(batch, n_max, rule)
+    final = relabel(batch, labels, rule, n_max)
+    prep = preps[rule] if seen is batch else _features(final, n_max, rule)
     s = chosen.cand.settings()
     cal, edges, length_edges = prep.calibration(s["bins"], s["agree_cap"], s["margin_cap"], s["consensus"],
                                                 s["length_bins"] > 1)
-    table = _finish(batch, cal, prep.rule, edges, length_edges, prep.cost_name, n_max, lam, budget, s["shrink"],
-                    source, strict, chosen.cand.features or ("n",))
+    table = _finish(final, cal, prep.rule, edges, length_edges, prep.cost_name, n_max, lam, budget, s["shrink"],
+                    source, strict, chosen.cand.features or ("n",), labels)
     estimate["summary"] = summary(estimate, table)
     return replace(table, fitted={**table.fitted, "cross_validated": estimate})
 

@@ -12,6 +12,7 @@ from ...errors import InputError
 from ...priors import problem_keys
 from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT, score_or_zero
+from ..consensus import relabel
 from ..selection import Selection
 from .state import (DEFAULT_AGREE_CAP, DEFAULT_BINS, DEFAULT_LENGTH_BINS, DEFAULT_SHRINK, MAX_AGREE_CAP, MAX_BINS,
                     MAX_LENGTH_BINS, MAX_MARGIN_CAP, Features, _size_error, combine, prefix_features)
@@ -229,6 +230,7 @@ def fit_table(
     strict: bool = True,
     margin_cap: int = 0,
     features: tuple[str, ...] | None = None,
+    labels: str = "gold",
 ) -> StoppingTable:
     """Fit a stopping table on a calibration batch (every problem, every order of it).
 
@@ -239,7 +241,10 @@ def fit_table(
     at least :data:`MIN_PROBLEMS`. ``source`` (``pool`` name, ``sha256``) goes into the table's
     ``calibration`` section; the table records ``batch``'s problems and refuses to be applied to
     them unless ``strict`` is False (for a benchmark choosing among tables on their own calibration
-    data). ``features`` only names the design in the file. Errors name the argument (``n_max``,
+    data). ``features`` only names the design in the file. ``labels`` "consensus" fits on
+    consensus labels (no gold: agreement with the answer ``select`` returns on all ``n_max``
+    samples, :func:`~optscale.policies.consensus.relabel`); the table records them
+    (``fitted.labels``). Errors name the argument (``n_max``,
     ``select``, ``lam``, ``budget``, ``bins``, ``agree_cap``, ``margin_cap``, ``length_bins``,
     ``shrink``, ``source``); the limits are those of :mod:`.state`.
     """
@@ -262,10 +267,11 @@ def fit_table(
                          else "length_bins" if length_bins > DEFAULT_LENGTH_BINS else "margin_cap" if margin_cap
                          else "n_max")
     check_pool(batch, n_max)
+    batch = relabel(batch, labels, rule, n_max)
     cal, edges, length_edges, cost_name = _prepare(batch, n_max, rule, bins, agree_cap, bool(consensus), length_bins,
                                                    margin_cap)
     return _finish(batch, cal, rule, edges, length_edges, cost_name, n_max, lam, budget, shrink, source, strict,
-                   features)
+                   features, labels)
 
 
 def _rule(select) -> Selection:
@@ -285,7 +291,7 @@ def _check_cost(lam, budget) -> None:
 
 
 def _finish(batch, cal, rule, edges, length_edges, cost_name, n_max, lam, budget, shrink, source, strict,
-            features) -> StoppingTable:
+            features, labels: str = "gold") -> StoppingTable:
     q = _q_values(cal, shrink)
     bon_cost = cal.cost.sum(axis=1).mean()
     mix_lam, mix_share, mix_stop, mixed = None, 0.0, None, None
@@ -305,7 +311,10 @@ def _finish(batch, cal, rule, edges, length_edges, cost_name, n_max, lam, budget
     }
     fitted = {"accuracy": float(right.mean()), "mean_samples": float(n.mean()), f"mean_{cost_name}": float(spent.mean()),
               "share_of_bon": float(spent.mean() / bon_cost) if bon_cost > 0 else 1.0,
-              "note": "in-sample, on the calibration pool itself"}
+              "note": "in-sample, on the calibration pool itself" + (
+                  "; consensus labels: accuracy is agreement with the answer of all n_max samples" * (
+                      labels == "consensus")),
+              "labels": labels}
     shape = (n_max, *cal.shape)
     return StoppingTable(n_max=n_max, select=rule.value, lam=float(lam), edges=edges, agree_cap=cal.shape[1] - 1,
                          consensus=cal.shape[3] == 2, length_edges=length_edges if cal.shape[4] > 1 else np.zeros(0),

@@ -151,6 +151,7 @@ class Fitted(_Strict):
     share_of_bon: Finite
     note: str
     cross_validated: CrossValidated | None = None
+    labels: Literal["gold", "consensus"] | None = None  # absent in tables written before --labels
 
 
 class Row(_Strict):
