@@ -2,7 +2,7 @@
 
 A fast fake upstream (tests/live_fakes.py, its own process), one ``redis-server`` and two
 ``optscale serve --state redis://...`` replicas (each its own process) run on 127.0.0.1; HAProxy
-(leastconn, health checks on ``/ready``, as deploy/haproxy.cfg) is started twice: in front of
+(leastconn, health checks on ``/ready``, a new connection to a replica per request, as deploy/haproxy.cfg) is started twice: in front of
 replica 1 only, then in front of both. Each round: ``--clients`` concurrent clients (httpx, this
 process) send ``--per-client`` requests each (``bon``, n_max 2; half of them with an
 ``Idempotency-Key``, so Redis is on the path). Printed per round: requests/s, p50/p99 latency and
@@ -48,9 +48,10 @@ frontend proxy
     default_backend replicas
 backend replicas
     balance leastconn
+    http-reuse never
     option httpchk GET /ready
     http-check expect status 200
-    default-server check inter 2s fall 3 rise 1 maxconn 4096
+    default-server check inter 2s fall 5 rise 1 maxconn 4096
 {servers}
 """
 
@@ -60,7 +61,8 @@ def haproxy(replicas: list[ProxyProcess], folder: Path) -> tuple[subprocess.Pope
     cfg = folder / f"haproxy-{len(replicas)}.cfg"
     cfg.write_text(HAPROXY_CFG.format(port=port, servers="\n".join(
         f"    server r{i} 127.0.0.1:{r.port}" for i, r in enumerate(replicas))))
-    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(folder / f"haproxy-{len(replicas)}.log", "w")  # noqa: SIM115 -- the process's, for the round
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -123,9 +125,10 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait(10)
+                downs = (folder / f"haproxy-{n}.log").read_text().count(" is DOWN")
                 print(f"{n} replica(s): {args.clients} clients x {args.per_client}: {len(times) / wall:.1f} req/s, "
                       f"p50 {pct(times, .5) * 1000:.0f} ms, p99 {pct(times, .99) * 1000:.0f} ms, "
-                      f"errors {sum(errors.values())} {dict(errors) or ''}")
+                      f"errors {sum(errors.values())} {dict(errors) or '(none)'}; a replica marked down {downs} time(s)")
         finally:
             for r in replicas:
                 r.close()

@@ -141,6 +141,7 @@ frontend proxy
     default_backend replicas
 backend replicas
     balance roundrobin
+    http-reuse never
     option httpchk GET /ready
     http-check expect status 200
     default-server check inter 100ms fall 1 rise 1
