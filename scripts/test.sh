@@ -19,5 +19,5 @@ export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 # The predictor extra needs torch: take the CPU build first so nothing pulls a CUDA one
 # (on these machines pip finds torch 2.13.0 for Python 3.11 on local disk).
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,live,serve,otel,redis,local,predictor,ray]"
+.venv/bin/python -m pip install -q -e ".[test,live,serve,otel,redis,local,predictor,ray,dask]"
 exec .venv/bin/python -m pytest "$@"

@@ -224,6 +224,10 @@ def test_cli_sweep_with_consensus_labels(traffic, cli, tmp_path):
     grid = (out_dir / "grid.csv").read_text().splitlines()
     assert "labels" in grid[0].split(",") and all(line.endswith("consensus") or ",consensus," in line
                                                   for line in grid[1:])
+    import csv
+    selected = list(csv.DictReader((out_dir / "selected.csv").open()))
+    assert selected and {row["labels"] for row in selected} == {"consensus"}
+    assert "(consensus labels)" in (out_dir / "table.md").read_text()
     code, out, err = cli("sweep", traffic, "--policy", "bon", "--n-max", "4", "--labels", "consensus",
                          "--grid", "select=best,majority", "--out", tmp_path / "s2")
     assert code == 2 and err.startswith("error: --grid select: "), err

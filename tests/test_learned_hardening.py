@@ -62,7 +62,7 @@ def test_a_first_format_table_is_still_read(calib, tmp_path, monkeypatch):
     table = fit_table(calib, 8, budget=0.5, source={"pool": "calib.jsonl", "sha256": "ab" * 32})
     data = table.to_json()
     data["format"] = "optscale-stopping-table/1"
-    del data["settings"]["margin_cap"], data["settings"]["mix"], data["decisions_mix"]
+    del data["settings"]["margin_cap"], data["settings"]["mix"], data["decisions_mix"], data["digest"]  # v1 had none
     for row in data["decisions"]:
         row.pop("margin", None)
     path = tmp_path / "v1.json"
@@ -117,3 +117,30 @@ def test_library_fit_refuses_short_and_single_problem_pools(calib):
         fit_table(calib, 8, lam=0.0) and fit_table(build_batch(toy_pool(problems=10, samples=8, seed=2, ragged=True)),
                                                    8, lam=0.0)
     assert info.value.where == "n_max" and "fewest" in info.value.detail
+
+
+def test_a_table_edited_by_hand_is_refused_by_its_digest(calib, tmp_path):
+    """Hostile probe (issue 14): a hand-edited table (a changed decision, a changed calibration sha256, no
+    digest) was accepted. Every table written by `policy fit` carries the sha256 of its content."""
+    table = fit_table(calib, 8, budget=0.5, source={"pool": "calib.jsonl", "sha256": "ab" * 32})
+    path = table.save(tmp_path / "t.json")
+    data = json.loads(path.read_text())
+    assert len(data["digest"]) == 64
+    make_policy("learned", 8, table=str(path))  # as written: accepted
+    edits = {
+        "sha256": lambda d: d["calibration"].update(sha256="cd" * 32),
+        "decision": lambda d: d["decisions"][0].update(other="".join("C" if c == "S" else "S"
+                                                                     for c in d["decisions"][0]["other"])),
+        "budget": lambda d: d["settings"].update(budget=0.9),
+    }
+    for name, edit in edits.items():
+        bad = json.loads(json.dumps(data))
+        edit(bad)
+        (tmp_path / f"{name}.json").write_text(json.dumps(bad))
+        with pytest.raises(InputError, match="field digest: does not match") as info:
+            make_policy("learned", 8, table=str(tmp_path / f"{name}.json"))
+        assert info.value.where == "settings.table"
+    del data["digest"]
+    (tmp_path / "none.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="field digest: missing"):
+        make_policy("learned", 8, table=str(tmp_path / "none.json"))

@@ -3,11 +3,14 @@
 Every policy in the registry is replayed on held-out problems and compared with the envelope
 of every fixed-N method at its own mean tokens; OptScale's (s_min, alpha) are chosen on the
 calibration half first, and where no setting matches fixed BoN there the report says so and
-shows the policy at its defaults. ``learned`` is fitted on the calibration half with the
-default flags of ``optscale policy fit`` (its cross-validated search) at :data:`LEARNED_BUDGET`
-of Best-of-N_max's tokens. Policies that cannot run without extra input are listed as skipped.
-Runs in about a minute on 2 cores. The pool follows real per-problem PRM score
-statistics (see :mod:`optscale.simulate`). OptScale^t gets priors from a *simulated*
+shows the policy at its defaults. ``learned`` is fitted on the calibration half, one table per
+budget, by the function ``optscale policy fit`` calls, with that command's default flags (its
+cross-validated search), at the tokens of :data:`LEARNED_SAMPLES` samples per problem
+(``--budget LEARNED_SAMPLES/N_max``); its tables are written into the report folder. Policies
+that still cannot run without extra input are listed as skipped. The report starts with a
+summary: per budget, the rule with the largest gain over the envelope
+(:mod:`optscale.report.summary`). Runs in about a minute on 2 cores. The pool follows real
+per-problem PRM score statistics (see :mod:`optscale.simulate`). OptScale^t gets priors from a *simulated*
 predictor, the true per-problem parameters plus noise of a stated size, because simulated
 problems have no text a real predictor could read; the report says so.
 """
@@ -30,8 +33,16 @@ BUDGETS, S_MIN_GRID, ALPHA_GRID = defaults.BUDGETS, defaults.DEMO_S_MIN_GRID, de
 TUNED = ("optscale0", "optscale-t", "optscale")
 BASELINES = ("bon", "sc", "esc", "asc")  # listed first; the registry's other policies follow at their defaults
 PRIOR_NOISE = 0.05  # std of the simulated predictor's error on mu (and relative error on sigma)
-#: Files the demo writes into ``out`` itself; the report's files are claimed by its staged write.
+#: Files the demo writes into ``out`` itself (and :func:`learned_table_name` of each budget); the
+#: report's files are claimed by its staged write.
 FILES = ("pool.jsonl", "priors.jsonl", "selected_settings.csv", "README.md")
+#: ``learned``'s budget: the calibration mean tokens of this many samples per problem (``--budget k/N_max``).
+LEARNED_SAMPLES = 4
+
+
+def learned_table_name(n_max: int) -> str:
+    """The file of the ``learned`` table the demo fits for budget ``n_max``."""
+    return f"learned-table-N{n_max}.json"
 
 
 @dataclass
@@ -39,17 +50,7 @@ class DemoSummary:
     tables: list = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # unmet objectives and skipped policies
-
-
-#: Share of Best-of-N_max's tokens the demo's ``learned`` tables are fitted for (``policy fit --budget``).
-LEARNED_BUDGET = 0.25
-
-
-def _learned(calib, budgets, seed: int) -> dict:
-    """A ``learned`` table per budget, fitted on the calibration half with ``policy fit``'s default flags."""
-    from .policies.learned.cv import fit_auto
-
-    return {b: fit_auto(calib, b, budget=LEARNED_BUDGET, seed=seed) for b in budgets}
+    best: list[dict] = field(default_factory=list)  # per budget, the rule with the largest gain over the envelope
 
 
 def _others(budget: int) -> tuple[list, list[str]]:
@@ -66,6 +67,19 @@ def _others(budget: int) -> tuple[list, list[str]]:
         except InputError as exc:
             skipped.append(f"{name}: {exc}")
     return built, skipped
+
+
+def _learned_tables(calib, budgets: list[int], out: Path, source: dict, seed: int) -> dict[int, Path]:
+    """A ``learned`` table per budget, fitted on the calibration batch by the function ``optscale
+    policy fit`` calls, with that command's defaults (its cross-validated search; ``seed`` as its
+    --seed), and written into ``out``."""
+    from .policies.learned.cv import fit_auto  # what `policy fit` calls
+
+    paths = {}
+    for b in budgets:
+        table = fit_auto(calib, b, budget=min(1.0, LEARNED_SAMPLES / b), source=source, seed=seed)
+        paths[b] = table.save(out / learned_table_name(b))
+    return paths
 
 
 def _priors_file(problems, path: Path, seed: int) -> Path:
@@ -96,8 +110,12 @@ def check_demo(out: Path, problems: int, samples: int, orders: int, seed: int) -
         raise InputError(f"the demo's smallest budget is {min(BUDGETS)}; got {samples}", "n_samples")
     orders, seed = check_orders(orders), check_seed(seed)
     out = ensure_out_dir(out, "out")
-    claim_outputs(out, FILES, "out")
+    claim_outputs(out, [*FILES, *map(learned_table_name, _budgets(samples))], "out")
     return out, orders, seed
+
+
+def _budgets(samples: int) -> list[int]:
+    return [b for b in BUDGETS if b <= samples]
 
 
 def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = defaults.DEMO_ORDERS,
@@ -107,8 +125,8 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = de
     Bad arguments and an ``out`` that cannot be written raise :class:`~optscale.errors.InputError`
     (naming ``out``, ``orders``, ``seed``, ``n_problems``, ``n_samples``) before any work.
     """
-    from .pools import PoolProblem, write_pool
-    from .report import write_replay_report, write_rows
+    from .pools import PoolProblem, pool_sha256, write_pool
+    from .report import replay_summary, write_replay_report, write_rows
     from .simulate import simulate_pool
 
     out, orders, seed = check_demo(out, problems, samples, orders, seed)
@@ -125,7 +143,7 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = de
     held_out = subset(batch, test_idx)
     step()
 
-    budgets = [b for b in BUDGETS if b <= samples]
+    budgets = _budgets(samples)
     chosen: dict[tuple[str, int], dict] = {}
     selections = []
     for name in TUNED:
@@ -145,20 +163,23 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = de
                                "calibration_accuracy": sel["calibration"].accuracy if sel["met"] else None,
                                "calibration_tokens": sel["calibration"].mean_tokens if sel["met"] else None})
     summary.files.append(write_rows(selections, out / "selected_settings.csv"))
-    tables = _learned(subset(batch, calib_idx), budgets, seed)
+    tables = _learned_tables(subset(batch, calib_idx), budgets, out,
+                             {"pool": "pool.jsonl", "sha256": pool_sha256(out / "pool.jsonl")}, seed)
+    summary.files += tables.values()
     step()
 
     policies = []
     for b in budgets:
         policies += [build_policy(name, b) for name in BASELINES]
         policies += [build_policy(name, b, chosen[(name, b)]) for name in TUNED]
-        policies.append(build_policy("learned", b, {"table": tables[b]}))
+        policies.append(build_policy("learned", b, {"table": str(tables[b])}))
         others, skipped = _others(b)
         policies += others
     summary.notes += [f"skipped {line}" for line in skipped]
     result: ReplayResult = replay_policies(held_out, policies, dataset="simulated", seed=seed)
     step()
-    summary.files += write_replay_report(out, [result])
+    summary.files += write_replay_report(out, [result], summary=True, featured=["learned"])
+    summary.best = replay_summary([result])
     summary.files.append(write_text(out / "README.md", _readme(len(pool), samples, orders, len(calib_idx), len(test_idx),
                                                                summary.notes)))
     step()
@@ -176,16 +197,24 @@ def _readme(problems: int, samples: int, orders: int, calib: int, test: int, not
 - Settings (s_min, alpha) of the OptScale policies were chosen per budget on {calib} calibration
   problems (`selected_settings.csv`: cheapest setting matching fixed BoN accuracy there); every number
   in `table.md` and the plots comes from the other {test} problems, each replayed in {orders} sample orders.
+- `learned` uses `learned-table-N<N_max>.json`, one stopping table per budget fitted on the same
+  {calib} calibration problems as `optscale policy fit` fits it with its default flags (selection rule,
+  state features and shrinkage chosen by cross-validation), at `--budget {LEARNED_SAMPLES}/N_max`
+  (the tokens of {LEARNED_SAMPLES} samples per problem on calibration problems).
+  A table refuses the problems it was fitted on, so it cannot be replayed on the whole `pool.jsonl`.
 - OptScale^t uses `priors.jsonl`, a *simulated* predictor: the true parameters plus noise
   (std {PRIOR_NOISE} on mu, {PRIOR_NOISE:.0%} on sigma). Real priors come from `optscale predictor`.
+- `table.md` starts with a summary: per N_max, the rule with the largest gain over the envelope
+  (below), its accuracy with its 95% interval, and its tokens as a share of the cheapest fixed
+  method (or mixture of two) as accurate as it, or "no fixed method reaches it".
+- `frontier.png`: accuracy vs tokens at every N_max, with the Best-of-N curve, the envelope,
+  `learned` and the three other rules with the largest gain; `frontier-all.png` shows every rule,
+  and `pareto_simulated_N<N_max>.png` each budget on its own.
 - `table.md` compares each policy with the envelope of every fixed-N method (N <= N_max samples,
   each returned by best score, majority vote or score-weighted vote, and random mixtures of two
   of them) at the same mean tokens, with a paired bootstrap 95% interval for the gain, and names the
   best single fixed method within the same tokens; the comparison with the Best-of-N curve alone
   is kept beside it. An adaptive rule only pays if it beats every fixed method for the same cost.
-- `learned` is fitted per budget on the calibration problems with the default flags of `optscale policy
-  fit` (selection rule, state features and shrinkage chosen by cross-validation) at {LEARNED_BUDGET:.0%} of
-  Best-of-N_max's tokens.
 - The other policies run at their default settings.
 - Notes:{noted or " none"}
 """

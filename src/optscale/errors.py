@@ -48,7 +48,16 @@ class InputError(OptscaleError, ValueError):
                         if k.endswith(".") and where.startswith(k)), where)
         if new == where:
             return self
-        err = type(self).__new__(type(self))
-        err.where, err.detail = new, self.detail  # already bounded: not cut again
-        Exception.__init__(err, f"{new}: {self.detail}")
-        return err
+        return _rebuilt(type(self), new, self.detail)
+
+    def __reduce__(self):
+        # pickled whole (a parallel worker's error reaches the parent with its place, for the CLI to rename)
+        return _rebuilt, (type(self), self.where, self.detail)
+
+
+def _rebuilt(cls: type, where: str | None, detail: str) -> InputError:
+    """An error of class ``cls`` at ``where`` with ``detail``, already bounded: not cut again."""
+    err = cls.__new__(cls)
+    err.where, err.detail = where, detail
+    Exception.__init__(err, f"{where}: {detail}" if where else detail)
+    return err

@@ -36,6 +36,11 @@ LabelsOpt = Annotated[str, typer.Option("--labels", help="where a sample's 'corr
                                         "selection rule's answer on the problem's first N_max samples: no gold "
                                         "needed, e.g. a traffic folder; see docs/policies.md)")]
 PoolArg = "completion pool (JSON Lines, one problem per line), or a traffic folder (optscale serve --traffic-dir)"
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="parallel jobs (1: one after another in this process); the "
+                                      "results are the same, bit for bit")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="where --jobs run: loky (processes on this machine), ray "
+                                         "(extra ray; RAY_ADDRESS or a local Ray) or dask (extra dask; "
+                                         "DASK_SCHEDULER_ADDRESS or a local cluster)")]
 
 
 @contextmanager
@@ -48,7 +53,7 @@ def progress_bar(quiet: bool = False):
 
 #: Library names -> flags, one table per command (see :func:`optscale.cli.flags.flags`).
 _POLICY_FLAGS = {"policy": "--policy", "settings": "--set", "settings.": "--set ", "orders": "--orders", "seed": "--seed",
-                 "out": "--out", "labels": "--labels", "select": "--set select"}
+                 "out": "--out", "labels": "--labels", "select": "--set select", "jobs": "--jobs", "backend": "--backend"}
 REPLAY_FLAGS = {**_POLICY_FLAGS, "n_max": "--n-max"}
 SWEEP_FLAGS = {**_POLICY_FLAGS, "budgets": "--n-max", "n_max": "--n-max", "s_mins": "--s-min", "alphas": "--alpha",
                "calib_fraction": "--calib-fraction", "objective": "--objective", "target": "--target",
@@ -122,10 +127,10 @@ def _pool_notes(batch, n_max: int | None, failed: dict[str, int]) -> list[str]:
     return notes + ([note] if note else [])
 
 
-def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None, labels: str = "gold",
+def read_checked(pool: Path, orders: int, seed: int, n_max: int | None = None, labels: str = "gold",
                  select: str | None = None, label_n_max: int | None = None):
-    """:func:`load_batch` and the notes on what was read (warned on stderr), then, for consensus labels
-    (``select`` over ``label_n_max`` samples, default ``n_max``), what they measure."""
+    """:func:`load_batch`, the notes on what was read (warnings), and for consensus labels (``select``
+    over ``label_n_max`` samples, default ``n_max``) what they measure."""
     from ..answers.grade import COUNTS, grading_problems
     from ..replay import labels_note
 
@@ -133,9 +138,20 @@ def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None, l
     label_n_max = label_n_max or n_max
     batch = load_batch(pool, orders, seed, labels, select, label_n_max)
     notes = _pool_notes(batch, n_max, grading_problems(before))
+    return batch, notes, ([labels_note(labels, select, label_n_max)] if labels != "gold" else [])
+
+
+def warn(notes: list[str]) -> None:
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
-    return batch, notes + ([labels_note(labels, select, label_n_max)] if labels != "gold" else [])
+
+
+def load_checked(pool: Path, orders: int, seed: int, n_max: int | None = None, labels: str = "gold",
+                 select: str | None = None, label_n_max: int | None = None):
+    """:func:`read_checked`, its warnings on stderr; the notes are the warnings and what the labels measure."""
+    batch, notes, about = read_checked(pool, orders, seed, n_max, labels, select, label_n_max)
+    warn(notes)
+    return batch, notes + about
 
 
 def labelled(table: Table, labels: str) -> Table:
@@ -153,15 +169,44 @@ def promise_note(stats) -> str:
             "its score model does not fit these scores")
 
 
-def _check_run(orders: int, seed: int, out: Path | None, labels: str = "gold") -> None:
-    """Everything about a replay that can be wrong apart from the pool, checked before reading it."""
+def _check_run(orders: int, seed: int, out: Path | None, labels: str = "gold", jobs: int = 1, backend: str = "loky",
+               pools: list[Path] = ()) -> None:
+    """Everything about a replay that can be wrong apart from the pools' contents, checked before reading them."""
     from ..replay import check_labels, check_orders, check_seed
+    from ..replay.parallel import check_parallel
 
     check_labels(labels)
     check_orders(orders)
     check_seed(seed)
+    check_parallel(jobs, backend)
+    names: dict[str, Path] = {}
+    for pool in pools:  # each pool's results are named by its file name's stem
+        if names.setdefault(pool.stem, pool) != pool:
+            raise InputError(f"{pool} and {names[pool.stem]} would both be reported as {pool.stem!r}: "
+                             "give pools with different names", str(pool))
     if out is not None:
         ensure_out_dir(out, "out")
+
+
+def replay_pool(pool: Path, policy, orders: int, seed: int, n_max: int, labels: str = "gold"):
+    """One pool of ``optscale replay`` (a unit of parallel work): its result, notes, warnings, number of problems."""
+    from ..replay import replay_policies
+
+    batch, warnings, about = read_checked(pool, orders, seed, n_max, labels, getattr(policy, "select", None))
+    result = replay_policies(batch, [policy], dataset=pool.stem, seed=seed, labels=labels)
+    notes = warnings + about
+    if result.stats[0].misses_alpha:
+        notes.append(promise_note(result.stats[0]))
+        warnings.append(notes[-1])
+    return result, notes, warnings, batch.shape[0]
+
+
+def sweep_pool(pool: Path, orders: int, seed: int, load: dict, args: tuple, options: dict):
+    """One pool of ``optscale sweep`` with several pools (a unit of parallel work): its result and warnings."""
+    from ..replay import sweep as run_sweep
+
+    batch, warnings, _ = read_checked(pool, orders, seed, **load)
+    return run_sweep(batch, *args, seed, **options), warnings
 
 
 def _short_settings(stats) -> str:
@@ -174,12 +219,31 @@ def _pp(x: float) -> str:
     return "-" if x != x else f"{100 * x:+.1f}"
 
 
-def stats_table(rows, title: str) -> Table:
-    """One line per policy: accuracy with its 95% interval, cost, and the honest fixed-N comparisons."""
+#: Each column of :func:`stats_table`: what its caption says about it ("" for none).
+_STATS_COLUMNS = {
+    "policy": "", "settings": "",
+    "acc. %": "acc. ± half-width of the 95% bootstrap interval over problems",
+    "samples": "", "tokens": "",
+    "saved": "saved: tokens vs fixed BoN at the same N",
+    "envelope": ("envelope: best mixture of fixed-N methods (every N <= N_max, best score, majority and "
+                 "score-weighted vote) at the same mean tokens"),
+    "gain [95%]": "gain: accuracy minus that, with its paired 95% bootstrap interval",
+    "best fixed ≤ tokens": "best fixed ≤ tokens: most accurate single fixed method costing no more (rule@N)",
+    "BoN@tokens": "", "gain BoN": "BoN@tokens, gain BoN: the same against the Best-of-N curve alone",
+    "hit/α": "hit/α: share whose best score reached s_min vs the promised α",
+}
+#: The columns of the narrow table (:func:`stats_table` with ``narrow``): it fits 100 terminal columns.
+NARROW_COLUMNS = ("policy", "acc. %", "tokens", "envelope", "gain [95%]", "best fixed ≤ tokens")
+
+
+def stats_table(rows, title: str, narrow: bool = False) -> Table:
+    """One line per policy: accuracy with its 95% interval, cost, and the honest fixed-N comparisons;
+    ``narrow`` keeps only :data:`NARROW_COLUMNS` (the report's files keep every column)."""
+    columns = NARROW_COLUMNS if narrow else tuple(_STATS_COLUMNS)
     t = Table(title=title, title_justify="left")
-    for col in ("policy", "settings", "acc. %", "samples", "tokens", "saved", "envelope", "gain [95%]",
-                "best fixed ≤ tokens", "BoN@tokens", "gain BoN", "hit/α"):
-        t.add_column(col, justify="left" if col in ("policy", "settings", "best fixed ≤ tokens") else "right")
+    for col in columns:
+        t.add_column(col, justify="left" if col in ("policy", "settings", "best fixed ≤ tokens") else "right",
+                     no_wrap=narrow)
     for s in rows:
         calib = "-"
         if s.promised_alpha is not None and s.achieved_uncapped is not None:
@@ -188,22 +252,32 @@ def stats_table(rows, title: str) -> Table:
         gain = "-" if env != env else (f"{_pp(s.gain_vs_envelope)} [{_pp(s.gain_vs_envelope_ci_low)}, "
                                        f"{_pp(s.gain_vs_envelope_ci_high)}]")
         best = "-" if not s.best_fixed_method else f"{s.best_fixed_method}: {100 * s.best_fixed_method_accuracy:.1f}"
-        t.add_row(f"{s.policy}@{s.n_max}", _short_settings(s),
-                  f"{100 * s.accuracy:.1f}±{50 * (s.ci_high - s.ci_low):.1f}",
-                  f"{s.mean_samples:.1f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.0f}%",
-                  "-" if env != env else f"{100 * env:.1f}", gain, best,
-                  "-" if same != same else f"{100 * same:.1f}", _pp(s.gain_vs_bon_curve), calib)
-    t.caption = ("acc. ± half-width of the 95% bootstrap interval over problems; saved: tokens vs fixed BoN at the "
-                 "same N; envelope: best mixture of fixed-N methods (every N <= N_max, best score, majority and "
-                 "score-weighted vote) at the same mean tokens; gain: accuracy minus that, with its paired 95% "
-                 "bootstrap interval; best fixed ≤ tokens: most accurate single fixed method costing no more "
-                 "(rule@N); BoN@tokens, gain BoN: the same against the Best-of-N curve alone; hit/α: share whose "
-                 "best score reached s_min vs the promised α")
+        cells = dict(zip(_STATS_COLUMNS, (
+            f"{s.policy}@{s.n_max}", _short_settings(s), f"{100 * s.accuracy:.1f}±{50 * (s.ci_high - s.ci_low):.1f}",
+            f"{s.mean_samples:.1f}", f"{s.mean_tokens:,.0f}", f"{100 * s.token_savings:.0f}%",
+            "-" if env != env else f"{100 * env:.1f}", gain, best,
+            "-" if same != same else f"{100 * same:.1f}", _pp(s.gain_vs_bon_curve), calib)))
+        t.add_row(*(cells[col] for col in columns))
+    t.caption = "; ".join(_STATS_COLUMNS[col] for col in columns if _STATS_COLUMNS[col])
+    return t
+
+
+def summary_table(best: list[dict], title: str) -> Table:
+    """The report's summary (:func:`optscale.report.summary.summary_cells`) as a terminal table."""
+    from rich import box
+
+    from ..report.summary import SUMMARY_COLUMNS, SUMMARY_NOTE, summary_cells
+
+    t = Table(title=title, title_justify="left", caption=SUMMARY_NOTE, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, align in SUMMARY_COLUMNS.items():
+        t.add_column(col, justify="right" if align.endswith(":") else "left")
+    for b in best:
+        t.add_row(*summary_cells(b))
     return t
 
 
 def replay(
-    pool: Annotated[Path, typer.Argument(help=PoolArg)],
+    pool: Annotated[list[Path], typer.Argument(help=PoolArg + "; several: one result per pool, in one report")],
     policy: PolicyOpt = defaults.POLICY,
     n_max: Annotated[int, typer.Option("--n-max", "-n", help="most samples per problem")] = defaults.N_MAX,
     settings: SetOpt = None,
@@ -212,49 +286,54 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="also write a report folder (tables, plots)")] = None,
     labels: LabelsOpt = "gold",
+    jobs: JobsOpt = 1,
+    backend: BackendOpt = "loky",
 ) -> None:
     """Replay one policy over a stored pool in several sample orders and compare it with fixed-N BoN.
 
     Also against the envelope of every fixed-N method (N <= --n-max; best score, majority and
     score-weighted vote) at the same mean tokens, with a paired bootstrap interval for the gain.
     With --labels consensus (traffic without gold) accuracy is agreement with full sampling.
+    Several pools are replayed one by one, or --jobs at a time (each job reads its pool), and
+    reported in argument order: a table (or a --json line) per pool, one --out report whose
+    files have a row per pool (column dataset: the pool's file name without extension).
     """
+    pools = pool
     with flags(REPLAY_FLAGS):
         from ..compose import build_policy
         from ..policies import parse_settings
-        from ..replay import replay_policies
+        from ..replay.parallel import run_units
 
         pol = build_policy(policy, n_max, parse_settings(settings))
-        _check_run(orders, seed, out, labels)
-        batch, notes = load_checked(pool, orders, seed, n_max, labels, getattr(pol, "select", None))
-        result = replay_policies(batch, [pol], dataset=pool.stem, seed=seed, labels=labels)
-        stats = result.stats[0]
-        if stats.misses_alpha:
-            notes.append(promise_note(stats))
-            typer.echo(f"warning: {notes[-1]}", err=True)
+        _check_run(orders, seed, out, labels, jobs, backend, pools)
+        done = run_units(replay_pool, [(p, pol, orders, seed, n_max, labels) for p in pools], jobs, backend)
         if out is not None:
             from ..report import write_replay_report
 
-            write_replay_report(out, [result], s_min=getattr(pol, "s_min", None), alpha=getattr(pol, "alpha", None))
-    if as_json:
-        from ..report import json_ready
+            write_replay_report(out, [result for result, *_ in done], s_min=getattr(pol, "s_min", None),
+                                alpha=getattr(pol, "alpha", None))
+    for pool, (result, notes, warnings, problems) in zip(pools, done):
+        warn(warnings)
+        stats = result.stats[0]
+        if as_json:
+            from ..report import json_ready
 
-        typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "labels": labels,
-                                           "notes": notes,
-                                           "bon_curve": result.curve.rows(),
-                                           "fixed_curves": result.baseline.curves.rows(),
-                                           "envelope": result.envelope_rows()})))
-        return
-    console.print(labelled(stats_table([stats], f"{pool.name}: {batch.shape[0]} problems x {orders} orders, "
-                                                f"{labels} labels"), labels))
-    if stats.envelope_mix:
-        console.print(f"envelope at {stats.mean_tokens:,.0f} tokens: {stats.envelope_mix}")
-    if out is not None:
+            typer.echo(json.dumps(json_ready({**stats.as_dict(), "dataset": result.dataset, "labels": labels,
+                                               "notes": notes,
+                                               "bon_curve": result.curve.rows(),
+                                               "fixed_curves": result.baseline.curves.rows(),
+                                               "envelope": result.envelope_rows()})))
+            continue
+        console.print(labelled(stats_table([stats], f"{pool.name}: {problems} problems x {orders} orders, "
+                                                    f"{labels} labels"), labels))
+        if stats.envelope_mix:
+            console.print(f"envelope at {stats.mean_tokens:,.0f} tokens: {stats.envelope_mix}")
+    if out is not None and not as_json:
         console.print(f"report written to {out}")
 
 
 def sweep(
-    pool: Annotated[Path, typer.Argument(help=PoolArg)],
+    pool: Annotated[list[Path], typer.Argument(help=PoolArg + "; several: a report per pool, in --out/<pool name>/")],
     policy: PolicyOpt = defaults.POLICY,
     n_max: Annotated[str, typer.Option("--n-max", "-n", help="budgets, comma-separated")] = ",".join(map(str, defaults.BUDGETS)),
     s_min: Annotated[Optional[str], typer.Option("--s-min", help=f"grid of target scores, comma-separated (policies with s_min; default {DEFAULT_S_MIN})")] = None,
@@ -270,6 +349,8 @@ def sweep(
     splits: Annotated[int, typer.Option("--splits", help="repeat the calibration/held-out split over this many seeds (--seed, --seed+1, ...)")] = 1,
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("sweep-report"),
     labels: LabelsOpt = "gold",
+    jobs: JobsOpt = 1,
+    backend: BackendOpt = "loky",
 ) -> None:
     """Grid-search (s_min, alpha) per budget on a calibration split; report the choice on held-out problems.
 
@@ -277,13 +358,18 @@ def sweep(
     only (--objective); when none meets the objective there, the output says so and nothing is
     selected for that budget. Held-out rows are compared with the envelope of every fixed-N method.
     With --labels consensus every budget is scored against the rule's answer on the largest --n-max.
+    With --jobs, one pool is read once and its problems replayed in --jobs runs in parallel;
+    several pools are swept --jobs at a time, each job reading its pool, each pool's report in
+    --out/<pool file name without extension>/. Results equal the serial ones, bit for bit.
     """
+    pools = pool
     with flags(SWEEP_FLAGS):
         from ..compose import with_default_priors
         from ..policies import POLICIES as registry
         from ..policies import parse_settings
         from ..replay import check_sweep
         from ..replay import sweep as run_sweep
+        from ..replay.parallel import run_units
         from ..report import write_sweep_report
 
         budgets = _ints(n_max, "budgets")
@@ -301,16 +387,30 @@ def sweep(
         if labels == "consensus" and "select" in given:
             raise InputError("cannot be swept with --labels consensus: the labels follow one selection rule "
                              "(set it with --set select=RULE)", "grid.select")
-        _check_run(orders, seed, out, labels)
+        _check_run(orders, seed, out, labels, jobs, backend, pools)
         select = fixed.get("select", fields["select"].default if "select" in fields else None)
-        batch, _ = load_checked(pool, orders, seed, labels=labels, select=select, label_n_max=max(budgets))
+        load = dict(labels=labels, select=select, label_n_max=max(budgets))
+        args, options["objective"] = (policy, budgets, s_mins, alphas, extra, calib_fraction), objective
+        batch = load_checked(pools[0], orders, seed, **load)[0] if len(pools) == 1 else None
         with progress_bar() as bar:
             task = bar.add_task(f"sweep {policy} ({len(pairs)} settings)", total=None)
-            result = run_sweep(batch, policy, budgets, s_mins, alphas, extra, calib_fraction, seed, objective,
-                               on_progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
-        for row in result.grid:
-            row["labels"] = labels
-        write_sweep_report(out, result, pool.stem)
+            update = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+            if batch is not None:
+                done = [(run_sweep(batch, *args, seed, on_progress=update, jobs=jobs, backend=backend, **options), [])]
+            else:
+                done = run_units(sweep_pool, [(p, orders, seed, load, args, options) for p in pools], jobs, backend,
+                                 update)
+        for pool, (result, warnings) in zip(pools, done):
+            warn(warnings)
+            for row in result.grid:
+                row["labels"] = labels
+            write_sweep_report(out if len(pools) == 1 else out / pool.stem, result, pool.stem)
+    for pool, (result, _) in zip(pools, done):
+        _print_sweep(pool, result, labels)
+    console.print(f"grid, Pareto front and plots written to {out}")
+
+
+def _print_sweep(pool: Path, result, labels: str) -> None:
     met = [s["held_out"] for s in result.selected if s["met"]]
     title = (f"{pool.name}: settings chosen on {result.calib_problems} calibration problems ({result.objective}), "
              f"reported on {result.test_problems} held-out problems")
@@ -322,7 +422,6 @@ def sweep(
     if len(result.splits) > 1:
         console.print(splits_table(result.summary, f"{result.policy} over {len(result.splits)} split seeds "
                                                    f"(held-out numbers of each split's calibration choice)"))
-    console.print(f"grid, Pareto front and plots written to {out}")
 
 
 def splits_table(summary: list[dict], title: str) -> Table:
@@ -377,10 +476,13 @@ def demo(
         check_demo(out, problems, samples, orders, seed)  # before the progress bar starts
     with flags(DEMO_FLAGS), progress_bar() as bar:
         summary = run_demo(out, problems=problems, samples=samples, orders=orders, seed=seed, progress=bar)
+    console.print(summary_table(summary.best, "The rule with the largest gain over the envelope at each N_max "
+                                              "(held-out problems)"))
     for title, rows in summary.tables:
-        console.print(stats_table(rows, title))
+        console.print(stats_table(rows, title, narrow=True))
     for note in summary.notes:
         console.print(f"note: {note}")
+    console.print("every column (settings, saved vs BoN@N, the Best-of-N curve, hit/α) is in table.md and results.csv")
     console.print(f"report written to {out}/ in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(p.name for p in summary.files))
 

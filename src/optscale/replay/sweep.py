@@ -32,9 +32,11 @@ import numpy as np
 from ..checks import check_int
 from ..errors import InputError
 from ..policies.registry import make_policy
-from .batch import check_seed
+from .arrays import OrderedPool
+from .batch import check_seed, subset
 from .engine import collect
 from .metrics import Baseline, BonCurve, FixedCurves, PolicyStats, ReplayOutcome, policy_stats
+from .parallel import check_parallel, run_units
 
 __all__ = ["OBJECTIVES", "SweepResult", "check_sweep", "choose", "grid_points", "pareto_mask", "split_problems", "sweep"]
 
@@ -233,45 +235,45 @@ def sweep(
     token_share: float = 0.5,
     splits: int = 1,
     bootstrap: int = 2000,
+    jobs: int = 1,
+    backend: str = "loky",
 ) -> SweepResult:
     """Replay the grid on every problem of ``data`` (a batch or an ordered pool), then per split
-    seed (``seed``, ``seed + 1``, ...) select per budget on the calibration split (see the module)."""
+    seed (``seed``, ``seed + 1``, ...) select per budget on the calibration split (see the module).
+
+    With ``jobs`` > 1 the problems are replayed in ``jobs`` runs, and the statistics of each (split
+    seed, half) computed, in parallel on ``backend`` (:mod:`optscale.replay.parallel`); each run gets
+    its problems' rows of ``data`` (compact arrays, not the pool re-read), and the result is the
+    serial one, bit for bit. ``on_progress`` then counts finished runs instead of (chunk, policy) steps."""
     pairs = check_sweep(policy, budgets, s_mins, alphas, settings, calib_fraction, seed, objective, grid=grid,
                         target=target, token_share=token_share, splits=splits)
+    jobs, backend = check_parallel(jobs, backend)
     keys, _ = grid_points(s_mins, alphas, grid)
     settings = dict(settings or {})
     population = _is_population(settings)
     p = (data.shape[0])
     seeds = [seed + i for i in range(splits)]
-    shared: tuple[FixedCurves, list[ReplayOutcome], list] | None = None
+    halves = {s: dict(zip(("calibration", "held_out"), split_problems(p, calib_fraction, s))) for s in seeds}
+    # Every grid point is replayed once on every problem; with a population prior, once per split seed
+    # (the prior is fitted on that split's calibration problems).
+    replayed = {s: _grid_policies(data, policy, pairs, settings, halves[s]["calibration"] if population else None)
+                for s in (seeds if population else seeds[:1])}
+    collected = _collect(data, replayed, jobs, backend, on_progress)
+    own = {s: s if population else seeds[0] for s in seeds}  # the seed whose replay serves each split seed
+    units = [(replayed[own[s]], *collected[own[s]], idx, bootstrap, s) for s in seeds for idx in halves[s].values()]
+    halves_stats = iter(run_units(_half_stats, units, jobs, backend))
     grid_rows: list[dict] = []
     per_split: list[dict] = []
-    calls = [0]
-
-    def progress(done: int, total: int) -> None:
-        if on_progress is not None:
-            on_progress(calls[0] * total + done, total * (splits if population else 1))
-
     for split_seed in seeds:
-        calib_idx, test_idx = split_problems(p, calib_fraction, split_seed)
-        if population or shared is None:
-            extra = {"priors": _population_prior(data, calib_idx)} if population else {}
-            pols = [make_policy(policy, b, **{**settings, **extra, **point}) for b, point in pairs]
-            curves, outcomes = collect(data, pols, progress)
-            calls[0] += 1
-            shared = (curves, outcomes, pols)
-        curves, outcomes, pols = shared
-        halves = {"calibration": calib_idx, "held_out": test_idx}
+        calib_idx, test_idx = halves[split_seed].values()
         stats: dict[str, list[PolicyStats]] = {}
         bon: dict[str, BonCurve] = {}
-        for split, idx in halves.items():
-            baseline = Baseline(curves.take(idx), bootstrap, split_seed)
-            bon[split] = baseline.curves.bon()
-            stats[split] = policy_stats(pols, [o.take(idx) for o in outcomes], baseline, bon[split])
+        for split in ("calibration", "held_out"):
+            bon[split], stats[split] = next(halves_stats)
         selected = []
         for budget in dict.fromkeys(b for b, _ in pairs):
             cols = [i for i, (b, _) in enumerate(pairs) if b == budget]
-            for split in halves:
+            for split in stats:
                 rows = [stats[split][i] for i in cols]
                 front = pareto_mask([r.mean_tokens for r in rows], [r.accuracy for r in rows])
                 for i, r, on_front in zip(cols, rows, front):
@@ -299,6 +301,76 @@ def sweep(
                        first["curves"]["held_out"], first["calib_problems"], first["test_problems"], keys,
                        [{k: v for k, v in s.items() if k != "curves"} for s in per_split],
                        _summary(per_split), target, token_share)
+
+
+def _grid_policies(data, policy: str, pairs: list[tuple[int, dict]], settings: dict, calib_idx) -> list:
+    """The grid's policies; ``calib_idx`` given: with a population prior fitted on those problems."""
+    extra = {"priors": _population_prior(data, calib_idx)} if calib_idx is not None else {}
+    return [make_policy(policy, b, **{**settings, **extra, **point}) for b, point in pairs]
+
+
+def _collect(data, replayed: dict[int, list], jobs: int, backend: str,
+             on_progress: Callable[[int, int], None] | None) -> dict[int, tuple[FixedCurves, list[ReplayOutcome]]]:
+    """Per split seed of ``replayed`` (its policies): the fixed-N curves and each policy's outcome.
+
+    On ``jobs`` > 1 the problems are cut into ``jobs`` runs of consecutive problems, each replayed
+    with every policy in parallel (so fits shared by settings are still made once per problem),
+    and the runs put back together in problem order.
+    """
+    if jobs == 1:
+        calls = [0]
+
+        def progress(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(calls[0] * total + done, total * len(replayed))
+
+        out = {}
+        for split_seed, pols in replayed.items():
+            out[split_seed] = collect(data, pols, progress)
+            calls[0] += 1
+        return out
+    runs = _runs(data, jobs)
+    done = iter(run_units(_replay_run, [(pols, *run) for pols in replayed.values() for run in runs], jobs, backend,
+                          on_progress))
+    out = {}
+    for split_seed, pols in replayed.items():
+        parts = [next(done) for _ in runs]
+        out[split_seed] = (FixedCurves.concat([curves for curves, _ in parts]),
+                           [ReplayOutcome.concat([outcomes[i] for _, outcomes in parts]) for i in range(len(pols))])
+    return out
+
+
+def _runs(data, parts: int) -> list[tuple]:
+    """``data`` (an ordered pool or a batch) as up to ``parts`` runs of consecutive problems, for :func:`_replay_run`.
+
+    A policy decides each problem from its own samples only, so a run replays its problems exactly
+    as the whole does; a pool's run carries its first problem's place, where its sample orders
+    continue the pool's random stream (each problem draws ``orders x width`` numbers, in pool order).
+    """
+    p = data.shape[0]
+    bounds = [p * k // parts for k in range(parts + 1)]
+    rows = [np.arange(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if isinstance(data, OrderedPool):
+        return [(data.arrays.take(r), data.orders, data.seed, int(r[0]), data.chunk_cells) for r in rows]
+    return [(subset(data, r),) for r in rows]
+
+
+def _replay_run(policies: list, source, orders: int | None = None, seed: int = 0, first: int = 0,
+                chunk_cells: int = 0) -> tuple[FixedCurves, list[ReplayOutcome]]:
+    """:func:`collect` on one run of :func:`_runs`: a batch, or pool arrays whose orders start at problem ``first``."""
+    if orders is not None:
+        bits = np.random.PCG64(seed)  # what default_rng(seed) draws from, moved past the problems before the run
+        bits.advance(first * orders * source.width)
+        source = OrderedPool(source, orders, bits, chunk_cells)
+    return collect(source, policies)
+
+
+def _half_stats(pols: list, curves: FixedCurves, outcomes: list[ReplayOutcome], idx: np.ndarray, bootstrap: int,
+                split_seed: int) -> tuple[BonCurve, list[PolicyStats]]:
+    """The Best-of-N curve and every policy's statistics on the problems ``idx`` of one split."""
+    baseline = Baseline(curves.take(idx), bootstrap, split_seed)
+    bon = baseline.curves.bon()
+    return bon, policy_stats(pols, [o.take(idx) for o in outcomes], baseline, bon)
 
 
 def _summary(per_split: list[dict]) -> list[dict]:

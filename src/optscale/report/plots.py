@@ -13,7 +13,7 @@ from ..io import atomic_open
 if TYPE_CHECKING:
     from ..predictor.base import Prediction
 
-__all__ = ["pareto_plot", "nstar_plot", "calibration_plot", "pyplot", "save_figure"]
+__all__ = ["frontier_plot", "pareto_plot", "nstar_plot", "calibration_plot", "pyplot", "save_figure"]
 
 
 def pyplot():
@@ -26,11 +26,13 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
-    """Lay out, write atomically (creating the folder; format from the suffix) and close a figure."""
+def save_figure(fig, path: str | Path, dpi: int = 130, layout: bool = True) -> Path:
+    """Lay out (unless ``layout`` is False: the caller did), write atomically (creating the folder;
+    format from the suffix) and close a figure."""
     path = Path(path)
     try:
-        fig.tight_layout()
+        if layout:
+            fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, "wb") as handle:
             fig.savefig(handle, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
@@ -52,6 +54,18 @@ def pareto_plot(
     of a sweep with the Pareto front of all of them."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    _draw_pareto(ax, curve_rows, policy_rows, grid_rows, envelope_rows)
+    ax.set_title(title or "Accuracy vs cost")
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
+def _draw_pareto(ax, curve_rows, policy_rows, grid_rows=(), envelope_rows=(),
+                 styles: Mapping[str, tuple[str, str]] | None = None, intervals: str | None = "accuracy") -> None:
+    """The curves and points of :func:`pareto_plot` on one axis; ``styles`` (policy name -> marker,
+    colour) keep a policy's look across panels. Each point's bar is its accuracy's 95% interval,
+    or with ``intervals="gain"`` the paired 95% interval of its gain over the envelope placed around
+    it (the bar clears the envelope exactly where the gain's interval is above 0), or none."""
     tok = np.array([r["mean_tokens"] for r in curve_rows])
     acc = np.array([r["accuracy"] for r in curve_rows])
     ax.plot(tok, 100 * acc, "k.-", lw=1.2, label="fixed-N Best-of-N")
@@ -65,7 +79,7 @@ def pareto_plot(
         ax.plot(e_tok, e_acc, "-", color="tab:green", lw=1.5, label="envelope of fixed-N methods", zorder=2)
         for r in envelope_rows:
             ax.annotate(r["method"], (r["mean_tokens"], 100 * r["accuracy"]), textcoords="offset points",
-                        xytext=(2, 4), fontsize=6, color="tab:green")
+                        xytext=(2, 4), fontsize=6, color="tab:green", zorder=1)  # under the policies' points
     if grid_rows:
         g_tok = np.array([r["mean_tokens"] for r in grid_rows])
         g_acc = np.array([r["accuracy"] for r in grid_rows])
@@ -76,18 +90,73 @@ def pareto_plot(
         if front.any():
             order = np.argsort(g_tok[front])
             ax.plot(g_tok[front][order], 100 * g_acc[front][order], "--", color="tab:red", lw=1, label="grid Pareto front")
-    markers = "osD^v<>ph*X"  # 11 markers against 10 colours: no two of 110 policies look alike
     for i, r in enumerate(policy_rows):
-        err = [[100 * (r["accuracy"] - r["ci_low"])], [100 * (r["ci_high"] - r["accuracy"])]]
-        ax.errorbar(r["mean_tokens"], 100 * r["accuracy"], yerr=err, fmt=markers[i % len(markers)], ms=6,
-                    capsize=2, label=r["label"], zorder=3)
+        err = _error_bar(r, intervals)
+        marker, colour = (styles or {}).get(r["policy"]) or (_MARKERS[i % len(_MARKERS)], None)
+        ax.errorbar(r["mean_tokens"], 100 * r["accuracy"], yerr=err, fmt=marker, ms=11 if marker == "*" else 6,
+                    color=colour, capsize=2, label=r["label"], zorder=3)
     ax.set_xscale("log")
     ax.set_xlabel("mean tokens per problem (log scale)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "Accuracy vs cost")
     ax.grid(True, which="both", ls=":", alpha=0.5)
-    ax.legend(fontsize=7, loc="lower right")
-    return save_figure(fig, path)
+
+
+def _error_bar(row: Mapping, kind: str | None):
+    """``yerr`` (points below, above) of one policy's row: see :func:`_draw_pareto`."""
+    if kind == "accuracy":
+        return [[100 * (row["accuracy"] - row["ci_low"])], [100 * (row["ci_high"] - row["accuracy"])]]
+    gain = row.get("gain_vs_envelope")
+    if kind != "gain" or gain is None or gain != gain:
+        return None
+    return [[100 * (gain - row["gain_vs_envelope_ci_low"])], [100 * (row["gain_vs_envelope_ci_high"] - gain)]]
+
+
+_MARKERS = "osD^v<>ph*X"  # 11 markers against 10 colours: no two of 110 policies look alike
+
+
+#: Policy colours of :func:`frontier_plot`: tab10 without green (the envelope's) and grey (the grid's).
+_COLOURS = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def frontier_plot(panels: Sequence[Mapping], path: str | Path, title: str = "", highlight: Sequence[str] = (),
+                  intervals: str | None = "gain") -> Path:
+    """Accuracy vs mean tokens at several budgets side by side, one legend for all: each panel
+    (``title``, ``curve``, ``envelope``, ``policies`` rows, as :func:`pareto_plot` takes them)
+    shows the fixed-N Best-of-N curve, the envelope of every fixed-N method and the policies, with
+    the paired 95% interval of their gain over the envelope around each point (``intervals``:
+    "gain", "accuracy" or None, for many policies whose bars would cover each other).
+    A policy keeps its marker and colour (and its name in the legend) in every panel; those in
+    ``highlight`` are drawn as large stars."""
+    from matplotlib.ticker import NullFormatter
+
+    plt = pyplot()
+    names = list(dict.fromkeys([*(n for n in highlight), *(r["policy"] for p in panels for r in p["policies"])]))
+    others = [n for n in names if n not in highlight]
+    colours = _COLOURS[len(highlight):] or _COLOURS  # the highlighted take the first colours
+    markers = _MARKERS.replace("*", "")  # the star is the highlighted policies'
+    styles = {n: (markers[i % len(markers)], colours[i % len(colours)]) for i, n in enumerate(others)}
+    styles |= {n: ("*", _COLOURS[i % len(_COLOURS)]) for i, n in enumerate(highlight)}
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    legend = 0.25 * -(-(len(names) + 2) // 4) + 0.2  # inches: 4 entries a row, the curves' two included
+    height = 4.2 * rows + 0.5 + legend
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, height), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _draw_pareto(ax, panel["curve"], [{**r, "label": r["policy"]} for r in panel["policies"]],
+                     envelope_rows=panel["envelope"], styles=styles, intervals=intervals)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the log axis' minor labels collide
+        ax.margins(y=0.08)  # room for the curve's N labels
+        ax.set_title(panel["title"], fontsize=10)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles: dict = {}  # one entry per label, over all panels
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.suptitle(title or "Accuracy vs cost", fontsize=11)
+    fig.tight_layout(rect=(0, legend / height, 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    return save_figure(fig, path, layout=False)
 
 
 def nstar_plot(path: str | Path, s_min: float | None = None, alpha: float | None = None, n_max: int = 64) -> Path:

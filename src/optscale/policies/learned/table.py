@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -174,6 +175,8 @@ class TableFile(_Strict):
     legend: str | None = None
     decisions: list[Row]
     decisions_mix: list[Row] | None = None
+    #: sha256 of the rest of the document (:func:`content_digest`): a table edited by hand is refused.
+    digest: Hex64 | None = None
 
     @model_validator(mode="after")
     def _mix_pairs(self):
@@ -298,9 +301,10 @@ class StoppingTable:
         ]
 
     def to_json(self) -> dict:
-        """The JSON document: format, settings, calibration, fitted statistics, legend, decisions."""
+        """The JSON document: format, settings, calibration, fitted statistics, legend, decisions, and the
+        ``digest`` of all that (a table edited by hand is refused when read)."""
         mix = None if self.mix_stop is None else {"lambda": self.mix_lam, "share": self.mix_share}
-        return {
+        doc = {
             "format": FORMAT,
             "settings": {
                 "n_max": self.n_max, "select": self.select, "lambda": self.lam, "budget": self.budget,
@@ -316,6 +320,7 @@ class StoppingTable:
             "decisions": self._rows(self.stop),
             **({"decisions_mix": self._rows(self.mix_stop)} if self.mix_stop is not None else {}),
         }
+        return {**doc, "digest": content_digest(doc)}
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_json())
@@ -336,6 +341,12 @@ class StoppingTable:
         stop = _stop_array(doc.decisions, s, f"{where} field decisions")
         mix_stop = None if doc.decisions_mix is None else _stop_array(doc.decisions_mix, s,
                                                                       f"{where} field decisions_mix")
+        if doc.format != FORMATS[0] and doc.digest is None:
+            raise InputError(f"missing: format {doc.format!r} tables carry the sha256 of their content, written by "
+                             "`optscale policy fit`", f"{where} field digest")
+        if doc.digest is not None and doc.digest != content_digest(data):
+            raise InputError("does not match the table's content: the file was changed after `optscale policy fit` "
+                             "wrote it (fit it again rather than editing it)", f"{where} field digest")
         calibration = doc.calibration.model_dump(exclude={"problem_key", "problem_keys"}, exclude_none=True)
         return cls(n_max=s.n_max, select=s.select, lam=float(s.lam), edges=np.array(s.edges, dtype=float),
                    agree_cap=s.agree_cap, consensus=s.consensus, length_edges=np.array(s.length_edges, dtype=float),
@@ -344,6 +355,13 @@ class StoppingTable:
                    fitted_on=frozenset(doc.calibration.problem_keys), path=where, margin_cap=s.margin_cap,
                    mix_lam=None if s.mix is None else s.mix.lam, mix_share=0.0 if s.mix is None else s.mix.share,
                    mix_stop=mix_stop, features=tuple(s.features) if s.features else None)
+
+
+def content_digest(doc: dict) -> str:
+    """sha256 of a table document's canonical JSON (sorted keys, no spaces), its ``digest`` left out."""
+    doc = {k: v for k, v in doc.items() if k != "digest"}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _stop_array(rows: list[Row], s: Settings, place: str) -> np.ndarray:
