@@ -44,7 +44,7 @@ K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.33.0"
 """The Kubernetes version the manifests are validated against (pinned: kubernetes-validate ships several)."""
 
-PENDING_ISSUE_17 = frozenset({"--state", "--upstream-session-header", "--drain-s"})
+PENDING_ISSUE_17: frozenset[str] = frozenset()
 """Flags of issue 17 that the deployment files already pass but ``optscale serve`` does not know yet
 (each takes one value). Remove a flag from this set when ``optscale serve`` implements it
 (:func:`test_pending_flags_are_not_implemented_yet` fails until it is removed); any other unknown flag fails."""
@@ -150,6 +150,7 @@ def run_serve(args: list[str], mounts: dict[str, Path], env: dict[str, str], tmp
         return config
 
     monkeypatch.setattr("optscale.serve.create_app", create_app)
+    monkeypatch.setattr("optscale.serve.replicas.check_reachable", lambda url: None)  # --state: no Redis here
     monkeypatch.setattr("optscale.cli.serve._run", lambda app, config: started.append(config))
     result = CliRunner().invoke(app, given)
     assert result.exit_code == 0 and started, f"optscale serve {given} failed: {result.exception!r}\n{result.output}"
@@ -200,9 +201,10 @@ def test_dockerfile_runs_serve_as_a_non_root_user():
     check = dict(final)["HEALTHCHECK"]
     assert f"http://127.0.0.1:{port}/health" in check and "urllib.request" in check, check
     assert "curl" not in check and "wget" not in check
-    # what it installs: the `serve` extra of this repository, and only what the build context lets in
+    # what it installs: the `serve` and `redis` extras of this repository (compose passes --state), and only
+    # what the build context lets in
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert "serve" in extras and any('".[serve]"' in rest for op, rest in steps if op == "RUN")
+    assert {"serve", "redis"} <= set(extras) and any('".[serve,redis]"' in rest for op, rest in steps if op == "RUN")
     allowed = [line[1:].rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
                if line.startswith("!")]
     copied = [src for op, rest in steps if op == "COPY" and "--from" not in rest for src in rest.split()[:-1]]
@@ -418,6 +420,7 @@ def test_compose_replica_runs_serve_with_known_flags(name, tmp_path, monkeypatch
             env[var] = "compose-test-client-key"
     config = run_serve(args, bind_mounts(service), env, tmp_path, monkeypatch)
     assert config.host == "0.0.0.0" and [str(config.port)] == service["expose"]
+    assert (config.state, config.drain_s) == (flag_value(args, "--state"), float(flag_value(args, "--drain-s")))
     assert CLIENT_KEYS_ENV in env, "the replicas must need client keys"
     # shared state in the compose Redis; SIGKILL only after the drain
     state = re.fullmatch(r"redis://([^:/]+):(\d+)/\d+", flag_value(args, "--state"))

@@ -30,8 +30,9 @@ from .flags import flags  # noqa: E402
 _OWN = ("upstream", "model", "scorer", "policy", "n_max", "host", "port", "api_keys_file", "max_episodes",
         "max_in_flight", "in_flight", "max_deadline_s", "max_total_tokens", "log_format", "tables_dir", "shadow_share",
         "shadow_in_flight", "traffic_dir", "traffic_rotate_mb", "traffic_store_prompts")
+_REPLICAS = ("state", "upstream_session_header", "drain_s")  # several replicas behind a load balancer
 SERVE_FLAGS: dict[str, str] = {
-    **{name: "--" + name.replace("_", "-") for name in _OWN},
+    **{name: "--" + name.replace("_", "-") for name in _OWN + _REPLICAS},
     "config": "--config",
     "policy_settings": "--set", "policy_settings.": "--set ", "settings": "--set", "settings.": "--set ",
     "scorer_settings": "--scorer-set", "scorer_settings.": "--scorer-set ", "scorer.": "--scorer-set ",
@@ -90,6 +91,9 @@ def serve(
     traffic_store_prompts: Annotated[bool | None, typer.Option(
         "--traffic-store-prompts/--no-traffic-store-prompts", help=_help("traffic_store_prompts"),
         show_default=False)] = None,
+    state: Annotated[str | None, _opt("state", ", e.g. redis://127.0.0.1:6379/0 (extra redis)")] = None,
+    upstream_session_header: Annotated[str | None, _opt("upstream_session_header")] = None,
+    drain_s: Annotated[float | None, _opt("drain_s")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help=escape("TOML, YAML or JSON file with any setting of docs/serve.md (underscored names); "
                                 f"flags override it. The upstream key: api_key there or {UPSTREAM_KEY_ENV}."),
@@ -105,11 +109,16 @@ def serve(
                   "shadow_in_flight": shadow_in_flight, "traffic_dir": str(traffic_dir) if traffic_dir else None,
                   "traffic_rotate_mb": traffic_rotate_mb, "traffic_store_prompts": traffic_store_prompts,
                   "policy_settings": parse_settings(settings)}
+        values |= {"state": state, "upstream_session_header": upstream_session_header, "drain_s": drain_s}
         try:
             values["scorer_settings"] = parse_settings(scorer_set)
         except InputError as exc:
             raise InputError(exc.detail, "scorer_settings") from None
         config = build_serve_config(flag_values=values, config_file=str(config_file) if config_file else None)
+        if config.state is not None:  # a located error now, rather than a server that never becomes ready
+            from ..serve.replicas import check_reachable
+
+            check_reachable(config.state)
         from ..serve import create_app
 
         app = create_app(config)

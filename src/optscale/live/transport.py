@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import email.utils
 import json
 import logging
@@ -34,9 +35,24 @@ from ..errors import InputError
 from .secrets import Redactor, redact_url, url_secrets
 from .types import ClientSettings, RequestFailed, RequestRejected, TokenMeter, clean_key
 
-__all__ = ["check_credentials", "check_url", "Transient", "Endpoint", "EndpointPool", "TransportStats", "HttpTransport", "read_body", "read_lines"]
+__all__ = ["check_credentials", "check_url", "Transient", "Endpoint", "EndpointPool", "TransportStats", "HttpTransport",
+           "read_body", "read_lines", "extra_headers"]
 
 log = logging.getLogger(__name__)
+
+#: Headers that every request of :meth:`HttpTransport.stream` made in this context carries (set with
+#: :func:`extra_headers`; tasks started inside inherit them): e.g. an episode's session id for a router.
+_EXTRA_HEADERS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("optscale_extra_headers", default={})
+
+
+@contextlib.contextmanager
+def extra_headers(headers: dict[str, str]):
+    """Within the block (and the tasks it starts), every upstream request also sends ``headers``."""
+    token = _EXTRA_HEADERS.set({**_EXTRA_HEADERS.get(), **headers})
+    try:
+        yield
+    finally:
+        _EXTRA_HEADERS.reset(token)
 
 R = TypeVar("R")
 
@@ -286,6 +302,9 @@ class HttpTransport:
             if event.endswith(".send_request_headers.started"):
                 on_wire()
 
+        extra = _EXTRA_HEADERS.get()
+        if extra:
+            kwargs["headers"] = {**extra, **(kwargs.get("headers") or {})}
         try:
             async with self.http.stream(method, url, extensions={"trace": trace}, **kwargs) as response:
                 on_wire()

@@ -28,7 +28,8 @@ from .errors import ApiError, error_body
 from .idempotency import IdempotencyStore
 from .middleware import JsonFormatter, RequestContext
 from .routes import ROUTERS
-from .routes.generate import result_size
+from .replicas import SharedSavings, SharedState
+from .routes.generate import Answer, result_size
 from .savings import SavingsCounts
 from .server import Drain
 from .settings import ServeConfig
@@ -41,6 +42,17 @@ __all__ = ["create_app", "JsonFormatter"]
 
 CHECK_RETRY_S = 2.0
 log = logging.getLogger("optscale.serve")
+
+
+async def connect_shared(ctx: AppState) -> None:
+    """Connect to the replicas' shared state (``--state``): ``Idempotency-Key`` answers and the savings counts
+    live there, and table reloads are broadcast to every replica."""
+    config = ctx.config
+    ctx.shared = await SharedState.connect(config.state, retry_after_s=config.retry_after_s)
+    ctx.idempotency = ctx.shared.idempotency(config.idempotency_ttl_s, Answer.dumps, Answer.loads)
+    ctx.savings = ctx.shadow.savings = SharedSavings(ctx.shared)
+    if config.tables_dir is not None:
+        await ctx.shared.listen_reloads(ctx.on_reload)
 
 
 def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
@@ -70,10 +82,14 @@ def create_app(config: ServeConfig, *, env: Mapping[str, str] | None = None,
     async def lifespan(app: FastAPI):
         checker = asyncio.create_task(check_until_ready())
         try:
+            if config.state is not None:
+                await connect_shared(shared)
             yield
         finally:
             checker.cancel()
             await asyncio.gather(checker, return_exceptions=True)
+            if shared.shared is not None:
+                await shared.shared.aclose()
             await shadow.aclose()
             await service.aclose()
 

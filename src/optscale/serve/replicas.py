@@ -15,7 +15,8 @@ one Redis (redis-py's asyncio client, extra ``redis``, imported only then):
 - **Broadcast** (:meth:`SharedState.publish_reload`, :meth:`SharedState.listen_reloads`): a reload on one
   replica reaches every replica.
 - **Counters** (:meth:`SharedState.add_counts`, :meth:`SharedState.counts`): one Redis hash per group
-  (policy or table), incremented by every replica, so a read is the sum over replicas.
+  (policy or table), incremented by every replica, so a read is the sum over replicas
+  (:class:`SharedSavings`: ``/v1/optscale/savings`` of every replica).
 
 Redis unreachable at start is an :class:`~optscale.errors.InputError` naming ``--state`` and the URL with
 its password redacted. During operation every failure to reach Redis raises :class:`StateUnavailable`
@@ -41,11 +42,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import InputError
 from .errors import ApiError
 from .idempotency import IdempotencyStore
+from .savings import group_of
 
 if TYPE_CHECKING:
     import redis.asyncio
 
-__all__ = ["IdempotencyBackend", "InProcessIdempotency", "RedisIdempotency", "SharedState", "StateUnavailable",
+__all__ = ["IdempotencyBackend", "InProcessIdempotency", "RedisIdempotency", "SharedSavings", "SharedState",
+           "StateUnavailable",
            "redact_url", "check_state_url", "check_reachable"]
 
 log = logging.getLogger("optscale.serve")
@@ -315,6 +318,21 @@ class SharedState:
                     pipe.hgetall(self.key("counts", g))
                 values = await pipe.execute()
         return {g: {k.decode(): _number(v) for k, v in sorted(h.items())} for g, h in zip(groups, values) if h}
+
+
+class SharedSavings:
+    """The savings counts of shadow sampling (:class:`~.savings.SavingsBackend`) summed over every replica."""
+
+    def __init__(self, state: SharedState):
+        self.state = state
+
+    async def record(self, policy: str, table: str | None, agreed: bool, early_tokens: int, full_tokens: int) -> None:
+        await self.state.add_counts(group_of(policy, table), {"episodes": 1, "agreed": int(agreed),
+                                                              "early_tokens": int(early_tokens),
+                                                              "full_tokens": int(full_tokens)})
+
+    async def snapshot(self) -> dict[str, dict[str, float]]:
+        return await self.state.counts()
 
 
 def _number(raw: bytes) -> float:

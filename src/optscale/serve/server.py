@@ -8,7 +8,8 @@
   generation requests get 503, and the requests under way get ``drain_s`` to finish; then each
   is answered: 503 (OpenAI-shaped, with ``Connection: close``), or an error event for a stream
   that has begun. A second SIGINT quits at once. Shadow sampling is dropped as the shutdown begins.
-* **SIGHUP** reads ``--tables-dir`` again (as ``POST /v1/optscale/tables/reload`` does).
+* **SIGHUP** reads ``--tables-dir`` again (as ``POST /v1/optscale/tables/reload`` does; with ``--state`` on
+  every replica).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -26,7 +27,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from .errors import ApiError, error_body
 
-__all__ = ["Drain", "Server", "http_protocol", "reload_on_signal", "run", "shutting_down"]
+__all__ = ["Drain", "Server", "http_protocol", "reload_on_signal", "reload_summary", "run", "shutting_down"]
 
 log = logging.getLogger("optscale.serve")
 
@@ -146,21 +147,26 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def reload_on_signal(reload: Callable[[], list[Any]]) -> Callable[[], None]:
-    """A SIGHUP handler that runs ``reload`` (blocking file reads) in a worker thread and logs what it did."""
+def reload_summary(statuses: list[Any]) -> str:
+    """What a reload did, for the log: ``2 loaded, 1 refused``."""
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status.status] = counts.get(status.status, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tables"
+
+
+def reload_on_signal(reload: Callable[[], Awaitable[list[Any]]]) -> Callable[[], None]:
+    """A SIGHUP handler that runs ``reload`` (the app's reload: file reads in a worker thread, and with
+    ``--state`` a broadcast to every replica) and logs what it did."""
     pending: set[asyncio.Task] = set()
 
     async def run_reload() -> None:
         try:
-            statuses = await asyncio.to_thread(reload)
+            statuses = await reload()
         except Exception:
             log.exception("reloading the stopping tables (SIGHUP) failed")
             return
-        counts: dict[str, int] = {}
-        for status in statuses:
-            counts[status.status] = counts.get(status.status, 0) + 1
-        log.warning("stopping tables reloaded (SIGHUP): %s", ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-                    or "no tables")
+        log.warning("stopping tables reloaded (SIGHUP): %s", reload_summary(statuses))
 
     def handler() -> None:
         task = asyncio.get_running_loop().create_task(run_reload())
@@ -175,7 +181,7 @@ def run(app: Any, config: Any) -> None:
     :class:`~optscale.serve.ServeConfig`) says, until SIGTERM/SIGINT; SIGHUP reloads the stopping tables."""
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                         timeout_graceful_shutdown=config.drain_s + 2, **config.uvicorn_options())
-    server = Server(uv, app.state.drain, config.drain_s, reload_on_signal(app.state.optscale.reload_tables))
+    server = Server(uv, app.state.drain, config.drain_s, reload_on_signal(app.state.optscale.reload_all_tables))
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn raises the SIGINT it held back once it has shut down: a clean stop

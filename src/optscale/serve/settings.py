@@ -15,6 +15,7 @@ from its own setting or variable (``OPTSCALE_JUDGE_API_KEY``), the clients' keys
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -43,6 +44,9 @@ FLAT: dict[str, tuple[str, str]] = {
                                   "backoff_max", "max_connections")},
 }
 _SECTIONS = ("generation", "client")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: a header's name
+_OWN_HEADERS = {"authorization", "content-type", "content-length", "host", "connection", "transfer-encoding",
+                "accept", "accept-encoding", "user-agent"}
 _FLAT_NAME = {place: name for name, place in FLAT.items()}
 
 
@@ -122,11 +126,26 @@ class ServeConfig(BaseModel):
     answer_style: Literal["auto", "boxed", "number"] = Field("auto", description="how final answers are read")
     zero_unanswered: bool = Field(True, description="score 0 for a response without a final answer")
     log_format: Literal["text", "json"] = Field("text", description="request log lines: text or json")
+    state: str | None = Field(None, description="Redis URL (redis://HOST:PORT/DB) of the state that replicas behind "
+                              "a load balancer share (Idempotency-Key answers, table reloads, savings); without it "
+                              "each process keeps its own")
+    upstream_session_header: str | None = Field(None, description="header that every upstream request of an "
+                                                "episode carries with the episode's request id, so that a router "
+                                                "with session affinity keeps the episode on one engine")
     generation: GenerationSettings = GenerationSettings()
     client: ClientSettings = ClientSettings(retries=2, timeout=300.0)
 
     _known_scorer = field_validator("scorer")(lambda kind: known_scorer(kind))
     _urls = field_validator("upstream")(lambda urls: server_urls(urls))
+
+    @field_validator("upstream_session_header")
+    @classmethod
+    def _header_name(cls, name: str | None) -> str | None:
+        if name is not None and not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+        if name is not None and name.lower() in _OWN_HEADERS:
+            raise ValueError(f"{name} is a header the upstream client sets itself; choose another name")
+        return name
 
     @field_validator("policy")
     @classmethod

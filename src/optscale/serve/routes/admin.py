@@ -29,6 +29,9 @@ async def ready(ctx: Ctx):
     if ctx.drain.draining:
         err = shutting_down(ctx.config.retry_after_s)
         return JSONResponse(err.body(), err.status, headers=err.headers)
+    if ctx.shared is not None and not await ctx.shared.ping():
+        return JSONResponse(error_body(503, "not ready: the replicas' shared state (Redis) is unavailable", None,
+                                       "not_ready"), 503, headers={"Retry-After": str(ctx.config.retry_after_s)})
     if not await ctx.service.refresh():
         return JSONResponse(error_body(503, f"not ready: {ctx.service.ready_error}", None, "not_ready"), 503,
                             headers={"Retry-After": str(ctx.config.retry_after_s)})

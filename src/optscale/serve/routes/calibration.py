@@ -4,7 +4,6 @@ other ``/v1/optscale`` endpoints."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -36,7 +35,7 @@ async def reload_tables(request: Request, ctx: Ctx):
     if ctx.config.tables_dir is None:
         return JSONResponse(error_body(400, "this server has no tables_dir (start it with --tables-dir)", None,
                                        "no_tables_dir"), 400)
-    statuses = await asyncio.to_thread(ctx.reload_tables)
+    statuses = await ctx.reload_all_tables()  # with --state: on every replica
     body = {"object": "optscale.tables.reload", "tables": [s.json() for s in statuses]}
     refused = [s for s in statuses if s.status == "refused"]
     if not refused:

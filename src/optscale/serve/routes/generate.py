@@ -5,21 +5,26 @@ hears ``http.disconnect``; streaming: the stream is closed) the task is cancelle
 upstream stream it had open is closed at once. When a shutdown's grace ends, a stream that has
 begun ends with an error event (a request not yet answered is answered 503 by the middleware).
 Once the client has its whole answer, its episode may be sampled on in the shadow (:mod:`..shadow`).
+An ``Idempotency-Key`` keeps the :class:`Answer` as sent (in process, or in Redis with ``--state``);
+with ``--upstream-session-header`` every upstream request of the episode names its request id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from ...live.transport import extra_headers
 from ..episodes import EpisodeResult
 from ..errors import ApiError, error_body
 from ..options import HEADER_POLICY, HEADER_SETTINGS, resolve_options
@@ -28,7 +33,7 @@ from ..schemas import parse_request
 from ..server import shutting_down
 from ..state import AppState, app_state
 
-__all__ = ["router", "result_size"]
+__all__ = ["router", "result_size", "Answer"]
 
 log = logging.getLogger("optscale.serve")
 router = APIRouter()
@@ -45,10 +50,28 @@ async def completions(request: Request, ctx: Ctx):
     return await generate(request, ctx, "completion")
 
 
-def result_size(answer: tuple[EpisodeResult, str, int]) -> int:
-    """Roughly the bytes an idempotency entry holds: the samples' texts, and a little for every record."""
-    result = answer[0]
-    return 2048 + sum(512 + len(str(s.get("text") or "").encode()) for s in result.samples) + 256 * len(result.events)
+@dataclass(frozen=True)
+class Answer:
+    """What a request sends back, as sent: the JSON body (one chunk) or the stream's events, and its log fields.
+
+    This is what an ``Idempotency-Key`` keeps (in process, or in Redis with ``--state``), so a retry
+    on any replica gets the first answer byte for byte (its id and ``created`` included).
+    """
+
+    chunks: list[str]
+    log: dict[str, Any]
+
+    def dumps(self) -> bytes:
+        return json.dumps({"chunks": self.chunks, "log": self.log}, separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Answer:
+        return cls(**json.loads(raw))
+
+
+def result_size(answer: Answer) -> int:
+    """Roughly the bytes an idempotency entry holds: its text, and a little for the entry."""
+    return 1024 + sum(len(c) for c in answer.chunks)
 
 
 class _EpisodeStream(StreamingResponse):
@@ -73,7 +96,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def generate(request: Request, ctx: AppState, kind: str) -> Response:
-    config, service, store = ctx.config, ctx.service, ctx.store
+    config, service = ctx.config, ctx.service
     state = request.scope["state"]
     who = ctx.caller(request)
     if ctx.drain.draining:
@@ -92,7 +115,7 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
         digest = hashlib.sha256(b"\0".join([
             kind.encode(), raw, (request.headers.get(HEADER_POLICY) or "").encode(),
             (request.headers.get(HEADER_SETTINGS) or "").encode()])).hexdigest()
-        store.check(who, idem, digest)
+        await ctx.idempotency.check(who, idem, digest)
     await service.ensure_ready()
     rid = state["request_id"]
     generation = req.generation(config.generation)
@@ -101,39 +124,50 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
     question_place = req.question_place()
 
     created = int(time.time())
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    session = {config.upstream_session_header: rid} if config.upstream_session_header else {}
+    sampled: list[EpisodeResult] = []  # the episode this request ran (none for a replay)
 
-    async def sample() -> tuple[EpisodeResult, str, int]:
-        with service.tracing.request("chat" if kind == "chat" else "text_completion", req.model) as span:
+    async def sample() -> Answer:
+        with service.tracing.request("chat" if kind == "chat" else "text_completion", req.model) as span, \
+                extra_headers(session):
             result = await service.run(kind, prompt, question, options, generation, rid, span, question_place)
             if span is not None:
                 usage = result.usage()
                 span.set_attribute("gen_ai.usage.input_tokens", usage["prompt_tokens"])
                 span.set_attribute("gen_ai.usage.output_tokens", usage["completion_tokens"])
                 span.set_attribute("optscale.n_used", len(result.samples))
-            return result, rid, created
+        sampled.append(result)
+        if req.stream:
+            render = chat_stream if kind == "chat" else text_stream
+            chunks = render(result, rid, created, req.model, req.n, include_usage)
+        else:
+            render = chat_completion if kind == "chat" else text_completion
+            chunks = [json.dumps(render(result, rid, created, req.model, req.n), ensure_ascii=False,
+                                 allow_nan=False, separators=(",", ":"))]
+        return Answer(chunks, _log_fields(result))
 
-    async def episode() -> tuple[EpisodeResult, str, int]:
-        """The result with the id and time it was first answered with (a replay repeats them)."""
+    async def episode() -> Answer:
+        """The answer with the id and time it was first answered with (a replay repeats them)."""
         try:
             if idem is not None and digest is not None:
-                answer, replayed = await store.run(who, idem, digest, sample)
+                answer, replayed = await ctx.idempotency.run(who, idem, digest, sample)
                 state.setdefault("log", {})["idempotent_replay"] = replayed
                 return answer
             return await sample()
         finally:
             service.gate.leave()
 
-    def shadow(result: EpisodeResult):
+    def shadow():
         """Shadow sampling of this episode, to run once the client has its answer (None: not this one)."""
-        if state.get("log", {}).get("idempotent_replay"):
-            return None  # sampled on when it was first answered
-        return ctx.shadow.offer(kind, prompt, question, options, generation, rid, result)
+        if not sampled:
+            return None  # a replay: sampled on when it was first answered
+        return ctx.shadow.offer(kind, prompt, question, options, generation, rid, sampled[0])
 
     service.admit()
     task = asyncio.create_task(episode())
     if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _EpisodeStream(_events(ctx, task, kind, req.model, req.n, include_usage, state, shadow),
+        return _EpisodeStream(_events(ctx, task, state, shadow),
                               task, media_type="text/event-stream",
                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     watcher = asyncio.create_task(_disconnected(request))
@@ -147,16 +181,14 @@ async def generate(request: Request, ctx: AppState, kind: str) -> Response:
             state["status"] = 499
     if state.get("status") == 499:
         return Response(status_code=499)
-    result, rid, created = task.result()
-    _log_result(state, result)
-    render = chat_completion if kind == "chat" else text_completion
-    later = shadow(result)
-    return JSONResponse(render(result, rid, created, req.model, req.n),
-                        background=BackgroundTask(later) if later is not None else None)
+    answer = task.result()
+    state.setdefault("log", {}).update(answer.log)
+    later = shadow()
+    return Response(answer.chunks[0], media_type="application/json",
+                    background=BackgroundTask(later) if later is not None else None)
 
 
-async def _events(ctx: AppState, task: asyncio.Task, kind: str, model: str, n: int, include_usage: bool,
-                  state: dict, shadow: Callable[[EpisodeResult], Any]):
+async def _events(ctx: AppState, task: asyncio.Task, state: dict, shadow: Callable[[], Any]):
     rid = state["request_id"]
     yield ": optscale sampling\n\n"
     cut = asyncio.ensure_future(ctx.drain.cut.wait())
@@ -173,7 +205,7 @@ async def _events(ctx: AppState, task: asyncio.Task, kind: str, model: str, n: i
     finally:
         cut.cancel()
     try:
-        result, rid, created = task.result()
+        answer = task.result()
     except ApiError as exc:
         state["status"] = exc.status
         yield sse(exc.body())
@@ -183,16 +215,14 @@ async def _events(ctx: AppState, task: asyncio.Task, kind: str, model: str, n: i
         log.error("request %s failed unexpectedly: %s", rid, exc, exc_info=exc)
         yield sse(error_body(500, f"internal error (request id {rid})", None, "internal_error"))
         return
-    _log_result(state, result)
-    render = chat_stream if kind == "chat" else text_stream
-    for event in render(result, rid, created, model, n, include_usage):
+    state.setdefault("log", {}).update(answer.log)
+    for event in answer.chunks:
         yield event
-    later = shadow(result)  # the stream has been sent
+    later = shadow()  # the stream has been sent
     if later is not None:
         await later()
 
 
-def _log_result(state: dict, result: EpisodeResult) -> None:
-    state.setdefault("log", {}).update(policy=result.options.name, n_used=len(result.samples),
-                                       n_launched=result.n_launched, stop_reason=result.stop_reason,
-                                       completion_tokens=result.usage()["completion_tokens"])
+def _log_fields(result: EpisodeResult) -> dict[str, Any]:
+    return {"policy": result.options.name, "n_used": len(result.samples), "n_launched": result.n_launched,
+            "stop_reason": result.stop_reason, "completion_tokens": result.usage()["completion_tokens"]}
