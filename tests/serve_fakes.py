@@ -50,10 +50,17 @@ class Proxy:
             if time.monotonic() > deadline:
                 raise RuntimeError("the proxy did not start")
             time.sleep(0.01)
-        while self.wait_ready and httpx.get(self.url("/ready")).status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the proxy did not get ready")
-            time.sleep(0.02)
+        try:
+            # /ready checks the upstream, which a loaded machine (a real llama.cpp server) may answer slowly: each
+            # poll may take what is left of ready_timeout, not httpx's default 5 s.
+            while self.wait_ready and httpx.get(self.url("/ready"),
+                                                timeout=max(1.0, deadline - time.monotonic())).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the proxy did not get ready")
+                time.sleep(0.02)
+        except BaseException:
+            self.__exit__()  # a proxy that never got ready is stopped, not left logging into later tests
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

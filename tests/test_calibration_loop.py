@@ -15,12 +15,13 @@ import json
 import httpx
 import pytest
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python (the local extra) is not installed")
+from conftest import need_module, run_cli
+
+need_module("llama_cpp", "llama-cpp-python (the local extra) is not installed")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from serve_fakes import Proxy, wait_for  # noqa: E402
 
-from conftest import run_cli  # noqa: E402
 from optscale.live.local import MODEL_ALIAS, LocalServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
