@@ -328,10 +328,10 @@ def test_max_episodes_answers_429_with_retry_after():
 def test_deadline_answers_best_so_far_or_504():
     # One sample answers, the other seven never do (and are not retried within the deadline: the idle timeout is
     # longer): the deadline, not the machine's speed, ends the episode.
-    config = fakes.FakeConfig(min_tokens=5, max_tokens=400, token_latency=0.005, seed=2,
-                              faults=[None] + ["hang_start"] * 7)
+    config = fakes.FakeConfig(min_tokens=5, max_tokens=400, token_latency=0.005, seed=2)
     client = {"backoff": 0.01, "backoff_max": 0.05, "idle_timeout": 30, "timeout": 60, "retries": 2}
     with fakes.FakeServer(config) as up, Proxy(up.base_url, n_max=8, in_flight=8, client=client) as px:
+        up.config.faults.extend([None] + ["hang_start"] * 7)  # after the readiness checks' requests
         c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
         r = c.chat.completions.create(model="fake-model", messages=MESSAGES,
                                       extra_body={"optscale": {"policy": "bon", "deadline_s": 5}})
