@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from .auth import ClientKeys
 from .bodies import BodyReader
@@ -88,3 +89,7 @@ class AppState:
 
 def app_state(request: Request) -> AppState:
     return request.app.state.optscale
+
+
+#: A route's parameter that receives the app's shared state (``ctx: Ctx``).
+Ctx = Annotated[AppState, Depends(app_state)]

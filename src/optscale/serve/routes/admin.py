@@ -3,20 +3,18 @@ shutting down), ``/metrics``."""
 
 from __future__ import annotations
 
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from ..errors import error_body
 from ..metrics import CONTENT_TYPE_LATEST
 from ..server import shutting_down
-from ..state import AppState, app_state
+from ..state import Ctx
 
 __all__ = ["router"]
 
 router = APIRouter()
-Ctx = Annotated[AppState, Depends(app_state)]
 
 
 @router.get("/health")

@@ -4,20 +4,18 @@ other ``/v1/optscale`` endpoints."""
 
 from __future__ import annotations
 
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..errors import error_body
 from ..responses import json_safe
 from ..savings import savings_report
-from ..state import AppState, app_state
+from ..state import Ctx
 
 __all__ = ["router"]
 
 router = APIRouter()
-Ctx = Annotated[AppState, Depends(app_state)]
 
 
 @router.get("/v1/optscale/savings")

@@ -18,9 +18,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -31,13 +31,12 @@ from ..options import HEADER_POLICY, HEADER_SETTINGS, resolve_options
 from ..responses import chat_completion, chat_stream, sse, text_completion, text_stream
 from ..schemas import parse_request
 from ..server import shutting_down
-from ..state import AppState, app_state
+from ..state import AppState, Ctx
 
 __all__ = ["router", "result_size", "Answer"]
 
 log = logging.getLogger("optscale.serve")
 router = APIRouter()
-Ctx = Annotated[AppState, Depends(app_state)]
 
 
 @router.post("/v1/chat/completions")

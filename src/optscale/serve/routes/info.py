@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from ...policies import POLICIES, policy_settings_schema
 from ..options import OPTION_KEYS, REQUEST_OPTIONS_SCHEMA, SERVER_ONLY
-from ..state import AppState, app_state
+from ..state import Ctx
 
 __all__ = ["router"]
 
 router = APIRouter()
-Ctx = Annotated[AppState, Depends(app_state)]
 
 
 @router.get("/v1/models")

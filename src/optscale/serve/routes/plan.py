@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from ...checks import is_number
 from ...fit import FitFlag, fit_mle
@@ -14,7 +13,7 @@ from ..episodes import estimates
 from ..errors import ApiError
 from ..options import HEADER_POLICY, HEADER_SETTINGS, resolve_options
 from ..responses import json_safe
-from ..state import AppState, app_state
+from ..state import Ctx
 
 __all__ = ["router", "MAX_PLAN_SCORES"]
 
@@ -23,7 +22,7 @@ router = APIRouter()
 
 
 @router.post("/v1/optscale/plan")
-async def plan(request: Request, ctx: Annotated[AppState, Depends(app_state)]):
+async def plan(request: Request, ctx: Ctx):
     ctx.caller(request)
     _, body = await ctx.bodies.read_json(request)
     if not isinstance(body, dict):
