@@ -35,7 +35,7 @@ from ..errors import InputError, OptscaleError
 from .config import RunConfig, build_generator, build_run_scorer
 from .datasets import LiveProblem
 from .runs import RunState
-from .sampler import Listener, ProblemResult, _supervise, sample_problems
+from .sampler import Listener, ProblemResult, sample_problems, supervise
 from .types import RequestRejected
 
 __all__ = ["ACTOR_START_S", "ProblemWorker", "RayEngine", "import_ray", "ray_engine"]
@@ -193,7 +193,7 @@ class RayEngine:
                     await stream(min(alive, key=lambda a: self._load[id(a)]), left)
 
         shards = [list(problems[k::len(self.actors)]) for k in range(len(self.actors))]
-        await _supervise([asyncio.create_task(stream(a, s)) for a, s in zip(self.actors, shards, strict=True) if s])
+        await supervise([asyncio.create_task(stream(a, s)) for a, s in zip(self.actors, shards, strict=True) if s])
         for problem in problems:
             if problem.id not in results:
                 earlier = state.logs.get(problem.id)

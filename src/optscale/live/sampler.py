@@ -499,7 +499,7 @@ class EpisodeSampler:
         return per_sample is not None and slot.meter.streamed == per_sample * len(slot.indices)
 
 
-async def _supervise(tasks: list[asyncio.Task]) -> None:
+async def supervise(tasks: list[asyncio.Task]) -> None:
     """Wait for all tasks; on the first error cancel the others (they log their cancellations) and raise it."""
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -594,7 +594,7 @@ async def sample_problems(
     sampler.listener.on_start(len(problems))
     tasks = [asyncio.create_task(run.problem(p)) for p in problems]
     try:
-        await _supervise(tasks)
+        await supervise(tasks)
     finally:
         await sampler.scorer.aclose()
     return [task.result() for task in tasks]
