@@ -43,6 +43,8 @@ defaults
     timeout check 10s
     retries 3
     option redispatch
+    option http-buffer-request
+    retry-on conn-failure empty-response 503
 frontend proxy
     bind 127.0.0.1:{port}
     default_backend replicas

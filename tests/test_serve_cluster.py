@@ -136,6 +136,8 @@ defaults
     timeout server 60s
     retries 3
     option redispatch
+    option http-buffer-request
+    retry-on conn-failure empty-response 503
 frontend proxy
     bind 127.0.0.1:{port}
     default_backend replicas
@@ -283,6 +285,59 @@ def test_sigterm_drains_behind_haproxy(c):
     assert "Traceback" not in a.log.read_text()
 
 
+def test_a_table_reload_on_one_replica_reaches_the_other(c):
+    a, b = c.replicas
+
+    def ask(replica: Replica) -> httpx.Response:
+        return httpx.post(replica.base + "/v1/chat/completions", timeout=60, json={
+            **body("reload"), "optscale": {"policy": "learned", "table": "new.json", "n_max": 4}})
+
+    save_table(c.tables, "new.json")
+    assert "no stopping table 'new.json'" in ask(b).json()["error"]["message"]  # read at start and on reloads
+    r = httpx.post(a.base + "/v1/optscale/tables/reload", timeout=60)
+    assert r.status_code == 200 and {t["name"]: t["status"] for t in r.json()["tables"]}["new.json"] == "loaded"
+    wait_for(lambda: ask(b).status_code == 200, 20, "replica b reloading on replica a's broadcast")
+    # the log wraps long lines: compare with the white space folded, and wait for the line to be written
+    wait_for(lambda: "stopping tables reloaded (broadcast by replica" in " ".join(b.log.read_text().split()), 20,
+             "replica b logging the broadcast reload")
+
+
+def test_savings_are_summed_over_replicas(cluster, tmp_path):
+    """Shadow sampling's counts (``/v1/optscale/savings``) of two in-process replicas sharing a Redis database."""
+    from serve_fakes import Proxy
+
+    url = cluster.redis.url.removesuffix("/0") + "/1"  # a database of its own
+    early = {**body("savings"), "optscale": {"policy": "firstpass", "t": 0.5, "n_max": 4}}
+    with Upstream() as up, Proxy(up.base_url, state=url, shadow_share=1.0, n_max=4) as pa, \
+            Proxy(up.base_url, state=url, shadow_share=1.0, n_max=4) as pb:
+        for proxy, n in ((pa, 2), (pb, 3)):
+            for _ in range(n):
+                assert httpx.post(proxy.url("/v1/chat/completions"), json=early, timeout=60).status_code == 200
+
+        def rows(proxy) -> list[dict]:
+            return httpx.get(proxy.url("/v1/optscale/savings")).json()["data"]
+
+        wait_for(lambda: [r["episodes"] for r in rows(pa)] == [5], 60, "five shadow episodes counted")
+        assert rows(pb) == rows(pa) and rows(pa)[0]["policy"] == "firstpass"
+
+
+def test_upstream_session_header_names_the_episode_on_every_upstream_request(tmp_path):
+    """Without the cluster: one in-process proxy, every generation request of an episode carries the id."""
+    from serve_fakes import Proxy
+
+    with Upstream() as up, Proxy(up.base_url, upstream_session_header=SESSION) as proxy:
+        ids = []
+        for tag in ("s1", "s2"):
+            r = post(proxy.url(""), tag)
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["id"].removeprefix("chatcmpl-"))
+        for tag, rid in zip(("s1", "s2"), ids):
+            requests = [s for content, s in up.seen if f"Problem {tag}:" in content]
+            assert len(requests) >= 2 and set(requests) == {rid}
+
+
+# Last in the file: after a Redis outage a replica's reload listener reconnects with a back-off (catching up with
+# the reloads it missed), so the broadcast test above runs before it.
 def test_redis_stopped_and_restarted_mid_load(c):
     stop = threading.Event()
     results: list[tuple[str, int, bytes]] = []
@@ -324,52 +379,3 @@ def test_redis_stopped_and_restarted_mid_load(c):
         if [status for status, _ in answers] == [200, 200]:  # one episode answered both replicas
             assert answers[0][1] == answers[1][1] and len(c.upstream.sessions(tag)) == 1, tag
     assert all(r.ready() for r in c.replicas)
-
-
-def test_a_table_reload_on_one_replica_reaches_the_other(c):
-    a, b = c.replicas
-
-    def ask(replica: Replica) -> httpx.Response:
-        return httpx.post(replica.base + "/v1/chat/completions", timeout=60, json={
-            **body("reload"), "optscale": {"policy": "learned", "table": "new.json", "n_max": 4}})
-
-    save_table(c.tables, "new.json")
-    assert "no stopping table 'new.json'" in ask(b).json()["error"]["message"]  # read at start and on reloads
-    r = httpx.post(a.base + "/v1/optscale/tables/reload", timeout=60)
-    assert r.status_code == 200 and {t["name"]: t["status"] for t in r.json()["tables"]}["new.json"] == "loaded"
-    wait_for(lambda: ask(b).status_code == 200, 20, "replica b reloading on replica a's broadcast")
-    assert "stopping tables reloaded (broadcast by replica" in b.log.read_text()
-
-
-def test_savings_are_summed_over_replicas(cluster, tmp_path):
-    """Shadow sampling's counts (``/v1/optscale/savings``) of two in-process replicas sharing a Redis database."""
-    from serve_fakes import Proxy
-
-    url = cluster.redis.url.removesuffix("/0") + "/1"  # a database of its own
-    early = {**body("savings"), "optscale": {"policy": "firstpass", "t": 0.5, "n_max": 4}}
-    with Upstream() as up, Proxy(up.base_url, state=url, shadow_share=1.0, n_max=4) as pa, \
-            Proxy(up.base_url, state=url, shadow_share=1.0, n_max=4) as pb:
-        for proxy, n in ((pa, 2), (pb, 3)):
-            for _ in range(n):
-                assert httpx.post(proxy.url("/v1/chat/completions"), json=early, timeout=60).status_code == 200
-
-        def rows(proxy) -> list[dict]:
-            return httpx.get(proxy.url("/v1/optscale/savings")).json()["data"]
-
-        wait_for(lambda: [r["episodes"] for r in rows(pa)] == [5], 60, "five shadow episodes counted")
-        assert rows(pb) == rows(pa) and rows(pa)[0]["policy"] == "firstpass"
-
-
-def test_upstream_session_header_names_the_episode_on_every_upstream_request(tmp_path):
-    """Without the cluster: one in-process proxy, every generation request of an episode carries the id."""
-    from serve_fakes import Proxy
-
-    with Upstream() as up, Proxy(up.base_url, upstream_session_header=SESSION) as proxy:
-        ids = []
-        for tag in ("s1", "s2"):
-            r = post(proxy.url(""), tag)
-            assert r.status_code == 200, r.text
-            ids.append(r.json()["id"].removeprefix("chatcmpl-"))
-        for tag, rid in zip(("s1", "s2"), ids):
-            requests = [s for content, s in up.seen if f"Problem {tag}:" in content]
-            assert len(requests) >= 2 and set(requests) == {rid}

@@ -83,3 +83,42 @@ def test_a_stopped_server_answers_every_request_under_way(sig, tmp_path):
     assert answers["stream_status"] == 200
     events = [json.loads(line[6:]) for line in answers["stream"] if line.startswith("data: {")]
     assert events and events[-1]["error"]["code"] == "shutting_down", answers["stream"]
+
+
+def test_during_the_drain_new_requests_and_ready_get_503_not_a_refused_connection(tmp_path):
+    """Issue 17: on SIGTERM /ready turns 503 at once and new requests get 503 with Retry-After while the
+    episodes under way drain (a load balancer sees 503s, not refused connections)."""
+    slow = fakes.FakeConfig(token_latency=0.05, min_tokens=400, max_tokens=400)  # a sample takes 20 s
+    with fakes.FakeServer(slow) as up:
+        config = tmp_path / "serve.json"
+        config.write_text(json.dumps({"drain_s": 30}))
+        proc, base = start_serve(["--upstream", up.base_url, "--model", "fake-model", "--scorer", "confidence",
+                                  "--config", str(config)], tmp_path / "serve.log")
+
+        def under_way():
+            try:
+                httpx.post(base + "/v1/chat/completions", json=BODY, timeout=90)
+            except httpx.TransportError:
+                pass  # the test kills the server while this request still drains
+
+        worker = threading.Thread(target=under_way)
+        try:
+            before = len(up.served)
+            worker.start()
+            wait_for(lambda: len(up.served) - before >= 2, timeout=30, what="the episode sampling")
+            proc.send_signal(signal.SIGTERM)
+
+            def ready_503():
+                r = httpx.get(base + "/ready", timeout=10)
+                return r if r.status_code == 503 else None
+
+            r = wait_for(ready_503, timeout=20, what="/ready answering 503")
+            assert r.json()["error"]["code"] == "shutting_down" and r.headers["retry-after"]
+            r = httpx.post(base + "/v1/chat/completions", json=BODY, timeout=10)
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+            assert r.json()["error"]["code"] == "shutting_down"
+            assert proc.poll() is None and worker.is_alive()  # still draining the episode under way
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+            worker.join(60)

@@ -4,10 +4,13 @@
   the connection or of their first byte (uvicorn has no such deadline: a client sending a
   byte a second held its connection forever); after it the client gets 408 and the connection
   is closed. An idle keep-alive connection is closed after ``keep_alive_s`` as before.
-* **Shutdown** (SIGTERM, SIGINT): the server stops accepting connections, ``/ready`` and new
-  generation requests get 503, and the requests under way get ``drain_s`` to finish; then each
-  is answered: 503 (OpenAI-shaped, with ``Connection: close``), or an error event for a stream
-  that has begun. A second SIGINT quits at once. Shadow sampling is dropped as the shutdown begins.
+* **Shutdown** (SIGTERM, SIGINT): ``/ready`` and new generation requests get 503 at once (with
+  ``Retry-After``; the server keeps accepting connections meanwhile, so a load balancer sees the
+  503s, which it may retry on another replica, rather than refused connections), and the requests
+  under way get ``drain_s`` to finish; then each is answered: 503 (OpenAI-shaped, with
+  ``Connection: close``), or an error event for a stream that has begun, and only then does the
+  server stop accepting connections and exit. A second SIGINT quits at once. Shadow sampling is
+  dropped as the shutdown begins.
 * **SIGHUP** reads ``--tables-dir`` again (as ``POST /v1/optscale/tables/reload`` does; with ``--state`` on
   every replica).
 """
@@ -113,6 +116,11 @@ class Drain:
     def untrack(self, task: asyncio.Task) -> None:
         self._requests.pop(task, None)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a tracked request is still under way."""
+        return any(not task.done() for task in self._requests)
+
     def begin(self, grace_s: float) -> None:
         if not self.draining:
             self.draining = True
@@ -144,6 +152,10 @@ class Server(uvicorn.Server):
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.drain.begin(self.grace_s)
+        # Keep listening (new requests get 503) until the requests under way are done or cut, or a
+        # second signal forces the exit; uvicorn's own shutdown then closes the listeners and waits.
+        while self.drain.busy and not self.drain.cut.is_set() and not self.force_exit:
+            await asyncio.sleep(0.05)
         await super().shutdown(sockets)
 
 
