@@ -96,9 +96,9 @@ def test_default_model_is_small_and_sensible():
 
 
 def test_default_model_ranks_math500_levels():
-    from optscale.predictor import load_problems
+    from optscale.predictor import Problems
 
-    problems = load_problems(shared_data("benchmarks", "math500.jsonl"))
+    problems = Problems.from_file(shared_data("benchmarks", "math500.jsonl"))
     levels = np.array(problems.levels)
     keep = np.concatenate([np.flatnonzero(levels == k)[:30] for k in (1, 3, 5)])  # 90 problems keep it quick
     problems, levels = problems.subset(keep), levels[keep]

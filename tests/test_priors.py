@@ -221,11 +221,11 @@ def test_predictor_priors_use_level_and_subject_like_predictor_predict(tmp_path)
     need_module("sentence_transformers", "the predictor extra is not installed")
     from optscale.compose import build_policy
     from optscale.predictor import load_default, prior_rows
-    from optscale.predictor.data import load_problems
+    from optscale.predictor.data import Problems
     from optscale.pools import read_pool
 
     bench = benchmark_file(tmp_path)
-    problems = load_problems(bench)
+    problems = Problems.from_file(bench)
     want = prior_rows(load_default(), problems)  # what `optscale predictor predict` writes
     rows = [json.loads(line) for line in bench.read_text().splitlines()]
     rng = np.random.default_rng(0)
