@@ -44,14 +44,22 @@ def start_serve(args: list[str], log_path) -> tuple[subprocess.Popen, str]:
     raise AssertionError("no free port")
 
 
+def slow_upstream() -> fakes.FakeServer:
+    """A fake upstream whose samples take 20 s each: episodes are still under way when the signal comes."""
+    return fakes.FakeServer(fakes.FakeConfig(token_latency=0.05, min_tokens=400, max_tokens=400))
+
+
+def serve_with_drain(up: fakes.FakeServer, drain_s: float, tmp_path) -> tuple[subprocess.Popen, str]:
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps({"drain_s": drain_s}))
+    return start_serve(["--upstream", up.base_url, "--model", "fake-model", "--scorer", "confidence",
+                        "--config", str(config)], tmp_path / "serve.log")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_server_answers_every_request_under_way(sig, tmp_path):
-    slow = fakes.FakeConfig(token_latency=0.05, min_tokens=400, max_tokens=400)  # a sample takes 20 s
-    with fakes.FakeServer(slow) as up:
-        config = tmp_path / "serve.json"
-        config.write_text(json.dumps({"drain_s": 0.5}))
-        proc, base = start_serve(["--upstream", up.base_url, "--model", "fake-model", "--scorer", "confidence",
-                                  "--config", str(config)], tmp_path / "serve.log")
+    with slow_upstream() as up:
+        proc, base = serve_with_drain(up, 0.5, tmp_path)
         try:
             before = len(up.served)
             answers: dict[str, object] = {}
@@ -88,12 +96,8 @@ def test_a_stopped_server_answers_every_request_under_way(sig, tmp_path):
 def test_during_the_drain_new_requests_and_ready_get_503_not_a_refused_connection(tmp_path):
     """Issue 17: on SIGTERM /ready turns 503 at once and new requests get 503 with Retry-After while the
     episodes under way drain (a load balancer sees 503s, not refused connections)."""
-    slow = fakes.FakeConfig(token_latency=0.05, min_tokens=400, max_tokens=400)  # a sample takes 20 s
-    with fakes.FakeServer(slow) as up:
-        config = tmp_path / "serve.json"
-        config.write_text(json.dumps({"drain_s": 30}))
-        proc, base = start_serve(["--upstream", up.base_url, "--model", "fake-model", "--scorer", "confidence",
-                                  "--config", str(config)], tmp_path / "serve.log")
+    with slow_upstream() as up:
+        proc, base = serve_with_drain(up, 30, tmp_path)
 
         def under_way():
             try:
