@@ -393,7 +393,7 @@ def test_frontier_reports_unmet_splits_as_not_met_and_sorts_them_last(capsys):
 
     def split(gain):
         choice = None if gain is None else {"accuracy": 0.8, "mean_tokens": 10.0, "bon_tokens": 20.0, "gain": gain,
-                                            "beats_ci": False}
+                                            "calibrated_gain": gain + 0.01, "beats_ci": False}
         return {"gain_choice": choice, "match_choice": None}
 
     rows = {"never": [None] * 6, "slightly_worse": [-0.001] * 6, "mixed": [0.002, None, None, None, None, 0.004]}
@@ -408,3 +408,5 @@ def test_frontier_reports_unmet_splits_as_not_met_and_sorts_them_last(capsys):
     assert "not met" in lines[2] and "0/6" in lines[2] and "+0.00" not in lines[2]
     assert "2/6" in lines[0] and "+0.30 (+0.20..+0.40)" in lines[0]  # the mean over the 2 met splits
     assert "6/6" in lines[1] and "-0.10" in lines[1]
+    # beside it the gain over the calibrated envelope, and its count of splits above it
+    assert "+1.30 (+1.20..+1.40)" in lines[0] and "+0.90 (+0.90..+0.90)" in lines[1]

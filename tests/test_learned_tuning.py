@@ -1,6 +1,6 @@
 """Why the self-tuning ``policy fit`` lost to the fixed-N envelope, each fixed: the ``n``-only table of a
-budget stays on the fixed-N curve (two neighbouring N, not a chord between far ends of a noisy
-calibration hull), a majority vote never stops at an even N (no better in expectation than one fewer,
+budget stays on the calibration curve's hull up to its most accurate N (two neighbouring N of
+:func:`fixed_path`; before, a lambda mixture could join far ends of the whole hull), a majority vote never stops at an even N (no better in expectation than one fewer,
 and dearer), and without scores the search keeps its default (the margin design, else that fixed N)
 unless a candidate beats it significantly."""
 
@@ -15,7 +15,7 @@ from conftest import toy_pool
 from optscale.policies import make_policy
 from optscale.policies.base import ReplayBatch
 from optscale.policies.learned.cv import fit_auto
-from optscale.policies.learned.fit import fixed_ns
+from optscale.policies.learned.fit import _features, fixed_ns, fixed_path
 from optscale.policies.selection import Selection
 from optscale.replay import build_batch
 
@@ -42,7 +42,7 @@ def test_the_fixed_n_of_a_budget_stops_at_two_neighbouring_n_on_the_fixed_curve(
     batch = flat_pool()
     table = fit_auto(batch, 16, select="majority", features="n", budget=0.5, strict=False)
     used = np.unique(stopped_at(table, batch, 16))
-    ns = list(fixed_ns(Selection.MAJORITY, 16))
+    ns = list(fixed_ns(Selection.MAJORITY, 16))  # flat: the hull is N = 1, then every N after it
     assert len(used) <= 2 and all(u in ns for u in used), used
     if len(used) == 2:
         assert ns.index(used[1]) == ns.index(used[0]) + 1, used
@@ -57,6 +57,30 @@ def test_a_majority_vote_of_fixed_n_never_stops_at_an_even_n_below_n_max():
         assert all(u % 2 == 1 or u == 16 for u in used), (budget, used)
     assert list(fixed_ns(Selection.MAJORITY, 6)) == [1, 3, 5, 6]
     assert list(fixed_ns(Selection.BEST, 4)) == [1, 2, 3, 4]
+
+
+def test_the_fixed_path_skips_the_n_under_the_hull_up_to_the_most_accurate_n():
+    cost = np.array([1.0, 2, 3, 4, 5, 6])
+    assert list(fixed_path(Selection.BEST, cost, np.array([0.5, 0.6, 0.55, 0.7, 0.72, 0.73]))) == [1, 2, 4, 5, 6]
+    # past the most accurate N every N stays, so that any budget can be spent
+    assert list(fixed_path(Selection.BEST, cost, np.array([0.5, 0.6, 0.55, 0.7, 0.65, 0.6]))) == [1, 2, 4, 5, 6]
+    # the majority vote: odd N (and n_max) only, then their hull
+    acc = np.array([0.5, 0.5, 0.52, 0.52, 0.7, 0.7])
+    assert list(fixed_path(Selection.MAJORITY, cost, acc)) == [1, 5, 6]
+
+
+def test_a_budget_between_two_hull_n_mixes_those_two():
+    batch = build_batch(toy_pool(problems=120, samples=16, seed=7), orders=2, seed=2)
+    for budget in (0.15, 0.3, 0.45):
+        table = fit_auto(batch, 16, select="best", features="n", budget=budget, strict=False)
+        used = np.unique(stopped_at(table, batch, 16))
+        cal = np.cumsum(batch.tokens[:, :, :16], axis=2).mean(axis=(0, 1))
+        acc = _features(batch, 16, Selection.BEST).correct.mean(axis=0)
+        path = list(fixed_path(Selection.BEST, cal, acc))
+        assert set(used) <= set(path) and len(used) <= 2, (budget, used, path)
+        if len(used) == 2:
+            assert path.index(used[1]) == path.index(used[0]) + 1, (budget, used, path)
+        assert table.fitted["share_of_bon"] == pytest.approx(budget, rel=0.02)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -362,6 +362,12 @@ def test_sweep_says_when_nothing_meets_the_objective_and_counts_splits():
     assert res.summary[0]["met"] == 4 and res.summary[0]["beats_envelope"] == wins
     gains = [s["selected"][0]["held_out"].gain_vs_envelope for s in res.splits]
     assert res.summary[0]["gain_vs_envelope_min"] == pytest.approx(min(gains))
+    # the held-out halves are also measured against the calibrated envelope of their calibration half
+    tuned = [s["selected"][0]["held_out"].gain_vs_calibrated_envelope for s in res.splits]
+    assert all(np.isfinite(tuned)) and all(t >= g - 1e-12 for t, g in zip(tuned, gains))
+    assert res.summary[0]["gain_vs_calibrated_envelope_mean"] == pytest.approx(np.mean(tuned))
+    assert res.summary[0]["beats_calibrated_envelope"] == sum(t > 0 for t in tuned)
+    assert all(np.isnan(s["selected"][0]["calibration"].gain_vs_calibrated_envelope) for s in res.splits)
     # match with target 0: the cheapest setting; all three cost the same, so the most accurate of them
     for s in res.splits:
         rows = [r for r in res.grid if r["split_seed"] == s["seed"] and r["split"] == "calibration"]

@@ -176,7 +176,8 @@ def run_demo(out: Path, problems: int = 600, samples: int = 64, orders: int = de
         others, skipped = _others(b)
         policies += others
     summary.notes += [f"skipped {line}" for line in skipped]
-    result: ReplayResult = replay_policies(held_out, policies, dataset="simulated", seed=seed)
+    result: ReplayResult = replay_policies(held_out, policies, dataset="simulated", seed=seed,
+                                           calibration=subset(batch, calib_idx))
     step()
     summary.files += write_replay_report(out, [result], summary=True, featured=["learned"])
     summary.best = replay_summary([result])

@@ -428,14 +428,15 @@ def splits_table(summary: list[dict], title: str) -> Table:
     """Per budget: splits where the objective was met, held-out mean [range], wins over the envelope."""
     t = Table(title=title, title_justify="left")
     for col in ("N_max", "met", "acc. % mean [range]", "tokens mean", "gain vs envelope pp [range]",
-                "beats envelope", "whole CI above"):
+                "beats envelope", "whole CI above", "gain vs calibrated envelope pp [range]", "beats it"):
         t.add_column(col, justify="right")
     for r in summary:
         rng = lambda k, f=100: ("-" if r[f"{k}_mean"] != r[f"{k}_mean"]  # noqa: E731
                                 else f"{f * r[f'{k}_mean']:.1f} [{f * r[f'{k}_min']:.1f}, {f * r[f'{k}_max']:.1f}]")
         t.add_row(str(r["budget"]), f"{r['met']}/{r['splits']}", rng("accuracy"),
                   "-" if r["mean_tokens_mean"] != r["mean_tokens_mean"] else f"{r['mean_tokens_mean']:,.0f}",
-                  rng("gain_vs_envelope"), f"{r['beats_envelope']}/{r['splits']}", f"{r['beats_envelope_ci']}/{r['splits']}")
+                  rng("gain_vs_envelope"), f"{r['beats_envelope']}/{r['splits']}", f"{r['beats_envelope_ci']}/{r['splits']}",
+                  rng("gain_vs_calibrated_envelope"), f"{r['beats_calibrated_envelope']}/{r['splits']}")
     return t
 
 

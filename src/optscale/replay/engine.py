@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..policies.base import ReplayBatch
 from ..policies.common import PolicyBase
 from .arrays import as_source
 from .batch import check_seed
@@ -81,16 +82,20 @@ def replay_policies(
     on_done: Callable[[PolicyBase], None] | None = None,
     bootstrap: int = 2000,
     labels: str = "gold",
+    calibration: ReplayBatch | None = None,
 ) -> ReplayResult:
     """Run each policy on every problem and order of ``data``; the fixed-N curves span the pool.
 
     ``labels`` records where the data's "correct" came from (``gold`` or ``consensus``, see
-    :func:`~optscale.replay.relabel`) in the result and its JSON."""
+    :func:`~optscale.replay.relabel`) in the result and its JSON. ``calibration``, the batch the
+    policies' settings were chosen on, adds the gain over its calibrated envelope
+    (:meth:`~optscale.replay.Baseline.calibrated`) to every row."""
     seed = check_seed(seed)
     curves, outcomes = collect(data, policies)
     baseline = Baseline(curves, bootstrap, seed)
     curve = curves.bon()
-    stats = policy_stats(policies, outcomes, baseline, curve)
+    calib = None if calibration is None else Baseline(fixed_curves(calibration), bootstrap, seed)
+    stats = policy_stats(policies, outcomes, baseline, curve, calib)
     for policy in policies:
         if on_done is not None:
             on_done(policy)

@@ -260,7 +260,9 @@ def sweep(
                 for s in (seeds if population else seeds[:1])}
     collected = _collect(data, replayed, jobs, backend, on_progress)
     own = {s: s if population else seeds[0] for s in seeds}  # the seed whose replay serves each split seed
-    units = [(replayed[own[s]], *collected[own[s]], idx, bootstrap, s) for s in seeds for idx in halves[s].values()]
+    # the held-out half is also measured against the calibrated envelope of its split's calibration half
+    units = [(replayed[own[s]], *collected[own[s]], idx, bootstrap, s, halves[s]["calibration"] if name == "held_out"
+              else None) for s in seeds for name, idx in halves[s].items()]
     halves_stats = iter(run_units(_half_stats, units, jobs, backend))
     grid_rows: list[dict] = []
     per_split: list[dict] = []
@@ -366,11 +368,13 @@ def _replay_run(policies: list, source, orders: int | None = None, seed: int = 0
 
 
 def _half_stats(pols: list, curves: FixedCurves, outcomes: list[ReplayOutcome], idx: np.ndarray, bootstrap: int,
-                split_seed: int) -> tuple[BonCurve, list[PolicyStats]]:
-    """The Best-of-N curve and every policy's statistics on the problems ``idx`` of one split."""
+                split_seed: int, calib_idx: np.ndarray | None = None) -> tuple[BonCurve, list[PolicyStats]]:
+    """The Best-of-N curve and every policy's statistics on the problems ``idx`` of one split (with
+    ``calib_idx``: also against the calibrated envelope of those problems)."""
     baseline = Baseline(curves.take(idx), bootstrap, split_seed)
+    calibration = None if calib_idx is None else Baseline(curves.take(calib_idx), bootstrap, split_seed)
     bon = baseline.curves.bon()
-    return bon, policy_stats(pols, [o.take(idx) for o in outcomes], baseline, bon)
+    return bon, policy_stats(pols, [o.take(idx) for o in outcomes], baseline, bon, calibration)
 
 
 def _summary(per_split: list[dict]) -> list[dict]:
@@ -379,7 +383,8 @@ def _summary(per_split: list[dict]) -> list[dict]:
     for j, entry in enumerate(per_split[0]["selected"]):
         held = [s["selected"][j]["held_out"] for s in per_split if s["selected"][j]["met"]]
         row: dict[str, Any] = {"budget": entry["budget"], "splits": len(per_split), "met": len(held)}
-        for name in ("accuracy", "mean_tokens", "token_savings", "gain_vs_envelope", "gain_vs_bon_curve"):
+        for name in ("accuracy", "mean_tokens", "token_savings", "gain_vs_envelope", "gain_vs_calibrated_envelope",
+                     "gain_vs_bon_curve"):
             values = np.array([getattr(h, name) for h in held], dtype=float)
             finite = values[np.isfinite(values)]
             row[f"{name}_mean"] = float(finite.mean()) if finite.size else float("nan")
@@ -387,6 +392,8 @@ def _summary(per_split: list[dict]) -> list[dict]:
             row[f"{name}_max"] = float(finite.max()) if finite.size else float("nan")
         row["beats_envelope"] = sum(bool(h.gain_vs_envelope > 0) for h in held)  # point estimate above it
         row["beats_envelope_ci"] = sum(bool(h.beats_envelope) for h in held)  # whole 95% interval above it
+        # the same over the calibrated envelope (the fixed methods chosen on the split's calibration half)
+        row["beats_calibrated_envelope"] = sum(bool(h.gain_vs_calibrated_envelope > 0) for h in held)
         out.append(row)
     return out
 

@@ -16,16 +16,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .tables import _markdown_text
+from .tables import _finite, _markdown_text
 
 __all__ = ["best_rules", "equal_accuracy_tokens", "featured_rows", "summary_cells", "summary_table"]
 
 #: Accuracies closer than this count as equal (means over the same problems, summed in other orders).
 _TOL = 1e-9
-
-
-def _finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
 def equal_accuracy_tokens(envelope: Sequence[Mapping], accuracy: float) -> float | None:

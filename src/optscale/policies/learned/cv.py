@@ -44,7 +44,7 @@ from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT
 from ..selection import Selection
 from ..consensus import relabel
-from .fit import _check_cost, fixed_ns, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
+from .fit import _check_cost, fixed_path, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
 from .state import (DEFAULT_AGREE_CAP, DEFAULT_LENGTH_BINS, DEFAULT_MARGIN_CAP, DEFAULT_SHRINK, MAX_AGREE_CAP,
                     MAX_BINS, MAX_LENGTH_BINS, _size_error)
 from .table import StoppingTable
@@ -278,7 +278,7 @@ class _Search:
         moves = [[sparse.csr_matrix((count, (src, dst)), shape=(size, size)) for src, dst, count in t.pairs]
                  if size > 1 else None for t in trains]
         if cand.fixed:  # the fixed-N curve itself, largest N first (tokens falling, as along the lambda grid)
-            ns = fixed_ns(prep.rule, self.n_max)[::-1] - 1
+            ns = fixed_path(prep.rule, self.cumcost.mean(axis=0), cal.correct.mean(axis=0))[::-1] - 1
             result = self._at_criterion(cand, cal.correct[:, ns].T.astype(float), self.cumcost[:, ns].T)
             self.results.append(result)
             yield result

@@ -369,16 +369,37 @@ def fixed_ns(rule: Selection, n_max: int) -> np.ndarray:
     return ns if rule is not Selection.MAJORITY else ns[(ns % 2 == 1) | (ns == n_max)]
 
 
+def fixed_path(rule: Selection, cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """The N a fixed-N table mixes along, from the calibration curve (``cost``, ``accuracy`` of N = 1..n_max):
+    the N of :func:`fixed_ns` on the upper concave hull of that curve up to its (first) most accurate N,
+    then every N of :func:`fixed_ns` after it (so that any budget can still be spent). Between two of
+    these a mixture is the calibrated envelope of this rule (what a fixed method tuned on the same
+    problems earns, :meth:`optscale.replay.Baseline.calibrated`), not below it where the curve dips."""
+    ns = fixed_ns(rule, len(cost))
+    x, y = np.asarray(cost, dtype=float)[ns - 1], np.asarray(accuracy, dtype=float)[ns - 1]
+    top = int(np.argmax(y))
+    hull: list[int] = []
+    for i in range(top + 1):  # monotone chain: drop points on or under the chord of their neighbours
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (y[b] - y[a]) * (x[i] - x[a]) <= (y[i] - y[a]) * (x[b] - x[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return ns[np.concatenate([np.array(hull, dtype=np.int64), np.arange(top + 1, len(ns))])]
+
+
 def _fixed_budget(batch, cal, rule, target):
-    """The fixed N of a budget: every problem stops at the largest N of :func:`fixed_ns` whose
+    """The fixed N of a budget: every problem stops at the largest N of :func:`fixed_path` whose
     calibration mean cost is at most ``target``, and a share of them (by key) at the next one, so
-    that the mean lands on the target, on the fixed-N curve between two neighbouring N (not on a
-    chord of the calibration curve's hull, whose far ends a small calibration pool picks by noise).
-    Returns (lambda, stop, mix lambda, share, mix stop, mixed rows); the lambdas are the slope
-    between the two N's calibration points (informative)."""
+    that the mean lands on the target on the calibration curve's hull (where a fixed method chosen on
+    the calibration problems would be). Returns (lambda, stop, mix lambda, share, mix stop, mixed
+    rows); the lambdas are the slope between the two N's calibration points (informative)."""
     width, size = cal.states.shape[1], cal.size
-    ns = fixed_ns(rule, width)
-    cost = np.cumsum(cal.cost, axis=1).mean(axis=0)[ns - 1]
+    cost_all = np.cumsum(cal.cost, axis=1).mean(axis=0)
+    ns = fixed_path(rule, cost_all, cal.correct.mean(axis=0))
+    cost = cost_all[ns - 1]
     acc = cal.correct.mean(axis=0)[ns - 1]
     i = max(0, int(np.searchsorted(cost, target * (1 + 1e-12), side="right")) - 1)
     stop = np.arange(width)[:, None] >= np.full((1, size), ns[i] - 1)
