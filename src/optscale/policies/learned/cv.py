@@ -12,8 +12,9 @@ Candidates are (selection rule, state design, shrinkage). The rules are those th
 
 and the design with none (``n`` only): with a lambda its table is the best fixed N of the
 calibration pool; with a budget it is tried both ways, fitted (a lambda mixture along the
-calibration curve's hull) and as the fixed N of the budget (two neighbouring N of the fixed-N
-curve, :func:`.fit.fixed_ns`, mixed per problem to meet the budget). Each design is tried with the
+calibration curve's hull) and as the fixed N of the budget (two neighbouring N of
+:func:`.fit.fixed_path`, the calibration curve's hull up to its most accurate N, mixed per problem
+to meet the budget). Each design is tried with the
 shrinkages of :data:`SHRINKS`. For each fold, every candidate is fitted on the other folds at each
 lambda of a grid and replayed on the fold; the folds' outcomes pooled give a held-out curve
 (tokens, accuracy) per candidate.
