@@ -332,7 +332,6 @@ class _Envelope:
 class _Path:
     """A calibrated envelope (:meth:`Baseline.calibrated`): the calibration's hull methods on these problems."""
 
-    labels: tuple[str, ...]  # e.g. ("majority@1", "weighted@3", ...)
     tokens: np.ndarray  # (V,) their mean tokens here (increasing: more samples)
     accuracy: np.ndarray  # (V,) their accuracy here
     vx: np.ndarray  # (B, V) the same on each bootstrap resample of these problems
@@ -447,8 +446,7 @@ class Baseline:
             rule = env.rule[n]
             acc, tok = self.curves.accuracy[rule, n].T, self.curves.tokens[n].T  # (P, V)
             vy, vx = self.bootstrap.means_of(acc, tok)
-            labels = tuple(self.label(int(r), int(i) + 1) for r, i in zip(rule, n))
-            self._paths[key] = _Path(labels, tok.mean(axis=0), acc.mean(axis=0), vx, vy, calibration)
+            self._paths[key] = _Path(tok.mean(axis=0), acc.mean(axis=0), vx, vy, calibration)
         return self._paths[key]
 
     def rows(self, n_max: int) -> list[dict]:
@@ -583,19 +581,11 @@ def policy_stats(policies: Sequence, outcomes: Sequence[ReplayOutcome], baseline
     tok_boot = boot.means(tokens) if calibration is not None else None
     for n_max in sorted({int(p.n_max) for p in policies}):
         cols = [i for i, p in enumerate(policies) if int(p.n_max) == n_max]
-        g = baseline.resampled_gain(n_max, correct[:, cols], tokens[:, cols])
-        for c, col in enumerate(cols):
-            finite = g[:, c][np.isfinite(g[:, c])]
-            if finite.size:
-                gains[:, col] = np.quantile(finite, [0.025, 0.975])
+        gains[:, cols] = _intervals(baseline.resampled_gain(n_max, correct[:, cols], tokens[:, cols]))
         if calibration is not None:
             path = baseline.calibrated(n_max, calibration)
             tuned[0, cols] = path.at(tokens[:, cols].mean(axis=0))
-            g = acc_boot[:, cols] - path.resampled(tok_boot[:, cols])
-            for c, col in enumerate(cols):
-                finite = g[:, c][np.isfinite(g[:, c])]
-                if finite.size:
-                    tuned[1:, col] = np.quantile(finite, [0.025, 0.975])
+            tuned[1:, cols] = _intervals(acc_boot[:, cols] - path.resampled(tok_boot[:, cols]))
     out = []
     for i, (policy, o) in enumerate(zip(policies, outcomes)):
         accuracy, mean_tokens, mean_samples = float(o.correct.mean(dtype=float)), float(o.tokens.mean()), float(
@@ -637,6 +627,16 @@ def policy_stats(policies: Sequence, outcomes: Sequence[ReplayOutcome], baseline
                 stats.achieved_ci_low, stats.achieved_ci_high = lo_a, hi_a
                 stats.misses_alpha = bool(hi_a < stats.promised_alpha)
         out.append(stats)
+    return out
+
+
+def _intervals(gains: np.ndarray) -> np.ndarray:
+    """95% intervals ``(2, G)`` of resampled gains ``(B, G)`` over their finite resamples (NaN: none)."""
+    out = np.full((2, gains.shape[1]), np.nan)
+    for c in range(gains.shape[1]):
+        finite = gains[:, c][np.isfinite(gains[:, c])]
+        if finite.size:
+            out[:, c] = np.quantile(finite, [0.025, 0.975])
     return out
 
 
