@@ -127,6 +127,22 @@ def simulated(problems: int, orders: int, budgets, n_maxes, bootstrap: int, spli
     return out
 
 
+#: Bayes factors of ``boinf``'s held-out curve (its accuracy at another policy's tokens).
+BF_GRID = (2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0, 35.0, 50.0, 75.0, 110.0, 160.0, 250.0, 400.0, 1000.0)
+
+
+def boinf_curve(test, n: int, tokens: float) -> float:
+    """``boinf``'s held-out accuracy at ``tokens``: its (mean tokens, accuracy) over :data:`BF_GRID`, in
+    token order, joined linearly (mixing two bf per problem); NaN outside the grid's range."""
+    pols = [make_policy("boinf", n, bf=b) for b in BF_GRID]
+    outs = [outcome_of(test, p.replay(test), p) for p in pols]
+    x = np.array([o.tokens.mean() for o in outs])
+    y = np.array([o.correct.mean() for o in outs])
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    return float(np.interp(tokens, x, y)) if x[0] <= tokens <= x[-1] else float("nan")
+
+
 def answers(data: Path, orders: int, bootstrap: int, splits: int, patterns) -> dict:
     out = {}
     for path in [p for pat in patterns for p in sorted((data / "pools" / "boinf").glob(pat))]:
@@ -145,27 +161,31 @@ def answers(data: Path, orders: int, bootstrap: int, splits: int, patterns) -> d
             rows.append({"gain": lrn.gain_vs_calibrated_envelope, "boinf_gain": bf.gain_vs_calibrated_envelope,
                          "hindsight_gain": lrn.gain_vs_envelope, "boinf_hindsight_gain": bf.gain_vs_envelope,
                          "acc_minus_boinf": lrn.accuracy - bf.accuracy,
+                         "acc_minus_boinf_curve": lrn.accuracy - boinf_curve(test, n, lrn.mean_tokens),
                          "tokens_over_boinf": lrn.mean_tokens / bf.mean_tokens, "chosen": table.fitted[
                              "cross_validated"]["chosen"]})
         name = path.name.removesuffix(".jsonl.gz")
         g = np.array([r["gain"] for r in rows])
         acc = np.array([r["acc_minus_boinf"] for r in rows])
         tok = np.array([r["tokens_over_boinf"] for r in rows])
-        mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
+        mean = lambda k: float(np.nanmean([r[k] for r in rows]))  # noqa: E731
         out[name] = {"splits": rows, "mean_gain": float(g.mean()), "boinf_gain": mean("boinf_gain"),
                      "hindsight_gain": mean("hindsight_gain"), "boinf_hindsight_gain": mean("boinf_hindsight_gain"),
-                     "acc_minus_boinf": float(acc.mean()), "tokens_over_boinf": float(tok.mean())}
+                     "acc_minus_boinf": float(acc.mean()), "tokens_over_boinf": float(tok.mean()),
+                     "acc_minus_boinf_curve": mean("acc_minus_boinf_curve")}
         v = out[name]
         print(f"{name:<40} learned {100 * g.mean():+.2f} pp vs the calibrated envelope (boinf "
               f"{100 * v['boinf_gain']:+.2f}), {100 * v['hindsight_gain']:+.2f} vs the hindsight one (boinf "
               f"{100 * v['boinf_hindsight_gain']:+.2f}); learned - boinf {100 * acc.mean():+.2f} pp at "
-              f"{tok.mean():.2f}x boinf's tokens")
+              f"{tok.mean():.2f}x boinf's tokens, {100 * v['acc_minus_boinf_curve']:+.2f} pp at equal tokens")
     if out:
-        m = {k: np.mean([v[k] for v in out.values()]) for k in next(iter(out.values())) if k != "splits"}
+        m = {k: np.nanmean([v[k] for v in out.values()]) for k in next(iter(out.values())) if k != "splits"}
         print(f"answer-only pools, mean over {len(out)}: learned {100 * m['mean_gain']:+.2f} pp vs the calibrated "
               f"envelope (target >= -0.30; boinf {100 * m['boinf_gain']:+.2f}), {100 * m['hindsight_gain']:+.2f} vs "
               f"the hindsight envelope (boinf {100 * m['boinf_hindsight_gain']:+.2f}); learned - boinf "
-              f"{100 * m['acc_minus_boinf']:+.2f} pp at {m['tokens_over_boinf']:.2f}x boinf's tokens")
+              f"{100 * m['acc_minus_boinf']:+.2f} pp at {m['tokens_over_boinf']:.2f}x boinf's tokens, "
+              f"{100 * m['acc_minus_boinf_curve']:+.2f} pp against boinf's curve (bf {BF_GRID[0]:g}..{BF_GRID[-1]:g}) "
+              "at learned's tokens")
     return out
 
 

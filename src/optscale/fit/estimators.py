@@ -169,11 +169,14 @@ def _objective(mu, tau, n, m, v, prior):
     h_tt = n * (-2.0 * q * e - h_tt_logz)
     if prior is not None:
         pm, ps, wm, ws = prior
+        # A prior width past ~1e154 squares to inf: its terms are then 0, the limit of a flat prior.
+        with np.errstate(over="ignore"):
+            wm2, ws2 = wm**2, ws**2
         f = f - 0.5 * ((mu - pm) / wm) ** 2 - 0.5 * ((sigma - ps) / ws) ** 2
-        g_mu = g_mu - (mu - pm) / wm**2
-        g_tau = g_tau - sigma * (sigma - ps) / ws**2
-        h_mm = h_mm - 1.0 / wm**2
-        h_tt = h_tt - sigma * (2.0 * sigma - ps) / ws**2
+        g_mu = g_mu - (mu - pm) / wm2
+        g_tau = g_tau - sigma * (sigma - ps) / ws2
+        h_mm = h_mm - 1.0 / wm2
+        h_tt = h_tt - sigma * (2.0 * sigma - ps) / ws2
     return f, np.stack([g_mu, g_tau], -1), h_mm, h_mt, h_tt
 
 
