@@ -43,11 +43,11 @@ from optscale.policies import make_policy
 from optscale.policies.learned import fit_table
 from optscale.policies.learned.cv import fit_auto
 from optscale.pools import iter_pool
-from optscale.replay import build_batch, outcome_of, policy_stats, split_problems, subset
+from optscale.replay import TIE, build_batch, outcome_of, policy_stats, split_problems, subset
 from optscale.replay.metrics import baseline_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from policy_frontier import EPS, simulated_batch  # noqa: E402
+from policy_frontier import simulated_batch  # noqa: E402
 
 SPLITS = 6
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -114,7 +114,7 @@ def simulated(problems: int, orders: int, budgets, n_maxes, bootstrap: int, spli
                 g = np.array([r["gain"] for r in rows])
                 h = np.array([r["hindsight_gain"] for r in rows])
                 key = f"{pool}/N{n_max}/b{budget}"
-                beat, nonneg, h_beat = int((g > EPS).sum()), int((g >= -EPS).sum()), int((h > EPS).sum())
+                beat, nonneg, h_beat = int((g > TIE).sum()), int((g >= -TIE).sum()), int((h > TIE).sum())
                 out[key] = {"splits": rows, "beat": beat, "nonneg": nonneg, "mean_gain": float(g.mean()),
                             "hindsight_beat": h_beat, "hindsight_mean_gain": float(h.mean())}
                 print(f"{pool:>7} N_max {n_max:>2} budget {budget:<4}: held-out gain over the calibrated envelope "

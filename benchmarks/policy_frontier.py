@@ -52,16 +52,13 @@ from optscale.errors import InputError
 from optscale.policies import POLICIES, make_policy
 from optscale.policies.base import ReplayBatch
 from optscale.policies.learned.cv import fit_auto
-from optscale.replay import Baseline, collect, outcome_of, policy_stats, split_problems, subset
+from optscale.replay import TIE, Baseline, collect, outcome_of, policy_stats, split_problems, subset
 from optscale.replay.batch import order_indices
 from optscale.replay.sweep import choose
 from optscale.simulate import simulate_arrays
 
 BUDGETS = (16, 32, 64)
 SPLITS = 6
-#: A gain this close to 0 is 0 (the same sums in another order): a policy that lands on a vertex of the
-#: calibrated envelope scores about -1e-17, not a loss.
-EPS = 1e-9
 #: Share of the envelope's best method's tokens the ``match`` target allows.
 MATCH_SHARE = 0.5
 
@@ -189,10 +186,10 @@ def _summary(splits: list[dict]) -> dict:
         "token_share": float(np.mean([r["mean_tokens"] / r["bon_tokens"] for r in chosen])) if chosen else float("nan"),
         # None: the objective was not met on calibration in that split (nothing chosen).
         "gain": [None if r is None or not np.isfinite(r["gain"]) else float(r["gain"]) for r in g],
-        "beat": sum(r is not None and r["gain"] > 0 for r in g),
+        "beat": sum(r is not None and r["gain"] > TIE for r in g),
         "calibrated_gain": [None if r is None or not np.isfinite(r["calibrated_gain"]) else float(r["calibrated_gain"])
                             for r in g],
-        "calibrated_beat": sum(r is not None and r["calibrated_gain"] > EPS for r in g),
+        "calibrated_beat": sum(r is not None and r["calibrated_gain"] > TIE for r in g),
         "beat_ci": sum(r is not None and r["beats_ci"] for r in g),
         "matched": sum(matched(r) for r in m),
         "match_chosen": sum(r is not None for r in m),

@@ -84,7 +84,20 @@ def test_policy_stats_report_the_gain_over_it_with_a_paired_interval():
         assert s.calibrated_envelope_accuracy_same_tokens == pytest.approx(want)
         assert s.gain_vs_calibrated_envelope == pytest.approx(s.accuracy - want)
         assert s.gain_vs_calibrated_envelope >= s.gain_vs_envelope - 1e-12
-        assert s.gain_vs_calibrated_envelope_ci_low <= s.gain_vs_calibrated_envelope_ci_high
+        # the interval by loops: each resample of the held-out problems (the baseline's own, so paired)
+        counts = base.bootstrap.counts.astype(float) / len(o.correct)
+        path = base.calibrated(8, calib)
+        cc, tc = fixed_curves(cal), fixed_curves(test)
+        hull = [i for i in range(8) if any(np.isclose(tc.tokens[i].mean(), x) for x in path.tokens)]
+        rule = cc.accuracy[:, :8].mean(axis=2).argmax(axis=0)
+        vy = counts @ np.stack([tc.accuracy[rule[i], i] for i in hull], axis=1)
+        vx = counts @ np.stack([tc.tokens[i] for i in hull], axis=1)
+        acc, tok = counts @ o.correct, counts @ o.tokens
+        gains = [a - (np.interp(t, x, y) if t >= x[0] else np.nan) for a, t, x, y in zip(acc, tok, vx, vy)]
+        gains = np.array(gains)[np.isfinite(gains)]
+        want_lo, want_hi = np.quantile(gains, [0.025, 0.975])
+        assert s.gain_vs_calibrated_envelope_ci_low == pytest.approx(want_lo)
+        assert s.gain_vs_calibrated_envelope_ci_high == pytest.approx(want_hi)
     with pytest.raises(ValueError, match="rules"):
         answers_only = Baseline(fixed_curves(cal, rules=("majority",)), 10, 0)
         base.calibrated(8, answers_only)

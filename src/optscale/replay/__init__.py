@@ -4,7 +4,7 @@ from .arrays import OrderedPool, PoolArrays, arrays_from_problems, read_pool_arr
 from .batch import MAX_ORDERS, build_batch, check_orders, check_seed, subset
 from .engine import ReplayResult, collect, replay_policies
 from .labels import LABELS, check_labels, consensus_labels, full_answers, labels_note, relabel
-from .metrics import (RULES, Baseline, BonCurve, Bootstrap, FixedCurves, PolicyStats, ReplayOutcome, bon_curve,
+from .metrics import (RULES, TIE, Baseline, BonCurve, Bootstrap, FixedCurves, PolicyStats, ReplayOutcome, bon_curve,
                       evaluate, fixed_curves, outcome_of, policy_stats, upper_envelope)
 from .sweep import OBJECTIVES, SweepResult, check_sweep, grid_points, pareto_mask, split_problems, sweep
 
@@ -13,7 +13,7 @@ __all__ = [
     "BonCurve", "PolicyStats", "bon_curve", "evaluate", "SweepResult", "check_sweep", "pareto_mask", "split_problems",
     "sweep", "OrderedPool", "PoolArrays", "arrays_from_problems", "read_pool_arrays", "RULES", "Baseline", "Bootstrap",
     "FixedCurves", "ReplayOutcome", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope", "OBJECTIVES",
-    "grid_points", "LABELS", "check_labels", "consensus_labels", "full_answers", "labels_note", "relabel",
+    "grid_points", "LABELS", "check_labels", "consensus_labels", "full_answers", "labels_note", "relabel", "TIE",
 ]
 
 

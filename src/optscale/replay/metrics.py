@@ -23,8 +23,10 @@ of that choice (0.1-0.2 pp on 1,000 problems; several pp on 15). Where a policy 
 calibration problems, the honest baseline makes its choices there too: the fixed methods on
 the calibration problems' envelope (its hull's N, each with its best rule there), measured on
 the held-out problems and mixed along N at the policy's tokens
-(``gain_vs_calibrated_envelope``, :meth:`Baseline.calibrated`). A table that stops at the fixed N
-of its budget lands on it; E stays beside it as the stricter, hindsight bound.
+(``gain_vs_calibrated_envelope``, :meth:`Baseline.calibrated`). A ``learned`` table that stops
+every problem at the fixed N of its budget lands on it where that N (with the table's rule) is one
+of its vertices, and near it otherwise; E stays beside it as the stricter, hindsight bound. Wins
+are counted where a gain exceeds :data:`TIE` (a policy on a vertex scores about 1e-17 either way).
 
 **Paired bootstrap.** The gain's 95% interval resamples *problems* (with replacement, the same
 resample for the policy and for every fixed method), recomputes the fixed points, their
@@ -46,7 +48,7 @@ from ..policies.base import ReplayBatch, ReplayDecisions
 from ..policies.episode import score_or_zero
 from ..policies.selection import SELECTIONS
 
-__all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "PolicyStats", "RULES", "ReplayOutcome",
+__all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "PolicyStats", "RULES", "ReplayOutcome", "TIE",
            "bon_curve", "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
 
 #: The fixed-N selection rules of the envelope (``bon --set select=<rule>`` at N samples): every
@@ -54,6 +56,9 @@ __all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "PolicyStats", "R
 RULES = tuple(SELECTIONS.names())
 #: Relative slack when comparing token costs (sums of the same numbers in another order).
 _TOL = 1e-12
+#: A gain within this of 0 is a tie, not a win or a loss (a policy on a vertex of an envelope: the same
+#: sums in another order).
+TIE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -373,14 +378,19 @@ class Baseline:
             self._boot_points = acc.reshape(-1, nr, nn).max(axis=1), tok
         return self._boot_points
 
+    def _points(self, n_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """The fixed points up to ``n_max`` (point estimates): every rule's accuracy, mean tokens, the best
+        rule at each N and its accuracy, and the N (0-based) on the upper concave hull."""
+        all_acc = self.curves.accuracy[:, :n_max].mean(axis=2)
+        tok = self.curves.tokens[:n_max].mean(axis=1)
+        rule = np.argmax(all_acc, axis=0)
+        acc = all_acc.max(axis=0)
+        return all_acc, tok, rule, acc, [int(i) for i in np.flatnonzero(upper_envelope(tok, acc))]
+
     def envelope(self, n_max: int) -> _Envelope:
         n_max = int(min(n_max, self.curves.n_max))
         if n_max not in self._envelopes:
-            all_acc = self.curves.accuracy[:, :n_max].mean(axis=2)
-            tok = self.curves.tokens[:n_max].mean(axis=1)
-            rule = np.argmax(all_acc, axis=0)
-            acc = all_acc.max(axis=0)
-            hull = [int(i) for i in np.flatnonzero(upper_envelope(tok, acc))]
+            all_acc, tok, rule, acc, hull = self._points(n_max)
             boot_acc, boot_tok = self._resampled_points()
             bt, ba = boot_tok[:, :n_max], boot_acc[:, :n_max]
             alive = upper_envelope(bt, ba)
@@ -441,9 +451,9 @@ class Baseline:
             raise ValueError(f"the calibration baseline's rules {calibration.rules} differ from {self.rules}")
         key = (n_max, id(calibration))
         if key not in self._paths:
-            env = calibration.envelope(n_max)
-            n = np.array(env.hull, dtype=np.int64)
-            rule = env.rule[n]
+            _, _, best, _, hull = calibration._points(n_max)
+            n = np.array(hull, dtype=np.int64)
+            rule = best[n]
             acc, tok = self.curves.accuracy[rule, n].T, self.curves.tokens[n].T  # (P, V)
             vy, vx = self.bootstrap.means_of(acc, tok)
             self._paths[key] = _Path(tok.mean(axis=0), acc.mean(axis=0), vx, vy, calibration)
@@ -585,7 +595,9 @@ def policy_stats(policies: Sequence, outcomes: Sequence[ReplayOutcome], baseline
         if calibration is not None:
             path = baseline.calibrated(n_max, calibration)
             tuned[0, cols] = path.at(tokens[:, cols].mean(axis=0))
-            tuned[1:, cols] = _intervals(acc_boot[:, cols] - path.resampled(tok_boot[:, cols]))
+            # no point estimate (tokens below the cheapest method): no interval either
+            tuned[1:, cols] = np.where(np.isnan(tuned[0, cols]), np.nan,
+                                       _intervals(acc_boot[:, cols] - path.resampled(tok_boot[:, cols])))
     out = []
     for i, (policy, o) in enumerate(zip(policies, outcomes)):
         accuracy, mean_tokens, mean_samples = float(o.correct.mean(dtype=float)), float(o.tokens.mean()), float(

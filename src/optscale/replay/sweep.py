@@ -35,7 +35,7 @@ from ..policies.registry import make_policy
 from .arrays import OrderedPool
 from .batch import check_seed, subset
 from .engine import collect
-from .metrics import Baseline, BonCurve, FixedCurves, PolicyStats, ReplayOutcome, policy_stats
+from .metrics import TIE, Baseline, BonCurve, FixedCurves, PolicyStats, ReplayOutcome, policy_stats
 from .parallel import check_parallel, run_units
 
 __all__ = ["OBJECTIVES", "SweepResult", "check_sweep", "choose", "grid_points", "pareto_mask", "split_problems", "sweep"]
@@ -390,10 +390,10 @@ def _summary(per_split: list[dict]) -> list[dict]:
             row[f"{name}_mean"] = float(finite.mean()) if finite.size else float("nan")
             row[f"{name}_min"] = float(finite.min()) if finite.size else float("nan")
             row[f"{name}_max"] = float(finite.max()) if finite.size else float("nan")
-        row["beats_envelope"] = sum(bool(h.gain_vs_envelope > 0) for h in held)  # point estimate above it
+        row["beats_envelope"] = sum(bool(h.gain_vs_envelope > TIE) for h in held)  # point estimate above it
         row["beats_envelope_ci"] = sum(bool(h.beats_envelope) for h in held)  # whole 95% interval above it
         # the same over the calibrated envelope (the fixed methods chosen on the split's calibration half)
-        row["beats_calibrated_envelope"] = sum(bool(h.gain_vs_calibrated_envelope > 0) for h in held)
+        row["beats_calibrated_envelope"] = sum(bool(h.gain_vs_calibrated_envelope > TIE) for h in held)
         out.append(row)
     return out
 

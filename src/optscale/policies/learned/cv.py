@@ -14,7 +14,8 @@ and the design with none (``n`` only): with a lambda its table is the best fixed
 calibration pool; with a budget it is tried both ways, fitted (a lambda mixture along the
 calibration curve's hull) and as the fixed N of the budget (two neighbouring N of
 :func:`.fit.fixed_path`, the calibration curve's hull up to its most accurate N, mixed per problem
-to meet the budget). Each design is tried with the
+to meet the budget; the folds score it along every N of :func:`.fit.fixed_ns`, which picks nothing
+on them and can only understate the hull's mixture). Each design is tried with the
 shrinkages of :data:`SHRINKS`. For each fold, every candidate is fitted on the other folds at each
 lambda of a grid and replayed on the fold; the folds' outcomes pooled give a held-out curve
 (tokens, accuracy) per candidate.
@@ -45,7 +46,7 @@ from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT
 from ..selection import Selection
 from ..consensus import relabel
-from .fit import _check_cost, fixed_path, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
+from .fit import _check_cost, fixed_ns, _features, _finish, _induction, _rule, _shrunk, _Stats, check_pool
 from .state import (DEFAULT_AGREE_CAP, DEFAULT_LENGTH_BINS, DEFAULT_MARGIN_CAP, DEFAULT_SHRINK, MAX_AGREE_CAP,
                     MAX_BINS, MAX_LENGTH_BINS, _size_error)
 from .table import StoppingTable
@@ -279,7 +280,9 @@ class _Search:
         moves = [[sparse.csr_matrix((count, (src, dst)), shape=(size, size)) for src, dst, count in t.pairs]
                  if size > 1 else None for t in trains]
         if cand.fixed:  # the fixed-N curve itself, largest N first (tokens falling, as along the lambda grid)
-            ns = fixed_path(prep.rule, self.cumcost.mean(axis=0), cal.correct.mean(axis=0))[::-1] - 1
+            # every N of fixed_ns, not the hull of the data's curve (fixed_path, what the table uses): chosen
+            # on all the folds, that hull would score each fold on N picked with its own rows
+            ns = fixed_ns(prep.rule, self.n_max)[::-1] - 1
             result = self._at_criterion(cand, cal.correct[:, ns].T.astype(float), self.cumcost[:, ns].T)
             self.results.append(result)
             yield result

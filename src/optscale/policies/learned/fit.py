@@ -372,9 +372,11 @@ def fixed_ns(rule: Selection, n_max: int) -> np.ndarray:
 def fixed_path(rule: Selection, cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     """The N a fixed-N table mixes along, from the calibration curve (``cost``, ``accuracy`` of N = 1..n_max):
     the N of :func:`fixed_ns` on the upper concave hull of that curve up to its (first) most accurate N,
-    then every N of :func:`fixed_ns` after it (so that any budget can still be spent). Between two of
-    these a mixture is the calibrated envelope of this rule (what a fixed method tuned on the same
-    problems earns, :meth:`optscale.replay.Baseline.calibrated`), not below it where the curve dips."""
+    then every N of :func:`fixed_ns` after it (so that any budget can still be spent). Up to that N a
+    mixture of two neighbours is this rule's calibrated envelope (what a fixed method of this rule
+    tuned on the same problems earns, :meth:`optscale.replay.Baseline.calibrated`, which also mixes
+    rules and may use an even N of a vote): an N where the curve dips is skipped. Past it the path
+    follows the curve itself, where that envelope stays flat."""
     ns = fixed_ns(rule, len(cost))
     x, y = np.asarray(cost, dtype=float)[ns - 1], np.asarray(accuracy, dtype=float)[ns - 1]
     top = int(np.argmax(y))
