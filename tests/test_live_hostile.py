@@ -183,3 +183,17 @@ def test_booleans_are_refused_for_number_settings(tmp_path, monkeypatch, capsys)
                             "--scorer", "confidence", "--out", tmp_path / "r", "--config", config],
                            monkeypatch, capsys)
     assert code == 2 and f"{config} key n_max: must be a number, not true" in err, err
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://:hunter2@127.0.0.1:6379/0", "a Redis URL starts with redis://"),
+    ("redis://:hunter2@127.0.0.1:6379/zero", "the database is a number"),
+    ("redis://:hunter2@127.0.0.1:notaport/0", "is not a URL"),
+    ("redis:///0", "no host"),
+])
+def test_a_malformed_state_url_is_refused_when_the_settings_are_built(url, message):
+    # before: only the CLI checked it, so a library caller's server started and never became ready
+    with pytest.raises(InputError) as err:
+        build_serve_config({**SERVE, "state": url}, env={})
+    assert err.value.where == "state" and message in str(err.value) and "hunter2" not in str(err.value)
+    assert build_serve_config({**SERVE, "state": "redis://:pw@127.0.0.1:6379/0"}, env={}).state  # well formed: kept

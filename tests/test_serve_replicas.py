@@ -29,7 +29,7 @@ from optscale.errors import InputError  # noqa: E402
 from optscale.serve.errors import ApiError  # noqa: E402
 from optscale.serve.idempotency import IdempotencyStore  # noqa: E402
 from optscale.serve.replicas import (  # noqa: E402
-    IdempotencyBackend, InProcessIdempotency, SharedState, StateUnavailable, check_reachable, redact_url,
+    IdempotencyBackend, InProcessIdempotency, SharedState, StateUnavailable, check_reachable, redact_state_url,
 )
 
 WAIT_S = 30.0  # generous bound of every wait on a condition
@@ -466,9 +466,9 @@ def test_bad_or_unreachable_url_is_a_located_error_without_the_password():
             assert "hunter2" not in str(err.value)
 
     asyncio.run(main())
-    assert redact_url("rediss://:pw@h:1/2") == "rediss://:***@h:1/2"
-    assert redact_url("redis://h:1/2") == "redis://h:1/2"
-    assert redact_url("redis://h:1/2?password=pw&db=3") == "redis://h:1/2?password=***&db=3"
+    assert redact_state_url("rediss://:pw@h:1/2") == "rediss://:***@h:1/2"
+    assert redact_state_url("redis://h:1/2") == "redis://h:1/2"
+    assert redact_state_url("redis://h:1/2?password=pw&db=3") == "redis://h:1/2?password=***&db=3"
 
 
 def test_check_reachable_before_the_server_starts(server):

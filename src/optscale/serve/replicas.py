@@ -37,23 +37,22 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import InputError
 from .errors import ApiError
 from .idempotency import IdempotencyStore
 from .savings import group_of
+from .stateurl import check_state_url, redact_state_url, scrub
 
 if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["IdempotencyBackend", "InProcessIdempotency", "RedisIdempotency", "SharedSavings", "SharedState",
            "StateUnavailable",
-           "redact_url", "check_state_url", "check_reachable"]
+           "redact_state_url", "check_state_url", "check_reachable"]
 
 log = logging.getLogger("optscale.serve")
 
-SCHEMES = ("redis", "rediss", "unix")
 #: Lock of an episode under way: its time to live, renewed every ``LOCK_REFRESH_S`` by its owner.
 LOCK_TTL_S = 10.0
 LOCK_REFRESH_S = 3.0
@@ -107,54 +106,6 @@ class InProcessIdempotency:
         return await self.store.run(caller, key, fingerprint, work)
 
 
-# -- URLs ----------------------------------------------------------------------------------------------
-
-def _password(url: str) -> str | None:
-    """The password in ``url``: in its user part, or its ``password`` query parameter (redis-py reads both)."""
-    try:
-        parts = urlsplit(url)
-        return parts.password or dict(parse_qsl(parts.query)).get("password") or None
-    except ValueError:
-        return None
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for errors and logs)."""
-    password = _password(url)
-    if password is None:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` (a client library's message) without the password of ``url``."""
-    password = _password(url)
-    return text.replace(password, "***") if password else text
-
-
-def check_state_url(url: str, where: str = "--state") -> str:
-    """``url`` if it is a Redis URL (redis://, rediss:// or unix://), else an :class:`InputError` at ``where``."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises on a bad port
-    except ValueError as exc:
-        raise InputError(f"{redact_url(url)} is not a URL: {_scrub(str(exc), url)}", where) from None
-    if parts.scheme not in SCHEMES:
-        raise InputError(f"{redact_url(url)}: a Redis URL starts with {', '.join(s + '://' for s in SCHEMES)} "
-                         "(e.g. redis://127.0.0.1:6379/0)", where)
-    if parts.scheme != "unix" and not parts.hostname:
-        raise InputError(f"{redact_url(url)}: no host (e.g. redis://127.0.0.1:6379/0)", where)
-    db = parts.path.strip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
-        raise InputError(f"{redact_url(url)}: the database is a number, /{db} is not", where)
-    return url
-
-
 # -- the shared state ----------------------------------------------------------------------------------
 
 def check_reachable(url: str, where: str = "--state") -> None:
@@ -175,7 +126,7 @@ class SharedState:
     def __init__(self, client: redis.asyncio.Redis, url: str, *, namespace: str = "optscale",
                  replica: str | None = None, retry_after_s: int = 1):
         self.client = client
-        self.url = redact_url(url)
+        self.url = redact_state_url(url)
         self.namespace = namespace
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.retry_after_s = retry_after_s
@@ -196,12 +147,12 @@ class SharedState:
                 url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 1), health_check_interval=30)
         except (ValueError, TypeError) as exc:
-            raise InputError(f"{redact_url(url)}: {_scrub(str(exc), url)}", where) from None
+            raise InputError(f"{redact_state_url(url)}: {scrub(str(exc), url)}", where) from None
         try:
             await client.ping()
         except Exception as exc:  # redis errors and OSError alike: the located message, never a traceback
             await client.aclose()
-            raise InputError(f"cannot reach Redis at {redact_url(url)}: {_scrub(_reason(exc), url)}", where) from None
+            raise InputError(f"cannot reach Redis at {redact_state_url(url)}: {scrub(_reason(exc), url)}", where) from None
         return cls(client, url, **kwargs)
 
     async def aclose(self) -> None:

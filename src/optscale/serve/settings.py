@@ -31,6 +31,7 @@ from ..live.types import ClientSettings, GenerationSettings, clean_key
 from ..policies import POLICIES
 from .. import defaults
 from ..policies.common import N_MAX_LIMIT
+from .stateurl import check_state_url
 
 __all__ = ["ServeConfig", "build_serve_config", "check_writable_dir", "UPSTREAM_KEY_ENV", "CLIENT_KEYS_ENV", "FLAT"]
 
@@ -237,6 +238,8 @@ def build_serve_config(file_values: Mapping[str, Any] | None = None, flag_values
         raise InputError(f"must be at least max_body_bytes ({config.max_body_bytes})", "max_body_buffer_bytes")
     if config.n_max > config.max_n_max:
         raise InputError(f"must not exceed max_n_max ({config.max_n_max})", "n_max")
+    if config.state is not None:  # its form now; whether Redis answers there, when the server starts
+        check_state_url(config.state, "state")
     if config.tables_dir is not None and not os.path.isdir(config.tables_dir):
         raise InputError(f"{config.tables_dir!r} is not a directory", "tables_dir")
     if config.traffic_dir is not None:
