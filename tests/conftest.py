@@ -100,6 +100,15 @@ def pool():
     return toy_pool()
 
 
+@pytest.fixture(scope="module")
+def upstream():
+    """A fake OpenAI-compatible upstream (``live_fakes``, seed 3), one per test module that asks for it."""
+    from live_fakes import FakeConfig, FakeServer
+
+    with FakeServer(FakeConfig(seed=3)) as server:
+        yield server
+
+
 def shared_data(*parts: str) -> Path:
     """Path inside ../shared/data; where a clone has none, :func:`need` skips the test (fails it under CI)."""
     __tracebackhide__ = True

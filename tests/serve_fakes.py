@@ -16,6 +16,10 @@ from optscale.serve import build_serve_config, create_app
 __all__ = ["FaultyUpstream", "Proxy", "wait_for"]
 
 
+#: The question the fake upstream answers in the serve tests.
+Q = "Problem p1: how many?"
+
+
 class Proxy:
     """``with Proxy(upstream_url, scorer="confidence", n_max=4) as proxy``: ``proxy.base_url``, ``proxy.app``."""
 

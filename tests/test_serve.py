@@ -15,7 +15,7 @@ import httpx
 import live_fakes as fakes
 import openai
 import pytest
-from serve_fakes import Proxy, wait_for
+from serve_fakes import Q, Proxy, wait_for
 
 from conftest import toy_pool
 from optscale.compose import build_policy
@@ -27,14 +27,7 @@ from optscale.serve import build_serve_config
 from optscale.serve.idempotency import IdempotencyStore
 from optscale.serve.limits import FairLimiter
 
-Q = "Problem p1: how many?"
 MESSAGES = [{"role": "user", "content": Q}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with fakes.FakeServer(fakes.FakeConfig(seed=3)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,12 @@ import sys
 import time
 
 import httpx
-import live_fakes as fakes
 import pytest
-from serve_fakes import Proxy, wait_for
+from serve_fakes import Q, Proxy, wait_for
 
 from optscale.serve.idempotency import IdempotencyStore
 
-Q = "Problem p1: how many?"
 OK = {"model": "fake-model", "messages": [{"role": "user", "content": Q}]}
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with fakes.FakeServer(fakes.FakeConfig(seed=3)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
