@@ -47,6 +47,7 @@ import numpy as np
 from ..policies.base import ReplayBatch, ReplayDecisions
 from ..policies.episode import score_or_zero
 from ..policies.selection import SELECTIONS
+from ..stats.hull import TOL as _TOL, upper_envelope
 
 __all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "PolicyStats", "RULES", "ReplayOutcome", "TIE",
            "bon_curve", "envelope_value", "evaluate", "fixed_curves", "outcome_of", "policy_stats", "upper_envelope"]
@@ -54,8 +55,6 @@ __all__ = ["BonCurve", "Baseline", "Bootstrap", "FixedCurves", "PolicyStats", "R
 #: The fixed-N selection rules of the envelope (``bon --set select=<rule>`` at N samples): every
 #: registered rule (:data:`~optscale.policies.selection.SELECTIONS`), so a new one enters the envelope.
 RULES = tuple(SELECTIONS.names())
-#: Relative slack when comparing token costs (sums of the same numbers in another order).
-_TOL = 1e-12
 #: A gain within this of 0 is a tie, not a win or a loss (a policy on a vertex of an envelope: the same
 #: sums in another order).
 TIE = 1e-9
@@ -213,42 +212,6 @@ def bon_curve(batch: ReplayBatch, n_max: int | None = None) -> BonCurve:
 # -- the envelope ----------------------------------------------------------------------------
 
 
-def upper_envelope(tokens: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
-    """Which points are vertices of the least concave non-decreasing majorant, row by row.
-
-    ``tokens`` and ``accuracy`` are ``(B, N)`` (or ``(N,)``) with tokens non-decreasing along
-    each row (fixed N costs more with N). Points after a row's first most accurate one lie
-    under the flat part; of equal-cost points the (first) most accurate is kept. Vectorised over rows:
-    every point on or under the chord of its surviving neighbours is dropped until none is,
-    which never drops a vertex (a vertex lies strictly above every chord that spans it).
-    """
-    t, a = np.atleast_2d(np.asarray(tokens, dtype=float)), np.atleast_2d(np.asarray(accuracy, dtype=float))
-    b, n = t.shape
-    idx = np.broadcast_to(np.arange(n), (b, n))
-    # of equal-cost points (contiguous: tokens are sorted) only the first most accurate survives
-    new = np.ones((b, n), dtype=bool)
-    new[:, 1:] = t[:, 1:] > t[:, :-1] * (1 + _TOL)
-    group = np.cumsum(new.ravel()) - 1
-    starts = np.flatnonzero(new.ravel())
-    top = a.ravel() == np.maximum.reduceat(a.ravel(), starts)[group]
-    seen = np.cumsum(top)
-    first_top = top & (seen - (seen - top)[starts][group] == 1)
-    alive = first_top.reshape(b, n) & (idx <= np.argmax(a, axis=1)[:, None])
-    rows = np.arange(b)[:, None]
-    while True:
-        left = np.maximum.accumulate(np.where(alive, idx, -1), axis=1)
-        prev = np.concatenate([np.full((b, 1), -1), left[:, :-1]], axis=1)
-        right = np.minimum.accumulate(np.where(alive, idx, n)[:, ::-1], axis=1)[:, ::-1]
-        nxt = np.concatenate([right[:, 1:], np.full((b, 1), n)], axis=1)
-        ps, ns = np.maximum(prev, 0), np.minimum(nxt, n - 1)
-        tp, ap, tn, an = t[rows, ps], a[rows, ps], t[rows, ns], a[rows, ns]
-        inner = alive & (prev >= 0) & (nxt < n)
-        drop = inner & ((t - tp) * (an - ap) - (a - ap) * (tn - tp) >= 0)
-        if not drop.any():
-            return alive if np.ndim(tokens) > 1 else alive[0]
-        alive &= ~drop
-
-
 def envelope_value(vx: np.ndarray, vy: np.ndarray, count: np.ndarray, t: np.ndarray) -> np.ndarray:
     """E(t) for rows of padded hull vertices ``vx, vy`` (``(B, V)``, ``count`` used) and ``t`` ``(B, G)``.
 
@@ -341,7 +304,6 @@ class _Path:
     accuracy: np.ndarray  # (V,) their accuracy here
     vx: np.ndarray  # (B, V) the same on each bootstrap resample of these problems
     vy: np.ndarray
-    calibration: Baseline
 
     def at(self, tokens: np.ndarray) -> np.ndarray:
         """Accuracy of the path at ``tokens`` (linear between its methods, flat past the last; NaN before the first)."""
@@ -360,7 +322,6 @@ class Baseline:
         self.curves = curves
         self.bootstrap = Bootstrap(curves.problems, resamples, seed)
         self._envelopes: dict[int, _Envelope] = {}
-        self._paths: dict[tuple[int, int], _Path] = {}  # calibrated envelopes (the calibration kept alive)
         self._boot_points: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -449,15 +410,11 @@ class Baseline:
         n_max = int(min(n_max, self.curves.n_max, calibration.curves.n_max))
         if tuple(calibration.rules) != tuple(self.rules):
             raise ValueError(f"the calibration baseline's rules {calibration.rules} differ from {self.rules}")
-        key = (n_max, id(calibration))
-        if key not in self._paths:
-            _, _, best, _, hull = calibration._points(n_max)
-            n = np.array(hull, dtype=np.int64)
-            rule = best[n]
-            acc, tok = self.curves.accuracy[rule, n].T, self.curves.tokens[n].T  # (P, V)
-            vy, vx = self.bootstrap.means_of(acc, tok)
-            self._paths[key] = _Path(tok.mean(axis=0), acc.mean(axis=0), vx, vy, calibration)
-        return self._paths[key]
+        _, _, best, _, hull = calibration._points(n_max)
+        n = np.array(hull, dtype=np.int64)
+        acc, tok = self.curves.accuracy[best[n], n].T, self.curves.tokens[n].T  # (P, V)
+        vy, vx = self.bootstrap.means_of(acc, tok)
+        return _Path(tok.mean(axis=0), acc.mean(axis=0), vx, vy)
 
     def rows(self, n_max: int) -> list[dict]:
         """The envelope's vertices (fixed methods on the hull) for one n_max."""
@@ -584,11 +541,10 @@ def policy_stats(policies: Sequence, outcomes: Sequence[ReplayOutcome], baseline
     boot = baseline.bootstrap
     correct = np.stack([o.correct for o in outcomes], axis=1)
     tokens = np.stack([o.tokens for o in outcomes], axis=1)
-    acc_boot = boot.means(correct)
+    acc_boot, tok_boot = boot.means_of(correct, tokens)
     lo, hi = np.quantile(acc_boot, [0.025, 0.975], axis=0)
     gains = np.full((2, len(policies)), np.nan)
     tuned = np.full((3, len(policies)), np.nan)  # calibrated envelope at the policy's tokens, gain interval
-    tok_boot = boot.means(tokens) if calibration is not None else None
     for n_max in sorted({int(p.n_max) for p in policies}):
         cols = [i for i, p in enumerate(policies) if int(p.n_max) == n_max]
         gains[:, cols] = _intervals(baseline.resampled_gain(n_max, correct[:, cols], tokens[:, cols]))

@@ -160,7 +160,7 @@ def _finite(x) -> bool:
 
 
 def _pp(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}"
+    return f"{100 * x:+.1f}" if _finite(x) else "-"
 
 
 def envelope_table(rows: Iterable[Mapping]) -> str:
@@ -206,11 +206,11 @@ def splits_table(summary: Iterable[Mapping]) -> str:
              "| Beats calibrated envelope |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in summary:
         def rng(key):
-            if r.get(f"{key}_mean") is None or math.isnan(r[f"{key}_mean"]):
+            if r[f"{key}_mean"] is None or math.isnan(r[f"{key}_mean"]):
                 return "-"
             return f"{100 * r[f'{key}_mean']:.1f} [{100 * r[f'{key}_min']:.1f}, {100 * r[f'{key}_max']:.1f}]"
         lines.append(f"| {r['budget']} | {r['met']}/{r['splits']} | {rng('accuracy')} | {_fmt_tokens(r['mean_tokens_mean'])} "
                      f"| {rng('gain_vs_envelope')} | {r['beats_envelope']}/{r['splits']} | "
                      f"{r['beats_envelope_ci']}/{r['splits']} | {rng('gain_vs_calibrated_envelope')} | "
-                     f"{r.get('beats_calibrated_envelope', '-')}/{r['splits']} |")
+                     f"{r['beats_calibrated_envelope']}/{r['splits']} |")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import numpy as np
 from ...checks import check_int, check_number, is_number
 from ...errors import InputError
 from ...priors import problem_keys
+from ...stats.hull import upper_envelope
 from ..base import ReplayBatch
 from ..common import N_MAX_LIMIT, score_or_zero
 from ..consensus import relabel
@@ -378,18 +379,9 @@ def fixed_path(rule: Selection, cost: np.ndarray, accuracy: np.ndarray) -> np.nd
     rules and may use an even N of a vote): an N where the curve dips is skipped. Past it the path
     follows the curve itself, where that envelope stays flat."""
     ns = fixed_ns(rule, len(cost))
-    x, y = np.asarray(cost, dtype=float)[ns - 1], np.asarray(accuracy, dtype=float)[ns - 1]
-    top = int(np.argmax(y))
-    hull: list[int] = []
-    for i in range(top + 1):  # monotone chain: drop points on or under the chord of their neighbours
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            if (y[b] - y[a]) * (x[i] - x[a]) <= (y[i] - y[a]) * (x[b] - x[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    return ns[np.concatenate([np.array(hull, dtype=np.int64), np.arange(top + 1, len(ns))])]
+    y = np.asarray(accuracy, dtype=float)[ns - 1]
+    after = np.arange(len(ns)) > np.argmax(y)
+    return ns[upper_envelope(np.asarray(cost, dtype=float)[ns - 1], y) | after]
 
 
 def _fixed_budget(batch, cal, rule, target):
